@@ -1,0 +1,499 @@
+//! The tracker's UDP datagrams (PROTOCOL.md, version 1) as typed values.
+//!
+//! Decoding is split in two steps because the protocol's order of checks puts
+//! socket- and state-dependent checks between them: [`decode_header`] handles
+//! length, magic and version (garbage is [`HeaderError::Drop`]: silence), the
+//! caller then checks that the type is expected on its socket and validates the
+//! token, and only then calls [`decode_body`]. [`Datagram::decode`] does both
+//! at once for clients, which have no such ordering to respect.
+//!
+//! Every datagram is whole, so a short body is malformed, never "incomplete".
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use crate::codec::{Reader, Short, Writer};
+
+/// ASCII `HYDK`, the first four bytes of every datagram.
+pub const MAGIC: [u8; 4] = *b"HYDK";
+/// The protocol version this crate speaks.
+pub const VERSION: u8 = 1;
+/// Length of the fixed header.
+pub const HEADER_LEN: usize = 20;
+/// No PEERS datagram is larger than this (PROTOCOL.md).
+pub const MAX_PEERS_DATAGRAM: usize = 1200;
+/// Bytes of the fixed part of a PEERS datagram: header, interval, two counts.
+pub const PEERS_FIXED_LEN: usize = HEADER_LEN + 2 + 4 + 4;
+/// Length of an ANNOUNCE body.
+pub const ANNOUNCE_BODY_LEN: usize = 32 + 2 + 1 + 2;
+/// Length of an ERROR datagram with an empty message.
+pub const ERROR_MIN_LEN: usize = HEADER_LEN + 2;
+
+/// The datagram type, byte 5 of the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Join = 0,
+    Offer = 1,
+    Confirm = 2,
+    Confirmed = 3,
+    Connect = 4,
+    Connected = 5,
+    Announce = 6,
+    Peers = 7,
+    Challenge = 8,
+    Error = 15,
+}
+
+impl Kind {
+    pub fn from_u8(v: u8) -> Option<Kind> {
+        Some(match v {
+            0 => Kind::Join,
+            1 => Kind::Offer,
+            2 => Kind::Confirm,
+            3 => Kind::Confirmed,
+            4 => Kind::Connect,
+            5 => Kind::Connected,
+            6 => Kind::Announce,
+            7 => Kind::Peers,
+            8 => Kind::Challenge,
+            15 => Kind::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// The fields of the header that matter after magic and version are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub kind: Kind,
+    /// Transaction id: chosen by the requester, echoed in the reply.
+    pub tid: u32,
+    /// Per type: join cookie, confirmation token, or connection id.
+    pub token: u64,
+}
+
+/// Why a header was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// Too short, wrong magic, or a type no socket expects: no reply at all.
+    #[error("not a hayedik datagram")]
+    Drop,
+    /// Right magic, another version: ERROR 1 is allowed (size permitting).
+    #[error("unsupported protocol version {version}")]
+    UnsupportedVersion { version: u8, tid: u32 },
+}
+
+/// A body that does not parse for its type: ERROR 2 is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("malformed {kind:?} body")]
+pub struct Malformed {
+    pub kind: Kind,
+}
+
+/// Why a whole datagram did not decode (client side).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+    #[error("{source} (transaction {tid})")]
+    Body { tid: u32, source: Malformed },
+}
+
+/// Checks length, magic and version; returns the header and the body.
+///
+/// Unknown type bytes are dropped here: no socket expects them.
+pub fn decode_header(buf: &[u8]) -> Result<(Header, &[u8]), HeaderError> {
+    if buf.len() < HEADER_LEN || buf[0..4] != MAGIC {
+        return Err(HeaderError::Drop);
+    }
+    let mut r = Reader::new(&buf[4..HEADER_LEN]);
+    let (version, kind, _reserved, tid, token) = (|| -> Result<_, Short> {
+        Ok((r.u8()?, r.u8()?, r.u16()?, r.u32()?, r.u64()?))
+    })()
+    .map_err(|Short| HeaderError::Drop)?;
+    if version != VERSION {
+        return Err(HeaderError::UnsupportedVersion { version, tid });
+    }
+    let kind = Kind::from_u8(kind).ok_or(HeaderError::Drop)?;
+    Ok((Header { kind, tid, token }, &buf[HEADER_LEN..]))
+}
+
+/// What a peer tells a swarm tracker about itself in an ANNOUNCE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PeerState {
+    /// Only asking for peers: do not list me.
+    Asking = 0,
+    /// Downloading: list me as a partial source.
+    Downloading = 1,
+    /// Complete: list me as a seeder.
+    Complete = 2,
+    /// Leaving: remove me.
+    Leaving = 3,
+}
+
+impl PeerState {
+    pub fn from_u8(v: u8) -> Option<PeerState> {
+        Some(match v {
+            0 => PeerState::Asking,
+            1 => PeerState::Downloading,
+            2 => PeerState::Complete,
+            3 => PeerState::Leaving,
+            _ => return None,
+        })
+    }
+
+    /// Whether a peer in this state is listed to others.
+    pub fn is_listed(self) -> bool {
+        matches!(self, PeerState::Downloading | PeerState::Complete)
+    }
+}
+
+/// The body of an ANNOUNCE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announce {
+    /// `BLAKE3::derive_key("hayedik swarm key v1", root)`.
+    pub swarm_key: [u8; 32],
+    /// The peer's TCP port for piece traffic (0 only with states 0 and 3).
+    pub port: u16,
+    pub state: PeerState,
+    /// Peers wanted; 0 asks for the tracker's default.
+    pub wanted: u16,
+}
+
+/// One listed peer in a PEERS body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerEntry {
+    pub addr: SocketAddr,
+    /// `Downloading` or `Complete`; nothing else is ever listed.
+    pub state: PeerState,
+}
+
+impl PeerEntry {
+    /// Encoded length: family, address, port, state.
+    pub fn encoded_len(&self) -> usize {
+        match self.addr.ip() {
+            IpAddr::V4(_) => 1 + 4 + 2 + 1,
+            IpAddr::V6(_) => 1 + 16 + 2 + 1,
+        }
+    }
+}
+
+/// The body of a PEERS reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peers {
+    /// Seconds until the peer should announce again.
+    pub interval: u16,
+    pub seeders: u32,
+    pub partials: u32,
+    pub peers: Vec<PeerEntry>,
+}
+
+/// ERROR codes of PROTOCOL.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    UnsupportedVersion,
+    Malformed,
+    BadConnectionId,
+    WrongSwarmKey,
+    RateLimited,
+    NotConfirmed,
+    /// A code this version does not know.
+    Other(u16),
+}
+
+impl ErrorCode {
+    pub fn to_u16(self) -> u16 {
+        match self {
+            ErrorCode::UnsupportedVersion => 1,
+            ErrorCode::Malformed => 2,
+            ErrorCode::BadConnectionId => 3,
+            ErrorCode::WrongSwarmKey => 4,
+            ErrorCode::RateLimited => 5,
+            ErrorCode::NotConfirmed => 6,
+            ErrorCode::Other(c) => c,
+        }
+    }
+
+    pub fn from_u16(v: u16) -> ErrorCode {
+        match v {
+            1 => ErrorCode::UnsupportedVersion,
+            2 => ErrorCode::Malformed,
+            3 => ErrorCode::BadConnectionId,
+            4 => ErrorCode::WrongSwarmKey,
+            5 => ErrorCode::RateLimited,
+            6 => ErrorCode::NotConfirmed,
+            c => ErrorCode::Other(c),
+        }
+    }
+}
+
+/// A typed datagram: the type, its token and its body in one value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    /// peer -> central; `cookie` 0 asks for a CHALLENGE.
+    Join { cookie: u64 },
+    /// central -> peer.
+    Challenge { cookie: u64 },
+    /// swarm (`port: None`, sent from the swarm port) and central
+    /// (`port: Some`) -> peer.
+    Offer { token: u64, port: Option<u16> },
+    /// peer -> swarm port.
+    Confirm { token: u64 },
+    /// swarm -> peer.
+    Confirmed,
+    /// peer -> swarm port.
+    Connect,
+    /// swarm -> peer.
+    Connected { connection_id: u64 },
+    /// peer -> swarm port.
+    Announce {
+        connection_id: u64,
+        announce: Announce,
+    },
+    /// swarm -> peer.
+    Peers(Peers),
+    /// either way.
+    Error { code: ErrorCode, message: String },
+}
+
+impl Message {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Message::Join { .. } => Kind::Join,
+            Message::Challenge { .. } => Kind::Challenge,
+            Message::Offer { .. } => Kind::Offer,
+            Message::Confirm { .. } => Kind::Confirm,
+            Message::Confirmed => Kind::Confirmed,
+            Message::Connect => Kind::Connect,
+            Message::Connected { .. } => Kind::Connected,
+            Message::Announce { .. } => Kind::Announce,
+            Message::Peers(_) => Kind::Peers,
+            Message::Error { .. } => Kind::Error,
+        }
+    }
+
+    fn token(&self) -> u64 {
+        match *self {
+            Message::Join { cookie } | Message::Challenge { cookie } => cookie,
+            Message::Offer { token, .. } | Message::Confirm { token } => token,
+            Message::Connected { connection_id } | Message::Announce { connection_id, .. } => {
+                connection_id
+            }
+            _ => 0,
+        }
+    }
+}
+
+/// A datagram: transaction id and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Datagram {
+    pub tid: u32,
+    pub message: Message,
+}
+
+impl Datagram {
+    pub fn new(tid: u32, message: Message) -> Self {
+        Self { tid, message }
+    }
+
+    /// Appends the encoding to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        encode_header(out, self.message.kind(), self.tid, self.message.token());
+        match &self.message {
+            Message::Join { .. }
+            | Message::Challenge { .. }
+            | Message::Confirm { .. }
+            | Message::Confirmed
+            | Message::Connect
+            | Message::Connected { .. } => {}
+            Message::Offer { port, .. } => {
+                if let Some(port) = port {
+                    out.put_u16(*port);
+                }
+            }
+            Message::Announce { announce, .. } => {
+                out.put_bytes(&announce.swarm_key);
+                out.put_u16(announce.port);
+                out.put_u8(announce.state as u8);
+                out.put_u16(announce.wanted);
+            }
+            Message::Peers(p) => {
+                out.put_u16(p.interval);
+                out.put_u32(p.seeders);
+                out.put_u32(p.partials);
+                for e in &p.peers {
+                    encode_peer_entry(out, e);
+                }
+            }
+            Message::Error { code, message } => {
+                out.put_u16(code.to_u16());
+                out.put_bytes(message.as_bytes());
+            }
+        }
+    }
+
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(64);
+        self.encode(&mut v);
+        v
+    }
+
+    /// Decodes a whole datagram (header and body).
+    pub fn decode(buf: &[u8]) -> Result<Datagram, DecodeError> {
+        let (header, body) = decode_header(buf)?;
+        let message = decode_body(&header, body).map_err(|source| DecodeError::Body {
+            tid: header.tid,
+            source,
+        })?;
+        Ok(Datagram {
+            tid: header.tid,
+            message,
+        })
+    }
+}
+
+/// Writes a header with the reserved field zero.
+pub fn encode_header(out: &mut Vec<u8>, kind: Kind, tid: u32, token: u64) {
+    out.put_bytes(&MAGIC);
+    out.put_u8(VERSION);
+    out.put_u8(kind as u8);
+    out.put_u16(0);
+    out.put_u32(tid);
+    out.put_u64(token);
+}
+
+fn encode_peer_entry(out: &mut Vec<u8>, e: &PeerEntry) {
+    match e.addr.ip() {
+        IpAddr::V4(ip) => {
+            out.put_u8(4);
+            out.put_bytes(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            out.put_u8(6);
+            out.put_bytes(&ip.octets());
+        }
+    }
+    out.put_u16(e.addr.port());
+    out.put_u8(e.state as u8);
+}
+
+/// Decodes the body of a datagram whose header was accepted.
+///
+/// A body longer or shorter than its type's layout is malformed.
+pub fn decode_body(header: &Header, body: &[u8]) -> Result<Message, Malformed> {
+    let kind = header.kind;
+    let bad = Malformed { kind };
+    let mut r = Reader::new(body);
+    let message = match kind {
+        Kind::Join => Message::Join {
+            cookie: header.token,
+        },
+        Kind::Challenge => Message::Challenge {
+            cookie: header.token,
+        },
+        Kind::Offer => {
+            let port = match body.len() {
+                0 => None,
+                2 => Some(r.u16().map_err(|_| bad)?),
+                _ => return Err(bad),
+            };
+            Message::Offer {
+                token: header.token,
+                port,
+            }
+        }
+        Kind::Confirm => Message::Confirm {
+            token: header.token,
+        },
+        Kind::Confirmed => Message::Confirmed,
+        Kind::Connect => Message::Connect,
+        Kind::Connected => Message::Connected {
+            connection_id: header.token,
+        },
+        Kind::Announce => Message::Announce {
+            connection_id: header.token,
+            announce: decode_announce(&mut r).ok_or(bad)?,
+        },
+        Kind::Peers => Message::Peers(decode_peers(&mut r).ok_or(bad)?),
+        Kind::Error => {
+            let code = ErrorCode::from_u16(r.u16().map_err(|_| bad)?);
+            // A sender may cut a message mid-character to fit the size rule.
+            let message = String::from_utf8_lossy(r.rest()).into_owned();
+            return Ok(Message::Error { code, message });
+        }
+    };
+    if !r.is_empty() {
+        return Err(bad);
+    }
+    Ok(message)
+}
+
+fn decode_announce(r: &mut Reader<'_>) -> Option<Announce> {
+    let swarm_key = r.array::<32>().ok()?;
+    let port = r.u16().ok()?;
+    let state = PeerState::from_u8(r.u8().ok()?)?;
+    let wanted = r.u16().ok()?;
+    if port == 0 && state.is_listed() {
+        return None;
+    }
+    Some(Announce {
+        swarm_key,
+        port,
+        state,
+        wanted,
+    })
+}
+
+fn decode_peers(r: &mut Reader<'_>) -> Option<Peers> {
+    let interval = r.u16().ok()?;
+    let seeders = r.u32().ok()?;
+    let partials = r.u32().ok()?;
+    // At most one entry per 8 bytes: bounded by the datagram itself.
+    let mut peers = Vec::with_capacity(r.remaining() / 8);
+    while !r.is_empty() {
+        let ip = match r.u8().ok()? {
+            4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>().ok()?)),
+            6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>().ok()?)),
+            _ => return None,
+        };
+        let port = r.u16().ok()?;
+        let state = PeerState::from_u8(r.u8().ok()?).filter(|s| s.is_listed())?;
+        peers.push(PeerEntry {
+            addr: SocketAddr::new(ip, port),
+            state,
+        });
+    }
+    Some(Peers {
+        interval,
+        seeders,
+        partials,
+        peers,
+    })
+}
+
+/// Encodes an ERROR no longer than `max_len` bytes, cutting the message
+/// (at a character boundary) to fit. Returns `false`, writing nothing, when
+/// not even the code fits: the caller must then stay silent.
+pub fn encode_error_capped(
+    out: &mut Vec<u8>,
+    tid: u32,
+    code: ErrorCode,
+    message: &str,
+    max_len: usize,
+) -> bool {
+    if max_len < ERROR_MIN_LEN {
+        return false;
+    }
+    let room = max_len - ERROR_MIN_LEN;
+    let mut cut = message.len().min(room);
+    while !message.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    encode_header(out, Kind::Error, tid, 0);
+    out.put_u16(code.to_u16());
+    out.put_bytes(&message.as_bytes()[..cut]);
+    true
+}
+
+#[cfg(test)]
+#[path = "tracker_tests.rs"]
+mod tests;
