@@ -1,1 +1,79 @@
-fn main() {}
+//! The `hayedik` binary: parse arguments, run, map errors to exit codes
+//! (1 at run time, 2 for usage errors, which clap reports itself).
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use hayedik::cli::{Cli, Command};
+use hayedik::events::{Event, Events};
+use tokio_util::sync::CancellationToken;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs();
+    let json = match &cli.command {
+        Command::Tracker(a) => a.json,
+    };
+    let events = Events::new(json);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(events, anyhow::anyhow!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(run(cli, events)) {
+        Ok(code) => code,
+        Err(e) => fail(events, e),
+    }
+}
+
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+/// One clear line on stderr (and an `error` event with `--json`), exit 1.
+fn fail(events: Events, e: anyhow::Error) -> ExitCode {
+    let message = format!("{e:#}");
+    eprintln!("error: {message}");
+    if events.is_json() {
+        events.emit(Event::Error { message });
+    }
+    ExitCode::from(1)
+}
+
+async fn run(cli: Cli, events: Events) -> anyhow::Result<ExitCode> {
+    // Swarm trackers and peer connections each hold a descriptor.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let cancel = CancellationToken::new();
+    hayedik::spawn::cancel_on_signals(cancel.clone());
+    match cli.command {
+        Command::Tracker(args) => {
+            let config = match args.config() {
+                Ok(c) => c,
+                Err(msg) => {
+                    eprintln!("error: {msg}");
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let socket = tokio::net::UdpSocket::bind(args.listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {}: choose another address with --listen",
+                        args.listen
+                    )
+                })?;
+            hayedik::tracker::run(socket, config, events, cancel).await?;
+            events.emit(Event::Stopped {
+                uploaded: None,
+                downloaded: None,
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

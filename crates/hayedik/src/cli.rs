@@ -1,0 +1,165 @@
+//! The command line (DESIGN.md's contract), parsed with clap derive.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::tracker::limits::Limits;
+use crate::tracker::TrackerConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "hayedik",
+    version,
+    about = "Lightweight peer-to-peer file sharing: share a file, get a ticket, download it from every peer that has it",
+    propagate_version = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a central tracker that launches a swarm tracker per shared file.
+    Tracker(TrackerArgs),
+}
+
+/// Parses `LOW-HIGH` into an inclusive port range.
+fn parse_port_range(s: &str) -> Result<(u16, u16), String> {
+    let (low, high) = s
+        .split_once('-')
+        .ok_or_else(|| format!("'{s}' is not a port range: use LOW-HIGH, e.g. 40000-40999"))?;
+    let low: u16 = low
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{low}' is not a port number"))?;
+    let high: u16 = high
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{high}' is not a port number"))?;
+    if low == 0 || low > high {
+        return Err(format!(
+            "'{s}' is not a port range: LOW must be at least 1 and not above HIGH"
+        ));
+    }
+    Ok((low, high))
+}
+
+/// Parses seconds, fractions allowed.
+pub fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number of seconds"))?;
+    if !v.is_finite() || v < 0.0 || v > 1e10 {
+        return Err(format!("'{s}' is not a number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
+
+#[derive(Debug, Args)]
+pub struct TrackerArgs {
+    /// UDP address of the central tracker.
+    #[arg(long, default_value = "0.0.0.0:7410", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Keep confirmed swarms in DIR so they survive a restart (same ports, same keys).
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Take swarm ports from this range (e.g. 40000-40999) instead of ephemeral ports.
+    #[arg(long, value_name = "LOW-HIGH", value_parser = parse_port_range)]
+    pub swarm_ports: Option<(u16, u16)>,
+    /// Reclaim a new swarm that is not confirmed within SECS.
+    #[arg(long, default_value = "5", value_name = "SECS", value_parser = parse_secs)]
+    pub confirm_timeout: Duration,
+    /// Announce interval told to peers; a peer silent for twice this is dropped.
+    #[arg(long, default_value = "60", value_name = "SECS", value_parser = parse_secs)]
+    pub announce_interval: Duration,
+    /// Retire a swarm nobody announced to for SECS (default 30 days).
+    #[arg(long, default_value = "2592000", value_name = "SECS", value_parser = parse_secs)]
+    pub retire_after: Duration,
+    /// Swarm-creating JOINs allowed per second per source IP.
+    #[arg(long, default_value_t = Limits::default().joins_per_ip_per_sec, value_name = "N")]
+    pub max_joins_per_ip_per_sec: f64,
+    /// Burst of swarm-creating JOINs allowed per source IP.
+    #[arg(long, default_value_t = Limits::default().join_burst, value_name = "N")]
+    pub join_burst: u32,
+    /// Swarms waiting for confirmation, in total.
+    #[arg(long, default_value_t = Limits::default().max_pending, value_name = "N")]
+    pub max_pending: usize,
+    /// Swarms waiting for confirmation, per source IP.
+    #[arg(long, default_value_t = Limits::default().max_pending_per_ip, value_name = "N")]
+    pub max_pending_per_ip: usize,
+    /// Swarms in total.
+    #[arg(long, default_value_t = Limits::default().max_swarms, value_name = "N")]
+    pub max_swarms: usize,
+    /// Swarms created per source IP.
+    #[arg(long, default_value_t = Limits::default().max_swarms_per_ip, value_name = "N")]
+    pub max_swarms_per_ip: usize,
+    /// Peers listed in one swarm.
+    #[arg(long, default_value_t = Limits::default().max_peers_per_swarm, value_name = "N")]
+    pub max_peers_per_swarm: usize,
+    /// One JSON object per line on stdout instead of logs.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl TrackerArgs {
+    pub fn config(&self) -> Result<TrackerConfig, String> {
+        if self.announce_interval < Duration::from_secs(1)
+            || self.announce_interval > Duration::from_secs(u64::from(u16::MAX))
+        {
+            return Err("--announce-interval must be between 1 and 65535 seconds".into());
+        }
+        if !(self.max_joins_per_ip_per_sec > 0.0) || self.join_burst == 0 {
+            return Err("--max-joins-per-ip-per-sec and --join-burst must be above 0".into());
+        }
+        Ok(TrackerConfig {
+            swarm_ports: self.swarm_ports,
+            confirm_timeout: self.confirm_timeout,
+            announce_interval: self.announce_interval,
+            retire_after: self.retire_after,
+            state_dir: self.state.clone(),
+            limits: Limits {
+                joins_per_ip_per_sec: self.max_joins_per_ip_per_sec,
+                join_burst: self.join_burst,
+                max_pending: self.max_pending,
+                max_pending_per_ip: self.max_pending_per_ip,
+                max_swarms: self.max_swarms,
+                max_swarms_per_ip: self.max_swarms_per_ip,
+                max_peers_per_swarm: self.max_peers_per_swarm,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn port_ranges() {
+        assert_eq!(parse_port_range("40000-40010"), Ok((40000, 40010)));
+        assert!(parse_port_range("5-4").is_err());
+        assert!(parse_port_range("0-4").is_err());
+        assert!(parse_port_range("70000-70001").is_err());
+        assert!(parse_port_range("4000").is_err());
+    }
+
+    #[test]
+    fn seconds() {
+        assert_eq!(parse_secs("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_secs("-1").is_err());
+        assert!(parse_secs("NaN").is_err());
+        assert!(parse_secs("x").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,201 @@
+//! What the user sees: JSON lines on stdout with `--json`, readable lines
+//! otherwise. Every event of DESIGN.md is one variant of [`Event`].
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use serde::Serialize;
+
+/// One event; serialized with an `"event"` field naming the variant.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Error {
+        message: String,
+    },
+    Listening {
+        addr: String,
+    },
+    SwarmCreated {
+        port: u16,
+    },
+    SwarmConfirmed {
+        port: u16,
+    },
+    SwarmReclaimed {
+        port: u16,
+    },
+    SwarmRestored {
+        port: u16,
+    },
+    SwarmRetired {
+        port: u16,
+    },
+    Ticket {
+        ticket: String,
+        root: String,
+        bytes: u64,
+        pieces: u64,
+    },
+    Manifest {
+        name: String,
+        bytes: u64,
+        pieces: u64,
+    },
+    Progress {
+        bytes_done: u64,
+        bytes_total: u64,
+        peers: usize,
+        rate: u64,
+    },
+    Done {
+        path: String,
+        bytes: u64,
+        seconds: f64,
+        reused: u64,
+        from: BTreeMap<String, u64>,
+    },
+    Seeding,
+    Stopped {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        uploaded: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        downloaded: Option<u64>,
+    },
+}
+
+impl Event {
+    /// A one-line human rendering.
+    pub fn human(&self) -> String {
+        match self {
+            Event::Error { message } => format!("error: {message}"),
+            Event::Listening { addr } => format!("listening on {addr}"),
+            Event::SwarmCreated { port } => format!("swarm created on port {port}"),
+            Event::SwarmConfirmed { port } => format!("swarm confirmed on port {port}"),
+            Event::SwarmReclaimed { port } => {
+                format!("swarm on port {port} reclaimed (not confirmed in time)")
+            }
+            Event::SwarmRestored { port } => format!("swarm restored on port {port}"),
+            Event::SwarmRetired { port } => {
+                format!("swarm on port {port} retired (no announce for too long)")
+            }
+            Event::Ticket {
+                ticket,
+                bytes,
+                pieces,
+                ..
+            } => {
+                format!("sharing {bytes} bytes in {pieces} pieces\nticket: {ticket}")
+            }
+            Event::Manifest {
+                name,
+                bytes,
+                pieces,
+            } => {
+                format!("{name}: {bytes} bytes in {pieces} pieces")
+            }
+            Event::Progress {
+                bytes_done,
+                bytes_total,
+                peers,
+                rate,
+            } => format!("{bytes_done}/{bytes_total} bytes from {peers} peers at {rate} B/s"),
+            Event::Done {
+                path,
+                bytes,
+                seconds,
+                reused,
+                from,
+            } => {
+                let rate = if *seconds > 0.0 {
+                    *bytes as f64 / seconds / 1_048_576.0
+                } else {
+                    0.0
+                };
+                format!(
+                    "done: {path} ({bytes} bytes in {seconds:.2} s, {rate:.1} MiB/s, {reused} reused, from {} peers)",
+                    from.len()
+                )
+            }
+            Event::Seeding => "seeding: press Ctrl-C to stop".to_string(),
+            Event::Stopped {
+                uploaded,
+                downloaded,
+            } => match (uploaded, downloaded) {
+                (Some(u), Some(d)) => format!("stopped ({u} bytes uploaded, {d} downloaded)"),
+                _ => "stopped".to_string(),
+            },
+        }
+    }
+}
+
+/// Where events go. Cheap to clone.
+#[derive(Debug, Clone, Copy)]
+pub struct Events {
+    json: bool,
+}
+
+impl Events {
+    pub fn new(json: bool) -> Self {
+        Self { json }
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// Emits one event: a JSON line on stdout, or a human line (stdout for
+    /// what the user acts on, the log for the rest).
+    pub fn emit(&self, event: Event) {
+        if self.json {
+            if let Ok(line) = serde_json::to_string(&event) {
+                let mut out = std::io::stdout().lock();
+                // A closed stdout must not kill the process: ignore failures.
+                let _ = writeln!(out, "{line}");
+                let _ = out.flush();
+            }
+            return;
+        }
+        match &event {
+            Event::Ticket { .. } | Event::Done { .. } | Event::Listening { .. } => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", event.human());
+                let _ = out.flush();
+            }
+            Event::Error { .. } => {}
+            _ => tracing::info!("{}", event.human()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn json_shapes_match_design() {
+        let j = |e: Event| serde_json::to_value(e).unwrap();
+        assert_eq!(
+            j(Event::SwarmCreated { port: 9 }),
+            serde_json::json!({"event": "swarm_created", "port": 9})
+        );
+        assert_eq!(
+            j(Event::Stopped {
+                uploaded: None,
+                downloaded: None
+            }),
+            serde_json::json!({"event": "stopped"})
+        );
+        assert_eq!(j(Event::Seeding), serde_json::json!({"event": "seeding"}));
+        let done = j(Event::Done {
+            path: "x".into(),
+            bytes: 1,
+            seconds: 0.5,
+            reused: 0,
+            from: [("127.0.0.1:5".to_string(), 1)].into(),
+        });
+        assert_eq!(done["from"]["127.0.0.1:5"], 1);
+        assert_eq!(done["event"], "done");
+    }
+}

@@ -1,0 +1,10 @@
+//! hayedik: lightweight peer-to-peer file sharing.
+//!
+//! The original design's roles, one module each: [`tracker`] (the central
+//! tracker and its swarm trackers), the peer (client and server), and
+//! [`storage`]. Wire formats live in the `hayedik-proto` crate.
+
+pub mod cli;
+pub mod events;
+pub mod spawn;
+pub mod tracker;

@@ -1,0 +1,232 @@
+//! File system steps that must be done in the right order: the side file
+//! names, crash-safe replacement of a small file, a rename that never
+//! replaces, and syncing a directory.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use super::{Op, StorageError};
+
+/// The paths of one download in its directory.
+#[derive(Clone, Debug)]
+pub(crate) struct Paths {
+    pub dir: PathBuf,
+    pub final_path: PathBuf,
+    pub part: PathBuf,
+    pub resume: PathBuf,
+    pub resume_tmp: PathBuf,
+}
+
+/// Longest file name most file systems take, in bytes.
+const NAME_MAX: usize = 255;
+const LONGEST_SUFFIX: &str = ".hayedik-resume.tmp";
+
+impl Paths {
+    /// `DIR/NAME`, `DIR/.NAME.hayedik-part`, `DIR/.NAME.hayedik-resume` and its
+    /// temporary. When NAME is so long that a side name would pass 255 bytes,
+    /// the side names use a shortened NAME followed by `~` and a hash of NAME.
+    pub fn new(dir: &Path, name: &str) -> Result<Self, StorageError> {
+        check_name(name)?;
+        let base = if 1 + name.len() + LONGEST_SUFFIX.len() <= NAME_MAX {
+            name.to_string()
+        } else {
+            let mut cut = 200;
+            while !name.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let hash = blake3::hash(name.as_bytes()).to_hex();
+            format!("{}~{}", &name[..cut], &hash.as_str()[..16])
+        };
+        Ok(Paths {
+            dir: dir.to_path_buf(),
+            final_path: dir.join(name),
+            part: dir.join(format!(".{base}.hayedik-part")),
+            resume: dir.join(format!(".{base}.hayedik-resume")),
+            resume_tmp: dir.join(format!(".{base}{LONGEST_SUFFIX}")),
+        })
+    }
+}
+
+/// The caller validates names; this is a last line of defence against
+/// writing outside the directory.
+fn check_name(name: &str) -> Result<(), StorageError> {
+    let bad = name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains(['/', '\0'])
+        || (cfg!(windows) && name.contains(['\\', ':']));
+    if bad {
+        Err(StorageError::InvalidName(name.to_string()))
+    } else {
+        Ok(())
+    }
+}
+
+/// Makes renames and removals in `dir` durable. File systems that cannot
+/// sync a directory (EINVAL) are tolerated; elsewhere this is a no-op.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
+    #[cfg(unix)]
+    {
+        let result = File::open(dir).and_then(|d| d.sync_all());
+        match result {
+            Err(e) if e.kind() != io::ErrorKind::InvalidInput => {
+                return Err(StorageError::io(Op::Syncing, dir, e))
+            }
+            _ => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// Removes `path`; a missing file is not an error.
+pub(crate) fn remove_if_exists(path: &Path) -> io::Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Reads `path` when it exists and holds at most `max` bytes: `Ok(None)`
+/// when missing, an `InvalidData` error when longer.
+pub(crate) fn read_small(path: &Path, max: usize) -> io::Result<Option<Vec<u8>>> {
+    let file = match File::open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        other => other?,
+    };
+    let mut bytes = Vec::new();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    file.take(limit).read_to_end(&mut bytes)?;
+    if bytes.len() > max {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "file too long"));
+    }
+    Ok(Some(bytes))
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or
+/// the new content: write `tmp`, fsync it, rename it over `path`, fsync the
+/// directory. On failure `path` is untouched and `tmp` removed.
+pub(crate) fn write_atomic(
+    dir: &Path,
+    path: &Path,
+    tmp: &Path,
+    bytes: &[u8],
+) -> Result<(), StorageError> {
+    let result = write_tmp(tmp, bytes).and_then(|()| {
+        fs::rename(tmp, path).map_err(|e| StorageError::io(Op::Renaming, tmp, e))
+    });
+    if result.is_err() {
+        let _ = remove_if_exists(tmp);
+    }
+    result?;
+    sync_dir(dir)
+}
+
+fn write_tmp(tmp: &Path, bytes: &[u8]) -> Result<(), StorageError> {
+    remove_if_exists(tmp).map_err(|e| StorageError::io(Op::Removing, tmp, e))?;
+    // create_new: never through a symbolic link, never someone else's file.
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(tmp)
+        .map_err(|e| StorageError::io(Op::Creating, tmp, e))?;
+    file.write_all(bytes)
+        .map_err(|e| StorageError::io(Op::Writing, tmp, e))?;
+    file.sync_all()
+        .map_err(|e| StorageError::io(Op::Syncing, tmp, e))
+}
+
+/// Gives `from` the name `to` unless `to` exists, then syncs the directory.
+///
+/// `hard_link` fails when `to` exists, atomically, so linking then removing
+/// `from` never replaces a file. Where hard links are not supported (FAT,
+/// some network file systems) it falls back to checking then renaming, which
+/// leaves a short window in which a file created by another process at `to`
+/// could be replaced.
+pub(crate) fn rename_no_clobber(dir: &Path, from: &Path, to: &Path) -> Result<(), StorageError> {
+    let exists = |to: &Path| StorageError::DestinationExists {
+        path: to.to_path_buf(),
+        reason: "it appeared while downloading".to_string(),
+    };
+    match fs::hard_link(from, to) {
+        Ok(()) => {
+            // The new name is durable before the old one goes. Failing to
+            // remove the old name leaves a second link to the same (complete)
+            // file, which is harmless: not worth failing the download for.
+            sync_dir(dir)?;
+            let _ = fs::remove_file(from);
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(exists(to)),
+        Err(_) => {
+            if fs::symlink_metadata(to).is_ok() {
+                return Err(exists(to));
+            }
+            fs::rename(from, to).map_err(|e| StorageError::io(Op::Renaming, from, e))?;
+        }
+    }
+    sync_dir(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn side_names() {
+        let p = Paths::new(Path::new("/d"), "a b.txt").expect("paths");
+        assert_eq!(p.final_path, Path::new("/d/a b.txt"));
+        assert_eq!(p.part, Path::new("/d/.a b.txt.hayedik-part"));
+        assert_eq!(p.resume, Path::new("/d/.a b.txt.hayedik-resume"));
+        assert_eq!(p.resume_tmp, Path::new("/d/.a b.txt.hayedik-resume.tmp"));
+        for bad in ["", ".", "..", "a/b", "/a", "a\0b"] {
+            assert!(Paths::new(Path::new("/d"), bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn long_names_get_short_side_names() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let name = "é".repeat(127); // 254 bytes, a legal name
+        let p = Paths::new(dir.path(), &name).expect("paths");
+        for side in [&p.part, &p.resume, &p.resume_tmp] {
+            let len = side.file_name().map_or(0, |n| n.len());
+            assert!(len <= NAME_MAX, "{len}");
+            fs::write(side, b"x").expect("side file can be created");
+        }
+        fs::write(&p.final_path, b"x").expect("final name can be created");
+        let other = Paths::new(dir.path(), &"é".repeat(126)).expect("paths");
+        assert_ne!(other.part, p.part);
+    }
+
+    #[test]
+    fn rename_never_replaces() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, b"new").expect("write");
+        fs::write(&b, b"old").expect("write");
+        let err = rename_no_clobber(dir.path(), &a, &b).expect_err("must refuse");
+        assert!(matches!(err, StorageError::DestinationExists { .. }));
+        assert_eq!(fs::read(&b).expect("read"), b"old");
+        assert_eq!(fs::read(&a).expect("read"), b"new");
+        fs::remove_file(&b).expect("remove");
+        rename_no_clobber(dir.path(), &a, &b).expect("rename");
+        assert!(!a.exists());
+        assert_eq!(fs::read(&b).expect("read"), b"new");
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_cleans_up() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (p, t) = (dir.path().join("r"), dir.path().join("r.tmp"));
+        fs::write(&t, b"stale").expect("write");
+        write_atomic(dir.path(), &p, &t, b"one").expect("write");
+        write_atomic(dir.path(), &p, &t, b"two").expect("write");
+        assert_eq!(fs::read(&p).expect("read"), b"two");
+        assert!(!t.exists());
+        assert_eq!(read_small(&p, 3).expect("read"), Some(b"two".to_vec()));
+        assert!(read_small(&p, 2).is_err());
+        assert_eq!(read_small(&dir.path().join("none"), 2).expect("read"), None);
+    }
+}

@@ -1,0 +1,264 @@
+//! How content bytes are cut into pieces, and a set of pieces.
+//!
+//! Pieces all have `piece_size` bytes except the last, which has what is left;
+//! empty content has no piece. Indices are `u32`, as on the wire.
+
+use super::StorageError;
+
+/// Largest piece size the layer accepts. It bounds the memory of verification
+/// (one piece buffer per hashing thread).
+pub const MAX_PIECE_SIZE: u64 = 64 << 20;
+
+/// The piece layout of one content: its length and its piece size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PieceLayout {
+    content_len: u64,
+    piece_size: u64,
+    piece_count: u32,
+}
+
+impl PieceLayout {
+    /// Checks that `piece_size` is in `1..=MAX_PIECE_SIZE` and that the piece
+    /// count fits a `u32`.
+    pub fn new(content_len: u64, piece_size: u64) -> Result<Self, StorageError> {
+        if piece_size == 0 || piece_size > MAX_PIECE_SIZE {
+            return Err(StorageError::Layout(format!(
+                "piece size {piece_size} is not in 1..={MAX_PIECE_SIZE}"
+            )));
+        }
+        let count = content_len.div_ceil(piece_size);
+        let piece_count = u32::try_from(count).map_err(|_| {
+            StorageError::Layout(format!("{count} pieces do not fit a 32-bit piece index"))
+        })?;
+        Ok(PieceLayout {
+            content_len,
+            piece_size,
+            piece_count,
+        })
+    }
+
+    pub fn content_len(&self) -> u64 {
+        self.content_len
+    }
+
+    pub fn piece_size(&self) -> u64 {
+        self.piece_size
+    }
+
+    pub fn piece_count(&self) -> u32 {
+        self.piece_count
+    }
+
+    /// Byte offset of piece `index` (the content length when out of range).
+    pub fn piece_offset(&self, index: u32) -> u64 {
+        u64::from(index)
+            .saturating_mul(self.piece_size)
+            .min(self.content_len)
+    }
+
+    /// Length of piece `index`: `piece_size`, less for the last piece, 0 when
+    /// out of range.
+    pub fn piece_len(&self, index: u32) -> u64 {
+        let start = self.piece_offset(index);
+        (self.content_len - start).min(self.piece_size)
+    }
+
+    /// `piece_len` as a `usize` (it is at most `MAX_PIECE_SIZE`).
+    pub(crate) fn piece_len_usize(&self, index: u32) -> usize {
+        usize::try_from(self.piece_len(index)).unwrap_or(0)
+    }
+
+    pub(crate) fn check_index(&self, index: u32) -> Result<(), StorageError> {
+        if index < self.piece_count {
+            Ok(())
+        } else {
+            Err(StorageError::Layout(format!(
+                "piece {index} is out of range (the content has {} pieces)",
+                self.piece_count
+            )))
+        }
+    }
+}
+
+/// A set of piece indices `0..len`, stored as bits, most significant bit of
+/// byte 0 first (the BitTorrent order).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bitfield {
+    bytes: Vec<u8>,
+    len: u32,
+    ones: u32,
+}
+
+impl Bitfield {
+    /// An empty set over `len` pieces.
+    pub fn new(len: u32) -> Self {
+        Bitfield {
+            bytes: vec![0; Self::byte_len(len)],
+            len,
+            ones: 0,
+        }
+    }
+
+    /// The set of all `len` pieces.
+    pub fn full(len: u32) -> Self {
+        let mut bytes = vec![0xff; Self::byte_len(len)];
+        if len % 8 != 0 {
+            if let Some(last) = bytes.last_mut() {
+                *last = !(0xffu8 >> (len % 8));
+            }
+        }
+        Bitfield {
+            bytes,
+            len,
+            ones: len,
+        }
+    }
+
+    /// Number of bytes that hold `len` bits.
+    pub fn byte_len(len: u32) -> usize {
+        usize::try_from(len.div_ceil(8)).unwrap_or(usize::MAX)
+    }
+
+    /// Decodes `bytes`; `None` when the length is wrong or a spare bit is set.
+    pub fn from_bytes(bytes: &[u8], len: u32) -> Option<Self> {
+        if bytes.len() != Self::byte_len(len) {
+            return None;
+        }
+        if len % 8 != 0 {
+            let spare = 0xffu8 >> (len % 8);
+            if bytes.last().is_some_and(|b| b & spare != 0) {
+                return None;
+            }
+        }
+        let ones = bytes.iter().map(|b| b.count_ones()).sum();
+        Some(Bitfield {
+            bytes: bytes.to_vec(),
+            len,
+            ones,
+        })
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Number of pieces the set ranges over.
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of pieces in the set.
+    pub fn count(&self) -> u32 {
+        self.ones
+    }
+
+    /// True when every piece is in the set (always for zero pieces).
+    pub fn is_full(&self) -> bool {
+        self.ones == self.len
+    }
+
+    fn locate(&self, index: u32) -> Option<(usize, u8)> {
+        if index >= self.len {
+            return None;
+        }
+        let byte = usize::try_from(index / 8).ok()?;
+        Some((byte, 0x80 >> (index % 8)))
+    }
+
+    pub fn get(&self, index: u32) -> bool {
+        self.locate(index)
+            .and_then(|(byte, mask)| self.bytes.get(byte).map(|b| b & mask != 0))
+            .unwrap_or(false)
+    }
+
+    /// Adds `index`; returns true when it was not there. Out of range: false.
+    pub fn set(&mut self, index: u32) -> bool {
+        let Some((byte, mask)) = self.locate(index) else {
+            return false;
+        };
+        match self.bytes.get_mut(byte) {
+            Some(b) if *b & mask == 0 => {
+                *b |= mask;
+                self.ones += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The pieces in the set, ascending.
+    pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len).filter(|&i| self.get(i))
+    }
+
+    /// The pieces not in the set, ascending.
+    pub fn zeros(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len).filter(|&i| !self.get(i))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn layout_cuts_pieces() {
+        let l = PieceLayout::new(10, 4).expect("layout");
+        assert_eq!(l.piece_count(), 3);
+        assert_eq!(
+            (0..4).map(|i| l.piece_len(i)).collect::<Vec<_>>(),
+            [4, 4, 2, 0]
+        );
+        assert_eq!(l.piece_offset(2), 8);
+        assert_eq!(l.piece_offset(u32::MAX), 10);
+
+        let empty = PieceLayout::new(0, 4).expect("layout");
+        assert_eq!(empty.piece_count(), 0);
+        assert_eq!(empty.piece_len(0), 0);
+
+        assert!(PieceLayout::new(10, 0).is_err());
+        assert!(PieceLayout::new(10, MAX_PIECE_SIZE + 1).is_err());
+        assert!(PieceLayout::new(u64::MAX, 1).is_err());
+        let big = PieceLayout::new(u64::MAX, MAX_PIECE_SIZE).expect("layout");
+        let last = big.piece_count() - 1;
+        assert_eq!(big.piece_offset(last) + big.piece_len(last), u64::MAX);
+    }
+
+    #[test]
+    fn bitfield_rejects_spare_bits_and_bad_lengths() {
+        assert!(Bitfield::from_bytes(&[0x80], 1).is_some());
+        assert!(Bitfield::from_bytes(&[0x40], 1).is_none());
+        assert!(Bitfield::from_bytes(&[0, 0], 1).is_none());
+        assert!(Bitfield::from_bytes(&[], 0).is_some());
+        assert!(Bitfield::new(0).is_full());
+        for n in 0..20 {
+            let full = Bitfield::full(n);
+            assert_eq!(Bitfield::from_bytes(full.as_bytes(), n), Some(full.clone()));
+            assert_eq!(full.ones().count() as u32, n);
+            assert!(full.is_full());
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn bitfield_round_trips(len in 0u32..200, picks in proptest::collection::vec(0u32..220, 0..50)) {
+            let mut b = Bitfield::new(len);
+            for &p in &picks {
+                b.set(p);
+            }
+            let again = Bitfield::from_bytes(b.as_bytes(), len).expect("decodes");
+            prop_assert_eq!(&again, &b);
+            let ones: Vec<u32> = b.ones().collect();
+            prop_assert_eq!(ones.len() as u32, b.count());
+            prop_assert_eq!(b.count() + b.zeros().count() as u32, len);
+            for p in picks {
+                prop_assert_eq!(b.get(p), p < len);
+            }
+        }
+    }
+}

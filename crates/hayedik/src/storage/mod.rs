@@ -1,0 +1,74 @@
+//! Storage of a peer: positional piece I/O behind a small trait, and the
+//! lifecycle of a download in a directory (resume, reuse, no clobbering).
+//!
+//! * [`Storage`]: read and write bytes at an offset of the content's byte
+//!   space, from many threads at once. [`FileStorage`] is one file,
+//!   [`MemoryStorage`] a buffer for tests.
+//! * [`Download`]: a download into `DIR/NAME`. Data goes to
+//!   `DIR/.NAME.hayedik-part`, the set of verified pieces to
+//!   `DIR/.NAME.hayedik-resume`; [`Download::finish`] renames the part file to
+//!   NAME without ever replacing a file there. [`Download::open`] reuses a
+//!   complete copy already at NAME, resumes from the part file (verifying what
+//!   the resume file claims rather than trusting it), or starts afresh.
+//!
+//! Invariant: the resume file claims a piece only if that piece was written,
+//! verified and synced to disk before the resume file was written. See
+//! `docs/storage.md` for the file formats and the reasoning.
+
+use std::io;
+
+mod download;
+mod error;
+mod file;
+mod fsutil;
+mod layout;
+mod memory;
+mod resume;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
+pub use download::{CompleteFile, Download, Opened, Target};
+pub use error::{Op, StorageError};
+pub use file::FileStorage;
+pub use layout::{Bitfield, PieceLayout, MAX_PIECE_SIZE};
+pub use memory::MemoryStorage;
+pub use resume::{ResumeError, ResumeState};
+pub use verify::verify_pieces;
+
+/// Positional I/O over a content's byte space `0..len()`. Storage has a fixed
+/// length: reads and writes past it fail with `InvalidInput`, so no peer can
+/// make a file grow. All methods take `&self`: implementations are safe to use
+/// from many threads at once.
+pub trait Storage: Send + Sync {
+    /// Length of the content in bytes.
+    fn len(&self) -> u64;
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Fills `buf` with the bytes at `offset..offset + buf.len()`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Writes all of `data` at `offset`.
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
+
+    /// Makes the written data durable (fdatasync for a file).
+    fn sync(&self) -> io::Result<()>;
+}
+
+/// Checks that `offset..offset + n` lies within `0..len`.
+pub(crate) fn check_range(offset: u64, n: usize, len: u64) -> io::Result<()> {
+    let end = u64::try_from(n)
+        .ok()
+        .and_then(|n| offset.checked_add(n));
+    match end {
+        Some(end) if end <= len => Ok(()),
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("range {offset}+{n} is outside the content's {len} bytes"),
+        )),
+    }
+}

@@ -1,0 +1,488 @@
+//! The central tracker: answers JOIN with a stateless cookie, and launches a
+//! swarm tracker for a JOIN that echoes a valid one.
+//!
+//! [`CentralTracker`] is the synchronous state (cookies, the budget, the JOINs
+//! already answered); [`serve`] is the thin I/O loop that binds swarm sockets,
+//! sends both OFFERs and spawns swarm tasks.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hayedik_proto::tracker::{
+    decode_body, decode_header, encode_error_capped, Datagram, ErrorCode, HeaderError, Kind,
+    Message,
+};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::cookie::{Purpose, Stamp};
+use super::limits::{Budget, Limits, Refusal};
+use super::swarm::{SwarmRecord, SwarmTracker};
+use super::swarm_task::{self, Note, SwarmCtx};
+use super::{Binder, Shared};
+use crate::events::Event;
+
+/// Minimum lifetime of a join cookie (PROTOCOL.md: at least 30 s).
+pub const COOKIE_WINDOW_SECS: u64 = 30;
+/// How long a JOIN's answer is remembered for retransmissions: the longest a
+/// cookie stays valid.
+const REMEMBER_JOIN: Duration = Duration::from_secs(2 * COOKIE_WINDOW_SECS);
+
+/// A JOIN is identified by its source, cookie and transaction id.
+pub type JoinKey = (SocketAddr, u64, u32);
+
+/// The OFFER given to a JOIN, kept to answer its retransmissions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Offered {
+    pub port: u16,
+    pub token: u64,
+    pub at: Instant,
+}
+
+/// What the I/O loop must do after a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send nothing.
+    Silence,
+    /// Send the bytes left in `out`.
+    Reply,
+    /// A retransmitted JOIN: send the same two OFFERs again.
+    Repeat(Offered),
+    /// Launch a swarm tracker (the budget is already charged).
+    Create { tid: u32, key: JoinKey },
+}
+
+/// The central tracker's state.
+#[derive(Debug)]
+pub struct CentralTracker {
+    cookies: Stamp,
+    budget: Budget,
+    offered: HashMap<JoinKey, Offered>,
+    epoch: Instant,
+    refused: u64,
+}
+
+impl CentralTracker {
+    pub fn new(limits: Limits, epoch: Instant) -> Self {
+        Self {
+            cookies: Stamp::random(Purpose::JoinCookie, COOKIE_WINDOW_SECS),
+            budget: Budget::new(limits),
+            offered: HashMap::new(),
+            epoch,
+            refused: 0,
+        }
+    }
+
+    pub fn budget(&self) -> &Budget {
+        &self.budget
+    }
+
+    pub fn budget_mut(&mut self) -> &mut Budget {
+        &mut self.budget
+    }
+
+    /// JOINs refused by a limit so far.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    fn secs(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    /// The cookie `src` gets now.
+    pub fn cookie(&self, src: SocketAddr, now: Instant) -> u64 {
+        self.cookies.issue(src, 0, self.secs(now))
+    }
+
+    /// Applies one datagram received on the central port.
+    pub fn on_datagram(
+        &mut self,
+        src: SocketAddr,
+        buf: &[u8],
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Action {
+        out.clear();
+        let (header, body) = match decode_header(buf) {
+            Ok(x) => x,
+            Err(HeaderError::Drop) => return Action::Silence,
+            Err(HeaderError::UnsupportedVersion { tid, .. }) => {
+                return reply_if(encode_error_capped(
+                    out,
+                    tid,
+                    ErrorCode::UnsupportedVersion,
+                    "unsupported version: this tracker speaks version 1",
+                    buf.len(),
+                ));
+            }
+        };
+        if header.kind != Kind::Join {
+            return Action::Silence;
+        }
+        let tid = header.tid;
+        if header.token == 0 || !self.cookies.check(src, 0, header.token, self.secs(now)) {
+            // No cookie, or a bad or expired one: a fresh CHALLENGE, never an
+            // ERROR (it would be larger than the JOIN).
+            let cookie = self.cookie(src, now);
+            Datagram::new(tid, Message::Challenge { cookie }).encode(out);
+            return Action::Reply;
+        }
+        if decode_body(&header, body).is_err() {
+            return reply_if(encode_error_capped(
+                out,
+                tid,
+                ErrorCode::Malformed,
+                "JOIN has an empty body",
+                usize::MAX,
+            ));
+        }
+        let key = (src, header.token, tid);
+        if let Some(offered) = self.offered.get(&key) {
+            return Action::Repeat(*offered);
+        }
+        match self.budget.try_create(src.ip(), now) {
+            Ok(()) => Action::Create { tid, key },
+            Err(refusal) => {
+                self.refused += 1;
+                // Log the first refusals and then every thousandth: a flood
+                // must not flood the log too.
+                if self.refused <= 10 || self.refused % 1000 == 0 {
+                    tracing::debug!(?refusal, %src, total = self.refused, "JOIN refused");
+                }
+                let _: Refusal = refusal;
+                Action::Silence
+            }
+        }
+    }
+
+    /// A swarm was launched for `key`.
+    pub fn created(&mut self, key: JoinKey, offered: Offered) {
+        self.offered.insert(key, offered);
+    }
+
+    /// Launching failed (no port): give the budget back.
+    pub fn creation_failed(&mut self, ip: IpAddr) {
+        self.budget.released(Some(ip), true);
+    }
+
+    /// Applies a swarm task's note.
+    pub fn on_note(&mut self, note: &Note) {
+        match *note {
+            Note::Confirmed { creator, .. } => {
+                if let Some(ip) = creator {
+                    self.budget.confirmed(ip);
+                }
+            }
+            Note::Gone {
+                port,
+                creator,
+                was_pending,
+            } => {
+                self.budget.released(creator, was_pending);
+                self.offered.retain(|_, o| o.port != port);
+            }
+        }
+    }
+
+    /// Forgets answered JOINs whose cookie has expired.
+    pub fn sweep(&mut self, now: Instant) {
+        self.offered
+            .retain(|_, o| now.saturating_duration_since(o.at) < REMEMBER_JOIN);
+    }
+}
+
+fn reply_if(sent: bool) -> Action {
+    if sent {
+        Action::Reply
+    } else {
+        Action::Silence
+    }
+}
+
+/// The central tracker's I/O loop: runs until `shared.cancel` fires.
+pub async fn serve(
+    socket: UdpSocket,
+    mut central: CentralTracker,
+    binder: Binder,
+    shared: Arc<Shared>,
+    mut notes: mpsc::UnboundedReceiver<Note>,
+    notes_tx: mpsc::UnboundedSender<Note>,
+) {
+    let mut buf = vec![0u8; 2048];
+    let mut out = Vec::with_capacity(64);
+    let mut swarm_sockets: HashMap<u16, Arc<UdpSocket>> = HashMap::new();
+    let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            _ = sweep.tick() => central.sweep(Instant::now()),
+            Some(note) = notes.recv() => {
+                central.on_note(&note);
+                if let Note::Gone { port, .. } = note {
+                    swarm_sockets.remove(&port);
+                }
+            }
+            r = socket.recv_from(&mut buf) => {
+                let (n, src) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // ICMP errors from earlier sends surface here on Linux.
+                        tracing::trace!("central recv: {e}");
+                        continue;
+                    }
+                };
+                let now = Instant::now();
+                match central.on_datagram(src, &buf[..n], now, &mut out) {
+                    Action::Silence => {}
+                    Action::Reply => {
+                        let _ = socket.send_to(&out, src).await;
+                    }
+                    Action::Repeat(offered) => {
+                        if let Some(s) = swarm_sockets.get(&offered.port) {
+                            send_offers(&socket, s, src, src_tid(&buf[..n]), offered).await;
+                        }
+                    }
+                    Action::Create { tid, key } => {
+                        let bound = binder.bind_any().and_then(|s| {
+                            s.set_nonblocking(true)?;
+                            UdpSocket::from_std(s)
+                        });
+                        let swarm_socket = match bound {
+                            Ok(s) => Arc::new(s),
+                            Err(e) => {
+                                tracing::warn!("no port for a new swarm: {e}");
+                                central.creation_failed(src.ip());
+                                continue;
+                            }
+                        };
+                        let port = match swarm_socket.local_addr() {
+                            Ok(a) => a.port(),
+                            Err(_) => {
+                                central.creation_failed(src.ip());
+                                continue;
+                            }
+                        };
+                        let offered = Offered { port, token: nonzero_random(), at: now };
+                        central.created(key, offered);
+                        shared.events.emit(Event::SwarmCreated { port });
+                        send_offers(&socket, &swarm_socket, src, tid, offered).await;
+                        swarm_sockets.insert(port, swarm_socket.clone());
+                        let record = SwarmRecord {
+                            port,
+                            creator: Some(src.ip()),
+                            token: offered.token,
+                            confirmer: None,
+                            key: None,
+                            last_announce_unix: swarm_task::unix_now(),
+                        };
+                        let swarm = SwarmTracker::new(record, false, shared.swarm_settings.clone(), now);
+                        let ctx = SwarmCtx { shared: shared.clone(), notes: notes_tx.clone() };
+                        crate::spawn::spawn(&format!("swarm {port}"), swarm_task::serve(swarm, swarm_socket, ctx));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn src_tid(buf: &[u8]) -> u32 {
+    decode_header(buf).map(|(h, _)| h.tid).unwrap_or(0)
+}
+
+/// The two OFFERs: one from the swarm's own port (the original design's
+/// reply from the new tracker), one from the central port with the port in
+/// its body (for NATs that drop datagrams from ports never sent to).
+async fn send_offers(central: &UdpSocket, swarm: &UdpSocket, to: SocketAddr, tid: u32, o: Offered) {
+    let mut out = Vec::with_capacity(24);
+    Datagram::new(
+        tid,
+        Message::Offer {
+            token: o.token,
+            port: None,
+        },
+    )
+    .encode(&mut out);
+    let _ = swarm.send_to(&out, to).await;
+    out.clear();
+    Datagram::new(
+        tid,
+        Message::Offer {
+            token: o.token,
+            port: Some(o.port),
+        },
+    )
+    .encode(&mut out);
+    let _ = central.send_to(&out, to).await;
+}
+
+fn nonzero_random() -> u64 {
+    rand::random::<u64>().max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn join(tid: u32, cookie: u64) -> Vec<u8> {
+        Datagram::new(tid, Message::Join { cookie }).to_vec()
+    }
+
+    #[test]
+    fn challenge_then_create_then_repeat() {
+        let now = Instant::now();
+        let mut c = CentralTracker::new(Limits::default(), now);
+        let src: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            c.on_datagram(src, &join(1, 0), now, &mut out),
+            Action::Reply
+        );
+        let cookie = match Datagram::decode(&out).unwrap().message {
+            Message::Challenge { cookie } => cookie,
+            m => panic!("{m:?}"),
+        };
+        assert_eq!(out.len(), 20, "no larger than the JOIN");
+        let key = (src, cookie, 2);
+        assert_eq!(
+            c.on_datagram(src, &join(2, cookie), now, &mut out),
+            Action::Create { tid: 2, key }
+        );
+        let offered = Offered {
+            port: 5000,
+            token: 9,
+            at: now,
+        };
+        c.created(key, offered);
+        assert_eq!(
+            c.on_datagram(src, &join(2, cookie), now, &mut out),
+            Action::Repeat(offered)
+        );
+        // Another transaction id is another swarm.
+        assert!(matches!(
+            c.on_datagram(src, &join(3, cookie), now, &mut out),
+            Action::Create { .. }
+        ));
+        // Another source with the same cookie gets a CHALLENGE.
+        let other: SocketAddr = "127.0.0.1:4001".parse().unwrap();
+        assert_eq!(
+            c.on_datagram(other, &join(2, cookie), now, &mut out),
+            Action::Reply
+        );
+        assert!(matches!(
+            Datagram::decode(&out).unwrap().message,
+            Message::Challenge { .. }
+        ));
+    }
+
+    #[test]
+    fn expired_cookie_gets_a_fresh_challenge() {
+        let t0 = Instant::now();
+        let mut c = CentralTracker::new(Limits::default(), t0);
+        let src: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let cookie = c.cookie(src, t0);
+        let later = t0 + Duration::from_secs(3 * COOKIE_WINDOW_SECS);
+        let mut out = Vec::new();
+        assert_eq!(
+            c.on_datagram(src, &join(1, cookie), later, &mut out),
+            Action::Reply
+        );
+        assert!(matches!(
+            Datagram::decode(&out).unwrap().message,
+            Message::Challenge { .. }
+        ));
+    }
+
+    #[test]
+    fn garbage_and_other_types_are_silent() {
+        let now = Instant::now();
+        let mut c = CentralTracker::new(Limits::default(), now);
+        let src: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut out = Vec::new();
+        for d in [
+            vec![],
+            b"HYDK".to_vec(),
+            vec![0u8; 40],
+            Datagram::new(1, Message::Connect).to_vec(),
+            Datagram::new(1, Message::Confirm { token: 5 }).to_vec(),
+        ] {
+            assert_eq!(c.on_datagram(src, &d, now, &mut out), Action::Silence);
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn version_error_is_capped() {
+        let now = Instant::now();
+        let mut c = CentralTracker::new(Limits::default(), now);
+        let src: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut d = join(1, 0);
+        d[4] = 9;
+        let mut out = Vec::new();
+        // 20 bytes: not even the code fits.
+        assert_eq!(c.on_datagram(src, &d, now, &mut out), Action::Silence);
+        d.extend_from_slice(&[0; 10]);
+        assert_eq!(c.on_datagram(src, &d, now, &mut out), Action::Reply);
+        assert_eq!(out.len(), 30);
+        assert!(matches!(
+            Datagram::decode(&out).unwrap().message,
+            Message::Error {
+                code: ErrorCode::UnsupportedVersion,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn join_with_body_and_valid_cookie_is_malformed() {
+        let now = Instant::now();
+        let mut c = CentralTracker::new(Limits::default(), now);
+        let src: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut d = join(1, c.cookie(src, now));
+        d.push(0);
+        let mut out = Vec::new();
+        assert_eq!(c.on_datagram(src, &d, now, &mut out), Action::Reply);
+        assert!(matches!(
+            Datagram::decode(&out).unwrap().message,
+            Message::Error {
+                code: ErrorCode::Malformed,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn caps_refuse_silently() {
+        let now = Instant::now();
+        let mut c = CentralTracker::new(
+            Limits {
+                max_pending_per_ip: 2,
+                ..Limits::default()
+            },
+            now,
+        );
+        let src: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let cookie = c.cookie(src, now);
+        let mut out = Vec::new();
+        for tid in 0..2 {
+            assert!(matches!(
+                c.on_datagram(src, &join(tid, cookie), now, &mut out),
+                Action::Create { .. }
+            ));
+        }
+        assert_eq!(
+            c.on_datagram(src, &join(9, cookie), now, &mut out),
+            Action::Silence
+        );
+        assert!(out.is_empty());
+        let other: SocketAddr = "127.0.0.2:4000".parse().unwrap();
+        let cookie2 = c.cookie(other, now);
+        assert!(matches!(
+            c.on_datagram(other, &join(1, cookie2), now, &mut out),
+            Action::Create { .. }
+        ));
+    }
+}

@@ -1,0 +1,134 @@
+//! Stateless proofs of address: join cookies and connection ids.
+//!
+//! A value is a keyed BLAKE3 hash of a purpose tag, the requester's address (IP
+//! and port), a scope (e.g. the swarm port) and a time window. Nothing is
+//! stored per requester, so a flood of requests costs no memory. A value is
+//! accepted in its own window and the next one only, so it lives between one
+//! and two windows; values of future windows (or any other) never match.
+//! Comparison is constant-time.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// What a [`Stamp`] proves; keeps a cookie from ever passing as a connection id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    JoinCookie = 1,
+    ConnectionId = 2,
+}
+
+/// Issues and checks stateless values for one purpose.
+#[derive(Clone)]
+pub struct Stamp {
+    key: [u8; 32],
+    purpose: Purpose,
+    window_secs: u64,
+}
+
+impl std::fmt::Debug for Stamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stamp")
+            .field("purpose", &self.purpose)
+            .field("window_secs", &self.window_secs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Stamp {
+    /// `window_secs` is the minimum lifetime of an issued value.
+    pub fn new(key: [u8; 32], purpose: Purpose, window_secs: u64) -> Self {
+        Self {
+            key,
+            purpose,
+            window_secs: window_secs.max(1),
+        }
+    }
+
+    /// A fresh random key.
+    pub fn random(purpose: Purpose, window_secs: u64) -> Self {
+        Self::new(rand::random(), purpose, window_secs)
+    }
+
+    fn value(&self, addr: SocketAddr, scope: u64, window: u64) -> u64 {
+        let mut h = blake3::Hasher::new_keyed(&self.key);
+        h.update(&[self.purpose as u8]);
+        let ip = match addr.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+            IpAddr::V6(v6) => v6.octets(),
+        };
+        h.update(&ip);
+        h.update(&addr.port().to_be_bytes());
+        h.update(&scope.to_be_bytes());
+        h.update(&window.to_be_bytes());
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&h.finalize().as_bytes()[..8]);
+        // 0 means "no cookie" on the wire: never issue it.
+        u64::from_be_bytes(out).max(1)
+    }
+
+    /// The value for `addr` at `now_secs` (seconds on any monotonic clock).
+    pub fn issue(&self, addr: SocketAddr, scope: u64, now_secs: u64) -> u64 {
+        self.value(addr, scope, now_secs / self.window_secs)
+    }
+
+    /// Whether `value` was issued to `addr` in this window or the previous one.
+    pub fn check(&self, addr: SocketAddr, scope: u64, value: u64, now_secs: u64) -> bool {
+        let window = now_secs / self.window_secs;
+        let current = ct_eq(self.value(addr, scope, window), value);
+        let previous = window > 0 && ct_eq(self.value(addr, scope, window - 1), value);
+        // Both are computed whatever the first says: no timing shortcut.
+        current | previous
+    }
+}
+
+/// Constant-time equality of two u64 values.
+fn ct_eq(a: u64, b: u64) -> bool {
+    let x = a ^ b;
+    // Folds every bit of x into bit 0 without a data-dependent branch.
+    let folded = (x | x.wrapping_neg()) >> 63;
+    folded == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn valid_for_one_to_two_windows() {
+        let s = Stamp::random(Purpose::JoinCookie, 30);
+        let a = addr("127.0.0.1:5000");
+        let c = s.issue(a, 0, 100);
+        assert!(s.check(a, 0, c, 100));
+        assert!(s.check(a, 0, c, 119));
+        assert!(s.check(a, 0, c, 90 + 30 + 29));
+        assert!(!s.check(a, 0, c, 150), "expired after the next window");
+    }
+
+    #[test]
+    fn future_and_foreign_values_refused() {
+        let s = Stamp::random(Purpose::ConnectionId, 120);
+        let a = addr("127.0.0.1:5000");
+        let future = s.issue(a, 7, 1000 + 240);
+        assert!(!s.check(a, 7, future, 1000));
+        let c = s.issue(a, 7, 1000);
+        assert!(!s.check(addr("127.0.0.1:5001"), 7, c, 1000), "other port");
+        assert!(!s.check(addr("127.0.0.2:5000"), 7, c, 1000), "other ip");
+        assert!(!s.check(a, 8, c, 1000), "other scope");
+        let other_key = Stamp::random(Purpose::ConnectionId, 120);
+        assert!(!other_key.check(a, 7, c, 1000));
+        let cookie = Stamp::new(s.key, Purpose::JoinCookie, 120);
+        assert!(!cookie.check(a, 7, c, 1000), "other purpose");
+        assert_ne!(c, 0);
+    }
+
+    #[test]
+    fn ct_eq_is_equality() {
+        for (a, b) in [(0, 0), (1, 0), (u64::MAX, u64::MAX), (1 << 63, 0), (5, 5)] {
+            assert_eq!(ct_eq(a, b), a == b);
+        }
+    }
+}

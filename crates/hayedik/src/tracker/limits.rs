@@ -1,0 +1,229 @@
+//! The central tracker's budget: a per-IP rate limit on swarm-creating JOINs
+//! and caps on swarms, so a flood from one address cannot exhaust ports,
+//! tasks or memory, nor deny service to other addresses.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Instant;
+
+/// Configurable limits; every field has a default in [`Limits::default`].
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Swarm-creating JOINs per second per source IP (token bucket rate).
+    pub joins_per_ip_per_sec: f64,
+    /// Burst of swarm-creating JOINs per source IP.
+    pub join_burst: u32,
+    /// Swarms waiting for CONFIRM, all sources together.
+    pub max_pending: usize,
+    /// Swarms waiting for CONFIRM per source IP.
+    pub max_pending_per_ip: usize,
+    /// Swarms (pending and confirmed) in total.
+    pub max_swarms: usize,
+    /// Swarms (pending and confirmed) created by one source IP.
+    pub max_swarms_per_ip: usize,
+    /// Peers listed in one swarm.
+    pub max_peers_per_swarm: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            joins_per_ip_per_sec: 5.0,
+            join_burst: 20,
+            max_pending: 512,
+            max_pending_per_ip: 16,
+            max_swarms: 10_000,
+            max_swarms_per_ip: 256,
+            max_peers_per_swarm: 10_000,
+        }
+    }
+}
+
+/// Why a JOIN was refused (no reply is sent; the reason is logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    RateLimited,
+    TooManyPending,
+    TooManyPendingFromIp,
+    TooManySwarms,
+    TooManySwarmsFromIp,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct PerIp {
+    pending: usize,
+    swarms: usize,
+    tokens: f64,
+    refilled: Option<Instant>,
+}
+
+/// Counters and buckets; owned by the central tracker.
+#[derive(Debug)]
+pub struct Budget {
+    limits: Limits,
+    per_ip: HashMap<IpAddr, PerIp>,
+    pending: usize,
+    swarms: usize,
+}
+
+/// Entries kept for idle IPs before a sweep forgets the idle ones.
+const MAX_IDLE_ENTRIES: usize = 65_536;
+
+impl Budget {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            per_ip: HashMap::new(),
+            pending: 0,
+            swarms: 0,
+        }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    pub fn swarms(&self) -> usize {
+        self.swarms
+    }
+
+    /// Asks to create a swarm for `ip`; on success the swarm is counted as
+    /// pending and must later be [`Budget::confirmed`] or [`Budget::released`].
+    pub fn try_create(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
+        let l = &self.limits;
+        if self.swarms >= l.max_swarms {
+            return Err(Refusal::TooManySwarms);
+        }
+        if self.pending >= l.max_pending {
+            return Err(Refusal::TooManyPending);
+        }
+        if self.per_ip.len() >= MAX_IDLE_ENTRIES {
+            self.per_ip.retain(|_, e| e.pending > 0 || e.swarms > 0);
+        }
+        let e = self.per_ip.entry(ip).or_insert(PerIp {
+            tokens: f64::from(l.join_burst),
+            ..PerIp::default()
+        });
+        if e.swarms >= l.max_swarms_per_ip {
+            return Err(Refusal::TooManySwarmsFromIp);
+        }
+        if e.pending >= l.max_pending_per_ip {
+            return Err(Refusal::TooManyPendingFromIp);
+        }
+        if let Some(last) = e.refilled {
+            let secs = now.saturating_duration_since(last).as_secs_f64();
+            e.tokens = (e.tokens + secs * l.joins_per_ip_per_sec).min(f64::from(l.join_burst));
+        }
+        e.refilled = Some(now);
+        if e.tokens < 1.0 {
+            return Err(Refusal::RateLimited);
+        }
+        e.tokens -= 1.0;
+        e.pending += 1;
+        e.swarms += 1;
+        self.pending += 1;
+        self.swarms += 1;
+        Ok(())
+    }
+
+    /// Counts a swarm restored from the state directory.
+    pub fn restored(&mut self, ip: Option<IpAddr>) {
+        self.swarms += 1;
+        if let Some(ip) = ip {
+            self.per_ip.entry(ip).or_default().swarms += 1;
+        }
+    }
+
+    /// A pending swarm of `ip` was confirmed: no longer pending.
+    pub fn confirmed(&mut self, ip: IpAddr) {
+        self.pending = self.pending.saturating_sub(1);
+        if let Some(e) = self.per_ip.get_mut(&ip) {
+            e.pending = e.pending.saturating_sub(1);
+        }
+    }
+
+    /// A swarm of `ip` is gone (reclaimed while pending, or retired).
+    pub fn released(&mut self, ip: Option<IpAddr>, was_pending: bool) {
+        self.swarms = self.swarms.saturating_sub(1);
+        if was_pending {
+            self.pending = self.pending.saturating_sub(1);
+        }
+        if let Some(e) = ip.and_then(|ip| self.per_ip.get_mut(&ip)) {
+            e.swarms = e.swarms.saturating_sub(1);
+            if was_pending {
+                e.pending = e.pending.saturating_sub(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::time::Duration;
+
+    fn ip(n: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, n])
+    }
+
+    #[test]
+    fn pending_cap_per_ip_does_not_touch_others() {
+        let mut b = Budget::new(Limits {
+            max_pending_per_ip: 3,
+            join_burst: 100,
+            ..Limits::default()
+        });
+        let now = Instant::now();
+        for _ in 0..3 {
+            b.try_create(ip(1), now).unwrap();
+        }
+        assert_eq!(b.try_create(ip(1), now), Err(Refusal::TooManyPendingFromIp));
+        b.try_create(ip(2), now).unwrap();
+        b.released(Some(ip(1)), true);
+        b.try_create(ip(1), now).unwrap();
+        b.confirmed(ip(1));
+        b.try_create(ip(1), now).unwrap();
+        assert_eq!(b.pending(), 4);
+        assert_eq!(b.swarms(), 5);
+    }
+
+    #[test]
+    fn rate_limit_refills() {
+        let mut b = Budget::new(Limits {
+            joins_per_ip_per_sec: 2.0,
+            join_burst: 2,
+            max_pending_per_ip: 100,
+            ..Limits::default()
+        });
+        let t0 = Instant::now();
+        b.try_create(ip(1), t0).unwrap();
+        b.try_create(ip(1), t0).unwrap();
+        assert_eq!(b.try_create(ip(1), t0), Err(Refusal::RateLimited));
+        b.try_create(ip(1), t0 + Duration::from_millis(600))
+            .unwrap();
+    }
+
+    #[test]
+    fn global_caps() {
+        let mut b = Budget::new(Limits {
+            max_pending: 2,
+            max_swarms: 3,
+            ..Limits::default()
+        });
+        let now = Instant::now();
+        b.try_create(ip(1), now).unwrap();
+        b.try_create(ip(2), now).unwrap();
+        assert_eq!(b.try_create(ip(3), now), Err(Refusal::TooManyPending));
+        b.confirmed(ip(1));
+        b.try_create(ip(3), now).unwrap();
+        b.confirmed(ip(2));
+        assert_eq!(b.try_create(ip(4), now), Err(Refusal::TooManySwarms));
+        b.released(Some(ip(1)), false);
+        b.try_create(ip(4), now).unwrap();
+    }
+}

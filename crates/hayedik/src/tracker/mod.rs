@@ -1,0 +1,204 @@
+//! The tracker: a central tracker on one well-known UDP port that launches a
+//! swarm tracker per shared content, each on its own port and task.
+//!
+//! - [`central`]: JOIN, cookies, launching swarms, the budget ([`limits`]).
+//! - [`swarm`]: one swarm's state (confirmation, key, peers); [`swarm_task`]
+//!   serves it on its socket.
+//! - [`peers`]: a swarm's peer table.
+//! - [`state`]: confirmed swarms kept across restarts (`--state`).
+//! - [`cookie`]: stateless cookies and connection ids.
+
+pub mod central;
+pub mod cookie;
+pub mod limits;
+pub mod peers;
+pub mod state;
+pub mod swarm;
+pub mod swarm_task;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::{Event, Events};
+use central::CentralTracker;
+use limits::Limits;
+use state::Store;
+use swarm::{SwarmSettings, SwarmTracker};
+use swarm_task::{Note, SwarmCtx};
+
+/// Everything `hayedik tracker` can be told.
+#[derive(Debug, Clone)]
+pub struct TrackerConfig {
+    /// Swarm ports are taken from this inclusive range, or are ephemeral.
+    pub swarm_ports: Option<(u16, u16)>,
+    pub confirm_timeout: Duration,
+    pub announce_interval: Duration,
+    /// A confirmed swarm nobody announced to for this long is retired.
+    pub retire_after: Duration,
+    pub state_dir: Option<PathBuf>,
+    pub limits: Limits,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            swarm_ports: None,
+            confirm_timeout: Duration::from_secs(5),
+            announce_interval: Duration::from_secs(60),
+            retire_after: Duration::from_secs(30 * 24 * 3600),
+            state_dir: None,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// What every task of one tracker shares.
+pub struct Shared {
+    pub events: Events,
+    pub store: Option<Arc<Store>>,
+    pub cancel: CancellationToken,
+    pub confirm_timeout: Duration,
+    pub retire_after: Duration,
+    pub swarm_settings: SwarmSettings,
+}
+
+/// Binds swarm sockets: on the central tracker's IP, from a port range or an
+/// ephemeral port.
+#[derive(Debug, Clone)]
+pub struct Binder {
+    pub ip: IpAddr,
+    pub range: Option<(u16, u16)>,
+}
+
+impl Binder {
+    /// A socket on a free port.
+    pub fn bind_any(&self) -> std::io::Result<std::net::UdpSocket> {
+        let Some((low, high)) = self.range else {
+            return std::net::UdpSocket::bind(SocketAddr::new(self.ip, 0));
+        };
+        let size = u32::from(high - low) + 1;
+        let start = rand::random::<u32>() % size;
+        // Bounded: a full range fails fast instead of scanning 64k ports.
+        let tries = size.min(4096);
+        let mut last = None;
+        for i in 0..tries {
+            let offset = (start + i) % size;
+            let port = low + u16::try_from(offset).unwrap_or(0);
+            match std::net::UdpSocket::bind(SocketAddr::new(self.ip, port)) {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("empty swarm port range")))
+    }
+
+    /// A socket on exactly `port` (to restore a swarm).
+    pub fn bind_port(&self, port: u16) -> std::io::Result<tokio::net::UdpSocket> {
+        let s = std::net::UdpSocket::bind(SocketAddr::new(self.ip, port))?;
+        s.set_nonblocking(true)?;
+        tokio::net::UdpSocket::from_std(s)
+    }
+}
+
+/// Runs a tracker on `socket` until `cancel` fires.
+///
+/// Opening the state store and restoring swarms happens before this returns
+/// its first error, so a bad state directory is reported at start.
+pub async fn run(
+    socket: UdpSocket,
+    config: TrackerConfig,
+    events: Events,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let local = socket
+        .local_addr()
+        .context("reading the tracker's address")?;
+    let store = match &config.state_dir {
+        Some(dir) => {
+            let dir = dir.clone();
+            let store = tokio::task::spawn_blocking(move || Store::open(&dir)).await??;
+            Some(Arc::new(store))
+        }
+        None => None,
+    };
+    let shared = Arc::new(Shared {
+        events,
+        store,
+        cancel: cancel.clone(),
+        confirm_timeout: config.confirm_timeout,
+        retire_after: config.retire_after,
+        swarm_settings: SwarmSettings {
+            interval: config.announce_interval,
+            max_peers: config.limits.max_peers_per_swarm,
+        },
+    });
+    let binder = Binder {
+        ip: local.ip(),
+        range: config.swarm_ports,
+    };
+    let epoch = Instant::now();
+    let mut central = CentralTracker::new(config.limits.clone(), epoch);
+    let (notes_tx, notes_rx) = mpsc::unbounded_channel();
+    events.emit(Event::Listening {
+        addr: local.to_string(),
+    });
+    if let Some(store) = &shared.store {
+        let store = store.clone();
+        let records = tokio::task::spawn_blocking(move || store.load()).await??;
+        for record in records {
+            central.budget_mut().restored(record.creator);
+            restore(record, &binder, &shared, &notes_tx, epoch);
+        }
+    }
+    central::serve(socket, central, binder, shared.clone(), notes_rx, notes_tx).await;
+    Ok(())
+}
+
+/// Brings a stored swarm back on its port, retrying while another process
+/// holds the port.
+fn restore(
+    record: swarm::SwarmRecord,
+    binder: &Binder,
+    shared: &Arc<Shared>,
+    notes: &mpsc::UnboundedSender<Note>,
+    epoch: Instant,
+) {
+    let port = record.port;
+    let (binder, shared, notes) = (binder.clone(), shared.clone(), notes.clone());
+    crate::spawn::spawn(&format!("swarm {port}"), async move {
+        let mut warned = false;
+        let socket = loop {
+            match binder.bind_port(port) {
+                Ok(s) => break Arc::new(s),
+                Err(e) => {
+                    if !warned {
+                        tracing::error!(
+                            "cannot restore swarm on port {port}: {e}; another process holds it? retrying every 5 s"
+                        );
+                        shared.events.emit(Event::Error {
+                            message: format!(
+                                "cannot restore swarm on port {port}: {e}; retrying every 5 s"
+                            ),
+                        });
+                        warned = true;
+                    }
+                    tokio::select! {
+                        _ = shared.cancel.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                    }
+                }
+            }
+        };
+        shared.events.emit(Event::SwarmRestored { port });
+        let swarm = SwarmTracker::new(record, true, shared.swarm_settings.clone(), epoch);
+        let ctx = SwarmCtx { shared, notes };
+        swarm_task::serve(swarm, socket, ctx).await;
+    });
+}

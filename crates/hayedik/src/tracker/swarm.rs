@@ -1,0 +1,337 @@
+//! One swarm tracker: the state of a swarm on its own UDP port, and the task
+//! that serves it.
+//!
+//! [`SwarmTracker::handle`] is synchronous and takes `now`: it applies one
+//! datagram and writes the reply, if any, following PROTOCOL.md's order of
+//! checks: length, magic, version, type, swarm state (ERROR 6), token or
+//! connection id, body (ERROR 2), swarm key (ERROR 4). A reply to a source
+//! that has not proved its address is never larger than its request.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use hayedik_proto::tracker::{
+    decode_body, decode_header, encode_error_capped, Datagram, ErrorCode, HeaderError, Kind,
+    Message, PeerEntry, Peers, MAX_PEERS_DATAGRAM, PEERS_FIXED_LEN,
+};
+
+use super::cookie::{Purpose, Stamp};
+use super::peers::{PeerTable, Update};
+
+/// Peers sent when an ANNOUNCE asks for 0 (the tracker's default).
+pub const DEFAULT_WANTED: usize = 50;
+/// Minimum lifetime of a connection id (PROTOCOL.md: at least two minutes).
+pub const CONNECTION_ID_WINDOW_SECS: u64 = 120;
+
+/// Settings shared by every swarm tracker.
+#[derive(Debug, Clone)]
+pub struct SwarmSettings {
+    /// Announce interval told to peers.
+    pub interval: Duration,
+    pub max_peers: usize,
+}
+
+/// The persistent identity of a confirmed swarm.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwarmRecord {
+    pub port: u16,
+    /// Source IP of the JOIN that created it, for the per-IP caps.
+    pub creator: Option<std::net::IpAddr>,
+    pub token: u64,
+    /// The address that sent the first valid CONFIRM.
+    pub confirmer: Option<SocketAddr>,
+    /// Bound by the first ANNOUNCE.
+    pub key: Option<[u8; 32]>,
+    /// Unix seconds of the last ANNOUNCE (or of the confirmation).
+    pub last_announce_unix: u64,
+}
+
+/// What a datagram changed that the task must act on (persist, tell others).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    Nothing,
+    /// The first valid CONFIRM: the swarm is now kept.
+    Confirmed,
+    /// The first ANNOUNCE bound the swarm key.
+    KeyBound,
+    /// An ANNOUNCE was answered.
+    Announced,
+}
+
+/// One swarm's state.
+#[derive(Debug)]
+pub struct SwarmTracker {
+    pub record: SwarmRecord,
+    confirmed: bool,
+    /// Set while shutting down for retirement: CONNECT and ANNOUNCE get ERROR 6.
+    retiring: bool,
+    peers: PeerTable,
+    conn_ids: Stamp,
+    settings: SwarmSettings,
+    /// Zero of the clock used for connection id windows.
+    epoch: Instant,
+    rng: rand::rngs::SmallRng,
+    scratch: Vec<PeerEntry>,
+}
+
+impl SwarmTracker {
+    pub fn new(
+        record: SwarmRecord,
+        confirmed: bool,
+        settings: SwarmSettings,
+        epoch: Instant,
+    ) -> Self {
+        use rand::SeedableRng;
+        Self {
+            peers: PeerTable::new(settings.max_peers),
+            conn_ids: Stamp::random(Purpose::ConnectionId, CONNECTION_ID_WINDOW_SECS),
+            record,
+            confirmed,
+            retiring: false,
+            settings,
+            epoch,
+            rng: rand::rngs::SmallRng::from_entropy(),
+            scratch: Vec::new(),
+        }
+    }
+
+    pub fn is_confirmed(&self) -> bool {
+        self.confirmed
+    }
+
+    pub fn set_retiring(&mut self) {
+        self.retiring = true;
+    }
+
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Drops peers silent for more than twice the announce interval.
+    pub fn expire(&mut self, now: Instant) -> usize {
+        self.peers.expire(now, self.settings.interval * 2)
+    }
+
+    fn secs(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_secs()
+    }
+
+    /// The connection id that `src` would get now (for tests and benches).
+    pub fn connection_id(&self, src: SocketAddr, now: Instant) -> u64 {
+        self.conn_ids
+            .issue(src, u64::from(self.record.port), self.secs(now))
+    }
+
+    /// Applies one datagram from `src`; the reply, if any, is left in `out`.
+    pub fn handle(
+        &mut self,
+        src: SocketAddr,
+        buf: &[u8],
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Effect {
+        out.clear();
+        let cap = buf.len();
+        let (header, body) = match decode_header(buf) {
+            Ok(x) => x,
+            Err(HeaderError::Drop) => return Effect::Nothing,
+            Err(HeaderError::UnsupportedVersion { tid, .. }) => {
+                encode_error_capped(
+                    out,
+                    tid,
+                    ErrorCode::UnsupportedVersion,
+                    "unsupported version: this tracker speaks version 1",
+                    cap,
+                );
+                return Effect::Nothing;
+            }
+        };
+        let tid = header.tid;
+        match header.kind {
+            Kind::Confirm => {
+                if !ct_eq64(header.token, self.record.token) {
+                    return Effect::Nothing;
+                }
+                if decode_body(&header, body).is_err() {
+                    encode_error_capped(
+                        out,
+                        tid,
+                        ErrorCode::Malformed,
+                        "CONFIRM has an empty body",
+                        cap,
+                    );
+                    return Effect::Nothing;
+                }
+                Datagram::new(tid, Message::Confirmed).encode(out);
+                if self.confirmed {
+                    return Effect::Nothing;
+                }
+                self.confirmed = true;
+                self.record.confirmer = Some(src);
+                Effect::Confirmed
+            }
+            Kind::Connect => {
+                if let Some(e) = self.unavailable() {
+                    encode_error_capped(out, tid, ErrorCode::NotConfirmed, e, cap);
+                    return Effect::Nothing;
+                }
+                if decode_body(&header, body).is_err() {
+                    encode_error_capped(
+                        out,
+                        tid,
+                        ErrorCode::Malformed,
+                        "CONNECT has an empty body",
+                        cap,
+                    );
+                    return Effect::Nothing;
+                }
+                let connection_id = self.connection_id(src, now);
+                Datagram::new(tid, Message::Connected { connection_id }).encode(out);
+                Effect::Nothing
+            }
+            Kind::Announce => self.announce(src, &header, body, now, out),
+            _ => Effect::Nothing,
+        }
+    }
+
+    fn unavailable(&self) -> Option<&'static str> {
+        if !self.confirmed {
+            Some("swarm not confirmed yet")
+        } else if self.retiring {
+            Some("swarm is being retired")
+        } else {
+            None
+        }
+    }
+
+    fn announce(
+        &mut self,
+        src: SocketAddr,
+        header: &hayedik_proto::tracker::Header,
+        body: &[u8],
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> Effect {
+        let (tid, cap) = (header.tid, hayedik_proto::tracker::HEADER_LEN + body.len());
+        if let Some(e) = self.unavailable() {
+            encode_error_capped(out, tid, ErrorCode::NotConfirmed, e, cap);
+            return Effect::Nothing;
+        }
+        if !self.conn_ids.check(
+            src,
+            u64::from(self.record.port),
+            header.token,
+            self.secs(now),
+        ) {
+            encode_error_capped(
+                out,
+                tid,
+                ErrorCode::BadConnectionId,
+                "bad or expired connection id: CONNECT again",
+                cap,
+            );
+            return Effect::Nothing;
+        }
+        // From here on the source has proved its address: no size cap.
+        let announce = match decode_body(header, body) {
+            Ok(Message::Announce { announce, .. }) => announce,
+            _ => {
+                encode_error_capped(
+                    out,
+                    tid,
+                    ErrorCode::Malformed,
+                    "malformed ANNOUNCE",
+                    usize::MAX,
+                );
+                return Effect::Nothing;
+            }
+        };
+        let mut effect = Effect::Announced;
+        match self.record.key {
+            Some(key) if key != announce.swarm_key => {
+                encode_error_capped(
+                    out,
+                    tid,
+                    ErrorCode::WrongSwarmKey,
+                    "wrong swarm key for this port",
+                    usize::MAX,
+                );
+                return Effect::Nothing;
+            }
+            Some(_) => {}
+            None => {
+                if self.record.confirmer != Some(src) {
+                    encode_error_capped(
+                        out,
+                        tid,
+                        ErrorCode::WrongSwarmKey,
+                        "swarm not bound yet: only the confirming address may announce first",
+                        usize::MAX,
+                    );
+                    return Effect::Nothing;
+                }
+                self.record.key = Some(announce.swarm_key);
+                effect = Effect::KeyBound;
+            }
+        }
+        let me = (src.ip(), announce.port);
+        match self.peers.announce(me, announce.state, now) {
+            Update::Full => {
+                encode_error_capped(
+                    out,
+                    tid,
+                    ErrorCode::RateLimited,
+                    "swarm is full",
+                    usize::MAX,
+                );
+                return effect_if_bound(effect);
+            }
+            Update::Listed | Update::NotListed => {}
+        }
+        let (seeders, partials) = self.peers.counts(Some(me));
+        let wanted = match announce.wanted {
+            0 => DEFAULT_WANTED,
+            n => usize::from(n),
+        };
+        let mut entries = std::mem::take(&mut self.scratch);
+        entries.clear();
+        if announce.state != hayedik_proto::tracker::PeerState::Leaving {
+            let mut room = MAX_PEERS_DATAGRAM - PEERS_FIXED_LEN;
+            self.peers
+                .sample(Some(me), wanted, &mut self.rng, &mut entries, |e| {
+                    let len = e.encoded_len();
+                    let fits = len <= room;
+                    room = room.saturating_sub(len);
+                    fits
+                });
+        }
+        let peers = Peers {
+            interval: u16::try_from(self.settings.interval.as_secs()).unwrap_or(u16::MAX),
+            seeders,
+            partials,
+            peers: entries,
+        };
+        let reply = Datagram::new(tid, Message::Peers(peers));
+        reply.encode(out);
+        if let Message::Peers(p) = reply.message {
+            self.scratch = p.peers;
+        }
+        effect
+    }
+}
+
+fn effect_if_bound(effect: Effect) -> Effect {
+    match effect {
+        Effect::KeyBound => Effect::KeyBound,
+        _ => Effect::Nothing,
+    }
+}
+
+fn ct_eq64(a: u64, b: u64) -> bool {
+    let x = a ^ b;
+    ((x | x.wrapping_neg()) >> 63) == 0
+}
+
+#[cfg(test)]
+#[path = "swarm_tests.rs"]
+mod tests;

@@ -1,0 +1,153 @@
+//! The task that serves one swarm tracker on its own socket: receive, let
+//! [`SwarmTracker`] decide, persist what must survive, reply.
+//!
+//! It reclaims the swarm when no CONFIRM arrives in time, expires silent
+//! peers, and retires the swarm when nobody announced for too long.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use super::swarm::{Effect, SwarmRecord, SwarmTracker};
+use super::Shared;
+use crate::events::Event;
+
+/// What a swarm task tells the central tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Note {
+    Confirmed {
+        port: u16,
+        creator: Option<IpAddr>,
+    },
+    /// The swarm's socket is closed and its port free.
+    Gone {
+        port: u16,
+        creator: Option<IpAddr>,
+        was_pending: bool,
+    },
+}
+
+/// What a swarm task needs besides its state and socket.
+pub struct SwarmCtx {
+    pub shared: Arc<Shared>,
+    pub notes: mpsc::UnboundedSender<Note>,
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Serves `swarm` until it is reclaimed, retired, or the tracker stops.
+pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCtx) {
+    let shared = &ctx.shared;
+    let port = swarm.record.port;
+    let creator = swarm.record.creator;
+    let confirm_deadline = tokio::time::Instant::now() + shared.confirm_timeout;
+    let tick_every = (shared.swarm_settings.interval.min(shared.retire_after) / 2)
+        .clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let persist_every =
+        (shared.retire_after / 20).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut persisted_announce = swarm.record.last_announce_unix;
+    let mut buf = vec![0u8; 2048];
+    let mut out = Vec::with_capacity(1200);
+    loop {
+        tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            _ = tokio::time::sleep_until(confirm_deadline), if !swarm.is_confirmed() => {
+                drop(socket);
+                shared.events.emit(Event::SwarmReclaimed { port });
+                let _ = ctx.notes.send(Note::Gone { port, creator, was_pending: true });
+                return;
+            }
+            _ = tick.tick() => {
+                swarm.expire(Instant::now());
+                if !swarm.is_confirmed() {
+                    continue;
+                }
+                let now_unix = unix_now();
+                let silent = Duration::from_secs(now_unix.saturating_sub(swarm.record.last_announce_unix));
+                if silent > shared.retire_after {
+                    swarm.set_retiring();
+                    if let Some(store) = &shared.store {
+                        let store = store.clone();
+                        if let Err(e) = blocking(move || store.remove(port)).await {
+                            tracing::error!("retiring swarm {port}: {e}");
+                        }
+                    }
+                    drop(socket);
+                    shared.events.emit(Event::SwarmRetired { port });
+                    let _ = ctx.notes.send(Note::Gone { port, creator, was_pending: false });
+                    return;
+                }
+                let age = Duration::from_secs(now_unix.saturating_sub(persisted_announce));
+                if swarm.record.last_announce_unix != persisted_announce && age >= persist_every {
+                    if persist(shared, &swarm.record).await {
+                        persisted_announce = swarm.record.last_announce_unix;
+                    }
+                }
+            }
+            r = socket.recv_from(&mut buf) => {
+                let (n, src) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::trace!("swarm {port} recv: {e}");
+                        continue;
+                    }
+                };
+                match swarm.handle(src, &buf[..n], Instant::now(), &mut out) {
+                    Effect::Nothing => {}
+                    Effect::Announced => swarm.record.last_announce_unix = unix_now(),
+                    Effect::Confirmed => {
+                        swarm.record.last_announce_unix = unix_now();
+                        // Durable before CONFIRMED leaves: a confirmed swarm
+                        // survives a crash right after.
+                        if persist(shared, &swarm.record).await {
+                            persisted_announce = swarm.record.last_announce_unix;
+                        }
+                        shared.events.emit(Event::SwarmConfirmed { port });
+                        let _ = ctx.notes.send(Note::Confirmed { port, creator });
+                    }
+                    Effect::KeyBound => {
+                        swarm.record.last_announce_unix = unix_now();
+                        if persist(shared, &swarm.record).await {
+                            persisted_announce = swarm.record.last_announce_unix;
+                        }
+                    }
+                }
+                if !out.is_empty() {
+                    let _ = socket.send_to(&out, src).await;
+                }
+            }
+        }
+    }
+}
+
+/// Writes the record if a store is configured; false if that failed.
+async fn persist(shared: &Shared, record: &SwarmRecord) -> bool {
+    let Some(store) = &shared.store else {
+        return true;
+    };
+    let (store, record) = (store.clone(), record.clone());
+    let port = record.port;
+    match blocking(move || store.put(&record)).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!("saving swarm {port}: {e}");
+            false
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, super::state::StateError> + Send + 'static,
+) -> anyhow::Result<T> {
+    Ok(tokio::task::spawn_blocking(f).await??)
+}

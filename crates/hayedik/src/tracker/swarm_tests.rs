@@ -1,0 +1,254 @@
+#![allow(clippy::unwrap_used)]
+
+use super::*;
+use hayedik_proto::tracker::{Announce, PeerState};
+
+fn settings() -> SwarmSettings {
+    SwarmSettings {
+        interval: Duration::from_secs(60),
+        max_peers: 1000,
+    }
+}
+
+fn new_swarm(now: Instant) -> SwarmTracker {
+    let record = SwarmRecord {
+        port: 5000,
+        creator: None,
+        token: 77,
+        confirmer: None,
+        key: None,
+        last_announce_unix: 0,
+    };
+    SwarmTracker::new(record, false, settings(), now)
+}
+
+fn reply(s: &mut SwarmTracker, src: SocketAddr, d: &Datagram, now: Instant) -> Option<Message> {
+    let mut out = Vec::new();
+    s.handle(src, &d.to_vec(), now, &mut out);
+    (!out.is_empty()).then(|| Datagram::decode(&out).unwrap().message)
+}
+
+fn announce(cid: u64, key: [u8; 32], port: u16, state: PeerState) -> Datagram {
+    Datagram::new(
+        1,
+        Message::Announce {
+            connection_id: cid,
+            announce: Announce {
+                swarm_key: key,
+                port,
+                state,
+                wanted: 0,
+            },
+        },
+    )
+}
+
+#[test]
+fn confirm_then_announce_binds_key() {
+    let now = Instant::now();
+    let mut s = new_swarm(now);
+    let a: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    // Wrong token: silence.
+    assert_eq!(
+        reply(
+            &mut s,
+            a,
+            &Datagram::new(1, Message::Confirm { token: 1 }),
+            now
+        ),
+        None
+    );
+    // Not confirmed: CONNECT is 20 bytes, ERROR 6 would be 22: silence.
+    assert_eq!(
+        reply(&mut s, a, &Datagram::new(1, Message::Connect), now),
+        None
+    );
+    // ANNOUNCE is big enough for ERROR 6.
+    let m = reply(
+        &mut s,
+        a,
+        &announce(1, [1; 32], 1, PeerState::Complete),
+        now,
+    )
+    .unwrap();
+    assert!(matches!(
+        m,
+        Message::Error {
+            code: ErrorCode::NotConfirmed,
+            ..
+        }
+    ));
+    assert_eq!(
+        reply(
+            &mut s,
+            a,
+            &Datagram::new(1, Message::Confirm { token: 77 }),
+            now
+        ),
+        Some(Message::Confirmed)
+    );
+    // A repeated CONFIRM gets CONFIRMED again.
+    assert_eq!(
+        reply(
+            &mut s,
+            a,
+            &Datagram::new(1, Message::Confirm { token: 77 }),
+            now
+        ),
+        Some(Message::Confirmed)
+    );
+    let cid = s.connection_id(a, now);
+    assert_eq!(
+        reply(&mut s, a, &Datagram::new(1, Message::Connect), now),
+        Some(Message::Connected { connection_id: cid })
+    );
+    // Another address may not bind the key first.
+    let b: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let cid_b = s.connection_id(b, now);
+    let m = reply(
+        &mut s,
+        b,
+        &announce(cid_b, [1; 32], 1, PeerState::Complete),
+        now,
+    )
+    .unwrap();
+    assert!(matches!(
+        m,
+        Message::Error {
+            code: ErrorCode::WrongSwarmKey,
+            ..
+        }
+    ));
+    let m = reply(
+        &mut s,
+        a,
+        &announce(cid, [1; 32], 6000, PeerState::Complete),
+        now,
+    )
+    .unwrap();
+    assert!(matches!(m, Message::Peers(ref p) if p.seeders == 0 && p.peers.is_empty()));
+    assert_eq!(s.record.key, Some([1; 32]));
+    // Now b may announce with the right key, and sees a.
+    let m = reply(
+        &mut s,
+        b,
+        &announce(cid_b, [1; 32], 7000, PeerState::Downloading),
+        now,
+    )
+    .unwrap();
+    let Message::Peers(p) = m else { panic!() };
+    assert_eq!((p.seeders, p.partials), (1, 0));
+    assert_eq!(p.peers.len(), 1);
+    assert_eq!(p.peers[0].addr, "127.0.0.1:6000".parse().unwrap());
+    // Wrong key afterwards.
+    let m = reply(
+        &mut s,
+        b,
+        &announce(cid_b, [2; 32], 7000, PeerState::Downloading),
+        now,
+    )
+    .unwrap();
+    assert!(matches!(
+        m,
+        Message::Error {
+            code: ErrorCode::WrongSwarmKey,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn bad_connection_ids_refused() {
+    let now = Instant::now();
+    let mut s = new_swarm(now);
+    let a: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    reply(
+        &mut s,
+        a,
+        &Datagram::new(1, Message::Confirm { token: 77 }),
+        now,
+    );
+    let cid = s.connection_id(a, now);
+    let m = reply(
+        &mut s,
+        a,
+        &announce(cid ^ 1, [1; 32], 1, PeerState::Complete),
+        now,
+    )
+    .unwrap();
+    assert!(matches!(
+        m,
+        Message::Error {
+            code: ErrorCode::BadConnectionId,
+            ..
+        }
+    ));
+    // Expired: more than two windows later.
+    let later = now + Duration::from_secs(2 * CONNECTION_ID_WINDOW_SECS + 1);
+    let m = reply(
+        &mut s,
+        a,
+        &announce(cid, [1; 32], 1, PeerState::Complete),
+        later,
+    )
+    .unwrap();
+    assert!(matches!(
+        m,
+        Message::Error {
+            code: ErrorCode::BadConnectionId,
+            ..
+        }
+    ));
+    // Still valid within the first window.
+    let soon = now + Duration::from_secs(CONNECTION_ID_WINDOW_SECS);
+    let m = reply(
+        &mut s,
+        a,
+        &announce(cid, [1; 32], 1, PeerState::Complete),
+        soon,
+    )
+    .unwrap();
+    assert!(matches!(m, Message::Peers(_)));
+}
+
+#[test]
+fn peers_fit_in_1200_bytes() {
+    let now = Instant::now();
+    let mut s = new_swarm(now);
+    let a: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    reply(
+        &mut s,
+        a,
+        &Datagram::new(1, Message::Confirm { token: 77 }),
+        now,
+    );
+    let cid = s.connection_id(a, now);
+    reply(
+        &mut s,
+        a,
+        &announce(cid, [1; 32], 1, PeerState::Complete),
+        now,
+    );
+    for n in 0..300u32 {
+        let src = SocketAddr::new(std::net::IpAddr::from((0x0A00_0000 + n).to_be_bytes()), 1);
+        let cid = s.connection_id(src, now);
+        reply(
+            &mut s,
+            src,
+            &announce(cid, [1; 32], 2, PeerState::Downloading),
+            now,
+        );
+    }
+    let mut d = announce(cid, [1; 32], 1, PeerState::Complete);
+    if let Message::Announce { announce, .. } = &mut d.message {
+        announce.wanted = 1000;
+    }
+    let mut out = Vec::new();
+    s.handle(a, &d.to_vec(), now, &mut out);
+    assert!(out.len() <= MAX_PEERS_DATAGRAM);
+    let Message::Peers(p) = Datagram::decode(&out).unwrap().message else {
+        panic!()
+    };
+    assert_eq!(p.peers.len(), (MAX_PEERS_DATAGRAM - PEERS_FIXED_LEN) / 8);
+    assert_eq!((p.seeders, p.partials), (0, 300));
+}
