@@ -31,6 +31,8 @@ pub struct Target {
 }
 
 /// What [`Download::open`] found.
+// Returned once per download and matched at once: boxing buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Opened {
     /// NAME already holds this content, verified: nothing to download.
@@ -96,7 +98,8 @@ impl Download {
         P: Fn(u64, u64) + Sync,
     {
         let paths = Paths::new(&target.dir, &target.name)?;
-        fs::create_dir_all(&paths.dir).map_err(|e| StorageError::io(Op::Creating, &paths.dir, e))?;
+        fs::create_dir_all(&paths.dir)
+            .map_err(|e| StorageError::io(Op::Creating, &paths.dir, e))?;
         match fs::symlink_metadata(&paths.final_path) {
             Ok(_) => reuse(&paths, target, verify, progress).map(Opened::Complete),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -202,10 +205,11 @@ impl Download {
 
     /// Makes the marked pieces durable: fdatasync the part file, then
     /// replace the resume file crash-safely. Does nothing when no piece was
-    /// marked since the last save. Call it every 250 ms or so while pieces
-    /// arrive, and on shutdown; at most that much work is lost by a crash.
-    /// On failure (a full disk...) the previous resume file is left intact
-    /// and the next call tries again.
+    /// marked since the last save. Call it about every 500 ms while pieces
+    /// arrive, and on shutdown: a crash loses at most the pieces of the last
+    /// interval. It blocks on fsync: call it off the async reactor. On
+    /// failure (a full disk...) the previous resume file is left intact and
+    /// the next call tries again.
     pub fn save(&self) -> Result<(), StorageError> {
         let _saving = self.save_lock.lock().unwrap_or_else(|e| e.into_inner());
         let have = {
@@ -295,12 +299,18 @@ where
         path: path.clone(),
         reason,
     };
+    // Only reads here: a permission error is not "cannot write".
+    let read_error = |op, err| StorageError::Io {
+        op,
+        path: path.clone(),
+        err,
+    };
     let meta = match fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(refuse("it is a dangling symbolic link".to_string()))
         }
-        Err(e) => return Err(StorageError::io(Op::Opening, path, e)),
+        Err(e) => return Err(read_error(Op::Opening, e)),
     };
     if !meta.is_file() {
         return Err(refuse("it is not a regular file".to_string()));
@@ -309,10 +319,10 @@ where
     if meta.len() != expected {
         return Err(refuse(format!("{} bytes, expected {expected}", meta.len())));
     }
-    let storage = FileStorage::open(path).map_err(|e| StorageError::io(Op::Opening, path, e))?;
+    let storage = FileStorage::open(path).map_err(|e| read_error(Op::Opening, e))?;
     let all = Bitfield::full(target.layout.piece_count());
     let checked = check(&storage, &target.layout, &all, verify, progress, true)
-        .map_err(|e| StorageError::io(Op::Reading, path, e))?;
+        .map_err(|e| read_error(Op::Reading, e))?;
     if checked.bad > 0 || !checked.good.is_full() {
         return Err(refuse("its bytes differ".to_string()));
     }
@@ -389,21 +399,26 @@ where
         Err(e) => return Err(StorageError::io(Op::Opening, &paths.part, e)),
     };
     let (claimed, why) = load_resume(&paths, target);
-    let op = if part_exists { Op::Opening } else { Op::Creating };
+    let op = if part_exists {
+        Op::Opening
+    } else {
+        Op::Creating
+    };
     let storage = FileStorage::create(&paths.part, layout.content_len())
         .map_err(|e| StorageError::io(op, &paths.part, e))?;
 
     let have = if part_exists {
-        warnings.extend(why);
-        let candidates = match &claimed {
-            Some(claimed) => claimed.clone(),
-            None => {
-                if !paths.resume.exists() {
-                    warnings.push(format!(
-                        "no resume file beside {}; rechecking it",
-                        paths.part.display()
-                    ));
-                }
+        let candidates = match (&claimed, why) {
+            (Some(claimed), _) => claimed.clone(),
+            (None, Some(why)) => {
+                warnings.push(why);
+                Bitfield::full(layout.piece_count())
+            }
+            (None, None) => {
+                warnings.push(format!(
+                    "no resume file beside {}; rechecking it",
+                    paths.part.display()
+                ));
                 Bitfield::full(layout.piece_count())
             }
         };

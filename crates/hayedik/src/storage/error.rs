@@ -162,7 +162,10 @@ mod tests {
         );
         assert!(e.is_disk_full());
         let msg = e.to_string();
-        assert!(msg.starts_with("disk full: writing /x/.f.hayedik-part: "), "{msg}");
+        assert!(
+            msg.starts_with("disk full: writing /x/.f.hayedik-part: "),
+            "{msg}"
+        );
         assert!(msg.contains("os error 28"), "{msg}");
         assert!(msg.ends_with("free space and rerun the same command to resume"));
 
@@ -172,7 +175,9 @@ mod tests {
             io::Error::from_raw_os_error(30),
         );
         assert!(matches!(e, StorageError::NotWritable { .. }));
-        assert!(e.to_string().starts_with("cannot write to /ro: creating /ro/.f.hayedik-part"));
+        assert!(e
+            .to_string()
+            .starts_with("cannot write to /ro: creating /ro/.f.hayedik-part"));
 
         let e = StorageError::io(
             Op::Reading,

@@ -43,7 +43,10 @@ impl FileStorage {
         let file = options.open(path)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
         }
         if meta.len() != len {
             file.set_len(len)?;
@@ -119,8 +122,8 @@ impl Storage for FileStorage {
 
 #[cfg(test)]
 mod tests {
+    use super::super::MemoryStorage;
     use super::*;
-    use crate::storage::MemoryStorage;
     use proptest::prelude::*;
 
     #[derive(Debug, Clone)]

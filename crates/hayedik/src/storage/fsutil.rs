@@ -92,6 +92,18 @@ pub(crate) fn remove_if_exists(path: &Path) -> io::Result<()> {
 /// Reads `path` when it exists and holds at most `max` bytes: `Ok(None)`
 /// when missing, an `InvalidData` error when longer.
 pub(crate) fn read_small(path: &Path, max: usize) -> io::Result<Option<Vec<u8>>> {
+    // Opening a FIFO planted at `path` would block: look before opening.
+    match fs::metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+        Ok(meta) if !meta.is_file() => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file",
+            ))
+        }
+        Ok(_) => {}
+    }
     let file = match File::open(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         other => other?,
@@ -114,9 +126,8 @@ pub(crate) fn write_atomic(
     tmp: &Path,
     bytes: &[u8],
 ) -> Result<(), StorageError> {
-    let result = write_tmp(tmp, bytes).and_then(|()| {
-        fs::rename(tmp, path).map_err(|e| StorageError::io(Op::Renaming, tmp, e))
-    });
+    let result = write_tmp(tmp, bytes)
+        .and_then(|()| fs::rename(tmp, path).map_err(|e| StorageError::io(Op::Renaming, tmp, e)));
     if result.is_err() {
         let _ = remove_if_exists(tmp);
     }
@@ -148,7 +159,7 @@ fn write_tmp(tmp: &Path, bytes: &[u8]) -> Result<(), StorageError> {
 pub(crate) fn rename_no_clobber(dir: &Path, from: &Path, to: &Path) -> Result<(), StorageError> {
     let exists = |to: &Path| StorageError::DestinationExists {
         path: to.to_path_buf(),
-        reason: "it appeared while downloading".to_string(),
+        reason: "a file appeared there during the download and was left as it is".to_string(),
     };
     match fs::hard_link(from, to) {
         Ok(()) => {
@@ -228,5 +239,6 @@ mod tests {
         assert_eq!(read_small(&p, 3).expect("read"), Some(b"two".to_vec()));
         assert!(read_small(&p, 2).is_err());
         assert_eq!(read_small(&dir.path().join("none"), 2).expect("read"), None);
+        assert!(read_small(dir.path(), 2).is_err(), "a directory");
     }
 }

@@ -224,9 +224,13 @@ mod tests {
         assert!(PieceLayout::new(10, 0).is_err());
         assert!(PieceLayout::new(10, MAX_PIECE_SIZE + 1).is_err());
         assert!(PieceLayout::new(u64::MAX, 1).is_err());
-        let big = PieceLayout::new(u64::MAX, MAX_PIECE_SIZE).expect("layout");
+        let len = u64::from(u32::MAX) * MAX_PIECE_SIZE - 3;
+        let big = PieceLayout::new(len, MAX_PIECE_SIZE).expect("layout");
+        assert_eq!(big.piece_count(), u32::MAX);
         let last = big.piece_count() - 1;
-        assert_eq!(big.piece_offset(last) + big.piece_len(last), u64::MAX);
+        assert_eq!(big.piece_len(last), MAX_PIECE_SIZE - 3);
+        assert_eq!(big.piece_offset(last) + big.piece_len(last), len);
+        assert!(PieceLayout::new(len + 4, MAX_PIECE_SIZE).is_err());
     }
 
     #[test]

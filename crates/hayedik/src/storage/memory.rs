@@ -14,8 +14,9 @@ pub struct MemoryStorage {
 impl MemoryStorage {
     /// `len` zero bytes; fails (instead of aborting) when memory is short.
     pub fn new(len: u64) -> io::Result<Self> {
-        let n = usize::try_from(len)
-            .map_err(|_| io::Error::new(io::ErrorKind::OutOfMemory, "content too large for memory"))?;
+        let n = usize::try_from(len).map_err(|_| {
+            io::Error::new(io::ErrorKind::OutOfMemory, "content too large for memory")
+        })?;
         let mut data = Vec::new();
         data.try_reserve_exact(n)
             .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e))?;

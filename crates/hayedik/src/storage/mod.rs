@@ -61,9 +61,7 @@ pub trait Storage: Send + Sync {
 
 /// Checks that `offset..offset + n` lies within `0..len`.
 pub(crate) fn check_range(offset: u64, n: usize, len: u64) -> io::Result<()> {
-    let end = u64::try_from(n)
-        .ok()
-        .and_then(|n| offset.checked_add(n));
+    let end = u64::try_from(n).ok().and_then(|n| offset.checked_add(n));
     match end {
         Some(end) if end <= len => Ok(()),
         _ => Err(io::Error::new(

@@ -128,7 +128,10 @@ struct Reader<'a>(&'a [u8]);
 
 impl Reader<'_> {
     fn take<const N: usize>(&mut self) -> Result<[u8; N], ResumeError> {
-        let (head, rest) = self.0.split_first_chunk::<N>().ok_or(ResumeError::TooShort)?;
+        let (head, rest) = self
+            .0
+            .split_first_chunk::<N>()
+            .ok_or(ResumeError::TooShort)?;
         self.0 = rest;
         Ok(*head)
     }
@@ -185,13 +188,22 @@ mod tests {
         };
         let mut body = good[..good.len() - 32].to_vec();
         body.push(0);
-        assert_eq!(ResumeState::decode(&resealed(body)), Err(ResumeError::Length));
+        assert_eq!(
+            ResumeState::decode(&resealed(body)),
+            Err(ResumeError::Length)
+        );
         let mut body = good[..good.len() - 32].to_vec();
         body[65] = 0x01;
-        assert_eq!(ResumeState::decode(&resealed(body)), Err(ResumeError::SpareBits));
+        assert_eq!(
+            ResumeState::decode(&resealed(body)),
+            Err(ResumeError::SpareBits)
+        );
         let mut body = good[..good.len() - 32].to_vec();
         body[8] = 2;
-        assert_eq!(ResumeState::decode(&resealed(body)), Err(ResumeError::Version(2)));
+        assert_eq!(
+            ResumeState::decode(&resealed(body)),
+            Err(ResumeError::Version(2))
+        );
     }
 
     proptest! {

@@ -158,7 +158,10 @@ where
             }
             let len = self.layout.piece_len_usize(index);
             buf.resize(len, 0);
-            if let Err(e) = self.storage.read_at(self.layout.piece_offset(index), &mut buf) {
+            if let Err(e) = self
+                .storage
+                .read_at(self.layout.piece_offset(index), &mut buf)
+            {
                 self.stop.store(true, Ordering::Relaxed);
                 return Err(e);
             }
@@ -179,8 +182,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use super::super::MemoryStorage;
     use super::*;
-    use crate::storage::MemoryStorage;
     use std::sync::Mutex;
 
     #[test]
@@ -190,7 +193,9 @@ mod tests {
         let storage = MemoryStorage::from_vec(data.clone());
         // Piece i verifies when its first byte is what the data says, except 3.
         let verify = |i: u32, bytes: &[u8]| {
-            i != 3 && bytes.first() == data.get(i as usize * 64) && bytes.len() as u64 == layout.piece_len(i)
+            i != 3
+                && bytes.first() == data.get(i as usize * 64)
+                && bytes.len() as u64 == layout.piece_len(i)
         };
         let seen = Mutex::new(Vec::new());
         let progress = |done, total| seen.lock().expect("lock").push((done, total));
