@@ -1,2 +1,4 @@
 pub mod codec;
 pub mod tracker;
+pub mod manifest;
+pub mod ticket;
