@@ -102,9 +102,11 @@ impl Bitfield {
     /// The set of all `len` pieces.
     pub fn full(len: u32) -> Self {
         let mut bytes = vec![0xff; Self::byte_len(len)];
-        if len % 8 != 0 {
+        // Bits used in the last byte; 0 when it is used whole.
+        let used = len % 8;
+        if used != 0 {
             if let Some(last) = bytes.last_mut() {
-                *last = !(0xffu8 >> (len % 8));
+                *last = !(0xffu8 >> used);
             }
         }
         Bitfield {
@@ -124,8 +126,9 @@ impl Bitfield {
         if bytes.len() != Self::byte_len(len) {
             return None;
         }
-        if len % 8 != 0 {
-            let spare = 0xffu8 >> (len % 8);
+        let used = len % 8;
+        if used != 0 {
+            let spare = 0xffu8 >> used;
             if bytes.last().is_some_and(|b| b & spare != 0) {
                 return None;
             }
