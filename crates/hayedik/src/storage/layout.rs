@@ -6,8 +6,8 @@
 use super::StorageError;
 
 /// Largest piece size the layer accepts. It bounds the memory of verification
-/// (one piece buffer per hashing thread).
-pub const MAX_PIECE_SIZE: u64 = 64 << 20;
+/// (one piece buffer per hashing thread). Same bound as the manifest's.
+pub const MAX_PIECE_SIZE: u64 = 256 << 20;
 
 /// The piece layout of one content: its length and its piece size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
