@@ -54,7 +54,7 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
         .trim()
         .parse()
         .map_err(|_| format!("'{s}' is not a number of seconds"))?;
-    if !v.is_finite() || v < 0.0 || v > 1e10 {
+    if !v.is_finite() || !(0.0..=1e10).contains(&v) {
         return Err(format!("'{s}' is not a number of seconds"));
     }
     Ok(Duration::from_secs_f64(v))
@@ -113,7 +113,7 @@ impl TrackerArgs {
         {
             return Err("--announce-interval must be between 1 and 65535 seconds".into());
         }
-        if !(self.max_joins_per_ip_per_sec > 0.0) || self.join_burst == 0 {
+        if self.max_joins_per_ip_per_sec.is_nan() || self.max_joins_per_ip_per_sec <= 0.0 || self.join_burst == 0 {
             return Err("--max-joins-per-ip-per-sec and --join-burst must be above 0".into());
         }
         Ok(TrackerConfig {

@@ -8,3 +8,4 @@ pub mod cli;
 pub mod events;
 pub mod spawn;
 pub mod tracker;
+pub mod storage;

@@ -88,10 +88,11 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
                     return;
                 }
                 let age = Duration::from_secs(now_unix.saturating_sub(persisted_announce));
-                if swarm.record.last_announce_unix != persisted_announce && age >= persist_every {
-                    if persist(shared, &swarm.record).await {
-                        persisted_announce = swarm.record.last_announce_unix;
-                    }
+                if swarm.record.last_announce_unix != persisted_announce
+                    && age >= persist_every
+                    && persist(shared, &swarm.record).await
+                {
+                    persisted_announce = swarm.record.last_announce_unix;
                 }
             }
             r = socket.recv_from(&mut buf) => {
