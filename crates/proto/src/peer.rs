@@ -20,7 +20,7 @@
 //! A is the side that connected (the [`Role::Initiator`]), B the side that
 //! accepted (the [`Role::Responder`]).
 //!
-//! 1. A -> B `Hello { version, swarm, nonce_a }`. `swarm` is
+//! 1. A -> B `Hello { version, swarm, nonce_a, listen_port }`. `swarm` is
 //!    [`crate::manifest::swarm_key`] of the root: enough for B to pick the
 //!    content it serves, useless for fetching it, so the root never crosses
 //!    the wire in a handshake. B answers an unknown swarm, or another
@@ -91,8 +91,9 @@ pub const BLOCK_HEADER_LEN: usize = FRAME_HEADER_LEN + 8;
 pub const MAX_FRAME_LEN: u32 = 1 + MAX_MANIFEST_BYTES as u32;
 /// Largest whole frame, length prefix included.
 pub const MAX_FRAME: usize = 4 + MAX_FRAME_LEN as usize;
-/// Payload length of a version 1 Hello: magic, version, swarm, nonce.
-pub const HELLO_LEN: usize = 4 + 1 + 32 + 32;
+/// Payload length of a version 1 Hello: magic, version, swarm, nonce,
+/// listen port.
+pub const HELLO_LEN: usize = 4 + 1 + 32 + 32 + 2;
 /// Longest Hello of any version: a later version may grow it.
 const MAX_HELLO_LEN: usize = 256;
 const PROOF_DOMAIN: &[u8] = b"hayedik peer proof v1";
@@ -164,6 +165,9 @@ pub enum Message {
         swarm: [u8; 32],
         /// Fresh random bytes for this connection.
         nonce: [u8; 32],
+        /// The TCP port the sender serves pieces on (0: none), so that an
+        /// accepted connection is known by the address the tracker lists.
+        listen_port: u16,
     },
     /// [`handshake_proof`] of the sender.
     Proof {
@@ -336,11 +340,12 @@ impl Message {
     }
 
     /// A version 1 Hello.
-    pub fn hello(swarm: [u8; 32], nonce: [u8; 32]) -> Message {
+    pub fn hello(swarm: [u8; 32], nonce: [u8; 32], listen_port: u16) -> Message {
         Message::Hello {
             version: PROTOCOL_VERSION,
             swarm,
             nonce,
+            listen_port,
         }
     }
 
@@ -368,11 +373,13 @@ impl Message {
                 version,
                 swarm,
                 nonce,
+                listen_port,
             } => {
                 out.put_bytes(&HELLO_MAGIC);
                 out.put_u8(*version);
                 out.put_bytes(swarm);
                 out.put_bytes(nonce);
+                out.put_u16(*listen_port);
             }
             Message::Proof { mac } => out.put_bytes(mac),
             Message::Goodbye { reason } => out.put_bytes(reason.as_bytes()),
@@ -434,6 +441,7 @@ impl Message {
                     version,
                     swarm: r.array().map_err(short)?,
                     nonce: r.array().map_err(short)?,
+                    listen_port: r.u16().map_err(short)?,
                 }
             }
             MessageType::Proof => Message::Proof {

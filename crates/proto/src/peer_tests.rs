@@ -25,9 +25,10 @@ fn vectors() {
     hello.push(1);
     hello.extend_from_slice(&[0xAA; 32]);
     hello.extend_from_slice(&[0xBB; 32]);
+    hello.extend_from_slice(&[0x1F, 0x90]);
     let hello_frame = frame(1, &hello);
-    assert_eq!(&hello_frame[..5], &[0, 0, 0, 70, 1]);
-    check_vector(Message::hello([0xAA; 32], [0xBB; 32]), &hello_frame);
+    assert_eq!(&hello_frame[..5], &[0, 0, 0, 72, 1]);
+    check_vector(Message::hello([0xAA; 32], [0xBB; 32], 8080), &hello_frame);
 
     check_vector(Message::Proof { mac: [7; 32] }, &frame(2, &[7; 32]));
     check_vector(
@@ -132,7 +133,7 @@ fn block_header_helpers_match_the_message() {
 #[test]
 fn frames_stream_one_after_another() {
     let msgs = [
-        Message::hello([1; 32], [2; 32]),
+        Message::hello([1; 32], [2; 32], 7),
         Message::Proof { mac: [3; 32] },
         Message::Have { piece: 4 },
         Message::KeepAlive,
@@ -235,7 +236,7 @@ fn hostile_frames() {
 
 #[test]
 fn hostile_hellos() {
-    let good = Message::hello([1; 32], [2; 32]).to_vec();
+    let good = Message::hello([1; 32], [2; 32], 7).to_vec();
     let mut magic = good.clone();
     magic[5] = b'X';
     assert_eq!(decode_frame(&magic), Err(PeerWireError::BadMagic));
@@ -259,7 +260,7 @@ fn hostile_hellos() {
         decode_frame(&frame(1, &long)),
         Err(PeerWireError::PayloadLength {
             kind: MessageType::Hello,
-            len: 70
+            len: 72
         })
     ));
     assert!(matches!(
@@ -372,7 +373,7 @@ pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         Just(Message::KeepAlive),
         Just(Message::ManifestRequest),
-        (any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(|(s, n)| Message::hello(s, n)),
+        (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<u16>()).prop_map(|(s, n, p)| Message::hello(s, n, p)),
         any::<[u8; 32]>().prop_map(|mac| Message::Proof { mac }),
         ".{0,60}".prop_map(|r| Message::goodbye(&r)),
         proptest::collection::vec(any::<u8>(), 1..300)
