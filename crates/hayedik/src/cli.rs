@@ -25,6 +25,81 @@ pub struct Cli {
 pub enum Command {
     /// Run a central tracker that launches a swarm tracker per shared file.
     Tracker(TrackerArgs),
+    /// Share a file: print its ticket, then serve it until interrupted.
+    Share(ShareArgs),
+    /// Download what a ticket names from every peer that has it, then seed it.
+    Get(GetArgs),
+    /// Show the whole system on loopback: a tracker, a sharer, several downloaders.
+    Demo,
+}
+
+impl Command {
+    /// Whether `--json` was given.
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Tracker(a) => a.json,
+            Command::Share(a) => a.json,
+            Command::Get(a) => a.json,
+            Command::Demo => false,
+        }
+    }
+}
+
+fn parse_rate(s: &str) -> Result<u64, String> {
+    crate::peer::rate::parse_rate(s)
+}
+
+fn parse_ticket(s: &str) -> Result<hayedik_proto::ticket::Ticket, String> {
+    s.trim().parse().map_err(|e| format!("{e}"))
+}
+
+#[derive(Debug, Args)]
+pub struct ShareArgs {
+    /// The file to share.
+    pub path: PathBuf,
+    /// Central tracker HOST:PORT; without it a tracker runs inside this process.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub tracker: Option<String>,
+    /// Host name or address to put in the ticket (default: this machine's address).
+    #[arg(long, value_name = "HOST")]
+    pub public_host: Option<String>,
+    /// TCP address to serve pieces on (port 0: any).
+    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Upload cap in bytes per second (K, M, G suffixes), e.g. 20M.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_upload: Option<u64>,
+    /// One JSON object per line on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// The ticket: hayedik://HOST:PORT/ROOT
+    #[arg(value_parser = parse_ticket)]
+    pub ticket: hayedik_proto::ticket::Ticket,
+    /// Directory to write into (created if missing).
+    #[arg(short = 'o', long = "output", default_value = ".", value_name = "DIR")]
+    pub out: PathBuf,
+    /// TCP address to serve pieces on (port 0: any).
+    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Exit when done instead of seeding.
+    #[arg(long)]
+    pub no_seed: bool,
+    /// Give up when nothing progresses for SECS (0: wait forever).
+    #[arg(long, default_value = "120", value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Duration,
+    /// Upload cap in bytes per second (K, M, G suffixes), e.g. 20M.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_upload: Option<u64>,
+    /// Download cap in bytes per second (K, M, G suffixes).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub max_download: Option<u64>,
+    /// One JSON object per line on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Parses `LOW-HIGH` into an inclusive port range.
@@ -113,7 +188,10 @@ impl TrackerArgs {
         {
             return Err("--announce-interval must be between 1 and 65535 seconds".into());
         }
-        if self.max_joins_per_ip_per_sec.is_nan() || self.max_joins_per_ip_per_sec <= 0.0 || self.join_burst == 0 {
+        if self.max_joins_per_ip_per_sec.is_nan()
+            || self.max_joins_per_ip_per_sec <= 0.0
+            || self.join_burst == 0
+        {
             return Err("--max-joins-per-ip-per-sec and --join-burst must be above 0".into());
         }
         Ok(TrackerConfig {

@@ -133,11 +133,20 @@ impl Event {
 #[derive(Debug, Clone, Copy)]
 pub struct Events {
     json: bool,
+    quiet: bool,
 }
 
 impl Events {
     pub fn new(json: bool) -> Self {
-        Self { json }
+        Self { json, quiet: false }
+    }
+
+    /// Events that go nowhere (an embedded tracker inside `share`).
+    pub fn quiet() -> Self {
+        Self {
+            json: false,
+            quiet: true,
+        }
     }
 
     pub fn is_json(&self) -> bool {
@@ -147,6 +156,10 @@ impl Events {
     /// Emits one event: a JSON line on stdout, or a human line (stdout for
     /// what the user acts on, the log for the rest).
     pub fn emit(&self, event: Event) {
+        if self.quiet {
+            tracing::debug!("{}", event.human());
+            return;
+        }
         if self.json {
             if let Ok(line) = serde_json::to_string(&event) {
                 let mut out = std::io::stdout().lock();

@@ -5,7 +5,9 @@
 //! [`storage`]. Wire formats live in the `hayedik-proto` crate.
 
 pub mod cli;
+pub mod demo;
 pub mod events;
+pub mod peer;
 pub mod spawn;
-pub mod tracker;
 pub mod storage;
+pub mod tracker;

@@ -12,9 +12,7 @@ use tokio_util::sync::CancellationToken;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs();
-    let json = match &cli.command {
-        Command::Tracker(a) => a.json,
-    };
+    let json = cli.command.json();
     let events = Events::new(json);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -73,6 +71,34 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<ExitCode> {
                 uploaded: None,
                 downloaded: None,
             });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Share(a) => {
+            let opts = hayedik::peer::share::ShareOptions {
+                path: a.path,
+                tracker: a.tracker,
+                public_host: a.public_host,
+                listen: a.listen,
+                max_upload: a.max_upload,
+            };
+            hayedik::peer::share::share(opts, events, cancel, |_| {}).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get(a) => {
+            let opts = hayedik::peer::get::GetOptions {
+                ticket: a.ticket,
+                out_dir: a.out,
+                listen: a.listen,
+                seed: !a.no_seed,
+                timeout: (!a.timeout.is_zero()).then_some(a.timeout),
+                max_upload: a.max_upload,
+                max_download: a.max_download,
+            };
+            hayedik::peer::get::get(opts, events, cancel).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo => {
+            hayedik::demo::run(cancel).await?;
             Ok(ExitCode::SUCCESS)
         }
     }

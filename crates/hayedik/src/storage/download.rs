@@ -250,7 +250,7 @@ impl Download {
     /// appeared meanwhile, and the download stays resumable), sync the
     /// directory, remove the resume file. Fails with
     /// [`StorageError::Incomplete`] while pieces are missing.
-    pub fn finish(self) -> Result<CompleteFile, StorageError> {
+    pub fn finish(&self) -> Result<CompleteFile, StorageError> {
         let missing = {
             let state = self.lock_state();
             state.have.len() - state.have.count()

@@ -1,0 +1,332 @@
+//! `hayedik get TICKET`: announce, fetch and verify the manifest, download
+//! from every peer at once, resume what an earlier run left, finish, and
+//! seed on.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use hayedik_proto::manifest::{hash_piece, is_single_plain_name, Manifest};
+use hayedik_proto::ticket::Ticket;
+use hayedik_proto::tracker::PeerState;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::announce::{spawn_announcer, TrackerClient};
+use super::progress::Progress;
+use super::swarm::{Content, Swarm, SwarmOptions};
+use super::{node, resolve, udp_socket_for};
+use crate::events::{Event, Events};
+use crate::storage::{Bitfield, Download, Opened, PieceLayout, Target};
+
+/// What `get` was asked to do.
+#[derive(Debug, Clone)]
+pub struct GetOptions {
+    pub ticket: Ticket,
+    pub out_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub seed: bool,
+    /// Give up when nothing progresses for this long; `None` waits forever.
+    pub timeout: Option<Duration>,
+    pub max_upload: Option<u64>,
+    pub max_download: Option<u64>,
+}
+
+/// What a finished `get` reports (also used by the demo).
+#[derive(Debug, Clone)]
+pub struct GetReport {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub seconds: f64,
+    pub reused: u64,
+    pub from: std::collections::BTreeMap<SocketAddr, u64>,
+    pub uploaded: u64,
+}
+
+/// Runs `get` until done (and, when seeding, until `cancel`).
+pub async fn get(
+    opts: GetOptions,
+    events: Events,
+    cancel: CancellationToken,
+) -> anyhow::Result<Option<GetReport>> {
+    let started = Instant::now();
+    let listener = TcpListener::bind(opts.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}: choose another address with --listen",
+            opts.listen
+        )
+    })?;
+    let local = listener
+        .local_addr()
+        .context("reading the listening address")?;
+    events.emit(Event::Listening {
+        addr: local.to_string(),
+    });
+    let tracker = resolve(&opts.ticket.host, opts.ticket.port).await?;
+    let swarm = Swarm::new(
+        SwarmOptions {
+            root: opts.ticket.root,
+            listen_port: local.port(),
+            max_upload: opts.max_upload,
+            max_download: opts.max_download,
+        },
+        cancel.child_token(),
+    );
+    node::spawn_listener(listener, swarm.clone());
+    let socket = udp_socket_for(tracker).await?;
+    let client = TrackerClient::from_socket(socket, tracker, swarm.swarm_key, local.port());
+    let announcer = spawn_announcer(client, PeerState::Downloading, swarm.cancel.clone());
+    node::spawn_connector(swarm.clone(), announcer.replies());
+    let progress = Progress::new(events, opts.timeout);
+
+    let result = download(&opts, &swarm, &announcer, &progress, events, started).await;
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            progress.finish();
+            announcer.leave().await;
+            swarm.cancel.cancel();
+            return Err(e);
+        }
+    };
+    let Some(report) = report else {
+        // Interrupted: the resume state is saved; tell the tracker we leave.
+        progress.finish();
+        announcer.leave().await;
+        swarm.cancel.cancel();
+        events.emit(stopped(&swarm));
+        return Ok(None);
+    };
+    progress.finish();
+    events.emit(Event::Done {
+        path: report.path.display().to_string(),
+        bytes: report.bytes,
+        seconds: report.seconds,
+        reused: report.reused,
+        from: report
+            .from
+            .iter()
+            .map(|(a, n)| (a.to_string(), *n))
+            .collect(),
+    });
+    announcer.set_state(PeerState::Complete);
+    if !opts.seed {
+        announcer.leave().await;
+        swarm.cancel.cancel();
+        return Ok(Some(report));
+    }
+    events.emit(Event::Seeding);
+    swarm.cancel.cancelled().await;
+    announcer.leave().await;
+    events.emit(stopped(&swarm));
+    Ok(Some(GetReport {
+        uploaded: swarm.uploaded.load(std::sync::atomic::Ordering::Relaxed),
+        ..report
+    }))
+}
+
+fn stopped(swarm: &Swarm) -> Event {
+    use std::sync::atomic::Ordering::Relaxed;
+    Event::Stopped {
+        uploaded: Some(swarm.uploaded.load(Relaxed)),
+        downloaded: Some(swarm.downloaded.load(Relaxed)),
+    }
+}
+
+/// Until the content is complete and in place: `Ok(None)` if interrupted.
+async fn download(
+    opts: &GetOptions,
+    swarm: &Arc<Swarm>,
+    announcer: &super::announce::Announcer,
+    progress: &Progress,
+    events: Events,
+    started: Instant,
+) -> anyhow::Result<Option<GetReport>> {
+    let cancel = swarm.cancel.clone();
+    let mut manifest_rx = swarm.manifest_rx();
+    let (manifest, manifest_bytes) = loop {
+        if let Some(m) = manifest_rx.borrow_and_update().clone() {
+            break m;
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return interrupted(swarm),
+            _ = manifest_rx.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                progress.check_stalled(swarm, announcer)?;
+            }
+        }
+    };
+    let name = check_manifest(&manifest)?;
+    let total = manifest.total_bytes();
+    events.emit(Event::Manifest {
+        name: name.clone(),
+        bytes: total,
+        pieces: u64::from(manifest.piece_count()),
+    });
+    let layout = PieceLayout::new(total, u64::from(manifest.piece_size))
+        .map_err(|e| anyhow!("the manifest's piece layout is unusable: {e}"))?;
+    let target = Target {
+        dir: opts.out_dir.clone(),
+        name: name.clone(),
+        layout,
+        root: opts.ticket.root,
+    };
+    let opened = {
+        let m = manifest.clone();
+        let p = progress.clone();
+        tokio::task::spawn_blocking(move || {
+            Download::open(
+                &target,
+                &|i, data| m.piece_hash(i) == Some(&hash_piece(data)),
+                &|done, total| p.checking(done, total),
+            )
+        })
+        .await
+        .map_err(|e| anyhow!("checking existing data: {e}"))?
+        .map_err(anyhow::Error::new)?
+    };
+    let pieces = manifest.piece_count();
+    match opened {
+        Opened::Complete(file) => {
+            for w in &file.warnings {
+                tracing::warn!("{w}");
+            }
+            swarm.set_content(
+                Content {
+                    manifest: (*manifest).clone(),
+                    manifest_bytes: (*manifest_bytes).clone(),
+                    storage: file.storage.clone(),
+                    download: None,
+                },
+                Bitfield::full(pieces),
+                None,
+            );
+            Ok(Some(GetReport {
+                path: file.path,
+                bytes: total,
+                seconds: started.elapsed().as_secs_f64(),
+                reused: file.reused_bytes,
+                from: Default::default(),
+                uploaded: 0,
+            }))
+        }
+        Opened::Partial(d) => {
+            for w in d.warnings() {
+                tracing::warn!("{w}");
+            }
+            let d = Arc::new(d);
+            let have = d.have();
+            let reused = d.reused_bytes();
+            swarm.set_content(
+                Content {
+                    manifest: (*manifest).clone(),
+                    manifest_bytes: (*manifest_bytes).clone(),
+                    storage: d.storage(),
+                    download: Some(d.clone()),
+                },
+                have,
+                None,
+            );
+            progress.start(name, total, swarm.bytes_verified());
+            let saver = spawn_saver(d.clone(), swarm.clone());
+            let mut complete = swarm.complete_rx();
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            let finished = loop {
+                if *complete.borrow_and_update() {
+                    break true;
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => break false,
+                    _ = complete.changed() => {}
+                    _ = tick.tick() => {
+                        progress.update(swarm);
+                        if let Err(e) = progress.check_stalled(swarm, announcer) {
+                            saver.abort();
+                            save(&d).await?;
+                            return Err(e);
+                        }
+                    }
+                }
+            };
+            saver.abort();
+            // The last pieces, or everything verified before an interrupt.
+            save(&d).await?;
+            if let Some(fatal) = swarm.fatal() {
+                bail!("{fatal}; what was verified is kept: rerun the same command to resume");
+            }
+            if !finished {
+                return interrupted(swarm);
+            }
+            progress.update(swarm);
+            let file = {
+                let d = d.clone();
+                tokio::task::spawn_blocking(move || d.finish())
+                    .await
+                    .map_err(|e| anyhow!("finishing: {e}"))?
+                    .map_err(anyhow::Error::new)?
+            };
+            for w in &file.warnings {
+                tracing::warn!("{w}");
+            }
+            Ok(Some(GetReport {
+                path: file.path,
+                bytes: total,
+                seconds: started.elapsed().as_secs_f64(),
+                reused,
+                from: swarm.from_counts(),
+                uploaded: 0,
+            }))
+        }
+    }
+}
+
+fn interrupted(swarm: &Swarm) -> anyhow::Result<Option<GetReport>> {
+    match swarm.fatal() {
+        Some(fatal) => {
+            bail!("{fatal}; what was verified is kept: rerun the same command to resume")
+        }
+        None => Ok(None),
+    }
+}
+
+/// The file name to write, after checking the manifest describes what this
+/// version can download: one file with a plain name.
+fn check_manifest(m: &Manifest) -> anyhow::Result<String> {
+    let [file] = m.files.as_slice() else {
+        bail!(
+            "this ticket shares {} files; this version of hayedik downloads single files only",
+            m.files.len()
+        );
+    };
+    if !is_single_plain_name(&file.path) {
+        bail!(
+            "the shared file's name {:?} is not a plain file name; refusing to write it",
+            file.path
+        );
+    }
+    Ok(file.path.clone())
+}
+
+async fn save(d: &Arc<Download>) -> anyhow::Result<()> {
+    let d = d.clone();
+    tokio::task::spawn_blocking(move || d.save())
+        .await
+        .map_err(|e| anyhow!("saving resume state: {e}"))?
+        .map_err(anyhow::Error::new)
+}
+
+/// Saves the resume state every half second while pieces arrive.
+fn spawn_saver(d: Arc<Download>, swarm: Arc<Swarm>) -> tokio::task::JoinHandle<()> {
+    crate::spawn::spawn("resume saver", async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tick.tick().await;
+            if let Err(e) = save(&d).await {
+                swarm.fail(format!("{e:#}"));
+                return;
+            }
+        }
+    })
+}

@@ -1,0 +1,52 @@
+//! The peer: a client that is also a server.
+//!
+//! - [`announce`]: the tracker protocol from the peer's side (creating a
+//!   swarm, announcing, the announce loop).
+//! - [`node`]: the TCP listener and the connector that dials listed peers.
+//! - [`session`]: one connection with a remote peer, both directions;
+//!   [`wire`] is its framing and socket tasks.
+//! - [`swarm`]: what all sessions of one content share; [`picker`] chooses
+//!   pieces; [`rate`] caps rates.
+//! - [`share`], [`get`]: the two commands' lifecycles; [`hashing`] builds the
+//!   manifest; [`progress`] shows what happens.
+
+pub mod announce;
+pub mod get;
+pub mod hashing;
+pub mod node;
+pub mod picker;
+pub mod progress;
+pub mod rate;
+pub mod session;
+pub mod share;
+pub mod swarm;
+pub mod wire;
+
+use std::net::SocketAddr;
+
+use anyhow::{anyhow, Context};
+
+/// Resolves `host:port` (a DNS name, an IPv4 or a bracketed IPv6 host).
+pub async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((bare, port))
+        .await
+        .with_context(|| format!("cannot resolve {host}: check the host name"))?
+        .next()
+        .ok_or_else(|| anyhow!("{host} has no address: check the host name"))
+}
+
+/// A UDP socket of the right family to talk to `to`.
+pub async fn udp_socket_for(to: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
+    let any: SocketAddr = if to.is_ipv4() {
+        "0.0.0.0:0".parse()?
+    } else {
+        "[::]:0".parse()?
+    };
+    tokio::net::UdpSocket::bind(any)
+        .await
+        .context("opening a UDP socket for the tracker")
+}

@@ -1,0 +1,162 @@
+//! The peer as a server and as a client: the TCP listener that accepts
+//! sessions, and the connector that dials the peers the tracker lists.
+//!
+//! Both bound what a crowd can cost: accepted sessions are capped (extra
+//! connections are closed at once), an accept error such as running out of
+//! descriptors backs off instead of spinning, and dialing is capped too.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use super::announce::AnnounceReply;
+use super::session;
+use super::swarm::Swarm;
+
+/// Sessions accepted at once.
+pub const MAX_INCOMING: usize = 128;
+/// Sessions dialed at once.
+pub const MAX_OUTGOING: usize = 48;
+/// Time allowed to connect.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer that failed is dialed again after this, doubling up to a minute.
+pub const REDIAL_AFTER: Duration = Duration::from_secs(2);
+
+/// Accepts sessions until the swarm is cancelled.
+pub fn spawn_listener(listener: TcpListener, swarm: Arc<Swarm>) {
+    crate::spawn::spawn("listener", async move {
+        let slots = Arc::new(Semaphore::new(MAX_INCOMING));
+        let cancel = swarm.cancel.clone();
+        loop {
+            let accepted = tokio::select! {
+                _ = cancel.cancelled() => return,
+                a = listener.accept() => a,
+            };
+            let (stream, addr) = match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: wait for sessions to end.
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                tracing::debug!(%addr, "too many sessions: closing");
+                drop(stream);
+                continue;
+            };
+            let swarm = swarm.clone();
+            crate::spawn::spawn(&format!("session {addr}"), async move {
+                if let Err(e) = session::run(swarm, stream, None).await {
+                    tracing::debug!("session with {addr} ended: {e}");
+                }
+                drop(permit);
+            });
+        }
+    });
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DialState {
+    next_try: Instant,
+    backoff: Duration,
+}
+
+/// Dials listed peers until the swarm is cancelled: every peer list
+/// published on `peers`, and every few seconds for peers whose session
+/// ended (with backoff per address).
+pub fn spawn_connector(swarm: Arc<Swarm>, mut peers: watch::Receiver<Option<AnnounceReply>>) {
+    crate::spawn::spawn("connector", async move {
+        let slots = Arc::new(Semaphore::new(MAX_OUTGOING));
+        let cancel = swarm.cancel.clone();
+        let mut known: HashMap<SocketAddr, DialState> = HashMap::new();
+        let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(SocketAddr, bool)>();
+        let mut dialing: std::collections::HashSet<SocketAddr> = Default::default();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = peers.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let list = peers.borrow_and_update().as_ref().map(|r| r.peers.clone()).unwrap_or_default();
+                    for e in list {
+                        known.entry(e.addr).or_insert(DialState { next_try: Instant::now(), backoff: REDIAL_AFTER });
+                    }
+                }
+                Some((addr, ok)) = done_rx.recv() => {
+                    dialing.remove(&addr);
+                    if let Some(st) = known.get_mut(&addr) {
+                        if ok {
+                            st.backoff = REDIAL_AFTER;
+                        } else {
+                            st.backoff = (st.backoff * 2).min(Duration::from_secs(60));
+                        }
+                        st.next_try = Instant::now() + st.backoff;
+                    }
+                }
+                _ = tick.tick() => {}
+            }
+            let now = Instant::now();
+            for (addr, st) in known.iter() {
+                if st.next_try > now
+                    || dialing.contains(addr)
+                    || swarm.is_connected(addr)
+                    || swarm.is_banned(addr)
+                    || is_self(&swarm, addr)
+                {
+                    continue;
+                }
+                let Ok(permit) = slots.clone().try_acquire_owned() else {
+                    break;
+                };
+                dialing.insert(*addr);
+                let (swarm, addr, done) = (swarm.clone(), *addr, done_tx.clone());
+                crate::spawn::spawn(&format!("dial {addr}"), async move {
+                    let ok = dial(swarm, addr).await;
+                    drop(permit);
+                    let _ = done.send((addr, ok));
+                });
+            }
+        }
+    });
+}
+
+/// Whether `addr` is our own listening address (the tracker excludes us,
+/// but a list may still name us under another of our IPs).
+fn is_self(swarm: &Swarm, addr: &SocketAddr) -> bool {
+    addr.port() == swarm.listen_port && (addr.ip().is_loopback() || addr.ip().is_unspecified())
+}
+
+/// Connects and runs a session; true if the session got going.
+async fn dial(swarm: Arc<Swarm>, addr: SocketAddr) -> bool {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!("connecting to {addr}: {e}");
+            return false;
+        }
+        Err(_) => {
+            tracing::debug!("connecting to {addr}: timed out");
+            return false;
+        }
+    };
+    match session::run(swarm, stream, Some(addr)).await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!("session with {addr} ended: {e}");
+            !matches!(
+                e,
+                session::SessionError::HandshakeTimeout { .. }
+                    | session::SessionError::OtherSwarm { .. }
+                    | session::SessionError::BadProof { .. }
+            )
+        }
+    }
+}

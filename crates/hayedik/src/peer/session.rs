@@ -1,0 +1,746 @@
+//! One session with a remote peer over TCP, in both directions at once: we
+//! fetch the pieces it has that we lack, and serve it the pieces we hold.
+//!
+//! Three tasks per connection, so that no side can deadlock the other:
+//! - the reader decodes frames and hands them over (bounded channel);
+//! - the writer sends frames and serves requested blocks (reads from storage
+//!   off the reactor, applies the upload cap);
+//! - the session loop (this module's [`run`]) decides: it never waits on the
+//!   socket, only on the reader, the swarm, its timers, and disk writes.
+//!
+//! A fetched piece is streamed: its blocks are requested in order from one
+//! peer, written at their offset as they arrive and hashed incrementally, and
+//! the piece is marked good only when the whole-piece hash matches the
+//! manifest. Nothing unverified is ever served or counted as done.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hayedik_proto::manifest::Manifest;
+use hayedik_proto::peer::{
+    handshake_proof, verify_proof, Bitfield as WireBitfield, Message, Role, MAX_BLOCK,
+    PROTOCOL_VERSION,
+};
+use rand::SeedableRng;
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc};
+
+use super::swarm::{Content, Swarm, Verified};
+use super::wire::{FrameReader, FrameWriter, Out, WireError};
+
+/// Bytes asked for in one request.
+pub const BLOCK_SIZE: u32 = 256 << 10;
+/// Blocks in flight per peer.
+pub const PIPELINE_BLOCKS: usize = 16;
+/// Requests a remote may have queued with us before we reject more.
+pub const MAX_REMOTE_QUEUE: usize = 64;
+/// Time allowed for the whole handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A peer that sends nothing at all for this long is dropped.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A peer that owes us blocks and sends none for this long is dropped.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// We send a keep-alive after this long without sending anything.
+pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(20);
+/// Unrequested or duplicate blocks tolerated before disconnecting.
+pub const MAX_JUNK_BLOCKS: u32 = 32;
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("handshake with {peer} timed out")]
+    HandshakeTimeout { peer: SocketAddr },
+    #[error("{peer} does not serve this swarm")]
+    OtherSwarm { peer: SocketAddr },
+    #[error("{peer} sent a wrong proof: it does not hold the ticket")]
+    BadProof { peer: SocketAddr },
+    #[error("{peer} broke the protocol: {what}")]
+    Protocol { peer: SocketAddr, what: String },
+    #[error("{peer} said goodbye: {reason}")]
+    Goodbye { peer: SocketAddr, reason: String },
+    #[error("{peer} is banned")]
+    Banned { peer: SocketAddr },
+    #[error("{peer} stalled")]
+    Stalled { peer: SocketAddr },
+    #[error("connection to {peer}: {source}")]
+    Wire { peer: SocketAddr, source: WireError },
+    #[error("writing a piece: {0}")]
+    Storage(String),
+}
+
+/// A piece being fetched from this peer.
+struct Job {
+    piece: u32,
+    /// Offset of the piece in the content's byte space.
+    base: u64,
+    len: u32,
+    next_request: u32,
+    next_receive: u32,
+    hasher: Option<blake3::Hasher>,
+}
+
+struct Session {
+    swarm: Arc<Swarm>,
+    /// The remote's connection address, and its listed address (IP and the
+    /// port it serves on) used for accounting and bans.
+    remote: SocketAddr,
+    listed: SocketAddr,
+    out: mpsc::UnboundedSender<Out>,
+    cancelled: Arc<Mutex<HashSet<(u32, u32)>>>,
+    queued: Arc<AtomicUsize>,
+    content: Option<Arc<Content>>,
+    remote_have: Option<WireBitfield>,
+    /// A bitfield that arrived before we knew the piece count.
+    early_bitfield: Option<Vec<u8>>,
+    jobs: Vec<Job>,
+    /// Pieces the remote refused us: not asked again in this session.
+    refused: HashSet<u32>,
+    in_flight: usize,
+    manifest_asked: bool,
+    remote_wants_manifest: bool,
+    junk: u32,
+    /// Blocks we cancelled or gave up on that may still arrive.
+    stray: u32,
+    last_block: Instant,
+    last_sent: Instant,
+    rng: rand::rngs::SmallRng,
+}
+
+/// Runs a session on `stream` until it ends. `dialed` is the listed address
+/// we connected to (outgoing), `None` for an accepted connection.
+pub async fn run(
+    swarm: Arc<Swarm>,
+    stream: TcpStream,
+    dialed: Option<SocketAddr>,
+) -> Result<(), SessionError> {
+    let remote = stream.peer_addr().map_err(|e| SessionError::Wire {
+        peer: dialed.unwrap_or_else(unspecified),
+        source: WireError::Io(e),
+    })?;
+    let _ = stream.set_nodelay(true);
+    let (rd, wr) = stream.into_split();
+    let mut reader = FrameReader::new(rd);
+    let mut writer = FrameWriter::new(wr);
+    let role = if dialed.is_some() {
+        Role::Initiator
+    } else {
+        Role::Responder
+    };
+    let listen_port = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        handshake(&swarm, &mut reader, &mut writer, remote, role),
+    )
+    .await
+    .map_err(|_| SessionError::HandshakeTimeout { peer: remote })??;
+    let listed = dialed.unwrap_or_else(|| {
+        SocketAddr::new(
+            remote.ip(),
+            if listen_port == 0 {
+                remote.port()
+            } else {
+                listen_port
+            },
+        )
+    });
+    if swarm.is_banned(&listed) {
+        let _ = writer.send(&Message::goodbye("banned")).await;
+        return Err(SessionError::Banned { peer: listed });
+    }
+    swarm.connected(listed);
+    swarm.sessions.fetch_add(1, Ordering::Relaxed);
+    let result = serve(swarm.clone(), reader, writer, remote, listed).await;
+    swarm.sessions.fetch_sub(1, Ordering::Relaxed);
+    swarm.disconnected(listed);
+    result
+}
+
+fn unspecified() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 0))
+}
+
+/// Hello both ways, then proofs both ways. Returns the port the remote
+/// serves on (0 if it does not say).
+async fn handshake(
+    swarm: &Swarm,
+    reader: &mut FrameReader,
+    writer: &mut FrameWriter,
+    remote: SocketAddr,
+    role: Role,
+) -> Result<u16, SessionError> {
+    let wire = |source| SessionError::Wire {
+        peer: remote,
+        source,
+    };
+    let my_nonce: [u8; 32] = rand::random();
+    writer
+        .send(&Message::Hello {
+            version: PROTOCOL_VERSION,
+            swarm: swarm.swarm_key,
+            nonce: my_nonce,
+            listen_port: swarm.listen_port,
+        })
+        .await
+        .map_err(wire)?;
+    let (their_nonce, listen_port) = match reader.next().await.map_err(wire)? {
+        Message::Hello {
+            swarm: key,
+            nonce,
+            listen_port,
+            ..
+        } => {
+            if key != swarm.swarm_key {
+                let _ = writer
+                    .send(&Message::goodbye("this peer does not serve that swarm"))
+                    .await;
+                return Err(SessionError::OtherSwarm { peer: remote });
+            }
+            (nonce, listen_port)
+        }
+        Message::Goodbye { reason } => {
+            return Err(SessionError::Goodbye {
+                peer: remote,
+                reason,
+            })
+        }
+        other => {
+            return Err(protocol(
+                remote,
+                format!("expected Hello, got {:?}", other.kind()),
+            ))
+        }
+    };
+    let mac = handshake_proof(&swarm.auth_key, role, &their_nonce, &my_nonce);
+    writer.send(&Message::Proof { mac }).await.map_err(wire)?;
+    match reader.next().await.map_err(wire)? {
+        Message::Proof { mac } => {
+            if !verify_proof(&swarm.auth_key, role.other(), &my_nonce, &their_nonce, &mac) {
+                let _ = writer.send(&Message::goodbye("wrong proof")).await;
+                return Err(SessionError::BadProof { peer: remote });
+            }
+        }
+        Message::Goodbye { reason } => {
+            return Err(SessionError::Goodbye {
+                peer: remote,
+                reason,
+            })
+        }
+        other => {
+            return Err(protocol(
+                remote,
+                format!("expected Proof, got {:?}", other.kind()),
+            ))
+        }
+    }
+    Ok(listen_port)
+}
+
+fn protocol(peer: SocketAddr, what: String) -> SessionError {
+    SessionError::Protocol { peer, what }
+}
+
+async fn serve(
+    swarm: Arc<Swarm>,
+    reader: FrameReader,
+    writer: FrameWriter,
+    remote: SocketAddr,
+    listed: SocketAddr,
+) -> Result<(), SessionError> {
+    let (in_tx, mut in_rx) = mpsc::channel(64);
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let cancelled = Arc::new(Mutex::new(HashSet::new()));
+    let queued = Arc::new(AtomicUsize::new(0));
+    let read_task = crate::spawn::spawn(
+        &format!("read {remote}"),
+        super::wire::read_loop(reader, in_tx, swarm.clone(), IDLE_TIMEOUT),
+    );
+    let write_task = crate::spawn::spawn(
+        &format!("write {remote}"),
+        super::wire::write_loop(
+            writer,
+            out_rx,
+            swarm.clone(),
+            cancelled.clone(),
+            queued.clone(),
+        ),
+    );
+    let mut s = Session {
+        swarm: swarm.clone(),
+        remote,
+        listed,
+        out: out_tx,
+        cancelled,
+        queued,
+        content: None,
+        remote_have: None,
+        early_bitfield: None,
+        jobs: Vec::new(),
+        refused: HashSet::new(),
+        in_flight: 0,
+        manifest_asked: false,
+        remote_wants_manifest: false,
+        junk: 0,
+        stray: 0,
+        last_block: Instant::now(),
+        last_sent: Instant::now(),
+        rng: rand::rngs::SmallRng::from_entropy(),
+    };
+    let result = s.main_loop(&mut in_rx).await;
+    s.release_all();
+    // Closing the channel ends the writer after what is queued.
+    drop(s);
+    read_task.abort();
+    let _ = tokio::time::timeout(Duration::from_secs(2), write_task).await;
+    result
+}
+
+impl Session {
+    fn send(&mut self, m: Message) {
+        let mut bytes = Vec::new();
+        m.encode(&mut bytes);
+        let _ = self.out.send(Out::Frame(bytes));
+        self.last_sent = Instant::now();
+    }
+
+    async fn main_loop(
+        &mut self,
+        in_rx: &mut mpsc::Receiver<Result<Message, WireError>>,
+    ) -> Result<(), SessionError> {
+        let mut content_rx = self.swarm.content_rx();
+        let mut have_rx = self.swarm.have_rx();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let cancel = self.swarm.cancel.clone();
+        if let Some(c) = content_rx.borrow_and_update().clone() {
+            self.on_content(c)?;
+        } else {
+            self.ask_manifest();
+        }
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    self.send(Message::goodbye("shutting down"));
+                    return Ok(());
+                }
+                m = in_rx.recv() => {
+                    match m {
+                        Some(Ok(m)) => self.on_message(m).await?,
+                        Some(Err(e)) => return Err(SessionError::Wire { peer: self.remote, source: e }),
+                        None => return Ok(()),
+                    }
+                }
+                r = content_rx.changed() => {
+                    if r.is_err() {
+                        return Ok(());
+                    }
+                    let c = content_rx.borrow_and_update().clone();
+                    if let Some(c) = c {
+                        self.on_content(c)?;
+                    }
+                }
+                h = have_rx.recv() => match h {
+                    Ok(piece) => self.on_local_have(piece),
+                    Err(broadcast::error::RecvError::Lagged(_)) => self.send_bitfield(),
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+                _ = tick.tick() => self.on_tick()?,
+            }
+        }
+    }
+
+    fn ask_manifest(&mut self) {
+        if !self.manifest_asked && !self.swarm.has_manifest() {
+            self.manifest_asked = true;
+            self.send(Message::ManifestRequest);
+        }
+    }
+
+    fn on_content(&mut self, content: Arc<Content>) -> Result<(), SessionError> {
+        if self.content.is_some() {
+            return Ok(());
+        }
+        self.content = Some(content.clone());
+        if self.remote_wants_manifest {
+            self.send(Message::Manifest {
+                bytes: content.manifest_bytes.clone(),
+            });
+        }
+        self.send_bitfield();
+        if let Some(bits) = self.early_bitfield.take() {
+            self.on_bitfield(bits)?;
+        }
+        self.refill();
+        Ok(())
+    }
+
+    fn send_bitfield(&mut self) {
+        if self.content.is_none() {
+            return;
+        }
+        if let Some(have) = self.swarm.have() {
+            self.send(Message::Bitfield {
+                bits: have.as_bytes().to_vec(),
+            });
+        }
+    }
+
+    fn on_local_have(&mut self, piece: u32) {
+        // Endgame: someone else delivered a piece we are fetching here.
+        if let Some(i) = self.jobs.iter().position(|j| j.piece == piece) {
+            let job = self.jobs.swap_remove(i);
+            let outstanding = job.next_request - job.next_receive;
+            let mut offset = job.next_receive;
+            while offset < job.next_request {
+                let len = BLOCK_SIZE.min(job.len - offset);
+                self.send(Message::Cancel { piece, offset, len });
+                offset += len;
+            }
+            let blocks = outstanding.div_ceil(BLOCK_SIZE);
+            self.in_flight -= blocks as usize;
+            self.stray += blocks;
+            self.swarm.with_picker(|p| p.release(piece as usize));
+        }
+        if !self.remote_have.as_ref().is_some_and(|h| h.get(piece)) {
+            self.send(Message::Have { piece });
+        }
+        self.refill();
+    }
+
+    fn on_bitfield(&mut self, bits: Vec<u8>) -> Result<(), SessionError> {
+        let Some(content) = &self.content else {
+            self.early_bitfield = Some(bits);
+            return Ok(());
+        };
+        let n = content.manifest.piece_count();
+        let field = WireBitfield::from_bytes(&bits, n)
+            .map_err(|e| protocol(self.remote, format!("bad bitfield: {e}")))?;
+        let old = self.remote_have.replace(field.clone());
+        self.swarm.with_picker(|p| {
+            for i in 0..n {
+                let before = old.as_ref().is_some_and(|o| o.get(i));
+                let now = field.get(i);
+                if now && !before {
+                    p.add_availability(i as usize);
+                } else if before && !now {
+                    p.remove_availability(i as usize);
+                }
+            }
+        });
+        self.refill();
+        Ok(())
+    }
+
+    async fn on_message(&mut self, m: Message) -> Result<(), SessionError> {
+        match m {
+            Message::KeepAlive => {}
+            Message::Hello { .. } | Message::Proof { .. } => {
+                return Err(protocol(
+                    self.remote,
+                    "handshake message after the handshake".into(),
+                ))
+            }
+            Message::Goodbye { reason } => {
+                return Err(SessionError::Goodbye {
+                    peer: self.remote,
+                    reason,
+                })
+            }
+            Message::ManifestRequest => match &self.content {
+                Some(c) => {
+                    let bytes = c.manifest_bytes.clone();
+                    self.send(Message::Manifest { bytes });
+                }
+                None => self.remote_wants_manifest = true,
+            },
+            Message::Manifest { bytes } => self.on_manifest(bytes)?,
+            Message::Bitfield { bits } => self.on_bitfield(bits)?,
+            Message::Have { piece } => {
+                let Some(content) = &self.content else {
+                    // Without the piece count we cannot check it; the
+                    // bitfield sent after the manifest will cover it.
+                    return Ok(());
+                };
+                if piece >= content.manifest.piece_count() {
+                    return Err(protocol(
+                        self.remote,
+                        format!("HAVE for piece {piece} out of range"),
+                    ));
+                }
+                let field = self
+                    .remote_have
+                    .get_or_insert_with(|| WireBitfield::new(content.manifest.piece_count()));
+                if !field.get(piece) {
+                    field.set(piece);
+                    self.swarm
+                        .with_picker(|p| p.add_availability(piece as usize));
+                }
+                self.refill();
+            }
+            Message::Request { piece, offset, len } => self.on_request(piece, offset, len),
+            Message::Cancel { piece, offset, .. } => {
+                if let Ok(mut c) = self.cancelled.lock() {
+                    // Bounded by the requests the remote may have queued.
+                    if c.len() < 4 * MAX_REMOTE_QUEUE {
+                        c.insert((piece, offset));
+                    }
+                }
+            }
+            Message::Reject { piece, .. } => {
+                if let Some(i) = self.jobs.iter().position(|j| j.piece == piece) {
+                    let job = self.jobs.swap_remove(i);
+                    let blocks = (job.next_request - job.next_receive).div_ceil(BLOCK_SIZE);
+                    self.in_flight -= blocks as usize;
+                    // The rejected block will not come; the others may.
+                    self.stray += blocks.saturating_sub(1);
+                    self.swarm.with_picker(|p| p.release(piece as usize));
+                    self.refused.insert(piece);
+                }
+                self.refill();
+            }
+            Message::Block {
+                piece,
+                offset,
+                data,
+            } => self.on_block(piece, offset, data).await?,
+        }
+        Ok(())
+    }
+
+    fn on_manifest(&mut self, bytes: Vec<u8>) -> Result<(), SessionError> {
+        if !self.manifest_asked || self.swarm.has_manifest() {
+            return Ok(());
+        }
+        match Manifest::verify(&bytes, &self.swarm.root) {
+            Ok(m) => {
+                self.swarm.offer_manifest(m, bytes);
+                self.swarm.touch_progress();
+                Ok(())
+            }
+            Err(e) => {
+                // The root is what the ticket names: a manifest that does not
+                // hash to it is a lie.
+                self.swarm.strike(self.listed);
+                Err(protocol(
+                    self.remote,
+                    format!("manifest does not match the ticket: {e}"),
+                ))
+            }
+        }
+    }
+
+    fn on_request(&mut self, piece: u32, offset: u32, len: u32) {
+        let ok = self.content.as_ref().is_some_and(|c| {
+            let plen = c.manifest.piece_len(piece).unwrap_or(0);
+            piece < c.manifest.piece_count()
+                && len >= 1
+                && len <= MAX_BLOCK
+                && u64::from(offset) + u64::from(len) <= u64::from(plen)
+        }) && self.swarm.has_piece(piece)
+            && self.queued.load(Ordering::Relaxed) < MAX_REMOTE_QUEUE;
+        if !ok {
+            self.send(Message::Reject { piece, offset, len });
+            return;
+        }
+        let Some(content) = &self.content else { return };
+        let Some(loc) = content.manifest.piece_location(piece) else {
+            return;
+        };
+        if let Ok(mut c) = self.cancelled.lock() {
+            c.remove(&(piece, offset));
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        let _ = self.out.send(Out::Serve {
+            piece,
+            offset,
+            len,
+            at: piece_base(content, loc.offset) + u64::from(offset),
+        });
+        self.last_sent = Instant::now();
+    }
+
+    async fn on_block(
+        &mut self,
+        piece: u32,
+        offset: u32,
+        data: Vec<u8>,
+    ) -> Result<(), SessionError> {
+        let Some(i) = self
+            .jobs
+            .iter()
+            .position(|j| j.piece == piece && j.next_receive == offset && offset < j.next_request)
+        else {
+            // Cancelled: expected. Unrequested or duplicate: tolerated a
+            // little, then the peer is dropped.
+            if self.stray > 0 {
+                self.stray -= 1;
+                return Ok(());
+            }
+            self.junk += 1;
+            if self.junk > MAX_JUNK_BLOCKS {
+                return Err(protocol(self.remote, "too many unrequested blocks".into()));
+            }
+            return Ok(());
+        };
+        let expect = BLOCK_SIZE.min(self.jobs[i].len - offset);
+        if data.len() != expect as usize {
+            return Err(protocol(
+                self.remote,
+                format!("block of {} bytes where {expect} were asked", data.len()),
+            ));
+        }
+        self.last_block = Instant::now();
+        self.in_flight -= 1;
+        let Some(content) = self.content.clone() else {
+            return Ok(());
+        };
+        let job = &mut self.jobs[i];
+        let at = job.base + u64::from(offset);
+        let mut hasher = job.hasher.take().unwrap_or_default();
+        let storage = content.storage.clone();
+        let n = data.len();
+        let (hasher, written) = tokio::task::spawn_blocking(move || {
+            let r = storage.write_at(at, &data);
+            hasher.update(&data);
+            (hasher, r)
+        })
+        .await
+        .map_err(|e| SessionError::Storage(e.to_string()))?;
+        self.swarm.downloaded.fetch_add(n as u64, Ordering::Relaxed);
+        if let Err(e) = written {
+            let msg = match &content.download {
+                Some(d) => format!("writing {}: {e}", d.part_path().display()),
+                None => e.to_string(),
+            };
+            self.swarm.fail(msg.clone());
+            return Err(SessionError::Storage(msg));
+        }
+        // The job may have been cancelled while we wrote (endgame).
+        let Some(i) = self.jobs.iter().position(|j| j.piece == piece) else {
+            self.refill();
+            return Ok(());
+        };
+        let job = &mut self.jobs[i];
+        job.hasher = Some(hasher);
+        job.next_receive += n as u32;
+        if job.next_receive == job.len {
+            let job = self.jobs.swap_remove(i);
+            let digest = job.hasher.map(|h| *h.finalize().as_bytes());
+            let good = digest.as_ref() == content.manifest.piece_hash(piece);
+            if good {
+                if self
+                    .swarm
+                    .piece_verified(piece, u64::from(job.len), Some(self.listed))
+                    == Verified::Duplicate
+                {
+                    tracing::trace!(piece, "duplicate piece (endgame)");
+                }
+            } else if self.swarm.bad_piece(piece, self.listed) {
+                self.send(Message::goodbye("you sent pieces that do not verify"));
+                return Err(SessionError::Banned { peer: self.listed });
+            }
+        }
+        self.refill();
+        Ok(())
+    }
+
+    /// Keeps [`PIPELINE_BLOCKS`] requests in flight.
+    fn refill(&mut self) {
+        let (Some(content), Some(remote)) = (self.content.clone(), self.remote_have.as_ref())
+        else {
+            return;
+        };
+        let remote = remote.clone();
+        while self.in_flight < PIPELINE_BLOCKS {
+            if let Some(job) = self.jobs.iter_mut().find(|j| j.next_request < j.len) {
+                let len = BLOCK_SIZE.min(job.len - job.next_request);
+                let (piece, offset) = (job.piece, job.next_request);
+                job.next_request += len;
+                self.in_flight += 1;
+                if self.in_flight == 1 {
+                    self.last_block = Instant::now();
+                }
+                self.send(Message::Request { piece, offset, len });
+                continue;
+            }
+            let jobs: Vec<u32> = self.jobs.iter().map(|j| j.piece).collect();
+            let refused = &self.refused;
+            let rng = &mut self.rng;
+            let picked = self
+                .swarm
+                .with_picker(|p| {
+                    p.pick(
+                        |i| remote.get(i as u32),
+                        |i| jobs.contains(&(i as u32)) || refused.contains(&(i as u32)),
+                        rng,
+                    )
+                })
+                .flatten();
+            let Some(piece) = picked else { break };
+            let piece = piece as u32;
+            let (Some(loc), Some(len)) = (
+                content.manifest.piece_location(piece),
+                content.manifest.piece_len(piece),
+            ) else {
+                self.swarm.with_picker(|p| p.release(piece as usize));
+                break;
+            };
+            if len == 0 {
+                // An empty piece verifies against the hash of nothing.
+                let good = content.manifest.piece_hash(piece) == Some(blake3::hash(&[]).as_bytes());
+                if good {
+                    self.swarm.piece_verified(piece, 0, Some(self.listed));
+                } else {
+                    self.swarm.with_picker(|p| p.release(piece as usize));
+                }
+                continue;
+            }
+            self.jobs.push(Job {
+                piece,
+                base: piece_base(&content, loc.offset),
+                len,
+                next_request: 0,
+                next_receive: 0,
+                hasher: Some(blake3::Hasher::new()),
+            });
+        }
+    }
+
+    fn on_tick(&mut self) -> Result<(), SessionError> {
+        let now = Instant::now();
+        if self.in_flight > 0 && now.duration_since(self.last_block) > STALL_TIMEOUT {
+            return Err(SessionError::Stalled { peer: self.remote });
+        }
+        if now.duration_since(self.last_sent) > KEEPALIVE_EVERY {
+            self.send(Message::KeepAlive);
+        }
+        // Pieces may have been released by other sessions.
+        self.refill();
+        Ok(())
+    }
+
+    /// Gives every assigned piece back to the picker.
+    fn release_all(&mut self) {
+        let jobs: Vec<u32> = self.jobs.drain(..).map(|j| j.piece).collect();
+        let remote = self.remote_have.take();
+        self.swarm.with_picker(|p| {
+            for piece in jobs {
+                p.release(piece as usize);
+            }
+            if let Some(r) = remote {
+                for i in 0..r.len() {
+                    if r.get(i) {
+                        p.remove_availability(i as usize);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Where a piece starts in the storage's byte space. A single file: its
+/// offset within the file.
+fn piece_base(_content: &Content, offset_in_file: u64) -> u64 {
+    offset_in_file
+}
