@@ -17,11 +17,19 @@ fuzz_target!(|data: &[u8]| {
             .expect("complete header");
         assert_eq!(header.kind, message.kind());
         assert_eq!(header.frame_len(), used);
-        if let Message::Block { piece, offset, data } = &message {
+        if let Message::Block {
+            piece,
+            offset,
+            data,
+        } = &message
+        {
             let b = BlockHeader::decode(rest)
                 .expect("block header")
                 .expect("complete block header");
-            assert_eq!((b.piece, b.offset, b.len as usize), (*piece, *offset, data.len()));
+            assert_eq!(
+                (b.piece, b.offset, b.len as usize),
+                (*piece, *offset, data.len())
+            );
         }
         rest = &rest[used..];
     }

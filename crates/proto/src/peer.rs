@@ -26,8 +26,10 @@
 //!    the wire in a handshake. B answers an unknown swarm, or another
 //!    version, with `Goodbye` ("swarm not served here", "unsupported protocol
 //!    version") and closes.
-//! 2. B -> A `Hello { version, swarm, nonce_b }` with the same swarm, then
-//!    B -> A `Proof`, since B now holds both nonces.
+//! 2. B -> A `Hello { version, swarm, nonce_b, listen_port }` with the same
+//!    swarm, then B -> A `Proof`, since B now holds both nonces. The listen
+//!    port (the TCP port the sender serves on, 0 for none) is informational:
+//!    it is not covered by the proofs.
 //! 3. A checks B's Hello (same swarm, same version, `nonce_b != nonce_a`, or it
 //!    has connected to itself), then A -> B `Proof`.
 //! 4. Each side verifies the other's proof with [`verify_proof`]. Until it

@@ -373,7 +373,8 @@ pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         Just(Message::KeepAlive),
         Just(Message::ManifestRequest),
-        (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<u16>()).prop_map(|(s, n, p)| Message::hello(s, n, p)),
+        (any::<[u8; 32]>(), any::<[u8; 32]>(), any::<u16>())
+            .prop_map(|(s, n, p)| Message::hello(s, n, p)),
         any::<[u8; 32]>().prop_map(|mac| Message::Proof { mac }),
         ".{0,60}".prop_map(|r| Message::goodbye(&r)),
         proptest::collection::vec(any::<u8>(), 1..300)
