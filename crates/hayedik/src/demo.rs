@@ -1,8 +1,262 @@
-//! `hayedik demo`: the whole system in one process on loopback.
-//! (Filled in below.)
+//! `hayedik demo`: the whole system in one process on loopback, with a
+//! temporary directory: a central tracker, a sharer of a generated file, and
+//! downloaders starting at different times that finish and seed each other;
+//! progress bars, then a table of who got what from whom.
 
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-pub async fn run(_cancel: CancellationToken) -> anyhow::Result<()> {
-    anyhow::bail!("demo: not built yet")
+use crate::events::Events;
+use crate::peer::get::{get_observed, GetOptions};
+use crate::peer::share::{share, ShareOptions};
+use crate::peer::swarm::Swarm;
+use crate::tracker::TrackerConfig;
+
+/// Size of the generated file.
+const FILE_BYTES: usize = 256 << 20;
+/// Downloaders, and when each starts after the first.
+const GETTERS: usize = 4;
+const STAGGER: Duration = Duration::from_millis(700);
+/// The sharer's upload cap, so that downloaders visibly trade pieces.
+const SHARER_CAP: u64 = 96 << 20;
+
+/// Fills `buf` with cheap pseudo-random bytes (xorshift), so the file does
+/// not compress or dedupe into nothing.
+fn fill(buf: &mut [u8], mut seed: u64) {
+    for chunk in buf.chunks_mut(8) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let bytes = seed.to_le_bytes();
+        chunk.copy_from_slice(&bytes[..chunk.len()]);
+    }
+}
+
+struct Getter {
+    swarm: Arc<Swarm>,
+    started: Instant,
+    finished: Option<Duration>,
+}
+
+pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new()
+        .prefix("hayedik-demo-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let src = dir.path().join("demo.bin");
+    println!("hayedik demo: a tracker, a sharer and {GETTERS} downloaders on 127.0.0.1");
+    println!(
+        "generating a {} MiB file in {}",
+        FILE_BYTES >> 20,
+        dir.path().display()
+    );
+    {
+        let src = src.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut data = vec![0u8; FILE_BYTES];
+            fill(&mut data, 0x9E37_79B9_7F4A_7C15);
+            std::fs::write(&src, &data)
+        })
+        .await
+        .map_err(|e| anyhow!("generating: {e}"))?
+        .context("writing the demo file")?;
+    }
+
+    let stop = cancel.child_token();
+    // The central tracker.
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .context("binding the tracker")?;
+    let tracker_addr = socket.local_addr()?;
+    let t = stop.clone();
+    let tracker = crate::spawn::spawn("demo tracker", async move {
+        crate::tracker::run(socket, TrackerConfig::default(), Events::quiet(), t).await
+    });
+    println!("tracker      udp {tracker_addr}");
+
+    // The sharer.
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let share_opts = ShareOptions {
+        path: src.clone(),
+        tracker: Some(tracker_addr.to_string()),
+        public_host: None,
+        listen: "127.0.0.1:0".parse()?,
+        max_upload: Some(SHARER_CAP),
+    };
+    let s = stop.clone();
+    let sharer = crate::spawn::spawn("demo sharer", async move {
+        share(share_opts, Events::quiet(), s, move |shared| {
+            let _ = ready_tx.send(shared);
+        })
+        .await
+    });
+    let shared = tokio::select! {
+        r = ready_rx => r.map_err(|_| anyhow!("the sharer stopped before giving a ticket"))?,
+        _ = cancel.cancelled() => return Ok(()),
+    };
+    let ticket = shared.ticket.clone();
+    println!(
+        "sharer       tcp 127.0.0.1:{} (upload capped at {} MiB/s)",
+        shared.swarm.listen_port,
+        SHARER_CAP >> 20
+    );
+    println!("ticket       {ticket}\n");
+
+    let multi = MultiProgress::new();
+    let style = ProgressStyle::with_template(
+        "{prefix:>9} {bar:40.green/blue} {bytes:>10}/{total_bytes} {binary_bytes_per_sec:>12} {msg}",
+    )
+    .map_err(|e| anyhow!("{e}"))?
+    .progress_chars("=> ");
+    let mut getters: Vec<Getter> = Vec::new();
+    let mut tasks = Vec::new();
+    let mut bars = Vec::new();
+    let wall = Instant::now();
+    for i in 0..GETTERS {
+        if i > 0 {
+            tokio::select! {
+                _ = tokio::time::sleep(STAGGER) => {}
+                _ = cancel.cancelled() => return Ok(()),
+            }
+        }
+        let out = dir.path().join(format!("getter{}", i + 1));
+        let opts = GetOptions {
+            ticket: ticket.clone(),
+            out_dir: out,
+            listen: "127.0.0.1:0".parse()?,
+            seed: true,
+            timeout: Some(Duration::from_secs(60)),
+            max_upload: None,
+            max_download: None,
+        };
+        let (tx, rx) = oneshot::channel();
+        let s = stop.clone();
+        tasks.push(crate::spawn::spawn(
+            &format!("demo getter {}", i + 1),
+            async move {
+                get_observed(opts, Events::quiet(), s, move |swarm| {
+                    let _ = tx.send(swarm);
+                })
+                .await
+            },
+        ));
+        let swarm = rx
+            .await
+            .map_err(|_| anyhow!("getter {} did not start", i + 1))?;
+        let bar = multi.add(ProgressBar::new(FILE_BYTES as u64));
+        bar.set_style(style.clone());
+        bar.set_prefix(format!("getter {}", i + 1));
+        bars.push(bar);
+        getters.push(Getter {
+            swarm,
+            started: Instant::now(),
+            finished: None,
+        });
+    }
+    // Follow progress until every getter is complete.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        for (g, bar) in getters.iter_mut().zip(&bars) {
+            bar.set_position(g.swarm.bytes_verified());
+            if g.finished.is_none() && *g.swarm.complete_rx().borrow() {
+                g.finished = Some(g.started.elapsed());
+                bar.finish_with_message("done, seeding");
+            } else if g.finished.is_none() {
+                bar.set_message(format!("{} peers", g.swarm.peer_count()));
+            }
+        }
+        if getters.iter().all(|g| g.finished.is_some()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            stop.cancel();
+            return Err(anyhow!("the demo did not finish in two minutes"));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = cancel.cancelled() => {
+                stop.cancel();
+                return Ok(());
+            }
+        }
+    }
+    // Let the last renames land, then stop everyone.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let total_wall = wall.elapsed();
+    let names: BTreeMap<SocketAddr, String> = std::iter::once((
+        SocketAddr::from(([127, 0, 0, 1], shared.swarm.listen_port)),
+        "sharer".to_string(),
+    ))
+    .chain(getters.iter().enumerate().map(|(i, g)| {
+        (
+            SocketAddr::from(([127, 0, 0, 1], g.swarm.listen_port)),
+            format!("getter {}", i + 1),
+        )
+    }))
+    .collect();
+    println!();
+    println!("{:<9} {:>8} {:>10}  received from", "who", "time", "MiB/s");
+    for (i, g) in getters.iter().enumerate() {
+        let t = g.finished.unwrap_or_default().as_secs_f64();
+        let rate = if t > 0.0 {
+            FILE_BYTES as f64 / t / 1_048_576.0
+        } else {
+            0.0
+        };
+        let from: Vec<String> = g
+            .swarm
+            .from_counts()
+            .iter()
+            .map(|(addr, n)| {
+                let who = names.get(addr).cloned().unwrap_or_else(|| addr.to_string());
+                format!("{who} {:.0} MiB", *n as f64 / 1_048_576.0)
+            })
+            .collect();
+        println!(
+            "getter {:<2} {:>7.2}s {:>10.1}  {}",
+            i + 1,
+            t,
+            rate,
+            from.join(", ")
+        );
+    }
+    let up = shared
+        .swarm
+        .uploaded
+        .load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "sharer uploaded {:.2} copies of the file for {GETTERS} downloaders; all done in {:.2} s",
+        up as f64 / FILE_BYTES as f64,
+        total_wall.as_secs_f64()
+    );
+    stop.cancel();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(e.context("a getter failed")),
+            Err(e) => return Err(anyhow!("a getter task failed: {e}")),
+        }
+    }
+    sharer.await.map_err(|e| anyhow!("sharer task: {e}"))??;
+    tracker.await.map_err(|e| anyhow!("tracker task: {e}"))??;
+    // Every copy is verified piece by piece already; compare once more.
+    let original = blake3::hash(&std::fs::read(&src)?);
+    for i in 0..GETTERS {
+        let copy = dir.path().join(format!("getter{}", i + 1)).join("demo.bin");
+        let h = blake3::hash(
+            &std::fs::read(&copy).with_context(|| format!("reading {}", copy.display()))?,
+        );
+        if h != original {
+            return Err(anyhow!("{} differs from the original", copy.display()));
+        }
+    }
+    println!("all {GETTERS} copies are identical to the original");
+    Ok(())
 }

@@ -153,6 +153,10 @@ impl Events {
         self.json
     }
 
+    pub fn is_quiet(&self) -> bool {
+        self.quiet
+    }
+
     /// Emits one event: a JSON line on stdout, or a human line (stdout for
     /// what the user acts on, the log for the rest).
     pub fn emit(&self, event: Event) {

@@ -257,8 +257,8 @@ fn arb_state() -> impl Strategy<Value = PeerState> {
 fn arb_entry() -> impl Strategy<Value = PeerEntry> {
     (
         prop_oneof![
-            any::<[u8; 4]>().prop_map(|b| IpAddr::from(b)),
-            any::<[u8; 16]>().prop_map(|b| IpAddr::from(b)),
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
         ],
         any::<u16>(),
         prop_oneof![Just(PeerState::Downloading), Just(PeerState::Complete)],
@@ -273,35 +273,47 @@ fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         any::<u64>().prop_map(|cookie| Message::Join { cookie }),
         any::<u64>().prop_map(|cookie| Message::Challenge { cookie }),
-        (any::<u64>(), any::<Option<u16>>()).prop_map(|(token, port)| Message::Offer { token, port }),
+        (any::<u64>(), any::<Option<u16>>())
+            .prop_map(|(token, port)| Message::Offer { token, port }),
         any::<u64>().prop_map(|token| Message::Confirm { token }),
         Just(Message::Confirmed),
         Just(Message::Connect),
         any::<u64>().prop_map(|connection_id| Message::Connected { connection_id }),
-        (any::<u64>(), any::<[u8; 32]>(), any::<u16>(), arb_state(), any::<u16>())
-            .prop_filter("listed states need a port", |(_, _, port, state, _)| *port != 0
+        (
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            any::<u16>(),
+            arb_state(),
+            any::<u16>()
+        )
+            .prop_filter("listed states need a port", |(_, _, port, state, _)| *port
+                != 0
                 || !state.is_listed())
-            .prop_map(|(connection_id, swarm_key, port, state, wanted)| Message::Announce {
-                connection_id,
-                announce: Announce {
-                    swarm_key,
-                    port,
-                    state,
-                    wanted
+            .prop_map(
+                |(connection_id, swarm_key, port, state, wanted)| Message::Announce {
+                    connection_id,
+                    announce: Announce {
+                        swarm_key,
+                        port,
+                        state,
+                        wanted
+                    }
                 }
-            }),
+            ),
         (
             any::<u16>(),
             any::<u32>(),
             any::<u32>(),
             proptest::collection::vec(arb_entry(), 0..60)
         )
-            .prop_map(|(interval, seeders, partials, peers)| Message::Peers(Peers {
-                interval,
-                seeders,
-                partials,
-                peers
-            })),
+            .prop_map(
+                |(interval, seeders, partials, peers)| Message::Peers(Peers {
+                    interval,
+                    seeders,
+                    partials,
+                    peers
+                })
+            ),
         (any::<u16>(), ".{0,40}").prop_map(|(code, message)| Message::Error {
             code: ErrorCode::from_u16(code),
             message

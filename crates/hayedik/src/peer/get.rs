@@ -51,6 +51,17 @@ pub async fn get(
     events: Events,
     cancel: CancellationToken,
 ) -> anyhow::Result<Option<GetReport>> {
+    get_observed(opts, events, cancel, |_| {}).await
+}
+
+/// [`get`], handing the swarm to `observe` as soon as it exists (the demo
+/// draws its own progress from it).
+pub async fn get_observed(
+    opts: GetOptions,
+    events: Events,
+    cancel: CancellationToken,
+    observe: impl FnOnce(Arc<Swarm>),
+) -> anyhow::Result<Option<GetReport>> {
     let started = Instant::now();
     let listener = TcpListener::bind(opts.listen).await.with_context(|| {
         format!(
@@ -75,6 +86,7 @@ pub async fn get(
         cancel.child_token(),
     );
     node::spawn_listener(listener, swarm.clone());
+    observe(swarm.clone());
     let socket = udp_socket_for(tracker).await?;
     let client = TrackerClient::from_socket(socket, tracker, swarm.swarm_key, local.port());
     let announcer = spawn_announcer(client, PeerState::Downloading, swarm.cancel.clone());

@@ -192,7 +192,7 @@ async fn build_manifest(
     events: Events,
 ) -> anyhow::Result<Manifest> {
     let piece_size = choose_piece_size(len);
-    let bar = (!events.is_json() && len > 64 << 20).then(|| {
+    let bar = (!events.is_json() && !events.is_quiet() && len > 64 << 20).then(|| {
         let b = ProgressBar::new(len);
         if let Ok(style) = ProgressStyle::with_template(
             "hashing {bar:40.cyan/blue} {bytes}/{total_bytes} ({binary_bytes_per_sec})",
