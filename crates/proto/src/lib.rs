@@ -1,5 +1,11 @@
+//! hayedik's wire formats, with no I/O: the tracker's UDP datagrams
+//! ([`tracker`]), the peer wire protocol over TCP ([`peer`]), the content
+//! manifest ([`manifest`]) and the share ticket ([`ticket`]). Decoders are
+//! total functions over bytes built on the checked readers of [`codec`], so
+//! they are tested and fuzzed on their own.
+
 pub mod codec;
-pub mod tracker;
 pub mod manifest;
-pub mod ticket;
 pub mod peer;
+pub mod ticket;
+pub mod tracker;

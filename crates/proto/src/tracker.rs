@@ -106,10 +106,9 @@ pub fn decode_header(buf: &[u8]) -> Result<(Header, &[u8]), HeaderError> {
         return Err(HeaderError::Drop);
     }
     let mut r = Reader::new(&buf[4..HEADER_LEN]);
-    let (version, kind, _reserved, tid, token) = (|| -> Result<_, Short> {
-        Ok((r.u8()?, r.u8()?, r.u16()?, r.u32()?, r.u64()?))
-    })()
-    .map_err(|Short| HeaderError::Drop)?;
+    let (version, kind, _reserved, tid, token) =
+        (|| -> Result<_, Short> { Ok((r.u8()?, r.u8()?, r.u16()?, r.u32()?, r.u64()?)) })()
+            .map_err(|Short| HeaderError::Drop)?;
     if version != VERSION {
         return Err(HeaderError::UnsupportedVersion { version, tid });
     }
