@@ -266,7 +266,7 @@ async fn download(
             // The last pieces, or everything verified before an interrupt.
             save(&d).await?;
             if let Some(fatal) = swarm.fatal() {
-                bail!("{fatal}; what was verified is kept: rerun the same command to resume");
+                bail!("{}", with_resume_hint(fatal));
             }
             if !finished {
                 return interrupted(swarm);
@@ -300,6 +300,14 @@ fn interrupted(swarm: &Swarm) -> anyhow::Result<Option<GetReport>> {
             bail!("{fatal}; what was verified is kept: rerun the same command to resume")
         }
         None => Ok(None),
+    }
+}
+
+fn with_resume_hint(fatal: String) -> String {
+    if fatal.contains("rerun") {
+        fatal
+    } else {
+        format!("{fatal}; what was verified is kept: rerun the same command to resume")
     }
 }
 

@@ -610,7 +610,10 @@ impl Session {
         self.swarm.downloaded.fetch_add(n as u64, Ordering::Relaxed);
         if let Err(e) = written {
             let msg = match &content.download {
-                Some(d) => format!("writing {}: {e}", d.part_path().display()),
+                Some(d) => {
+                    crate::storage::StorageError::io(crate::storage::Op::Writing, d.part_path(), e)
+                        .to_string()
+                }
                 None => e.to_string(),
             };
             self.swarm.fail(msg.clone());
