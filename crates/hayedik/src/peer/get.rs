@@ -88,7 +88,11 @@ pub async fn get_observed(
     node::spawn_listener(listener, swarm.clone());
     observe(swarm.clone());
     let socket = udp_socket_for(tracker).await?;
-    let client = TrackerClient::from_socket(socket, tracker, swarm.swarm_key, local.port());
+    let mut client = TrackerClient::from_socket(socket, tracker, swarm.swarm_key, local.port());
+    if let Some(t) = opts.timeout {
+        // An unreachable tracker must show as such before --timeout ends.
+        client.set_deadline(client.deadline().min(t / 2).max(Duration::from_millis(500)));
+    }
     let announcer = spawn_announcer(client, PeerState::Downloading, swarm.cancel.clone());
     node::spawn_connector(swarm.clone(), announcer.replies());
     let progress = Progress::new(events, opts.timeout);

@@ -534,8 +534,7 @@ impl Session {
         let ok = self.content.as_ref().is_some_and(|c| {
             let plen = c.manifest.piece_len(piece).unwrap_or(0);
             piece < c.manifest.piece_count()
-                && len >= 1
-                && len <= MAX_BLOCK
+                && (1..=MAX_BLOCK).contains(&len)
                 && u64::from(offset) + u64::from(len) <= u64::from(plen)
         }) && self.swarm.has_piece(piece)
             && self.queued.load(Ordering::Relaxed) < MAX_REMOTE_QUEUE;

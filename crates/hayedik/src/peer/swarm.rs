@@ -25,6 +25,9 @@ use super::picker::Picker;
 use super::rate::RateLimit;
 use crate::storage::{Bitfield, Download, Storage};
 
+/// A verified manifest and its canonical encoding.
+pub type VerifiedManifest = (Arc<Manifest>, Arc<Vec<u8>>);
+
 /// Bad pieces a peer may send before it is banned.
 pub const MAX_STRIKES: u32 = 2;
 
@@ -84,7 +87,7 @@ pub struct Swarm {
     /// Sessions currently open.
     pub sessions: AtomicUsize,
     /// The first verified manifest a session obtained (getter side).
-    manifest_tx: watch::Sender<Option<(Arc<Manifest>, Arc<Vec<u8>>)>>,
+    manifest_tx: watch::Sender<Option<VerifiedManifest>>,
     content_tx: watch::Sender<Option<Arc<Content>>>,
     /// Pieces newly verified, for sessions to send HAVE.
     have_tx: broadcast::Sender<u32>,
@@ -152,7 +155,7 @@ impl Swarm {
     }
 
     /// Waits for a verified manifest (getter side).
-    pub fn manifest_rx(&self) -> watch::Receiver<Option<(Arc<Manifest>, Arc<Vec<u8>>)>> {
+    pub fn manifest_rx(&self) -> watch::Receiver<Option<VerifiedManifest>> {
         self.manifest_tx.subscribe()
     }
 
