@@ -93,8 +93,9 @@ struct Session {
     queued: Arc<AtomicUsize>,
     content: Option<Arc<Content>>,
     remote_have: Option<WireBitfield>,
-    /// A bitfield that arrived before we knew the piece count.
+    /// A bitfield and HAVEs that arrived before we knew the piece count.
     early_bitfield: Option<Vec<u8>>,
+    early_haves: Vec<u32>,
     jobs: Vec<Job>,
     /// Pieces the remote refused us: not asked again in this session.
     refused: HashSet<u32>,
@@ -276,6 +277,7 @@ async fn serve(
         content: None,
         remote_have: None,
         early_bitfield: None,
+        early_haves: Vec::new(),
         jobs: Vec::new(),
         refused: HashSet::new(),
         in_flight: 0,
@@ -371,6 +373,9 @@ impl Session {
         if let Some(bits) = self.early_bitfield.take() {
             self.on_bitfield(bits)?;
         }
+        for piece in std::mem::take(&mut self.early_haves) {
+            self.on_have(piece)?;
+        }
         self.refill();
         Ok(())
     }
@@ -432,6 +437,28 @@ impl Session {
         Ok(())
     }
 
+    fn on_have(&mut self, piece: u32) -> Result<(), SessionError> {
+        let Some(content) = &self.content else {
+            return Ok(());
+        };
+        if piece >= content.manifest.piece_count() {
+            return Err(protocol(
+                self.remote,
+                format!("HAVE for piece {piece} out of range"),
+            ));
+        }
+        let field = self
+            .remote_have
+            .get_or_insert_with(|| WireBitfield::new(content.manifest.piece_count()));
+        if !field.get(piece) {
+            field.set(piece);
+            self.swarm
+                .with_picker(|p| p.add_availability(piece as usize));
+        }
+        self.refill();
+        Ok(())
+    }
+
     async fn on_message(&mut self, m: Message) -> Result<(), SessionError> {
         match m {
             Message::KeepAlive => {}
@@ -457,26 +484,15 @@ impl Session {
             Message::Manifest { bytes } => self.on_manifest(bytes)?,
             Message::Bitfield { bits } => self.on_bitfield(bits)?,
             Message::Have { piece } => {
-                let Some(content) = &self.content else {
-                    // Without the piece count we cannot check it; the
-                    // bitfield sent after the manifest will cover it.
+                if self.content.is_none() {
+                    // Checked once the piece count is known; bounded by the
+                    // largest piece count a manifest may have.
+                    if self.early_haves.len() < hayedik_proto::manifest::MAX_PIECES as usize {
+                        self.early_haves.push(piece);
+                    }
                     return Ok(());
-                };
-                if piece >= content.manifest.piece_count() {
-                    return Err(protocol(
-                        self.remote,
-                        format!("HAVE for piece {piece} out of range"),
-                    ));
                 }
-                let field = self
-                    .remote_have
-                    .get_or_insert_with(|| WireBitfield::new(content.manifest.piece_count()));
-                if !field.get(piece) {
-                    field.set(piece);
-                    self.swarm
-                        .with_picker(|p| p.add_availability(piece as usize));
-                }
-                self.refill();
+                self.on_have(piece)?;
             }
             Message::Request { piece, offset, len } => self.on_request(piece, offset, len),
             Message::Cancel { piece, offset, .. } => {

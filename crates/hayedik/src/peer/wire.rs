@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hayedik_proto::peer::{
-    encode_block_header, FrameHeader, Message, PeerWireError, BLOCK_HEADER_LEN, FRAME_HEADER_LEN,
+    encode_block_header, FrameHeader, Message, MessageType, PeerWireError, BLOCK_HEADER_LEN,
+    FRAME_HEADER_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -65,6 +66,20 @@ impl FrameReader {
         }
         let header = FrameHeader::decode(&head)?.ok_or(WireError::Closed)?;
         let len = header.payload_len as usize;
+        if header.kind == MessageType::Block {
+            // Data goes straight into its own buffer: no second copy.
+            // FrameHeader::decode bounded the length by MAX_BLOCK.
+            let mut at = [0u8; 8];
+            self.rd.read_exact(&mut at).await?;
+            let [p0, p1, p2, p3, o0, o1, o2, o3] = at;
+            let mut data = vec![0u8; len - 8];
+            self.rd.read_exact(&mut data).await?;
+            return Ok(Message::Block {
+                piece: u32::from_be_bytes([p0, p1, p2, p3]),
+                offset: u32::from_be_bytes([o0, o1, o2, o3]),
+                data,
+            });
+        }
         let mut payload = Vec::with_capacity(len.min(BLOCK_HEADER_LEN + (1 << 20)));
         (&mut self.rd)
             .take(len as u64)
