@@ -108,6 +108,11 @@ fn main() {
     }
     print_table(&figures);
     print_ratios(&figures);
+    println!();
+    println!("one reply of each announce phase (after the warm-up):");
+    for f in figures.iter().filter(|f| !f.reply.is_empty()) {
+        println!("  {:<29} {:<12} {}", f.phase, f.tracker, f.reply);
+    }
     for n in notes {
         println!("note: {n}");
     }
@@ -1034,6 +1039,8 @@ struct Figure {
     tracker_cpu: f64,
     generator_cpu: f64,
     peak_rss_kib: Option<u64>,
+    /// What one reply held, to show both trackers answer alike.
+    reply: String,
 }
 
 impl Figure {
@@ -1071,6 +1078,7 @@ fn measure(
         tracker_cpu: cpu1 - cpu0,
         generator_cpu: gen1 - gen0,
         peak_rss_kib: tracker.peak_rss_kib(),
+        reply: String::new(),
     }
 }
 
@@ -1137,7 +1145,8 @@ fn hayedik_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<Figur
     }
     let mut w = Announces::new(Proto::Hayedik, targets, keys, &connects, &peers);
     warm_up(&peers, &mut w, s.window, (s.peers * swarms) as u64);
-    let f = measure(
+    let reply = one_reply(&peers[1], &mut w);
+    let mut f = measure(
         phase_name(swarms),
         "hayedik",
         "announces",
@@ -1147,11 +1156,13 @@ fn hayedik_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<Figur
         s.window,
         s.secs,
     );
+    f.reply = reply;
     Ok(f)
 }
 
 /// Every peer announces once in every swarm (so each swarm has its 100
-/// peers), then half a second more of load.
+/// peers), then half a second more of load; late replies are drained so
+/// that the measured phase does not count them.
 fn warm_up(peers: &[UdpSocket], w: &mut Announces, window: usize, pairs: u64) {
     w.limit = Some(pairs);
     drive(peers, w, window, Instant::now() + SETUP_LIMIT);
@@ -1162,6 +1173,70 @@ fn warm_up(peers: &[UdpSocket], w: &mut Announces, window: usize, pairs: u64) {
         window,
         Instant::now() + Duration::from_millis(500),
     );
+    drain(peers);
+}
+
+fn drain(socks: &[UdpSocket]) {
+    std::thread::sleep(Duration::from_millis(50));
+    let mut buf = [0u8; 2048];
+    for s in socks {
+        while s.recv_from(&mut buf).is_ok() {}
+    }
+}
+
+/// Sends one announce from `sock` (socket 1 of the workload: a downloader)
+/// and describes the reply: peers listed and the counts.
+fn one_reply(sock: &UdpSocket, w: &mut Announces) -> String {
+    let mut req = Vec::new();
+    let Some(to) = w.next(1, &mut req) else {
+        return "no request".into();
+    };
+    let tid = w.tid;
+    if sock.send_to(&req, to).is_err() {
+        return "send failed".into();
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut buf = [0u8; 2048];
+    while Instant::now() < deadline {
+        let Ok((n, _)) = sock.recv_from(&mut buf) else {
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        };
+        let data = &buf[..n];
+        match w.proto {
+            Proto::Hayedik => {
+                let Ok(d) = Datagram::decode(data) else {
+                    continue;
+                };
+                if d.tid != tid {
+                    continue;
+                }
+                return match d.message {
+                    Message::Peers(p) => format!(
+                        "{n} bytes, {} peers listed, {} seeders + {} downloaders besides the requester",
+                        p.peers.len(),
+                        p.seeders,
+                        p.partials
+                    ),
+                    m => format!("{m:?}"),
+                };
+            }
+            Proto::Bep15 => {
+                if n < 20 || data[4..8] != tid.to_be_bytes() {
+                    continue;
+                }
+                let field =
+                    |i: usize| u32::from_be_bytes(data[i..i + 4].try_into().expect("4 bytes"));
+                return format!(
+                    "{n} bytes, {} peers listed, {} seeders + {} leechers",
+                    (n - 20) / 6,
+                    field(16),
+                    field(12)
+                );
+            }
+        }
+    }
+    "no reply within 1 s".into()
 }
 
 /// Phases (b) and (c) on opentracker: the same peers and load, one info
@@ -1190,7 +1265,8 @@ fn opentracker_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<F
     let targets = vec![addr; swarms];
     let mut w = Announces::new(Proto::Bep15, targets, keys, &connects, &peers);
     warm_up(&peers, &mut w, s.window, (s.peers * swarms) as u64);
-    let f = measure(
+    let reply = one_reply(&peers[1], &mut w);
+    let mut f = measure(
         phase_name(swarms),
         "opentracker",
         "announces",
@@ -1200,6 +1276,7 @@ fn opentracker_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<F
         s.window,
         s.secs,
     );
+    f.reply = reply;
     Ok(f)
 }
 
