@@ -221,8 +221,15 @@ pub async fn serve(
             _ = sweep.tick() => central.sweep(Instant::now()),
             Some(note) = notes.recv() => {
                 central.on_note(&note);
-                if let Note::Gone { port, .. } = note {
+                if let Note::Gone { port, was_pending, .. } = note {
+                    // Our copy is the last one: the port is free after this.
                     swarm_sockets.remove(&port);
+                    binder.release(port);
+                    shared.events.emit(if was_pending {
+                        Event::SwarmReclaimed { port }
+                    } else {
+                        Event::SwarmRetired { port }
+                    });
                 }
             }
             r = socket.recv_from(&mut buf) => {

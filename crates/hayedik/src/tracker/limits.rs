@@ -134,7 +134,14 @@ impl Budget {
     pub fn restored(&mut self, ip: Option<IpAddr>) {
         self.swarms += 1;
         if let Some(ip) = ip {
-            self.per_ip.entry(ip).or_default().swarms += 1;
+            let burst = f64::from(self.limits.join_burst);
+            self.per_ip
+                .entry(ip)
+                .or_insert(PerIp {
+                    tokens: burst,
+                    ..PerIp::default()
+                })
+                .swarms += 1;
         }
     }
 
@@ -225,5 +232,13 @@ mod tests {
         assert_eq!(b.try_create(ip(4), now), Err(Refusal::TooManySwarms));
         b.released(Some(ip(1)), false);
         b.try_create(ip(4), now).unwrap();
+    }
+
+    #[test]
+    fn restored_ips_keep_their_allowance() {
+        let mut b = Budget::new(Limits::default());
+        b.restored(Some(ip(1)));
+        b.try_create(ip(1), Instant::now()).unwrap();
+        assert_eq!(b.swarms(), 2);
     }
 }

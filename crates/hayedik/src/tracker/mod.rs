@@ -16,6 +16,7 @@ pub mod state;
 pub mod swarm;
 pub mod swarm_task;
 
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -70,18 +71,55 @@ pub struct Shared {
 }
 
 /// Binds swarm sockets: on the central tracker's IP, from a port range or an
-/// ephemeral port.
+/// ephemeral port, never on a port reserved for a stored swarm (one waiting to
+/// be restored must get its port back, so its tickets keep working).
 #[derive(Debug, Clone)]
 pub struct Binder {
     pub ip: IpAddr,
     pub range: Option<(u16, u16)>,
+    reserved: Arc<std::sync::Mutex<HashSet<u16>>>,
 }
 
 impl Binder {
+    pub fn new(ip: IpAddr, range: Option<(u16, u16)>) -> Self {
+        Self {
+            ip,
+            range,
+            reserved: Arc::default(),
+        }
+    }
+
+    /// Keeps `port` for a stored swarm.
+    pub fn reserve(&self, port: u16) {
+        if let Ok(mut r) = self.reserved.lock() {
+            r.insert(port);
+        }
+    }
+
+    /// `port` no longer belongs to a stored swarm.
+    pub fn release(&self, port: u16) {
+        if let Ok(mut r) = self.reserved.lock() {
+            r.remove(&port);
+        }
+    }
+
+    fn is_reserved(&self, port: u16) -> bool {
+        self.reserved.lock().is_ok_and(|r| r.contains(&port))
+    }
+
     /// A socket on a free port.
     pub fn bind_any(&self) -> std::io::Result<std::net::UdpSocket> {
         let Some((low, high)) = self.range else {
-            return std::net::UdpSocket::bind(SocketAddr::new(self.ip, 0));
+            // Hold refused sockets until the end so the system offers others.
+            let mut refused = Vec::new();
+            for _ in 0..16 {
+                let s = std::net::UdpSocket::bind(SocketAddr::new(self.ip, 0))?;
+                if !self.is_reserved(s.local_addr()?.port()) {
+                    return Ok(s);
+                }
+                refused.push(s);
+            }
+            return Err(std::io::Error::other("only reserved ports were offered"));
         };
         let size = u32::from(high - low) + 1;
         let start = rand::random::<u32>() % size;
@@ -91,6 +129,9 @@ impl Binder {
         for i in 0..tries {
             let offset = (start + i) % size;
             let port = low + u16::try_from(offset).unwrap_or(0);
+            if self.is_reserved(port) {
+                continue;
+            }
             match std::net::UdpSocket::bind(SocketAddr::new(self.ip, port)) {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),
@@ -139,23 +180,28 @@ pub async fn run(
             max_peers: config.limits.max_peers_per_swarm,
         },
     });
-    let binder = Binder {
-        ip: local.ip(),
-        range: config.swarm_ports,
-    };
+    let binder = Binder::new(local.ip(), config.swarm_ports);
     let epoch = Instant::now();
     let mut central = CentralTracker::new(config.limits.clone(), epoch);
     let (notes_tx, notes_rx) = mpsc::unbounded_channel();
+    let records = match &shared.store {
+        Some(store) => {
+            let store = store.clone();
+            tokio::task::spawn_blocking(move || store.load()).await??
+        }
+        None => Vec::new(),
+    };
+    // Listening only once the state loaded: a bad state directory is an
+    // error before anything claims the tracker started.
     events.emit(Event::Listening {
         addr: local.to_string(),
     });
-    if let Some(store) = &shared.store {
-        let store = store.clone();
-        let records = tokio::task::spawn_blocking(move || store.load()).await??;
-        for record in records {
-            central.budget_mut().restored(record.creator);
-            restore(record, &binder, &shared, &notes_tx, epoch);
-        }
+    for record in &records {
+        binder.reserve(record.port);
+    }
+    for record in records {
+        central.budget_mut().restored(record.creator);
+        restore(record, &binder, &shared, &notes_tx, epoch);
     }
     central::serve(socket, central, binder, shared.clone(), notes_rx, notes_tx).await;
     Ok(())

@@ -23,15 +23,14 @@ const RECORD_VERSION: u8 = 1;
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("cannot use state directory {dir}: {source}")]
-    Dir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("cannot open tracker state {path}: {source} (move the file away to start with an empty state)")]
+    #[error("cannot use state directory {dir}: {err}")]
+    Dir { dir: PathBuf, err: std::io::Error },
+    #[error(
+        "cannot open tracker state {path}: {err} (move the file away to start with an empty state)"
+    )]
     Open {
         path: PathBuf,
-        source: Box<redb::DatabaseError>,
+        err: Box<redb::DatabaseError>,
     },
     #[error("tracker state {path}: {what}: {detail}")]
     Db {
@@ -53,14 +52,14 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) `DIR/tracker.redb`.
     pub fn open(dir: &Path) -> Result<Store, StateError> {
-        std::fs::create_dir_all(dir).map_err(|source| StateError::Dir {
+        std::fs::create_dir_all(dir).map_err(|err| StateError::Dir {
             dir: dir.to_path_buf(),
-            source,
+            err,
         })?;
         let path = dir.join("tracker.redb");
         let db = redb::Database::create(&path).map_err(|e| StateError::Open {
             path: path.clone(),
-            source: Box::new(e),
+            err: Box::new(e),
         })?;
         let store = Store { db, path };
         // Create the table so that reads of an empty store work.

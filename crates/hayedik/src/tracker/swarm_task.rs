@@ -22,7 +22,9 @@ pub enum Note {
         port: u16,
         creator: Option<IpAddr>,
     },
-    /// The swarm's socket is closed and its port free.
+    /// The swarm task has dropped its socket (reclaimed when it was
+    /// pending, retired otherwise); the central tracker drops its copy and
+    /// then reports the port free.
     Gone {
         port: u16,
         creator: Option<IpAddr>,
@@ -62,8 +64,8 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
         tokio::select! {
             _ = shared.cancel.cancelled() => break,
             _ = tokio::time::sleep_until(confirm_deadline), if !swarm.is_confirmed() => {
+                // The central tracker reports it once the port is free.
                 drop(socket);
-                shared.events.emit(Event::SwarmReclaimed { port });
                 let _ = ctx.notes.send(Note::Gone { port, creator, was_pending: true });
                 return;
             }
@@ -83,7 +85,6 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
                         }
                     }
                     drop(socket);
-                    shared.events.emit(Event::SwarmRetired { port });
                     let _ = ctx.notes.send(Note::Gone { port, creator, was_pending: false });
                     return;
                 }

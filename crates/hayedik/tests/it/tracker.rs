@@ -371,7 +371,7 @@ fn tracker_serves_ipv6_loopback() {
 /// the time. The same holds for `swarm_retired` of a swarm created by the
 /// running process.
 #[test]
-#[ignore = "tracker bug: swarm_reclaimed is emitted before the port is free (central still holds the socket)"]
+
 fn tracker_reclaimed_port_is_free_when_reported() {
     scenario(LIMIT, || {
         let mut t = Tracker::start(&["--confirm-timeout", "0.2"]);

@@ -222,7 +222,7 @@ fn tracker_state_path_that_is_a_file_is_a_clear_error() {
 /// tokens and no refill time, so the first swarm-creating JOIN from that IP
 /// is refused as rate limited (no reply) although it sent nothing before.
 #[test]
-#[ignore = "tracker bug: the first JOIN after a restart from the IP that created a restored swarm is rate limited"]
+
 fn tracker_first_join_after_restart_is_not_rate_limited() {
     scenario(LIMIT, || {
         let dir = tempfile::tempdir().unwrap();
@@ -255,7 +255,7 @@ fn tracker_first_join_after_restart_is_not_rate_limited() {
 /// swarm overwrites the stored record of that port, and the old ticket now
 /// points at a stranger's swarm. The binder should skip ports of stored swarms.
 #[test]
-#[ignore = "tracker bug: a new swarm can take the port of a stored swarm waiting to be restored"]
+
 fn tracker_new_swarm_never_takes_a_port_awaiting_restore() {
     scenario(LIMIT, || {
         let dir = tempfile::tempdir().unwrap();
