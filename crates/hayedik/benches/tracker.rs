@@ -51,7 +51,8 @@ fn main() {
     let _autogroup = pin.boost_session();
     println!("hayedik tracker benchmark");
     println!(
-        "  {} s per phase, {} peers per swarm, {} swarms in (c), {} requests in flight per socket",
+        "  {} rounds of {} s per phase, {} peers per swarm, {} swarms in (c), {} requests in flight per socket",
+        settings.rounds,
         settings.secs.as_secs_f64(),
         settings.peers,
         settings.swarms,
@@ -75,7 +76,12 @@ fn main() {
     let mut notes = Vec::new();
     let mut record = |label: &str, r: Result<Figure, String>| match r {
         Ok(f) => {
-            println!("  done: {label}");
+            println!(
+                "  {label}: {} {}/s, {:.2} CPU s per M",
+                thousands(f.rate()),
+                short_unit(f.unit),
+                f.cpu_per_million()
+            );
             figures.push(f);
         }
         Err(e) => {
@@ -83,35 +89,47 @@ fn main() {
             notes.push(format!("{label}: {e}"));
         }
     };
-    record(
-        "(a) hayedik swarm creations",
-        hayedik_creations(&settings, &pin),
-    );
+    let rounds = settings.rounds;
+    for round in 1..=rounds {
+        record(
+            &format!("(a) hayedik, round {round}/{rounds}"),
+            hayedik_creations(&settings, &pin),
+        );
+    }
     let mut opentracker_ok = settings.opentracker;
     for swarms in [1, settings.swarms] {
-        record(
-            &format!("hayedik, {swarms} swarm(s)"),
-            hayedik_announces(&settings, &pin, swarms),
-        );
-        if opentracker_ok {
-            let r = opentracker_announces(&settings, &pin, swarms);
-            if let Err(e) = &r {
-                if e.starts_with("cannot start") {
-                    opentracker_ok = false;
+        let phase = &phase_name(swarms)[..3];
+        // Alternate the two trackers, so that both see the same moments of
+        // whatever else the machine is doing.
+        for round in 1..=rounds {
+            record(
+                &format!("{phase} hayedik, round {round}/{rounds}"),
+                hayedik_announces(&settings, &pin, swarms),
+            );
+            if opentracker_ok {
+                let r = opentracker_announces(&settings, &pin, swarms);
+                if let Err(e) = &r {
+                    if e.starts_with("cannot start") {
+                        opentracker_ok = false;
+                    }
                 }
+                record(&format!("{phase} opentracker, round {round}/{rounds}"), r);
             }
-            record(&format!("opentracker, {swarms} swarm(s)"), r);
         }
     }
     if !settings.opentracker {
         notes.push("opentracker skipped (HAYEDIK_BENCH_OPENTRACKER=0)".into());
     }
-    print_table(&figures);
-    print_ratios(&figures);
+    let medians = medians(&figures);
+    print_table(&medians);
+    print_ratios(&medians);
     println!();
     println!("one reply of each announce phase (after the warm-up):");
-    for f in figures.iter().filter(|f| !f.reply.is_empty()) {
-        println!("  {:<29} {:<12} {}", f.phase, f.tracker, f.reply);
+    for m in medians.iter().filter(|m| !m.figure.reply.is_empty()) {
+        println!(
+            "  {:<29} {:<12} {}",
+            m.figure.phase, m.figure.tracker, m.figure.reply
+        );
     }
     for n in notes {
         println!("note: {n}");
@@ -123,6 +141,7 @@ struct Settings {
     secs: Duration,
     window: usize,
     handshakes: usize,
+    rounds: usize,
     peers: usize,
     swarms: usize,
     max_creations: usize,
@@ -142,6 +161,7 @@ impl Settings {
             secs: Duration::from_secs_f64(secs.clamp(0.5, 120.0)),
             window: var("HAYEDIK_BENCH_WINDOW", 2usize).clamp(1, 64),
             handshakes: var("HAYEDIK_BENCH_HANDSHAKES", 4usize).clamp(1, 64),
+            rounds: var("HAYEDIK_BENCH_ROUNDS", 3usize).clamp(1, 20),
             peers: 100,
             swarms: 1000,
             // Each swarm holds a port and a descriptor of the tracker.
@@ -1299,43 +1319,90 @@ fn thousands(v: f64) -> String {
     out
 }
 
-fn print_table(figures: &[Figure]) {
+/// The round with the median CPU per unit of one phase and tracker, and
+/// the range over all its rounds.
+struct Median<'a> {
+    figure: &'a Figure,
+    rounds: usize,
+    cpu: (f64, f64),
+    rate: (f64, f64),
+}
+
+fn medians(figures: &[Figure]) -> Vec<Median<'_>> {
+    let mut out: Vec<Median<'_>> = Vec::new();
+    let mut keys: Vec<(&str, &str)> = Vec::new();
+    for f in figures {
+        if !keys.contains(&(f.phase, f.tracker)) {
+            keys.push((f.phase, f.tracker));
+        }
+    }
+    for (phase, tracker) in keys {
+        let mut group: Vec<&Figure> = figures
+            .iter()
+            .filter(|f| f.phase == phase && f.tracker == tracker)
+            .collect();
+        group.sort_by(|a, b| a.cpu_per_million().total_cmp(&b.cpu_per_million()));
+        let span = |v: Vec<f64>| {
+            v.iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| {
+                    (lo.min(x), hi.max(x))
+                })
+        };
+        out.push(Median {
+            figure: group[group.len() / 2],
+            rounds: group.len(),
+            cpu: span(group.iter().map(|f| f.cpu_per_million()).collect()),
+            rate: span(group.iter().map(|f| f.rate()).collect()),
+        });
+    }
+    out
+}
+
+fn print_table(medians: &[Median<'_>]) {
     println!();
+    println!("median round of each phase (by CPU per unit); ranges over all rounds");
     println!(
-        "{:<29} {:<12} {:>16} {:>12} {:>9} {:>9} {:>10} {:>12}",
+        "{:<29} {:<12} {:>16} {:>19} {:>12} {:>14} {:>9} {:>9} {:>10} {:>8}",
         "phase",
         "tracker",
         "rate",
+        "rate range",
         "CPU s per M",
+        "CPU range",
         "trk busy",
         "gen busy",
         "peak RSS",
-        "errors/lost"
+        "err/lost"
     );
-    for f in figures {
+    for m in medians {
+        let f = m.figure;
         let rss = f
             .peak_rss_kib
             .map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
         println!(
-            "{:<29} {:<12} {:>16} {:>12.2} {:>8.0}% {:>8.0}% {:>10} {:>12}",
+            "{:<29} {:<12} {:>16} {:>19} {:>12.2} {:>14} {:>8.0}% {:>8.0}% {:>10} {:>8}",
             f.phase,
             f.tracker,
             format!("{} {}/s", thousands(f.rate()), short_unit(f.unit)),
+            format!("{}-{}", thousands(m.rate.0), thousands(m.rate.1)),
             f.cpu_per_million(),
+            format!("{:.2}-{:.2}", m.cpu.0, m.cpu.1),
             100.0 * f.tracker_cpu / f.run.secs,
             100.0 * f.generator_cpu / f.run.secs,
             rss,
             format!("{}/{}", f.run.failed, f.run.lost),
         );
     }
+    let rounds = medians.iter().map(|m| m.rounds).max().unwrap_or(0);
     println!();
     println!(
         "rate: answered units per second (announces: ANNOUNCE -> PEERS; swarms: JOIN .. CONFIRMED)"
     );
     println!("CPU s per M: tracker CPU seconds (user+system, /proc/PID/stat) per million units,");
-    println!("             i.e. CPU microseconds per unit; lower is better");
+    println!("             i.e. CPU microseconds per unit; lower is better ({rounds} rounds each)");
     println!("trk busy / gen busy: CPU time / wall time of the tracker and of the load generator");
     println!("peak RSS: VmHWM of the tracker process over its whole life (setup included)");
+    println!("err/lost: error replies / requests never answered (counted as lost after 100 ms)");
 }
 
 fn short_unit(unit: &str) -> &str {
@@ -1346,11 +1413,11 @@ fn short_unit(unit: &str) -> &str {
     }
 }
 
-fn print_ratios(figures: &[Figure]) {
+fn print_ratios(medians: &[Median<'_>]) {
     let find = |phase: &str, tracker: &str| {
-        figures
+        medians
             .iter()
-            .find(|f| f.phase == phase && f.tracker == tracker)
+            .find(|m| m.figure.phase == phase && m.figure.tracker == tracker)
     };
     let mut printed = false;
     for phase in [phase_name(1), phase_name(1000)] {
@@ -1359,13 +1426,13 @@ fn print_ratios(figures: &[Figure]) {
         };
         if !printed {
             println!();
-            println!("hayedik / opentracker:");
+            println!("hayedik / opentracker (medians):");
             printed = true;
         }
         println!(
             "  {phase:<29} rate x{:.2}   CPU per announce x{:.2} (below 1: hayedik spends less)",
-            h.rate() / o.rate(),
-            h.cpu_per_million() / o.cpu_per_million()
+            h.figure.rate() / o.figure.rate(),
+            h.figure.cpu_per_million() / o.figure.cpu_per_million()
         );
     }
 }
