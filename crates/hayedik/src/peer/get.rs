@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::announce::{spawn_announcer, TrackerClient};
+use super::guard::ServeGuard;
 use super::progress::Progress;
 use super::swarm::{Content, Swarm, SwarmOptions};
 use super::{node, resolve, udp_socket_for};
@@ -215,6 +216,7 @@ async fn download(
                     manifest_bytes: (*manifest_bytes).clone(),
                     storage: file.storage.clone(),
                     download: None,
+                    guard: ServeGuard::verified(file.path.clone(), pieces),
                 },
                 Bitfield::full(pieces),
                 None,
@@ -241,6 +243,9 @@ async fn download(
                     manifest_bytes: (*manifest_bytes).clone(),
                     storage: d.storage(),
                     download: Some(d.clone()),
+                    // The part file changes while downloading: watched once
+                    // it is complete and in place.
+                    guard: ServeGuard::new(None, pieces),
                 },
                 have,
                 None,
@@ -285,6 +290,9 @@ async fn download(
             };
             for w in &file.warnings {
                 tracing::warn!("{w}");
+            }
+            if let Some(c) = swarm.content() {
+                c.guard.watch(file.path.clone());
             }
             Ok(Some(GetReport {
                 path: file.path,

@@ -12,6 +12,7 @@
 
 pub mod announce;
 pub mod get;
+pub mod guard;
 pub mod hashing;
 pub mod node;
 pub mod picker;

@@ -169,7 +169,7 @@ impl Progress {
             );
         }
         anyhow::bail!(
-            "no progress for {secs} s from {} peers; try again later or raise --timeout",
+            "no progress for {secs} s from {} connected peer(s): they lack the missing pieces or stalled; try again later or raise --timeout",
             swarm.peer_count()
         )
     }

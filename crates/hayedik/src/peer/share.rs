@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio_util::sync::CancellationToken;
 
 use super::announce::{create_swarm, spawn_announcer, TrackerClient};
+use super::guard::ServeGuard;
 use super::hashing::hash_file;
 use super::swarm::{Content, Swarm, SwarmOptions};
 use super::{node, resolve, udp_socket_for};
@@ -136,6 +137,7 @@ pub async fn share(
             manifest_bytes,
             storage: Arc::new(storage),
             download: None,
+            guard: ServeGuard::verified(path.clone(), pieces),
         },
         Bitfield::full(pieces),
         None,

@@ -21,6 +21,7 @@ use hayedik_proto::manifest::{peer_auth_key, swarm_key, Manifest};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::guard::ServeGuard;
 use super::picker::Picker;
 use super::rate::RateLimit;
 use crate::storage::{Bitfield, Download, Storage};
@@ -39,6 +40,8 @@ pub struct Content {
     pub storage: Arc<dyn Storage>,
     /// Resume bookkeeping while downloading; `None` for a complete copy.
     pub download: Option<Arc<Download>>,
+    /// Re-verifies pieces on disk before they are served.
+    pub guard: ServeGuard,
 }
 
 impl std::fmt::Debug for Content {
@@ -259,8 +262,11 @@ impl Swarm {
         if !new {
             return Verified::Duplicate;
         }
-        if let Some(d) = self.content().and_then(|c| c.download.clone()) {
-            d.mark_verified(piece);
+        if let Some(c) = self.content() {
+            c.guard.mark(piece);
+            if let Some(d) = &c.download {
+                d.mark_verified(piece);
+            }
         }
         let _ = self.have_tx.send(piece);
         if complete {
@@ -291,6 +297,30 @@ impl Swarm {
             return true;
         }
         false
+    }
+
+    /// A piece we held no longer matches on disk: stop serving it, and
+    /// fetch it again if we are still downloading.
+    pub fn piece_lost(&self, piece: u32) {
+        let Some(content) = self.content() else {
+            return;
+        };
+        let len = u64::from(content.manifest.piece_len(piece).unwrap_or(0));
+        let mut inner = self.lock();
+        let was = inner.have.as_mut().is_some_and(|h| h.clear(piece));
+        if !was {
+            return;
+        }
+        inner.bytes_verified = inner.bytes_verified.saturating_sub(len);
+        if content.download.is_some() {
+            if let Some(p) = inner.picker.as_mut() {
+                p.lost(piece as usize);
+            }
+        }
+        tracing::warn!(
+            piece,
+            "piece no longer matches the ticket on disk: not serving it"
+        );
     }
 
     /// Records a fatal error and stops everything.

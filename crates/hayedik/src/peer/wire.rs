@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
+use super::guard::Check;
 use super::swarm::Swarm;
 
 /// Why a connection's bytes could not be used.
@@ -174,6 +175,23 @@ pub async fn write_loop(
                 let Some(content) = swarm.content() else {
                     continue;
                 };
+                if !content.guard.is_fresh(piece) {
+                    let c = content.clone();
+                    let base = at - u64::from(offset);
+                    let check = tokio::task::spawn_blocking(move || {
+                        c.guard.check(piece, &c.manifest, c.storage.as_ref(), base)
+                    })
+                    .await;
+                    if !matches!(check, Ok(Check::Good)) {
+                        swarm.piece_lost(piece);
+                        let mut frame = Vec::new();
+                        Message::Reject { piece, offset, len }.encode(&mut frame);
+                        if wr.write_all(&frame).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                }
                 let storage = content.storage.clone();
                 let mut block = std::mem::take(&mut buf);
                 block.clear();

@@ -193,6 +193,21 @@ impl Bitfield {
         }
     }
 
+    /// Removes piece `index`; returns true when it was set.
+    pub fn clear(&mut self, index: u32) -> bool {
+        let Some((byte, mask)) = self.locate(index) else {
+            return false;
+        };
+        match self.bytes.get_mut(byte) {
+            Some(b) if *b & mask != 0 => {
+                *b &= !mask;
+                self.ones -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The pieces in the set, ascending.
     pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.len).filter(|&i| self.get(i))
