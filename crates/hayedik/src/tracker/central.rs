@@ -211,7 +211,9 @@ pub async fn serve(
     mut notes: mpsc::UnboundedReceiver<Note>,
     notes_tx: mpsc::UnboundedSender<Note>,
 ) {
-    let mut buf = vec![0u8; 2048];
+    // Every valid datagram is under 64 bytes; a longer one is cut, and
+    // still refused as malformed (a reply is never larger than this).
+    let mut buf = vec![0u8; 512];
     let mut out = Vec::with_capacity(64);
     let mut swarm_sockets: HashMap<u16, Arc<UdpSocket>> = HashMap::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(5));

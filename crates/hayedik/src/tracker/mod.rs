@@ -203,7 +203,14 @@ pub async fn run(
         central.budget_mut().restored(record.creator);
         restore(record, &binder, &shared, &notes_tx, epoch);
     }
-    central::serve(socket, central, binder, shared.clone(), notes_rx, notes_tx).await;
+    // On a worker thread like the swarm tasks: no cross-thread hop per
+    // handshake when run from a runtime's main thread.
+    crate::spawn::spawn(
+        "central tracker",
+        central::serve(socket, central, binder, shared.clone(), notes_rx, notes_tx),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("central tracker task: {e}"))?;
     Ok(())
 }
 

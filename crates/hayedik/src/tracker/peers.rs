@@ -2,6 +2,7 @@
 //!
 //! Invariants:
 //! - `index[k] == i` iff `list[i].key == k`: one entry per (IP, TCP port).
+//! - `list` is in random order: a newcomer is swapped to a random place.
 //! - only listed states (downloading, complete) are stored; `seeders` counts
 //!   the `Complete` entries, so counts are O(1).
 //! - an entry whose `last_seen` is older than the expiry is never returned by
@@ -40,7 +41,8 @@ pub enum Update {
 #[derive(Debug)]
 pub struct PeerTable {
     list: Vec<Record>,
-    index: HashMap<PeerKey, usize>,
+    index: HashMap<PeerKey, usize, foldhash::fast::RandomState>,
+    rng: rand::rngs::SmallRng,
     seeders: usize,
     max_peers: usize,
 }
@@ -49,7 +51,8 @@ impl PeerTable {
     pub fn new(max_peers: usize) -> Self {
         Self {
             list: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
+            rng: rand::SeedableRng::from_entropy(),
             seeders: 0,
             max_peers,
         }
@@ -102,12 +105,21 @@ impl PeerTable {
         if state == PeerState::Complete {
             self.seeders += 1;
         }
-        self.index.insert(key, self.list.len());
+        let at = self.list.len();
+        self.index.insert(key, at);
         self.list.push(Record {
             key,
             state,
             last_seen: now,
         });
+        // Keep the list in random order: swap the newcomer to a random place.
+        let j = self.rng.gen_range(0..=at);
+        if j != at {
+            self.list.swap(j, at);
+            let moved = self.list[at].key;
+            self.index.insert(moved, at);
+            self.index.insert(key, j);
+        }
         Update::Listed
     }
 
@@ -139,8 +151,8 @@ impl PeerTable {
         before - self.list.len()
     }
 
-    /// Up to `max` peers other than `exclude`, a uniform random sample when
-    /// there are more, in random order, appended to `out`. `fits` is asked
+    /// Up to `max` peers other than `exclude`, a fair random sample when
+    /// there are more (every peer equally likely), appended to `out`. `fits` is asked
     /// before each entry is added and stops the sample when it says no.
     pub fn sample(
         &self,
@@ -157,10 +169,17 @@ impl PeerTable {
         if take == 0 {
             return;
         }
-        // Draw one more than needed so skipping the requester keeps the sample
-        // uniform over the others.
-        let draw = (take + usize::from(excluded.is_some())).min(n);
-        for i in rand::seq::index::sample(rng, n, draw) {
+        // The list is kept in random order (each new peer lands at a random
+        // position), so a window from a random start is a fair sample, and
+        // costs no allocation and one random number.
+        let start = if take == available {
+            0
+        } else {
+            rng.gen_range(0..n)
+        };
+        let mut added = 0;
+        for k in 0..n {
+            let i = (start + k) % n;
             if Some(i) == excluded {
                 continue;
             }
@@ -169,10 +188,11 @@ impl PeerTable {
                 addr: SocketAddr::new(r.key.0, r.key.1),
                 state: r.state,
             };
-            if out.len() >= take || !fits(&entry) {
+            if added >= take || !fits(&entry) {
                 break;
             }
             out.push(entry);
+            added += 1;
         }
     }
 }

@@ -58,8 +58,10 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut persisted_announce = swarm.record.last_announce_unix;
-    let mut buf = vec![0u8; 2048];
-    let mut out = Vec::with_capacity(1200);
+    // Every valid datagram is under 64 bytes; a longer one is cut, and
+    // still refused as malformed (a reply is never larger than this).
+    let mut buf = vec![0u8; 512];
+    let mut out = Vec::new();
     loop {
         tokio::select! {
             _ = shared.cancel.cancelled() => break,
