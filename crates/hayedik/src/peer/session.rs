@@ -29,7 +29,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
 
 use super::swarm::{Content, Swarm, Verified};
-use super::wire::{FrameReader, FrameWriter, Out, WireError};
+use super::wire::{BufPool, FrameReader, FrameWriter, Out, WireError};
 
 /// Bytes asked for in one request.
 pub const BLOCK_SIZE: u32 = 256 << 10;
@@ -89,6 +89,8 @@ struct Session {
     remote: SocketAddr,
     listed: SocketAddr,
     out: mpsc::UnboundedSender<Out>,
+    /// Block buffers shared with the reader.
+    pool: BufPool,
     cancelled: Arc<Mutex<HashSet<(u32, u32)>>>,
     queued: Arc<AtomicUsize>,
     content: Option<Arc<Content>>,
@@ -253,6 +255,9 @@ async fn serve(
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let cancelled = Arc::new(Mutex::new(HashSet::new()));
     let queued = Arc::new(AtomicUsize::new(0));
+    let pool = BufPool::default();
+    let mut reader = reader;
+    reader.set_pool(pool.clone());
     let read_task = crate::spawn::spawn(
         &format!("read {remote}"),
         super::wire::read_loop(reader, in_tx, swarm.clone(), IDLE_TIMEOUT),
@@ -272,6 +277,7 @@ async fn serve(
         remote,
         listed,
         out: out_tx,
+        pool,
         cancelled,
         queued,
         content: None,
@@ -615,13 +621,14 @@ impl Session {
         let mut hasher = job.hasher.take().unwrap_or_default();
         let storage = content.storage.clone();
         let n = data.len();
-        let (hasher, written) = tokio::task::spawn_blocking(move || {
+        let (hasher, written, data) = tokio::task::spawn_blocking(move || {
             let r = storage.write_at(at, &data);
             hasher.update(&data);
-            (hasher, r)
+            (hasher, r, data)
         })
         .await
         .map_err(|e| SessionError::Storage(e.to_string()))?;
+        self.pool.give(data);
         self.swarm.downloaded.fetch_add(n as u64, Ordering::Relaxed);
         if let Err(e) = written {
             let msg = match &content.download {

@@ -45,14 +45,50 @@ pub enum Out {
     },
 }
 
+/// Block buffers handed back after use, so that receiving a block costs
+/// neither an allocation nor page faults. Bounded.
+#[derive(Debug, Clone, Default)]
+pub struct BufPool(Arc<Mutex<Vec<Vec<u8>>>>);
+
+/// Buffers kept in a pool.
+const POOL_MAX: usize = 8;
+
+impl BufPool {
+    pub fn take(&self) -> Vec<u8> {
+        self.0
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_default()
+    }
+
+    pub fn give(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        if let Ok(mut p) = self.0.lock() {
+            if p.len() < POOL_MAX {
+                p.push(buf);
+            }
+        }
+    }
+}
+
 /// Reads whole frames from a socket.
 pub struct FrameReader {
     rd: OwnedReadHalf,
+    pool: BufPool,
 }
 
 impl FrameReader {
     pub fn new(rd: OwnedReadHalf) -> Self {
-        Self { rd }
+        Self {
+            rd,
+            pool: BufPool::default(),
+        }
+    }
+
+    /// Takes block buffers from `pool` (give them back when done).
+    pub fn set_pool(&mut self, pool: BufPool) {
+        self.pool = pool;
     }
 
     /// The next message. Lengths are checked against the type's bounds
@@ -73,8 +109,14 @@ impl FrameReader {
             let mut at = [0u8; 8];
             self.rd.read_exact(&mut at).await?;
             let [p0, p1, p2, p3, o0, o1, o2, o3] = at;
-            let mut data = vec![0u8; len - 8];
-            self.rd.read_exact(&mut data).await?;
+            let n = len - 8;
+            let mut data = self.pool.take();
+            data.reserve_exact(n);
+            // Fills spare capacity: no zeroing first.
+            (&mut self.rd).take(n as u64).read_to_end(&mut data).await?;
+            if data.len() != n {
+                return Err(WireError::Closed);
+            }
             return Ok(Message::Block {
                 piece: u32::from_be_bytes([p0, p1, p2, p3]),
                 offset: u32::from_be_bytes([o0, o1, o2, o3]),
