@@ -93,7 +93,14 @@ pub async fn share(
         addr: local.to_string(),
     });
 
-    let manifest = build_manifest(&path, name, meta.len(), events).await?;
+    let manifest = tokio::select! {
+        // Hashing a large file takes a while: an interrupt need not wait.
+        _ = cancel.cancelled() => {
+            events.emit(Event::Stopped { uploaded: Some(0), downloaded: Some(0) });
+            return Ok(());
+        }
+        m = build_manifest(&path, name, meta.len(), events) => m?,
+    };
     let manifest_bytes = manifest.encode();
     let root = manifest.root();
 
