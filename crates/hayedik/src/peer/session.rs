@@ -28,7 +28,7 @@ use rand::SeedableRng;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
 
-use super::swarm::{Content, Swarm, Verified};
+use super::swarm::{Content, Swarm};
 use super::wire::{BufPool, FrameReader, FrameWriter, Out, WireError};
 
 /// Bytes asked for in one request.
@@ -45,6 +45,13 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// We send a keep-alive after this long without sending anything.
 pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(20);
+/// Largest piece fetched as an in-memory endgame duplicate.
+pub const MAX_DUPLICATE_PIECE: u32 = 4 << 20;
+/// Endgame duplicates one session holds at once (bounds memory).
+pub const MAX_DUPLICATES: usize = 2;
+
+static NEXT_SESSION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// Unrequested or duplicate blocks tolerated before disconnecting.
 pub const MAX_JUNK_BLOCKS: u32 = 32;
 
@@ -80,10 +87,16 @@ struct Job {
     next_request: u32,
     next_receive: u32,
     hasher: Option<blake3::Hasher>,
+    /// `None`: this session is the piece's only writer and streams blocks
+    /// to storage. `Some`: an endgame duplicate, kept in memory and written
+    /// only if it verifies before the writer's copy.
+    buffer: Option<Vec<u8>>,
 }
 
 struct Session {
     swarm: Arc<Swarm>,
+    /// Identifies this session as the writer of a piece.
+    id: u64,
     /// The remote's connection address, and its listed address (IP and the
     /// port it serves on) used for accounting and bans.
     remote: SocketAddr,
@@ -274,6 +287,7 @@ async fn serve(
     );
     let mut s = Session {
         swarm: swarm.clone(),
+        id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
         remote,
         listed,
         out: out_tx,
@@ -510,13 +524,10 @@ impl Session {
                 }
             }
             Message::Reject { piece, .. } => {
-                if let Some(i) = self.jobs.iter().position(|j| j.piece == piece) {
-                    let job = self.jobs.swap_remove(i);
-                    let blocks = (job.next_request - job.next_receive).div_ceil(BLOCK_SIZE);
-                    self.in_flight -= blocks as usize;
+                if self.jobs.iter().any(|j| j.piece == piece) {
+                    self.abandon(piece);
                     // The rejected block will not come; the others may.
-                    self.stray += blocks.saturating_sub(1);
-                    self.swarm.with_picker(|p| p.release(piece as usize));
+                    self.stray = self.stray.saturating_sub(1);
                     self.refused.insert(piece);
                 }
                 self.refill();
@@ -534,20 +545,28 @@ impl Session {
         if !self.manifest_asked || self.swarm.has_manifest() {
             return Ok(());
         }
-        match Manifest::verify(&bytes, &self.swarm.root) {
+        // The root is what the ticket names: a manifest that does not hash
+        // to it is a lie, and costs the peer a strike.
+        if blake3::hash(&bytes).as_bytes() != &self.swarm.root {
+            self.swarm.strike(self.listed);
+            return Err(protocol(
+                self.remote,
+                "manifest does not match the ticket".into(),
+            ));
+        }
+        match Manifest::decode(&bytes) {
             Ok(m) => {
                 self.swarm.offer_manifest(m, bytes);
                 self.swarm.touch_progress();
                 Ok(())
             }
             Err(e) => {
-                // The root is what the ticket names: a manifest that does not
-                // hash to it is a lie.
-                self.swarm.strike(self.listed);
-                Err(protocol(
-                    self.remote,
-                    format!("manifest does not match the ticket: {e}"),
-                ))
+                // Authentic but unusable (a hostile name...): the content
+                // itself is at fault, so no other peer can do better.
+                self.swarm.fail(format!(
+                    "the ticket names content whose manifest is unusable: {e}; nothing was written"
+                ));
+                Err(protocol(self.remote, format!("unusable manifest: {e}")))
             }
         }
     }
@@ -616,58 +635,118 @@ impl Session {
         let Some(content) = self.content.clone() else {
             return Ok(());
         };
+        let n = data.len();
+        self.swarm.downloaded.fetch_add(n as u64, Ordering::Relaxed);
         let job = &mut self.jobs[i];
         let at = job.base + u64::from(offset);
         let mut hasher = job.hasher.take().unwrap_or_default();
-        let storage = content.storage.clone();
-        let n = data.len();
-        let (hasher, written, data) = tokio::task::spawn_blocking(move || {
-            let r = storage.write_at(at, &data);
+        if let Some(buffer) = job.buffer.as_mut() {
+            // Endgame duplicate: memory only, until it verifies.
             hasher.update(&data);
-            (hasher, r, data)
-        })
-        .await
-        .map_err(|e| SessionError::Storage(e.to_string()))?;
-        self.pool.give(data);
-        self.swarm.downloaded.fetch_add(n as u64, Ordering::Relaxed);
-        if let Err(e) = written {
-            let msg = match &content.download {
-                Some(d) => {
-                    crate::storage::StorageError::io(crate::storage::Op::Writing, d.part_path(), e)
-                        .to_string()
+            buffer.extend_from_slice(&data);
+            self.pool.give(data);
+        } else {
+            let (storage, swarm, id) = (content.storage.clone(), self.swarm.clone(), self.id);
+            let (hasher_back, written, data) = tokio::task::spawn_blocking(move || {
+                let r = swarm.write_piece_data(piece, id, false, storage.as_ref(), at, &data);
+                hasher.update(&data);
+                (hasher, r, data)
+            })
+            .await
+            .map_err(|e| SessionError::Storage(e.to_string()))?;
+            self.pool.give(data);
+            hasher = hasher_back;
+            match written {
+                Ok(true) => {}
+                Ok(false) => {
+                    // Another session's verified copy took the piece over.
+                    self.abandon(piece);
+                    self.refill();
+                    return Ok(());
                 }
-                None => e.to_string(),
-            };
-            self.swarm.fail(msg.clone());
-            return Err(SessionError::Storage(msg));
+                Err(e) => return Err(self.storage_failed(&content, e)),
+            }
         }
-        // The job may have been cancelled while we wrote (endgame).
-        let Some(i) = self.jobs.iter().position(|j| j.piece == piece) else {
-            self.refill();
-            return Ok(());
-        };
         let job = &mut self.jobs[i];
         job.hasher = Some(hasher);
         job.next_receive += n as u32;
-        if job.next_receive == job.len {
-            let job = self.jobs.swap_remove(i);
-            let digest = job.hasher.map(|h| *h.finalize().as_bytes());
-            let good = digest.as_ref() == content.manifest.piece_hash(piece);
-            if good {
-                if self
-                    .swarm
-                    .piece_verified(piece, u64::from(job.len), Some(self.listed))
-                    == Verified::Duplicate
-                {
-                    tracing::trace!(piece, "duplicate piece (endgame)");
-                }
-            } else if self.swarm.bad_piece(piece, self.listed) {
+        if job.next_receive < job.len {
+            self.refill();
+            return Ok(());
+        }
+        let job = self.jobs.swap_remove(i);
+        let digest = job.hasher.map(|h| *h.finalize().as_bytes());
+        let good = digest.as_ref() == content.manifest.piece_hash(piece);
+        if !good {
+            if job.buffer.is_none() {
+                self.swarm.release_writer(piece, self.id);
+            }
+            if self.swarm.bad_piece(piece, self.listed) {
                 self.send(Message::goodbye("you sent pieces that do not verify"));
                 return Err(SessionError::Banned { peer: self.listed });
             }
+            self.refill();
+            return Ok(());
+        }
+        let ours = match job.buffer {
+            // Our stream was the only writer: what is on disk is what we hashed.
+            None => self.swarm.finalize(piece, self.id),
+            Some(buffer) => {
+                let (storage, swarm, id, base) = (
+                    content.storage.clone(),
+                    self.swarm.clone(),
+                    self.id,
+                    job.base,
+                );
+                let written = tokio::task::spawn_blocking(move || {
+                    swarm
+                        .write_piece_data(piece, id, true, storage.as_ref(), base, &buffer)
+                        .map(|w| w && swarm.finalize(piece, id))
+                })
+                .await
+                .map_err(|e| SessionError::Storage(e.to_string()))?;
+                match written {
+                    Ok(w) => w,
+                    Err(e) => return Err(self.storage_failed(&content, e)),
+                }
+            }
+        };
+        if ours {
+            self.swarm
+                .piece_verified(piece, u64::from(job.len), Some(self.listed));
+        } else {
+            tracing::trace!(piece, "duplicate piece (endgame)");
+            self.swarm.with_picker(|p| p.release(piece as usize));
         }
         self.refill();
         Ok(())
+    }
+
+    /// Drops the job for `piece`: its outstanding blocks become strays.
+    fn abandon(&mut self, piece: u32) {
+        if let Some(i) = self.jobs.iter().position(|j| j.piece == piece) {
+            let job = self.jobs.swap_remove(i);
+            let blocks = (job.next_request - job.next_receive).div_ceil(BLOCK_SIZE);
+            self.in_flight -= blocks as usize;
+            self.stray += blocks;
+            if job.buffer.is_none() {
+                self.swarm.release_writer(piece, self.id);
+            }
+            self.swarm.with_picker(|p| p.release(piece as usize));
+        }
+    }
+
+    /// A write failed: the whole download stops with a clear error.
+    fn storage_failed(&self, content: &Content, e: std::io::Error) -> SessionError {
+        let msg = match &content.download {
+            Some(d) => {
+                crate::storage::StorageError::io(crate::storage::Op::Writing, d.part_path(), e)
+                    .to_string()
+            }
+            None => e.to_string(),
+        };
+        self.swarm.fail(msg.clone());
+        SessionError::Storage(msg)
     }
 
     /// Keeps [`PIPELINE_BLOCKS`] requests in flight.
@@ -721,6 +800,17 @@ impl Session {
                 }
                 continue;
             }
+            let buffer = if self.swarm.claim_writer(piece, self.id) {
+                None
+            } else if len <= MAX_DUPLICATE_PIECE
+                && self.jobs.iter().filter(|j| j.buffer.is_some()).count() < MAX_DUPLICATES
+            {
+                Some(Vec::with_capacity(len as usize))
+            } else {
+                // Someone else writes it and we may not duplicate it.
+                self.swarm.with_picker(|p| p.release(piece as usize));
+                break;
+            };
             self.jobs.push(Job {
                 piece,
                 base: piece_base(&content, loc.offset),
@@ -728,6 +818,7 @@ impl Session {
                 next_request: 0,
                 next_receive: 0,
                 hasher: Some(blake3::Hasher::new()),
+                buffer,
             });
         }
     }
@@ -748,6 +839,9 @@ impl Session {
     /// Gives every assigned piece back to the picker.
     fn release_all(&mut self) {
         let jobs: Vec<u32> = self.jobs.drain(..).map(|j| j.piece).collect();
+        for &piece in &jobs {
+            self.swarm.release_writer(piece, self.id);
+        }
         let remote = self.remote_have.take();
         self.swarm.with_picker(|p| {
             for piece in jobs {

@@ -29,6 +29,11 @@ use crate::storage::{Bitfield, Download, Storage};
 /// A verified manifest and its canonical encoding.
 pub type VerifiedManifest = (Arc<Manifest>, Arc<Vec<u8>>);
 
+/// No session writes this piece.
+pub const NO_WRITER: u64 = 0;
+/// The piece is verified: nobody writes it any more.
+pub const FINAL: u64 = u64::MAX;
+
 /// Bad pieces a peer may send before it is banned.
 pub const MAX_STRIKES: u32 = 2;
 
@@ -98,6 +103,11 @@ pub struct Swarm {
     complete_tx: watch::Sender<bool>,
     /// The first error that makes going on pointless (a full disk...).
     fatal: Mutex<Option<String>>,
+    /// Per piece, which session may write it to storage: [`NO_WRITER`],
+    /// a session id, or [`FINAL`] once verified. Held while writing, so a
+    /// piece is written by one session at a time and never after it is
+    /// verified (see [`Swarm::write_piece_data`]).
+    writers: std::sync::RwLock<Vec<Mutex<u64>>>,
     inner: Mutex<Inner>,
 }
 
@@ -137,6 +147,7 @@ impl Swarm {
             have_tx,
             complete_tx: watch::channel(false).0,
             fatal: Mutex::new(None),
+            writers: std::sync::RwLock::new(Vec::new()),
             inner: Mutex::new(Inner::default()),
         })
     }
@@ -175,6 +186,12 @@ impl Swarm {
             .filter(|&i| have.get(i))
             .map(|i| u64::from(content.manifest.piece_len(i).unwrap_or(0)))
             .sum();
+        if let Ok(mut w) = self.writers.write() {
+            *w = bools
+                .iter()
+                .map(|&h| Mutex::new(if h { FINAL } else { NO_WRITER }))
+                .collect();
+        }
         let picker = Picker::new(bools, wanted);
         let complete = picker.is_complete();
         {
@@ -275,6 +292,78 @@ impl Swarm {
         Verified::New
     }
 
+    /// Makes session `id` the one that writes `piece` to storage, if nobody
+    /// does. Returns whether it is.
+    pub fn claim_writer(&self, piece: u32, id: u64) -> bool {
+        self.with_writer(piece, |w| {
+            if *w == NO_WRITER {
+                *w = id;
+            }
+            *w == id
+        })
+        .unwrap_or(false)
+    }
+
+    /// Session `id` stops writing `piece` (unless it was verified).
+    pub fn release_writer(&self, piece: u32, id: u64) {
+        self.with_writer(piece, |w| {
+            if *w == id {
+                *w = NO_WRITER;
+            }
+        });
+    }
+
+    fn with_writer<T>(&self, piece: u32, f: impl FnOnce(&mut u64) -> T) -> Option<T> {
+        let all = self.writers.read().ok()?;
+        let mut w = all
+            .get(piece as usize)?
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        Some(f(&mut w))
+    }
+
+    /// Writes `data` at `at` for `piece` if session `id` is its writer, or
+    /// (with `take_over`) if the piece is not verified yet, making `id` the
+    /// writer. The piece's lock is held while writing: blocking, call it off
+    /// the reactor. `Ok(false)`: not written (someone else owns the piece).
+    pub fn write_piece_data(
+        &self,
+        piece: u32,
+        id: u64,
+        take_over: bool,
+        storage: &dyn Storage,
+        at: u64,
+        data: &[u8],
+    ) -> std::io::Result<bool> {
+        let Ok(all) = self.writers.read() else {
+            return Ok(false);
+        };
+        let Some(slot) = all.get(piece as usize) else {
+            return Ok(false);
+        };
+        let mut w = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if *w == FINAL || (*w != id && !take_over) {
+            return Ok(false);
+        }
+        *w = id;
+        storage.write_at(at, data)?;
+        Ok(true)
+    }
+
+    /// Marks `piece` verified if session `id` wrote it: returns false when
+    /// another session owns it (its data, not ours, is on disk).
+    pub fn finalize(&self, piece: u32, id: u64) -> bool {
+        self.with_writer(piece, |w| {
+            if *w == id {
+                *w = FINAL;
+                true
+            } else {
+                false
+            }
+        })
+        .unwrap_or(false)
+    }
+
     /// A piece from `peer` failed verification: strike, maybe ban. Returns
     /// true when the peer is now banned.
     pub fn bad_piece(&self, piece: u32, peer: SocketAddr) -> bool {
@@ -312,6 +401,9 @@ impl Swarm {
             return;
         }
         inner.bytes_verified = inner.bytes_verified.saturating_sub(len);
+        drop(inner);
+        self.with_writer(piece, |w| *w = NO_WRITER);
+        let mut inner = self.lock();
         if content.download.is_some() {
             if let Some(p) = inner.picker.as_mut() {
                 p.lost(piece as usize);

@@ -381,6 +381,12 @@ fn load_resume(paths: &Paths, target: &Target) -> (Option<Bitfield>, Option<Stri
 }
 
 /// No file at NAME: resume from the part file, or start one.
+/// Whether `a` was modified after `b` (false when either time is unknown).
+fn modified_after(a: &Path, b: &Path) -> bool {
+    let time = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    matches!((time(a), time(b)), (Some(ta), Some(tb)) if ta > tb)
+}
+
 fn start<V, P>(
     paths: Paths,
     target: &Target,
@@ -409,6 +415,16 @@ where
 
     let have = if part_exists {
         let candidates = match (&claimed, why) {
+            // Pieces written after the last save (a crash, or a full disk
+            // that kept the resume file from being rewritten) are in the part
+            // file but not claimed: when the part file is newer, check all.
+            (Some(_), _) if modified_after(&paths.part, &paths.resume) => {
+                warnings.push(format!(
+                    "{} changed after its resume file was saved; rechecking all of it",
+                    paths.part.display()
+                ));
+                Bitfield::full(layout.piece_count())
+            }
             (Some(claimed), _) => claimed.clone(),
             (None, Some(why)) => {
                 warnings.push(why);
