@@ -652,6 +652,31 @@ impl Announcer {
         self.wish.send_modify(|_| {});
     }
 
+    /// Announces every `every` while `lonely()` says we have no peer, so a
+    /// peer that nobody can reach (behind a firewall or NAT) learns of new
+    /// peers it can dial without waiting for the tracker's interval.
+    pub fn spawn_lonely_reannounce(
+        &self,
+        every: Duration,
+        lonely: impl Fn() -> bool + Send + 'static,
+    ) {
+        let (wish, stop) = (self.wish.clone(), self.stop.clone());
+        crate::spawn::spawn("reannounce", async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {
+                        if lonely() {
+                            wish.send_modify(|_| {});
+                        }
+                    }
+                }
+            }
+        });
+    }
+
     /// Every reply, latest first: `None` until the first one.
     pub fn replies(&self) -> watch::Receiver<Option<AnnounceReply>> {
         self.replies.clone()

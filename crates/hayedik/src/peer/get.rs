@@ -96,6 +96,8 @@ pub async fn get_observed(
     }
     let announcer = spawn_announcer(client, PeerState::Downloading, swarm.cancel.clone());
     node::spawn_connector(swarm.clone(), announcer.replies());
+    let s = swarm.clone();
+    announcer.spawn_lonely_reannounce(super::share::LONELY_REANNOUNCE, move || s.peer_count() == 0);
     let progress = Progress::new(events, opts.timeout);
 
     let result = download(&opts, &swarm, &announcer, &progress, events, started).await;

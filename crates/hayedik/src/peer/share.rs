@@ -27,6 +27,8 @@ use crate::tracker::TrackerConfig;
 
 /// The central tracker's well-known port.
 pub const DEFAULT_TRACKER_PORT: u16 = 7410;
+/// How often a peer with no connection at all asks the tracker again.
+pub const LONELY_REANNOUNCE: Duration = Duration::from_secs(5);
 /// How long creating the swarm may take before `share` gives up.
 pub const CREATE_DEADLINE: Duration = Duration::from_secs(30);
 
@@ -153,6 +155,11 @@ pub async fn share(
     let swarm_addr = SocketAddr::new(central.ip(), swarm_port);
     let client = TrackerClient::from_socket(socket, swarm_addr, swarm.swarm_key, local.port());
     let announcer = spawn_announcer(client, PeerState::Complete, swarm.cancel.clone());
+    // Dial the downloaders the tracker lists too: a sharer behind a firewall
+    // or NAT serves over connections it opens itself.
+    node::spawn_connector(swarm.clone(), announcer.replies());
+    let s = swarm.clone();
+    announcer.spawn_lonely_reannounce(LONELY_REANNOUNCE, move || s.peer_count() == 0);
     events.emit(Event::Ticket {
         ticket: ticket.to_string(),
         root: hex(&root),
