@@ -193,9 +193,9 @@ fn stateful_firewall() {
     });
 }
 
-/// A sharer behind a stateful firewall (or a NAT) can serve nobody unless
-/// it dials the peers the tracker lists: incoming connections never reach
-/// it, and only the sharer has the manifest at first.
+/// A sharer behind a stateful firewall (or a NAT) serves by dialing the
+/// downloaders the tracker lists: incoming connections never reach it, and
+/// only the sharer has the manifest at first.
 #[test]
 fn firewalled_sharer_serves_by_dialing_out() {
     scenario(Duration::from_secs(90), || {

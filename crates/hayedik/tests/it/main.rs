@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod faults_disk;
+mod faults_fuzz_seeds;
 mod faults_net;
 mod faults_rogue;
 mod harness;
