@@ -10,7 +10,30 @@ use hayedik::events::{Event, Events};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // A usage error is an `error` event too with --json (help and
+            // --version are not errors).
+            let is_error = !matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp
+                    | clap::error::ErrorKind::DisplayVersion
+                    | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            );
+            if is_error && std::env::args().any(|a| a == "--json") {
+                let message = e.kind().to_string();
+                let detail = e.to_string();
+                let first = detail
+                    .lines()
+                    .next()
+                    .map(|l| l.trim_start_matches("error: ").to_string())
+                    .unwrap_or(message);
+                Events::new(true).emit(Event::Error { message: first });
+            }
+            e.exit()
+        }
+    };
     init_logs();
     let json = cli.command.json();
     let events = Events::new(json);

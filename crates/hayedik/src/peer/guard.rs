@@ -13,7 +13,7 @@ use hayedik_proto::manifest::Manifest;
 use crate::storage::Storage;
 
 /// How often the file's size and modification time are looked at.
-const STAT_EVERY: Duration = Duration::from_secs(1);
+const STAT_EVERY: Duration = Duration::from_millis(100);
 /// Bytes hashed per read when checking a piece (memory stays bounded
 /// whatever the piece size).
 const CHUNK: usize = 1 << 20;
