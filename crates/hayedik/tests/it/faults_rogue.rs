@@ -30,6 +30,12 @@ struct Swarm {
 
 impl Swarm {
     fn start(seed: u64, sharer_extra: &[&str]) -> Swarm {
+        Swarm::start_limited(seed, sharer_extra, None)
+    }
+
+    /// [`Swarm::start`] with the sharer's descriptors capped at `nofile`
+    /// (soft and hard limits, with prlimit).
+    fn start_limited(seed: u64, sharer_extra: &[&str], nofile: Option<u32>) -> Swarm {
         let tracker = Tracker::start(&[]);
         let dir = tempfile::tempdir().expect("a scratch directory");
         let data = random_bytes(LEN, seed);
@@ -46,7 +52,16 @@ impl Swarm {
             "--json",
         ];
         args.extend_from_slice(sharer_extra);
-        let mut sharer = Proc::local("sharer", &args);
+        let mut sharer = match nofile {
+            None => Proc::local("sharer", &args),
+            Some(n) => {
+                let mut cmd = std::process::Command::new("prlimit");
+                cmd.arg(format!("--nofile={n}:{n}"))
+                    .arg(crate::harness::BIN)
+                    .args(&args);
+                Proc::spawn("sharer (few descriptors)", cmd)
+            }
+        };
         let sharer_addr = sharer.listening();
         let ticket = ticket_of(&mut sharer);
         let served = Served::file(NAME, &data);
@@ -592,6 +607,61 @@ fn slowloris_idle_connections() {
         g.expect_success(Duration::from_secs(15));
         assert_file_is(&s.out("out").join(NAME), s.data());
         drop(flood);
+        s.sharer.assert_no_panic();
+    });
+}
+
+/// CPU time (user and system) `pid` has used, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat: 12 and 13 after ')'.
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
+}
+
+/// A sharer that may hold only 64 descriptors, flooded with idle
+/// connections: running out of descriptors is waited out, not spun on (its
+/// CPU use stays low), and once the flood stops an honest getter downloads.
+#[test]
+fn slowloris_on_a_sharer_out_of_descriptors() {
+    if crate::lab::run("prlimit", &["--version"]).is_err() {
+        return crate::lab::skip(
+            "faults_rogue::slowloris_on_a_sharer_out_of_descriptors",
+            "prlimit (util-linux) is missing",
+        );
+    }
+    scenario(Duration::from_secs(120), || {
+        let s = Swarm::start_limited(29, &[], Some(64));
+        let flood = Slowloris::start(s.sharer_addr, 300, Duration::from_millis(500));
+        std::thread::sleep(Duration::from_secs(2));
+        let mut g = s.get("out", &["--timeout", "60"]);
+        assert!(
+            cpu_time(std::process::id()) > Duration::ZERO,
+            "reading CPU times"
+        );
+        let before = cpu_time(s.sharer.pid());
+        std::thread::sleep(Duration::from_secs(10));
+        let used = cpu_time(s.sharer.pid()).saturating_sub(before);
+        let fds = s.sharer.fd_count();
+        let during = g.events().iter().any(|v| v["event"] == "done");
+        drop(flood);
+        crate::lab::note(&format!(
+            "slowloris_on_a_sharer_out_of_descriptors: the sharer used {used:?} of CPU in 10 s of flood, held {fds} descriptors; getter done during the flood: {during}"
+        ));
+        assert!(
+            used < Duration::from_secs(3),
+            "the sharer spun while out of descriptors: {used:?} of CPU in 10 s"
+        );
+        finish(&mut g);
+        assert_file_is(&s.out("out").join(NAME), s.data());
         s.sharer.assert_no_panic();
     });
 }
