@@ -61,7 +61,23 @@ fn peers_cli_get_with_a_malformed_ticket_is_a_usage_error() {
                     out.stderr.contains("--help"),
                     "{bad}: no pointer to the usage: {out:?}"
                 );
-                assert!(out.stdout.is_empty(), "{bad}: {out:?}");
+                if json {
+                    // With --json a usage error is also an `error` event.
+                    let v: serde_json::Value = serde_json::from_str(out.stdout.trim())
+                        .unwrap_or_else(|e| {
+                            panic!("{bad}: stdout is not one JSON line ({e}): {out:?}")
+                        });
+                    assert_eq!(v["event"], "error", "{bad}: {out:?}");
+                    assert!(
+                        v["message"]
+                            .as_str()
+                            .unwrap_or("")
+                            .contains("hayedik://HOST:PORT/ROOT"),
+                        "{bad}: {out:?}"
+                    );
+                } else {
+                    assert!(out.stdout.is_empty(), "{bad}: {out:?}");
+                }
                 assert_no_panic(&out.stderr);
             }
         }
