@@ -95,7 +95,10 @@ trap 'exit 130' INT TERM
 # $WORK/NAME.out and stderr to $WORK/NAME.err; its pid goes in $LAST.
 start() {
   local name=$1; shift
-  timeout -k 5 "$LIMIT" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  # Emptied here, not by the background job's redirection, which may come
+  # after a wait_for has read the previous run's file.
+  : >"$WORK/$name.out"; : >"$WORK/$name.err"
+  timeout -k 5 "$LIMIT" "$@" >>"$WORK/$name.out" 2>>"$WORK/$name.err" &
   LAST=$!
   PIDS+=("$LAST")
 }
@@ -137,8 +140,9 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 timed() {
   local name=$1; shift
   local t0 t1
+  : >"$WORK/$name.out"; : >"$WORK/$name.err"
   t0=$(now)
-  timeout -k 5 "$LIMIT" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
+  timeout -k 5 "$LIMIT" "$@" >>"$WORK/$name.out" 2>>"$WORK/$name.err" &
   local pid=$!
   PIDS+=("$pid")
   local rc=0

@@ -30,7 +30,10 @@
 //! peak RSS; `HAYEDIK_BENCH_BIG_BYTES` changes its size),
 //! `HAYEDIK_BENCH_DIR` (where the temporary files go, default the system's
 //! temporary directory), `HAYEDIK_BENCH_ONLY` (comma-separated subset of
-//! `1-1,3-1,1-4,share`).
+//! `1-1,3-1,1-4,share`), `HAYEDIK_BENCH_BINS` (`LABEL=PATH,LABEL=PATH`: run
+//! every scenario with each of these `hayedik` binaries in turn, the order
+//! rotating from round to round, and print each one's wall time relative to
+//! the first's: an A/B comparison in the same run; default: this build's).
 
 #![allow(clippy::unwrap_used)]
 // wait4, kill and sysconf: the children's rusage after they exit.
@@ -59,9 +62,10 @@ const GET_TIMEOUT: &str = "60";
 
 fn main() {
     let settings = Settings::from_env();
-    let bin = env!("CARGO_BIN_EXE_hayedik");
     println!("hayedik swarm benchmark");
-    println!("  binary: {bin} ({})", version(bin));
+    for (label, bin) in &settings.bins {
+        println!("  binary {label}: {bin} ({})", version(bin));
+    }
     println!(
         "  file: {} MiB of pseudo-random bytes (in page cache), {} rounds",
         settings.bytes as f64 / MIB,
@@ -72,7 +76,7 @@ fn main() {
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         load_average()
     );
-    let lab = match Lab::new(&settings, bin) {
+    let lab = match Lab::new(&settings) {
         Ok(l) => l,
         Err(e) => {
             println!("FAILED: cannot prepare the test file: {e}");
@@ -89,50 +93,73 @@ fn main() {
         .into_iter()
         .filter(|s| settings.only.as_ref().is_none_or(|o| o.contains(&s.key())))
         .collect();
-    let mut results: BTreeMap<usize, Vec<Sample>> = BTreeMap::new();
+    let bins = &settings.bins;
+    // Results by binary, then by scenario.
+    let mut results: Vec<BTreeMap<usize, Vec<Sample>>> = vec![BTreeMap::new(); bins.len()];
     let mut failures = Vec::new();
     for round in 1..=settings.runs {
         for (i, s) in scenarios.iter().enumerate() {
-            let r = lab.run(|run| s.run(&lab, run, &lab.file, settings.bytes));
-            match r {
-                Ok(sample) => {
-                    println!(
-                        "  round {round}/{}: {:<8} {}",
-                        settings.runs,
-                        s.title(),
-                        sample.brief()
-                    );
-                    results.entry(i).or_default().push(sample);
-                }
-                Err(e) => {
-                    println!(
-                        "  round {round}/{}: {:<8} FAILED: {e}",
-                        settings.runs,
-                        s.title()
-                    );
-                    failures.push(format!("{} round {round}: {e}", s.title()));
+            for k in 0..bins.len() {
+                // Rotate the order of the binaries from round to round.
+                let b = (k + round - 1) % bins.len();
+                let (label, bin) = &bins[b];
+                let tag = if bins.len() > 1 {
+                    format!("{} [{label}]", s.title())
+                } else {
+                    s.title().to_string()
+                };
+                lab.set_bin(bin);
+                match lab.run(|run| s.run(&lab, run, &lab.file, settings.bytes)) {
+                    Ok(sample) => {
+                        println!(
+                            "  round {round}/{}: {tag:<8} {}",
+                            settings.runs,
+                            sample.brief()
+                        );
+                        results[b].entry(i).or_default().push(sample);
+                    }
+                    Err(e) => {
+                        println!("  round {round}/{}: {tag:<8} FAILED: {e}", settings.runs);
+                        failures.push(format!("{tag} round {round}: {e}"));
+                    }
                 }
             }
         }
     }
     println!();
-    for (i, s) in scenarios.iter().enumerate() {
-        if let Some(samples) = results.get(&i) {
-            print_block(
-                &format!(
-                    "{} ({} MiB, {} runs)",
-                    s.description(),
-                    settings.bytes as f64 / MIB,
-                    samples.len()
-                ),
-                samples,
-            );
+    for (b, (label, _)) in bins.iter().enumerate() {
+        for (i, s) in scenarios.iter().enumerate() {
+            if let Some(samples) = results[b].get(&i) {
+                let which = if bins.len() > 1 {
+                    format!(" [{label}]")
+                } else {
+                    String::new()
+                };
+                print_block(
+                    &format!(
+                        "{}{which} ({} MiB, {} runs)",
+                        s.description(),
+                        settings.bytes as f64 / MIB,
+                        samples.len()
+                    ),
+                    samples,
+                );
+            }
         }
     }
-    print_summary(&scenarios, &results, settings.bytes);
+    for (b, (label, _)) in bins.iter().enumerate() {
+        if bins.len() > 1 {
+            println!("[{label}]");
+        }
+        print_summary(&scenarios, &results[b], settings.bytes);
+    }
+    if bins.len() > 1 {
+        print_ab(&scenarios, &results, bins);
+    }
 
     if settings.big {
         println!();
+        lab.set_bin(&bins[0].1);
         match lab.big(settings.big_bytes) {
             Ok(sample) => print_block(
                 &format!(
@@ -156,6 +183,8 @@ fn main() {
 // Settings
 
 struct Settings {
+    /// Labels and paths of the `hayedik` binaries to measure.
+    bins: Vec<(String, String)>,
     bytes: u64,
     runs: usize,
     big: bool,
@@ -174,7 +203,26 @@ impl Settings {
                 .filter(|k| v.split(',').any(|w| w.trim() == *k))
                 .collect()
         });
+        let mut bins: Vec<(String, String)> = var("HAYEDIK_BENCH_BINS")
+            .map(|v| {
+                v.split(',')
+                    .filter(|w| !w.trim().is_empty())
+                    .enumerate()
+                    .map(|(i, w)| match w.split_once('=') {
+                        Some((l, p)) => (l.trim().to_string(), p.trim().to_string()),
+                        None => (format!("bin{}", i + 1), w.trim().to_string()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if bins.is_empty() {
+            bins.push((
+                "hayedik".to_string(),
+                env!("CARGO_BIN_EXE_hayedik").to_string(),
+            ));
+        }
         Self {
+            bins,
             bytes: var("HAYEDIK_BENCH_BYTES")
                 .and_then(|v| parse_size(&v))
                 .unwrap_or(1 << 30)
@@ -287,7 +335,7 @@ fn one_to_one(lab: &Lab, run: &Path, file: &Path, bytes: u64) -> Result<Sample, 
     let (done_at, done) = getter.wait_event("done", deadline)?;
     let g = getter.finish(deadline)?;
     let s = sharer.proc.terminate()?;
-    let uploaded = sharer.proc.uploaded()?;
+    let uploaded = sharer.proc.uploaded();
     let wall = done_at.duration_since(started).as_secs_f64();
     let mut out = Sample::default();
     out.push("wall s (get start -> done)", Unit::Secs, wall);
@@ -308,7 +356,7 @@ fn one_to_one(lab: &Lab, run: &Path, file: &Path, bytes: u64) -> Result<Sample, 
     out.push(
         "sharer upload (copies)",
         Unit::Copies,
-        uploaded as f64 / bytes as f64,
+        uploaded / bytes as f64,
     );
     Ok(out)
 }
@@ -405,7 +453,7 @@ fn one_to_four(lab: &Lab, run: &Path, file: &Path, bytes: u64) -> Result<Sample,
         rss = rss.max(e.maxrss_mib());
     }
     let s = sharer.proc.terminate()?;
-    let uploaded = sharer.proc.uploaded()?;
+    let uploaded = sharer.proc.uploaded();
     let mut out = Sample::default();
     out.push("wall s (start -> all four done)", Unit::Secs, last);
     out.push(
@@ -429,7 +477,7 @@ fn one_to_four(lab: &Lab, run: &Path, file: &Path, bytes: u64) -> Result<Sample,
     out.push(
         "sharer upload (copies)",
         Unit::Copies,
-        uploaded as f64 / bytes as f64,
+        uploaded / bytes as f64,
     );
     Ok(out)
 }
@@ -461,7 +509,8 @@ fn share_only(lab: &Lab, run: &Path, file: &Path, bytes: u64) -> Result<Sample, 
 // The lab: the test file, the binary, one directory per run.
 
 struct Lab {
-    bin: &'static str,
+    /// The binary the next runs use.
+    bin: std::cell::RefCell<String>,
     root: tempfile::TempDir,
     file: PathBuf,
     prepared: Duration,
@@ -480,7 +529,7 @@ struct Sharer {
 }
 
 impl Lab {
-    fn new(settings: &Settings, bin: &'static str) -> Result<Self, String> {
+    fn new(settings: &Settings) -> Result<Self, String> {
         let root = match &settings.dir {
             Some(d) => tempfile::Builder::new()
                 .prefix("hayedik-swarm-bench-")
@@ -494,12 +543,16 @@ impl Lab {
         let file = root.path().join("content.bin");
         write_random(&file, settings.bytes).map_err(|e| format!("{}: {e}", file.display()))?;
         Ok(Self {
-            bin,
+            bin: std::cell::RefCell::new(settings.bins[0].1.clone()),
             root,
             file,
             prepared: start.elapsed(),
             runs: std::cell::Cell::new(0),
         })
+    }
+
+    fn set_bin(&self, bin: &str) {
+        *self.bin.borrow_mut() = bin.to_string();
     }
 
     /// The time allowed for a run that moves `copies` copies of `bytes`.
@@ -525,7 +578,7 @@ impl Lab {
         let started = Instant::now();
         let file = file.to_string_lossy().into_owned();
         let mut proc = Proc::spawn(
-            self.bin,
+            &self.bin.borrow(),
             "sharer",
             &[
                 "share",
@@ -572,7 +625,7 @@ impl Lab {
         if !seed {
             args.push("--no-seed");
         }
-        Proc::spawn(self.bin, name, &args, run)
+        Proc::spawn(&self.bin.borrow(), name, &args, run)
     }
 
     /// 1 -> 1 with a sparse file of `bytes` (zeros): peak memory.
@@ -748,11 +801,18 @@ impl Proc {
             .ok_or_else(|| format!("{}: no `listening` event", self.name))
     }
 
-    /// `uploaded` from its `stopped` event (after it exited).
-    fn uploaded(&self) -> Result<u64, String> {
-        self.seen_event("stopped")
+    /// `uploaded` from its `stopped` event (after it exited), NaN without one.
+    fn uploaded(&self) -> f64 {
+        match self
+            .seen_event("stopped")
             .and_then(|(_, v)| v["uploaded"].as_u64())
-            .ok_or_else(|| format!("{}: no `stopped` event with `uploaded`", self.name))
+        {
+            Some(n) => n as f64,
+            None => {
+                println!("  note: {}: no `stopped` event with `uploaded`", self.name);
+                f64::NAN
+            }
+        }
     }
 
     /// User + system CPU seconds so far (all threads), while it runs.
@@ -804,12 +864,20 @@ impl Proc {
         Ok(exit)
     }
 
-    /// SIGTERM, then [`Proc::finish`] within [`STOP_LIMIT`].
+    /// One SIGTERM, then [`Proc::finish`] within [`STOP_LIMIT`]. A non-zero
+    /// exit after it is reported but keeps the run: the rusage is still
+    /// right, and only what its `stopped` event says may be missing.
     fn terminate(&mut self) -> Result<Exit, String> {
         if self.exit.is_none() {
             signal(self.pid, libc::SIGTERM);
         }
-        self.finish(Instant::now() + STOP_LIMIT)
+        match self.finish(Instant::now() + STOP_LIMIT) {
+            Err(e) if self.exit.is_some() => {
+                println!("  note: after one SIGTERM, {e}");
+                self.exit.ok_or(e)
+            }
+            r => r,
+        }
     }
 }
 
@@ -917,7 +985,7 @@ impl Unit {
 }
 
 /// One run's figures, in the order they are printed.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct Sample {
     figures: Vec<(&'static str, Unit, f64)>,
 }
@@ -1035,4 +1103,32 @@ fn print_summary(scenarios: &[Scenario], results: &BTreeMap<usize, Vec<Sample>>,
         }
     }
     println!("  largest peak RSS of any process in any run: {peak:.1} MiB");
+}
+
+/// Each binary's median wall time per scenario, relative to the first's.
+fn print_ab(
+    scenarios: &[Scenario],
+    results: &[BTreeMap<usize, Vec<Sample>>],
+    bins: &[(String, String)],
+) {
+    println!();
+    println!(
+        "A/B: median wall time relative to [{}] (below 1 is faster)",
+        bins[0].0
+    );
+    for (i, s) in scenarios.iter().enumerate() {
+        let wall = |b: usize| {
+            let samples = results[b].get(&i)?;
+            let name = samples.first()?.figures.first()?.0;
+            stats(samples.iter().filter_map(|x| x.get(name)).collect()).map(|(m, _, _)| m)
+        };
+        let Some(base) = wall(0) else { continue };
+        let others: Vec<String> = (1..bins.len())
+            .map(|b| match wall(b) {
+                Some(w) => format!("[{}] {:.2}", bins[b].0, w / base),
+                None => format!("[{}] -", bins[b].0),
+            })
+            .collect();
+        println!("  {:<8} {}", s.title(), others.join("  "));
+    }
 }
