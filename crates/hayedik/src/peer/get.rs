@@ -318,7 +318,7 @@ fn interrupted(swarm: &Swarm) -> anyhow::Result<Option<GetReport>> {
 }
 
 fn with_resume_hint(fatal: String) -> String {
-    if fatal.contains("rerun") {
+    if fatal.contains("rerun") || fatal.contains("nothing was written") {
         fatal
     } else {
         format!("{fatal}; what was verified is kept: rerun the same command to resume")

@@ -1,8 +1,9 @@
 //! The serving guard: a piece is served only while it still matches the
-//! manifest. Each piece is re-hashed from disk before it is first served,
-//! and again after the file changes on disk (its size or modification time
-//! moved), so a file altered under a seeder is detected and its bad pieces
-//! are refused instead of being served as good.
+//! manifest. Each piece is re-hashed from disk before it is served when the
+//! file changed on disk (its size or modification time moved) or when its
+//! last check is over a minute old (a change that kept both), so a file
+//! altered under a seeder is detected and its bad pieces are refused instead
+//! of being served as good.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -14,6 +15,10 @@ use crate::storage::Storage;
 
 /// How often the file's size and modification time are looked at.
 const STAT_EVERY: Duration = Duration::from_millis(100);
+/// A piece is hashed again before serving once its last check is this old,
+/// so even a change that kept the file's size and modification time is
+/// caught; the cost is at most one hash per piece served per interval.
+const RECHECK_AFTER: Duration = Duration::from_secs(60);
 /// Bytes hashed per read when checking a piece (memory stays bounded
 /// whatever the piece size).
 const CHUNK: usize = 1 << 20;
@@ -22,7 +27,8 @@ const CHUNK: usize = 1 << 20;
 struct State {
     /// The file watched for changes; `None` watches nothing.
     path: Option<PathBuf>,
-    checked: Vec<bool>,
+    /// When each piece was last verified on disk.
+    checked: Vec<Option<Instant>>,
     stamp: Option<(SystemTime, u64)>,
     last_stat: Option<Instant>,
 }
@@ -49,7 +55,7 @@ impl ServeGuard {
         Self {
             state: Mutex::new(State {
                 path,
-                checked: vec![false; pieces as usize],
+                checked: vec![None; pieces as usize],
                 stamp,
                 last_stat: Some(Instant::now()),
             }),
@@ -64,7 +70,8 @@ impl ServeGuard {
     /// manifest, or checked for reuse): nothing to re-hash until it changes.
     pub fn verified(path: PathBuf, pieces: u32) -> Self {
         let g = Self::new(Some(path), pieces);
-        g.lock().checked.iter_mut().for_each(|c| *c = true);
+        let now = Some(Instant::now());
+        g.lock().checked.iter_mut().for_each(|c| *c = now);
         g
     }
 
@@ -80,7 +87,7 @@ impl ServeGuard {
     /// Records that `piece` was just verified (we wrote it ourselves).
     pub fn mark(&self, piece: u32) {
         if let Some(c) = self.lock().checked.get_mut(piece as usize) {
-            *c = true;
+            *c = Some(Instant::now());
         }
     }
 
@@ -88,7 +95,7 @@ impl ServeGuard {
     /// no blocking work.
     pub fn is_fresh(&self, piece: u32) -> bool {
         let s = self.lock();
-        s.checked.get(piece as usize).copied().unwrap_or(false)
+        is_recent(s.checked.get(piece as usize).copied().flatten())
             && s.last_stat.is_some_and(|t| t.elapsed() < STAT_EVERY)
     }
 
@@ -102,13 +109,7 @@ impl ServeGuard {
         base: u64,
     ) -> Check {
         self.restat();
-        if self
-            .lock()
-            .checked
-            .get(piece as usize)
-            .copied()
-            .unwrap_or(false)
-        {
+        if is_recent(self.lock().checked.get(piece as usize).copied().flatten()) {
             return Check::Good;
         }
         let (Some(len), Some(expected)) = (manifest.piece_len(piece), manifest.piece_hash(piece))
@@ -155,9 +156,14 @@ impl ServeGuard {
                 path.display()
             );
             s.stamp = now;
-            s.checked.iter_mut().for_each(|c| *c = false);
+            s.checked.iter_mut().for_each(|c| *c = None);
         }
     }
+}
+
+/// Whether a piece verified at `at` may be served without hashing it again.
+fn is_recent(at: Option<Instant>) -> bool {
+    at.is_some_and(|t| t.elapsed() < RECHECK_AFTER)
 }
 
 fn stamp(path: &std::path::Path) -> Option<(SystemTime, u64)> {

@@ -168,6 +168,11 @@ pub async fn run(
     swarm.connected(listed);
     swarm.sessions.fetch_add(1, Ordering::Relaxed);
     let result = serve(swarm.clone(), reader, writer, remote, listed).await;
+    if let Err(SessionError::Protocol { .. }) = &result {
+        // Breaking the protocol costs a strike, like bad data: a peer that
+        // keeps doing it is banned instead of being dialed again and again.
+        swarm.strike(listed);
+    }
     swarm.sessions.fetch_sub(1, Ordering::Relaxed);
     swarm.disconnected(listed);
     result
@@ -546,9 +551,9 @@ impl Session {
             return Ok(());
         }
         // The root is what the ticket names: a manifest that does not hash
-        // to it is a lie, and costs the peer a strike.
+        // to it is a lie, and costs the peer a strike (as every protocol
+        // error does, in `run`).
         if blake3::hash(&bytes).as_bytes() != &self.swarm.root {
-            self.swarm.strike(self.listed);
             return Err(protocol(
                 self.remote,
                 "manifest does not match the ticket".into(),
