@@ -373,6 +373,8 @@ fn three_to_one(lab: &Lab, run: &Path, file: &Path, bytes: u64) -> Result<Sample
         s.wait_event("seeding", deadline)?;
         seeder_addrs.push(s.listening()?);
     }
+    // The seeders' copies go to disk now, not during the measured get.
+    sync();
     let sharer_cpu0 = sharer.proc.cpu_now();
     let seeders_cpu0: Vec<f64> = seeders.iter().map(Proc::cpu_now).collect();
     let started = Instant::now();
@@ -569,8 +571,7 @@ impl Lab {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let r = f(&dir);
         let _ = std::fs::remove_dir_all(&dir);
-        // SAFETY: sync(2) takes no arguments and cannot fail.
-        unsafe { libc::sync() };
+        sync();
         r
     }
 
@@ -892,6 +893,13 @@ impl Drop for Proc {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
+}
+
+/// Writes dirty pages out, so that one step's write-back does not land in the
+/// next step's figures.
+fn sync() {
+    // SAFETY: sync(2) takes no arguments and cannot fail.
+    unsafe { libc::sync() };
 }
 
 fn signal(pid: libc::pid_t, sig: libc::c_int) {
