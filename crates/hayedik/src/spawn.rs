@@ -19,35 +19,63 @@ where
 }
 
 /// Cancels `root` on the first Ctrl-C or SIGTERM; exits the process with
-/// status 130 on the second.
+/// status 130 on the second. The handlers are installed before this returns
+/// (a SIGTERM right after start is not fatal), and once: a listener created
+/// after a signal could see that same signal again.
 pub fn cancel_on_signals(root: CancellationToken) {
+    let mut signals = Signals::install();
     spawn("signals", async move {
-        wait_signal().await;
+        signals.recv().await;
         tracing::info!("stopping (send the signal again to exit at once)");
         root.cancel();
-        wait_signal().await;
+        signals.recv().await;
         std::process::exit(130);
     });
 }
 
-async fn wait_signal() {
+/// Ctrl-C and, on unix, SIGTERM.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Self {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        {
+            Self {}
+        }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => {}
+                _ = next(&mut self.int) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
