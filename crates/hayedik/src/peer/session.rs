@@ -269,7 +269,9 @@ async fn serve(
     remote: SocketAddr,
     listed: SocketAddr,
 ) -> Result<(), SessionError> {
-    let (in_tx, mut in_rx) = mpsc::channel(64);
+    // Few messages: blocks beyond these wait in the socket's buffer, which
+    // keeps a download's memory bounded however many peers it has.
+    let (in_tx, mut in_rx) = mpsc::channel(8);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let cancelled = Arc::new(Mutex::new(HashSet::new()));
     let queued = Arc::new(AtomicUsize::new(0));
@@ -640,6 +642,9 @@ impl Session {
         let Some(content) = self.content.clone() else {
             return Ok(());
         };
+        // Ask for the next block before this one is written and hashed, so
+        // the peer keeps sending while the disk works.
+        self.refill();
         let n = data.len();
         self.swarm.downloaded.fetch_add(n as u64, Ordering::Relaxed);
         let job = &mut self.jobs[i];

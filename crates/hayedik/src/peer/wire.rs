@@ -51,7 +51,7 @@ pub enum Out {
 pub struct BufPool(Arc<Mutex<Vec<Vec<u8>>>>);
 
 /// Buffers kept in a pool.
-const POOL_MAX: usize = 8;
+const POOL_MAX: usize = 4;
 
 impl BufPool {
     pub fn take(&self) -> Vec<u8> {
@@ -236,9 +236,13 @@ pub async fn write_loop(
                 }
                 let storage = content.storage.clone();
                 let mut block = std::mem::take(&mut buf);
-                block.clear();
-                block.extend_from_slice(&encode_block_header(piece, offset, len));
-                block.resize(BLOCK_HEADER_LEN + len as usize, 0);
+                // Only grown, never re-zeroed: the read overwrites it all.
+                let need = BLOCK_HEADER_LEN + len as usize;
+                if block.len() < need {
+                    block.resize(need, 0);
+                }
+                block.truncate(need);
+                block[..BLOCK_HEADER_LEN].copy_from_slice(&encode_block_header(piece, offset, len));
                 let read = tokio::task::spawn_blocking(move || {
                     let r = storage.read_at(at, &mut block[BLOCK_HEADER_LEN..]);
                     (block, r)
