@@ -33,8 +33,9 @@ use super::wire::{BufPool, FrameReader, FrameWriter, Out, WireError};
 
 /// Bytes asked for in one request.
 pub const BLOCK_SIZE: u32 = 256 << 10;
-/// Blocks in flight per peer.
-pub const PIPELINE_BLOCKS: usize = 16;
+/// Blocks in flight per peer (8 MiB): measured against 16 with the swarm
+/// bench, 1 -> 1 took x0.82 the time and 1 -> 4 x0.94, peak RSS 22.6 MiB.
+pub const PIPELINE_BLOCKS: usize = 32;
 /// Requests a remote may have queued with us before we reject more.
 pub const MAX_REMOTE_QUEUE: usize = 64;
 /// Time allowed for the whole handshake.
