@@ -440,10 +440,16 @@ where
         };
         let checked = check(&storage, &layout, &candidates, verify, progress, false)
             .map_err(|e| StorageError::io(Op::Reading, &paths.part, e))?;
-        if claimed.is_some() && checked.bad > 0 {
+        // Only claimed pieces that fail are news: unclaimed ones were
+        // checked in case they had been written after the last save.
+        let lied = claimed
+            .as_ref()
+            .map(|c| c.ones().filter(|&i| !checked.good.get(i)).count())
+            .unwrap_or(0);
+        if lied > 0 {
             warnings.push(format!(
                 "{} pieces that {} claimed did not verify; downloading them again",
-                checked.bad,
+                lied,
                 paths.resume.display()
             ));
         }

@@ -159,6 +159,9 @@ fn resume_after_a_crash_keeps_only_saved_pieces() {
     c.put(&d, [6]); // marked but not saved
     d.write_piece(7, c.piece(7)).expect("write"); // written, never marked
     drop(d); // a crash: no finish
+             // The part file is not newer than the resume file: only the claimed
+             // pieces are checked (mtimes set explicitly: clock ticks are coarse).
+    set_part_mtime(dir.path(), -1);
 
     let d = c.open_partial(dir.path());
     assert_eq!(ones(&d.have()), [0, 2, 5]);
@@ -169,6 +172,47 @@ fn resume_after_a_crash_keeps_only_saved_pieces() {
     d.save().expect("save");
     d.finish().expect("finish");
     assert_eq!(fs::read(final_path(dir.path())).expect("read"), c.data);
+}
+
+#[test]
+fn pieces_written_after_the_last_save_are_recovered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let c = Content::new(8 * 1024, 2);
+    let d = c.open_partial(dir.path());
+    c.put(&d, [0, 2, 5]);
+    d.save().expect("save");
+    c.put(&d, [6]); // marked but not saved (a full disk, a crash)
+    d.write_piece(7, c.piece(7)).expect("write"); // written, never marked
+    drop(d);
+    // The part file changed after the resume file: all of it is rechecked.
+    set_part_mtime(dir.path(), 1);
+
+    let d = c.open_partial(dir.path());
+    assert_eq!(ones(&d.have()), [0, 2, 5, 6, 7]);
+    assert_eq!(d.reused_bytes(), 5 * 1024);
+    assert_eq!(d.missing(), [1, 3, 4]);
+    assert_eq!(d.warnings().len(), 1, "{:?}", d.warnings());
+    c.put(&d, d.missing());
+    d.save().expect("save");
+    d.finish().expect("finish");
+    assert_eq!(fs::read(final_path(dir.path())).expect("read"), c.data);
+}
+
+/// Sets the part file's mtime `secs` seconds from the resume file's.
+fn set_part_mtime(dir: &Path, secs: i64) {
+    let resume = fs::metadata(resume_path(dir))
+        .and_then(|m| m.modified())
+        .expect("resume mtime");
+    let t = if secs >= 0 {
+        resume + std::time::Duration::from_secs(secs as u64)
+    } else {
+        resume - std::time::Duration::from_secs((-secs) as u64)
+    };
+    fs::File::options()
+        .write(true)
+        .open(part_path(dir))
+        .and_then(|f| f.set_modified(t))
+        .expect("set mtime");
 }
 
 #[test]
