@@ -7,11 +7,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{anyhow, bail};
 use hayedik_proto::manifest::{hash_piece, is_single_plain_name, Manifest};
 use hayedik_proto::ticket::Ticket;
 use hayedik_proto::tracker::PeerState;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::announce::{spawn_announcer, TrackerClient};
@@ -64,18 +63,7 @@ pub async fn get_observed(
     observe: impl FnOnce(Arc<Swarm>),
 ) -> anyhow::Result<Option<GetReport>> {
     let started = Instant::now();
-    let listener = TcpListener::bind(opts.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {}: choose another address with --listen",
-            opts.listen
-        )
-    })?;
-    let local = listener
-        .local_addr()
-        .context("reading the listening address")?;
-    events.emit(Event::Listening {
-        addr: local.to_string(),
-    });
+    let (listener, local) = node::bind_listener(opts.listen, events).await?;
     let tracker = resolve(&opts.ticket.host, opts.ticket.port).await?;
     let swarm = Swarm::new(
         SwarmOptions {

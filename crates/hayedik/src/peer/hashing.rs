@@ -4,7 +4,6 @@
 //! worker reads its piece with positional reads into its own buffer and
 //! hashes it, so memory stays at one piece per core whatever the file size.
 
-use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -12,27 +11,7 @@ use std::sync::Mutex;
 
 use hayedik_proto::manifest::hash_piece;
 
-/// Reads exactly `buf.len()` bytes at `offset`.
-pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileExt;
-        file.read_exact_at(buf, offset)
-    }
-    #[cfg(windows)]
-    {
-        use std::os::windows::fs::FileExt;
-        let mut done = 0;
-        while done < buf.len() {
-            let n = file.seek_read(&mut buf[done..], offset + done as u64)?;
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            done += n;
-        }
-        Ok(())
-    }
-}
+use crate::storage::{FileStorage, Storage};
 
 /// Hashes `len` bytes of `path` in pieces of `piece_size`, calling
 /// `progress(bytes_hashed_so_far)` from the workers as pieces complete.
@@ -45,7 +24,7 @@ pub fn hash_file(
     let piece_size = u64::from(piece_size.max(1));
     let count = usize::try_from(len.div_ceil(piece_size))
         .map_err(|_| io::Error::other("file too large"))?;
-    let file = File::open(path)?;
+    let file = FileStorage::open(path)?;
     let hashes = Mutex::new(vec![[0u8; 32]; count]);
     let next = AtomicUsize::new(0);
     let done = AtomicU64::new(0);
@@ -70,7 +49,7 @@ pub fn hash_file(
                     let offset = i as u64 * piece_size;
                     let n = usize::try_from(piece_size.min(len - offset)).unwrap_or(0);
                     buf.resize(n, 0);
-                    if let Err(e) = read_exact_at(&file, &mut buf, offset) {
+                    if let Err(e) = file.read_at(offset, &mut buf) {
                         failed.store(true, Ordering::Relaxed);
                         if let Ok(mut slot) = first_error.lock() {
                             slot.get_or_insert(e);

@@ -26,6 +26,24 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A peer that failed is dialed again after this, doubling up to a minute.
 pub const REDIAL_AFTER: Duration = Duration::from_secs(2);
 
+/// Binds the TCP address pieces are served on and reports it (`listening`).
+pub async fn bind_listener(
+    addr: SocketAddr,
+    events: crate::events::Events,
+) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    use anyhow::Context;
+    let listener = TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}: choose another address with --listen")
+    })?;
+    let local = listener
+        .local_addr()
+        .context("reading the listening address")?;
+    events.emit(crate::events::Event::Listening {
+        addr: local.to_string(),
+    });
+    Ok((listener, local))
+}
+
 /// Accepts sessions until the swarm is cancelled.
 pub fn spawn_listener(listener: TcpListener, swarm: Arc<Swarm>) {
     crate::spawn::spawn("listener", async move {

@@ -167,14 +167,12 @@ pub async fn run(
         return Err(SessionError::Banned { peer: listed });
     }
     swarm.connected(listed);
-    swarm.sessions.fetch_add(1, Ordering::Relaxed);
     let result = serve(swarm.clone(), reader, writer, remote, listed).await;
     if let Err(SessionError::Protocol { .. }) = &result {
         // Breaking the protocol costs a strike, like bad data: a peer that
         // keeps doing it is banned instead of being dialed again and again.
         swarm.strike(listed);
     }
-    swarm.sessions.fetch_sub(1, Ordering::Relaxed);
     swarm.disconnected(listed);
     result
 }

@@ -13,7 +13,7 @@ use hayedik_proto::manifest::{choose_piece_size, is_single_plain_name, FileEntry
 use hayedik_proto::ticket::Ticket;
 use hayedik_proto::tracker::PeerState;
 use indicatif::{ProgressBar, ProgressStyle};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use super::announce::{create_swarm, spawn_announcer, TrackerClient};
@@ -82,18 +82,7 @@ pub async fn share(
     if !is_single_plain_name(&name) {
         bail!("cannot share {name:?}: the name is not portable (reserved, or with characters other systems refuse); rename it");
     }
-    let listener = TcpListener::bind(opts.listen).await.with_context(|| {
-        format!(
-            "cannot listen on {}: choose another address with --listen",
-            opts.listen
-        )
-    })?;
-    let local = listener
-        .local_addr()
-        .context("reading the listening address")?;
-    events.emit(Event::Listening {
-        addr: local.to_string(),
-    });
+    let (listener, local) = node::bind_listener(opts.listen, events).await?;
 
     let manifest = tokio::select! {
         // Hashing a large file takes a while: an interrupt need not wait.

@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -92,8 +92,6 @@ pub struct Swarm {
     pub down_limit: RateLimit,
     pub uploaded: AtomicU64,
     pub downloaded: AtomicU64,
-    /// Sessions currently open.
-    pub sessions: AtomicUsize,
     /// The first verified manifest a session obtained (getter side).
     manifest_tx: watch::Sender<Option<VerifiedManifest>>,
     content_tx: watch::Sender<Option<Arc<Content>>>,
@@ -141,7 +139,6 @@ impl Swarm {
             down_limit: RateLimit::new(opts.max_download),
             uploaded: AtomicU64::new(0),
             downloaded: AtomicU64::new(0),
-            sessions: AtomicUsize::new(0),
             manifest_tx: watch::channel(None).0,
             content_tx: watch::channel(None).0,
             have_tx,
