@@ -97,9 +97,24 @@ pub struct GetArgs {
     /// Download cap in bytes per second (K, M, G suffixes).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub max_download: Option<u64>,
+    /// Of a shared folder, download only the files matching GLOB (a path
+    /// inside the folder: 'docs/*.md', 'src/**', or a folder's name for all
+    /// of it). Repeatable; a later get without it completes the rest.
+    #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
+    pub only: Vec<String>,
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Checks a `--only` pattern.
+fn parse_glob(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("the pattern is empty".to_string());
+    }
+    glob::Pattern::new(s)
+        .map(|_| s.to_string())
+        .map_err(|e| format!("'{s}' is not a valid pattern: {e}"))
 }
 
 /// Parses `LOW-HIGH` into an inclusive port range.

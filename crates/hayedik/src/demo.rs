@@ -135,6 +135,7 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
             timeout: Some(Duration::from_secs(60)),
             max_upload: None,
             max_download: None,
+            only: Vec::new(),
         };
         let (tx, rx) = oneshot::channel();
         let s = stop.clone();

@@ -118,6 +118,7 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<ExitCode> {
                 timeout: (!a.timeout.is_zero()).then_some(a.timeout),
                 max_upload: a.max_upload,
                 max_download: a.max_download,
+                only: a.only,
             };
             hayedik::peer::get::get(opts, events, cancel).await?;
             Ok(ExitCode::SUCCESS)

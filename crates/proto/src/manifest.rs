@@ -7,10 +7,14 @@
 //! piece is then checked against its hash ([`hash_piece`]) before it is
 //! written as good or served on.
 //!
+//! A manifest describes one file or one folder tree: every path starts with
+//! the same first component (the shared file's name, or the shared folder's),
+//! and a folder entry stands for an empty folder (folders that hold something
+//! are implied by the paths beneath them).
+//!
 //! Pieces are aligned per file: every file starts at a new piece, and a file's
-//! last piece may be short. A single shared file is the plain case; for a
-//! future folder share, one changed file does not shift the pieces of the
-//! others. An empty file has no pieces.
+//! last piece may be short, so one changed file does not shift the pieces of
+//! the others. An empty file or a folder has no pieces.
 //!
 //! The encoding is canonical (one manifest, one byte string) and every count
 //! is bounded before anything is allocated. Byte layout: `docs/peer-protocol.md`.
@@ -52,16 +56,53 @@ const PREFIX_LEN: usize = 7 + 1 + 4 + 4;
 const MIN_ENTRY_LEN: usize = 2 + 1 + 8 + 1;
 /// Flag bit: the file is executable (mode 0o755 on Unix when written).
 const FLAG_EXECUTABLE: u8 = 1;
+/// Flag bit: the entry is an (empty) folder, with size 0 and no pieces.
+const FLAG_DIRECTORY: u8 = 2;
 
-/// One file of the content.
+/// One file (or empty folder) of the content.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FileEntry {
     /// Relative, `/`-separated, checked by [`validate_path`]; for a single
-    /// shared file, just its name.
+    /// shared file, just its name; in a folder share, `FOLDER/...`.
     pub path: String,
     pub size: u64,
     /// Written with the executable bit where the platform has one.
     pub executable: bool,
+    /// An empty folder: `size` is 0 and `executable` false.
+    pub directory: bool,
+}
+
+impl FileEntry {
+    /// A regular file.
+    pub fn file(path: impl Into<String>, size: u64, executable: bool) -> Self {
+        FileEntry {
+            path: path.into(),
+            size,
+            executable,
+            directory: false,
+        }
+    }
+
+    /// An empty folder.
+    pub fn folder(path: impl Into<String>) -> Self {
+        FileEntry {
+            path: path.into(),
+            size: 0,
+            executable: false,
+            directory: true,
+        }
+    }
+
+    fn flags(&self) -> u8 {
+        let mut flags = 0;
+        if self.executable {
+            flags |= FLAG_EXECUTABLE;
+        }
+        if self.directory {
+            flags |= FLAG_DIRECTORY;
+        }
+        flags
+    }
 }
 
 /// What a ticket's root stands for: the files and the hash of every piece.
@@ -140,10 +181,15 @@ pub enum ManifestError {
     },
     #[error("file {index}: unknown flag bits {flags:#04x}")]
     BadFlags { index: usize, flags: u8 },
-    #[error(
-        "path {path:?} appears twice, or is both a file and a folder (compared ignoring case)"
-    )]
+    #[error("folder entry {index} ({path:?}) has a size or the executable flag")]
+    BadFolder { index: usize, path: String },
+    #[error("path {path:?} appears twice, or is both a file and a folder")]
     DuplicatePath { path: String },
+    #[error(
+        "paths {first:?} and {other:?} do not start with the same name \
+         (a manifest holds one file or one folder)"
+    )]
+    SeveralTops { first: String, other: String },
     #[error("total size of the files does not fit in 64 bits")]
     SizeOverflow,
     #[error("manifest has {found} piece hashes, the file sizes need {expected}")]
@@ -183,8 +229,9 @@ impl Manifest {
                 path: f.path.clone(),
                 source,
             })?;
+            check_folder(index, f)?;
         }
-        check_duplicates(&self.files)?;
+        check_tree(&self.files)?;
         let expected = expected_pieces(&self.files, self.piece_size)?;
         if expected != self.pieces.len() as u64 {
             return Err(ManifestError::PieceCount {
@@ -218,7 +265,7 @@ impl Manifest {
             out.put_u16(u16::try_from(f.path.len()).unwrap_or(u16::MAX));
             out.put_bytes(f.path.as_bytes());
             out.put_u64(f.size);
-            out.put_u8(if f.executable { FLAG_EXECUTABLE } else { 0 });
+            out.put_u8(f.flags());
         }
         out.put_u32(clamp_u32(self.pieces.len()));
         for p in &self.pieces {
@@ -265,16 +312,19 @@ impl Manifest {
             })?;
             let size = r.u64()?;
             let flags = r.u8()?;
-            if flags & !FLAG_EXECUTABLE != 0 {
+            if flags & !(FLAG_EXECUTABLE | FLAG_DIRECTORY) != 0 {
                 return Err(ManifestError::BadFlags { index, flags });
             }
-            files.push(FileEntry {
+            let entry = FileEntry {
                 path,
                 size,
                 executable: flags & FLAG_EXECUTABLE != 0,
-            });
+                directory: flags & FLAG_DIRECTORY != 0,
+            };
+            check_folder(index, &entry)?;
+            files.push(entry);
         }
-        check_duplicates(&files)?;
+        check_tree(&files)?;
         let expected = expected_pieces(&files, piece_size)?;
         let found = r.u32()?;
         if u64::from(found) != expected {
@@ -321,6 +371,19 @@ impl Manifest {
     /// The content root: `blake3(encode())`.
     pub fn root(&self) -> [u8; 32] {
         *blake3::hash(&self.encode()).as_bytes()
+    }
+
+    /// The first component shared by every path: the shared file's name, or
+    /// the shared folder's. Empty only for a manifest with no file.
+    pub fn top_name(&self) -> &str {
+        self.files
+            .first()
+            .map_or("", |f| f.path.split('/').next().unwrap_or(""))
+    }
+
+    /// True when the content is one file (not a folder).
+    pub fn is_single_file(&self) -> bool {
+        matches!(self.files.as_slice(), [f] if !f.directory && !f.path.contains('/'))
     }
 
     /// Sum of the file sizes (saturating; exact for a valid manifest).
@@ -523,22 +586,71 @@ fn expected_pieces(files: &[FileEntry], piece_size: u32) -> Result<u64, Manifest
     Ok(pieces)
 }
 
-/// Rejects two files with the same path ignoring case, and a file whose path
-/// is also a folder of another ("a" and "a/b"), which no file system can hold.
-fn check_duplicates(files: &[FileEntry]) -> Result<(), ManifestError> {
-    let lower: Vec<String> = files.iter().map(|f| f.path.to_lowercase()).collect();
-    let mut order: Vec<usize> = (0..files.len()).collect();
-    // Component-wise order puts a path right before the paths under it.
-    order.sort_by(|&a, &b| lower[a].split('/').cmp(lower[b].split('/')));
-    for pair in order.windows(2) {
-        let (a, b) = (&lower[pair[0]], &lower[pair[1]]);
-        if a == b || (b.starts_with(a.as_str()) && b.as_bytes().get(a.len()) == Some(&b'/')) {
-            return Err(ManifestError::DuplicatePath {
-                path: files[pair[1]].path.clone(),
+/// A folder entry has no size and no executable flag.
+fn check_folder(index: usize, f: &FileEntry) -> Result<(), ManifestError> {
+    if f.directory && (f.size != 0 || f.executable) {
+        return Err(ManifestError::BadFolder {
+            index,
+            path: f.path.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// Rejects paths that do not start with the same first component, two
+/// entries with the same path, and an entry whose path is also a folder of
+/// another ("a" and "a/b"): no file system can hold those. An empty-folder
+/// entry with something beneath it is refused the same way.
+fn check_tree(files: &[FileEntry]) -> Result<(), ManifestError> {
+    let top = |p: &str| p.split('/').next().unwrap_or("").to_owned();
+    if let Some(first) = files.first() {
+        let want = top(&first.path);
+        if let Some(other) = files.iter().find(|f| top(&f.path) != want) {
+            return Err(ManifestError::SeveralTops {
+                first: first.path.clone(),
+                other: other.path.clone(),
             });
         }
     }
-    Ok(())
+    match first_conflict(files.iter().map(|f| f.path.as_str())) {
+        Some(path) => Err(ManifestError::DuplicatePath {
+            path: path.to_owned(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Two paths that fold to the same name ignoring case (and Unicode case
+/// folding as Rust's `to_lowercase` does it), or a path that is also a folder
+/// of another once case is ignored: `Some((a, b))`. A manifest may hold
+/// "README" and "readme" (it is valid on Linux); a download into a folder
+/// whose file system ignores case must refuse it before writing anything.
+pub fn find_case_collision(files: &[FileEntry]) -> Option<(String, String)> {
+    let lower: Vec<String> = files.iter().map(|f| f.path.to_lowercase()).collect();
+    let hit = first_conflict(lower.iter().map(String::as_str))?;
+    let hit = hit.to_owned();
+    // Report the two original paths involved.
+    let mut involved = files.iter().zip(&lower).filter(|(_, l)| {
+        **l == hit || hit.starts_with(&format!("{l}/")) || l.starts_with(&format!("{hit}/"))
+    });
+    let a = involved.next()?.0.path.clone();
+    let b = involved
+        .next()
+        .map_or_else(|| a.clone(), |(f, _)| f.path.clone());
+    Some((a, b))
+}
+
+/// The first path (in component order) that equals another or lies under
+/// another: `None` when every path can coexist in one tree.
+fn first_conflict<'a>(paths: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let mut sorted: Vec<&str> = paths.collect();
+    // Component-wise order puts a path right before the paths under it.
+    sorted.sort_by(|a, b| a.split('/').cmp(b.split('/')));
+    sorted.windows(2).find_map(|pair| {
+        let (a, b) = (pair[0], pair[1]);
+        let under = b.starts_with(a) && b.as_bytes().get(a.len()) == Some(&b'/');
+        (a == b || under).then_some(b)
+    })
 }
 
 fn clamp_u32(n: usize) -> u32 {

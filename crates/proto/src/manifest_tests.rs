@@ -6,11 +6,7 @@ use proptest::prelude::*;
 const KIB: u32 = 1024;
 
 fn file(path: &str, size: u64) -> FileEntry {
-    FileEntry {
-        path: path.to_owned(),
-        size,
-        executable: false,
-    }
+    FileEntry::file(path, size, false)
 }
 
 /// A manifest whose piece hashes are just their index, for layout tests.
@@ -23,11 +19,7 @@ fn manifest(files: Vec<FileEntry>, piece_size: u32) -> Manifest {
 #[test]
 fn single_file_vector() {
     let m = Manifest::new(
-        vec![FileEntry {
-            path: "a.txt".into(),
-            size: 1025,
-            executable: true,
-        }],
+        vec![FileEntry::file("a.txt", 1025, true)],
         1024,
         vec![[0x11; 32], [0x22; 32]],
     )
@@ -69,10 +61,10 @@ fn pieces_are_aligned_per_file() {
     let ps = 4 * KIB;
     let m = manifest(
         vec![
-            file("a", 10_000),   // pieces 0, 1, 2 (2 is 1808 bytes)
-            file("dir/b", 0),    // none
-            file("dir/c", 4096), // piece 3, full
-            file("d", 1),        // piece 4, one byte
+            file("t/a", 10_000),   // pieces 0, 1, 2 (2 is 1808 bytes)
+            file("t/dir/b", 0),    // none
+            file("t/dir/c", 4096), // piece 3, full
+            file("t/d", 1),        // piece 4, one byte
         ],
         ps,
     );
@@ -216,17 +208,13 @@ fn paths() {
 #[test]
 fn duplicates_and_file_folder_conflicts() {
     let dup = |paths: &[&str]| {
-        let files: Vec<_> = paths.iter().map(|p| file(p, 0)).collect();
+        let files: Vec<_> = paths.iter().map(|p| file(&format!("top/{p}"), 0)).collect();
         Manifest::new(files, MIN_PIECE_SIZE, vec![])
     };
     assert!(dup(&["a", "b", "a.txt", "a!", "a/b.txt/c"]).is_err());
     assert!(dup(&["a", "b", "a.txt", "a!", "c/a"]).is_ok());
     assert!(matches!(
-        dup(&["x/Readme", "x/README"]),
-        Err(ManifestError::DuplicatePath { .. })
-    ));
-    assert!(matches!(
-        dup(&["a", "A/b"]),
+        dup(&["x/y", "x/y"]),
         Err(ManifestError::DuplicatePath { .. })
     ));
     assert!(matches!(
@@ -234,6 +222,88 @@ fn duplicates_and_file_folder_conflicts() {
         Err(ManifestError::DuplicatePath { .. })
     ));
     assert!(dup(&["a/b", "a/c", "ab/c"]).is_ok());
+    // Names that differ only in case are valid in a manifest (Linux holds
+    // them); a download onto a case-folding file system refuses them.
+    let m = dup(&["x/Readme", "x/README", "y"]).unwrap();
+    assert_eq!(
+        find_case_collision(&m.files),
+        Some(("top/x/Readme".into(), "top/x/README".into()))
+    );
+    let m = dup(&["a", "A/b"]).unwrap();
+    assert!(find_case_collision(&m.files).is_some());
+    let m = dup(&["a/b", "a/c", "ab/c"]).unwrap();
+    assert_eq!(find_case_collision(&m.files), None);
+    // Unicode case folds too.
+    let m = dup(&["ÉTÉ", "été"]).unwrap();
+    assert!(find_case_collision(&m.files).is_some());
+}
+
+#[test]
+fn one_top_name() {
+    let m = |files: Vec<FileEntry>| Manifest::new(files, MIN_PIECE_SIZE, vec![]);
+    assert!(matches!(
+        m(vec![file("a/x", 0), file("b/x", 0)]),
+        Err(ManifestError::SeveralTops { .. })
+    ));
+    assert!(matches!(
+        m(vec![file("a", 0), file("b", 0)]),
+        Err(ManifestError::SeveralTops { .. })
+    ));
+    let single = m(vec![file("a", 0)]).unwrap();
+    assert!(single.is_single_file());
+    assert_eq!(single.top_name(), "a");
+    let tree = m(vec![file("dir/x", 0), FileEntry::folder("dir/empty")]).unwrap();
+    assert!(!tree.is_single_file());
+    assert_eq!(tree.top_name(), "dir");
+    // A one-file folder is a folder, not a single file.
+    assert!(!m(vec![file("dir/x", 0)]).unwrap().is_single_file());
+    assert!(!m(vec![FileEntry::folder("dir")]).unwrap().is_single_file());
+}
+
+#[test]
+fn folder_entries() {
+    let m = Manifest::new(
+        vec![
+            file("t/a", 5),
+            FileEntry::folder("t/empty"),
+            FileEntry::folder("t/deep/er"),
+        ],
+        MIN_PIECE_SIZE,
+        vec![[1; 32]],
+    )
+    .unwrap();
+    let bytes = m.encode();
+    assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+    // The folder flag is bit 1.
+    let at = bytes.windows(7).position(|w| w == b"t/empty").unwrap() + 7;
+    assert_eq!(&bytes[at..at + 9], &[0, 0, 0, 0, 0, 0, 0, 0, 2]);
+    // A folder with a size, or executable, or something beneath it.
+    let bad = |f: FileEntry| Manifest::new(vec![file("t/a", 5), f], MIN_PIECE_SIZE, vec![[1; 32]]);
+    let mut sized = FileEntry::folder("t/d");
+    sized.size = 1;
+    assert!(matches!(bad(sized), Err(ManifestError::BadFolder { .. })));
+    let mut exec = FileEntry::folder("t/d");
+    exec.executable = true;
+    assert!(matches!(bad(exec), Err(ManifestError::BadFolder { .. })));
+    assert!(matches!(
+        bad(FileEntry::folder("t/a")),
+        Err(ManifestError::DuplicatePath { .. })
+    ));
+    assert!(matches!(
+        Manifest::new(
+            vec![FileEntry::folder("t/d"), file("t/d/x", 0)],
+            MIN_PIECE_SIZE,
+            vec![]
+        ),
+        Err(ManifestError::DuplicatePath { .. })
+    ));
+    // Unknown flag bits are refused.
+    let mut raw = bytes.clone();
+    raw[at + 8] = 4;
+    assert!(matches!(
+        Manifest::decode(&raw),
+        Err(ManifestError::BadFlags { .. })
+    ));
 }
 
 /// The encoding of `m` with the u32 at `offset` replaced.
@@ -303,11 +373,17 @@ fn hostile_manifests() {
         })
     );
     let mut flags = good.clone();
-    flags[count_at - 1] = 0x02;
+    flags[count_at - 1] = 0x04;
     assert_eq!(
         Manifest::decode(&flags),
-        Err(ManifestError::BadFlags { index: 0, flags: 2 })
+        Err(ManifestError::BadFlags { index: 0, flags: 4 })
     );
+    // The folder flag on a file with a size.
+    flags[count_at - 1] = 0x02;
+    assert!(matches!(
+        Manifest::decode(&flags),
+        Err(ManifestError::BadFolder { index: 0, .. })
+    ));
     assert_eq!(
         Manifest::decode(&vec![0; MAX_MANIFEST_BYTES + 1]),
         Err(ManifestError::TooLarge {
@@ -316,7 +392,7 @@ fn hostile_manifests() {
     );
     // Sizes whose sum overflows.
     let huge = Manifest {
-        files: vec![file("a", u64::MAX), file("b", 1)],
+        files: vec![file("t/a", u64::MAX), file("t/b", 1)],
         piece_size: MAX_PIECE_SIZE,
         pieces: vec![],
     };
@@ -386,6 +462,7 @@ pub(crate) fn arb_manifest() -> impl Strategy<Value = Manifest> {
                 arb_name(),
                 0u64..40_000,
                 any::<bool>(),
+                any::<bool>(),
             ),
             1..5,
         ),
@@ -396,14 +473,17 @@ pub(crate) fn arb_manifest() -> impl Strategy<Value = Manifest> {
             let files: Vec<FileEntry> = entries
                 .into_iter()
                 .enumerate()
-                .map(|(i, (dir, name, size, executable))| FileEntry {
+                .map(|(i, (dir, name, size, executable, folder))| {
                     // The index keeps paths distinct, and "d" dirs apart from files.
-                    path: match dir {
-                        Some(d) => format!("d{i}{d}/{name}"),
-                        None => format!("f{i}{name}"),
-                    },
-                    size,
-                    executable,
+                    let path = match dir {
+                        Some(d) => format!("top/d{i}{d}/{name}"),
+                        None => format!("top/f{i}{name}"),
+                    };
+                    if folder && size % 4 == 0 {
+                        FileEntry::folder(path)
+                    } else {
+                        FileEntry::file(path, size, executable)
+                    }
                 })
                 .collect();
             let piece_size = 1u32 << shift;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use hayedik_proto::manifest::{hash_piece, is_single_plain_name, Manifest};
+use hayedik_proto::manifest::{hash_piece, Manifest};
 use hayedik_proto::ticket::Ticket;
 use hayedik_proto::tracker::PeerState;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +19,7 @@ use super::progress::Progress;
 use super::swarm::{Content, Swarm, SwarmOptions};
 use super::{node, resolve, udp_socket_for};
 use crate::events::{Event, Events};
-use crate::storage::{Bitfield, Download, Opened, PieceLayout, Target};
+use crate::storage::{Bitfield, Download, Opened, PieceLayout, Target, TreeStorage};
 
 /// What `get` was asked to do.
 #[derive(Debug, Clone)]
@@ -32,6 +32,8 @@ pub struct GetOptions {
     pub timeout: Option<Duration>,
     pub max_upload: Option<u64>,
     pub max_download: Option<u64>,
+    /// `--only` patterns: download only the files they match (all when empty).
+    pub only: Vec<String>,
 }
 
 /// What a finished `get` reports (also used by the demo).
@@ -165,20 +167,23 @@ async fn download(
             }
         }
     };
-    let name = check_manifest(&manifest)?;
+    let name = manifest.top_name().to_owned();
     let total = manifest.total_bytes();
     events.emit(Event::Manifest {
         name: name.clone(),
         bytes: total,
         pieces: u64::from(manifest.piece_count()),
     });
-    let layout = PieceLayout::new(total, u64::from(manifest.piece_size))
+    let wanted = select(&manifest, &opts.only)?;
+    let sizes: Vec<u64> = manifest.files.iter().map(|f| f.size).collect();
+    let layout = PieceLayout::from_sizes(&sizes, u64::from(manifest.piece_size))
         .map_err(|e| anyhow!("the manifest's piece layout is unusable: {e}"))?;
     let target = Target {
         dir: opts.out_dir.clone(),
-        name: name.clone(),
-        layout,
+        files: manifest.files.clone(),
+        layout: layout.clone(),
         root: opts.ticket.root,
+        wanted,
     };
     let opened = {
         let m = manifest.clone();
@@ -194,26 +199,32 @@ async fn download(
         .map_err(|e| anyhow!("checking existing data: {e}"))?
         .map_err(anyhow::Error::new)?
     };
-    let pieces = manifest.piece_count();
+    let final_paths = |storage: &TreeStorage| -> Vec<PathBuf> {
+        (0..layout.file_count())
+            .map(|i| storage.file(i).map(|f| f.path.clone()).unwrap_or_default())
+            .collect()
+    };
     match opened {
         Opened::Complete(file) => {
             for w in &file.warnings {
                 tracing::warn!("{w}");
             }
+            let bytes = held_bytes(&layout, &file.have);
             swarm.set_content(
                 Content {
                     manifest: (*manifest).clone(),
+                    layout: layout.clone(),
                     manifest_bytes: (*manifest_bytes).clone(),
                     storage: file.storage.clone(),
                     download: None,
-                    guard: ServeGuard::verified(file.path.clone(), pieces),
+                    guard: ServeGuard::verified(layout.clone(), final_paths(&file.storage)),
                 },
-                Bitfield::full(pieces),
+                file.have.clone(),
                 None,
             );
             Ok(Some(GetReport {
                 path: file.path,
-                bytes: total,
+                bytes,
                 seconds: started.elapsed().as_secs_f64(),
                 reused: file.reused_bytes,
                 from: Default::default(),
@@ -227,20 +238,30 @@ async fn download(
             let d = Arc::new(d);
             let have = d.have();
             let reused = d.reused_bytes();
+            let wanted = d.wanted();
+            let picker_wanted = (0..wanted.len()).map(|i| wanted.get(i)).collect();
+            // What this download holds when done: the wanted pieces, and any
+            // other verified piece found on disk.
+            let mut held = have.clone();
+            wanted.ones().for_each(|p| {
+                held.set(p);
+            });
+            let bytes = held_bytes(&layout, &held);
             swarm.set_content(
                 Content {
                     manifest: (*manifest).clone(),
+                    layout: layout.clone(),
                     manifest_bytes: (*manifest_bytes).clone(),
                     storage: d.storage(),
                     download: Some(d.clone()),
-                    // The part file changes while downloading: watched once
-                    // it is complete and in place.
-                    guard: ServeGuard::new(None, pieces),
+                    // Files change while downloading: watched once they are
+                    // complete and in place.
+                    guard: ServeGuard::new(layout.clone()),
                 },
                 have,
-                None,
+                Some(picker_wanted),
             );
-            progress.start(name, total, swarm.bytes_verified());
+            progress.start(name, bytes, swarm.bytes_verified());
             let saver = spawn_saver(d.clone(), swarm.clone());
             let mut complete = swarm.complete_rx();
             let mut tick = tokio::time::interval(Duration::from_millis(250));
@@ -282,11 +303,11 @@ async fn download(
                 tracing::warn!("{w}");
             }
             if let Some(c) = swarm.content() {
-                c.guard.watch(file.path.clone());
+                c.guard.watch(final_paths(&file.storage));
             }
             Ok(Some(GetReport {
                 path: file.path,
-                bytes: total,
+                bytes,
                 seconds: started.elapsed().as_secs_f64(),
                 reused,
                 from: swarm.from_counts(),
@@ -294,6 +315,81 @@ async fn download(
             }))
         }
     }
+}
+
+/// Bytes of the pieces in `pieces`.
+fn held_bytes(layout: &PieceLayout, pieces: &Bitfield) -> u64 {
+    pieces.ones().map(|p| layout.piece_len(p)).sum()
+}
+
+/// Per manifest entry, whether `--only` selects it (every entry when no
+/// pattern is given). A pattern matches a path inside the shared folder
+/// (`docs/*.md`; `*` stays within a folder, `**` crosses folders) or the
+/// whole path with the folder's name (`photos/2024/**`); a pattern that
+/// matches a folder selects everything in it. For a single shared file, the
+/// pattern is matched against its name. A pattern that matches nothing is an
+/// error, so a typo does not silently download nothing.
+pub fn select(manifest: &Manifest, only: &[String]) -> anyhow::Result<Vec<bool>> {
+    if only.is_empty() {
+        return Ok(vec![true; manifest.files.len()]);
+    }
+    let options = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    let patterns = only
+        .iter()
+        .map(|p| {
+            glob::Pattern::new(p).map_err(|e| anyhow!("--only {p:?} is not a valid pattern: {e}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut used = vec![false; patterns.len()];
+    let top = manifest.top_name();
+    let wanted = manifest
+        .files
+        .iter()
+        .map(|f| {
+            let inner = f
+                .path
+                .strip_prefix(top)
+                .and_then(|r| r.strip_prefix('/'))
+                .unwrap_or(&f.path);
+            // The path and each folder above it, with and without the top.
+            let mut candidates = vec![f.path.as_str(), inner];
+            let mut p = f.path.as_str();
+            while let Some((parent, _)) = p.rsplit_once('/') {
+                candidates.push(parent);
+                if let Some(inner) = parent.strip_prefix(top).and_then(|r| r.strip_prefix('/')) {
+                    candidates.push(inner);
+                }
+                p = parent;
+            }
+            let mut hit = false;
+            for (i, pattern) in patterns.iter().enumerate() {
+                if candidates.iter().any(|c| pattern.matches_with(c, options)) {
+                    used[i] = true;
+                    hit = true;
+                }
+            }
+            hit
+        })
+        .collect();
+    if let Some(i) = used.iter().position(|u| !u) {
+        let sample: Vec<&str> = manifest
+            .files
+            .iter()
+            .take(5)
+            .map(|f| f.path.as_str())
+            .collect();
+        bail!(
+            "--only {:?} matches nothing in this share ({} entries, such as {}); patterns match paths inside {top:?}, e.g. 'docs/*.md' or 'docs/**'",
+            only[i],
+            manifest.files.len(),
+            sample.join(", ")
+        );
+    }
+    Ok(wanted)
 }
 
 fn interrupted(swarm: &Swarm) -> anyhow::Result<Option<GetReport>> {
@@ -311,24 +407,6 @@ fn with_resume_hint(fatal: String) -> String {
     } else {
         format!("{fatal}; what was verified is kept: rerun the same command to resume")
     }
-}
-
-/// The file name to write, after checking the manifest describes what this
-/// version can download: one file with a plain name.
-fn check_manifest(m: &Manifest) -> anyhow::Result<String> {
-    let [file] = m.files.as_slice() else {
-        bail!(
-            "this ticket shares {} files; this version of hayedik downloads single files only",
-            m.files.len()
-        );
-    };
-    if !is_single_plain_name(&file.path) {
-        bail!(
-            "the shared file's name {:?} is not a plain file name; refusing to write it",
-            file.path
-        );
-    }
-    Ok(file.path.clone())
 }
 
 async fn save(d: &Arc<Download>) -> anyhow::Result<()> {

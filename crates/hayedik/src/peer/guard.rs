@@ -11,9 +11,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use hayedik_proto::manifest::Manifest;
 
-use crate::storage::Storage;
+use crate::storage::{PieceLayout, Storage};
 
-/// How often the file's size and modification time are looked at.
+/// How often a file's size and modification time are looked at.
 const STAT_EVERY: Duration = Duration::from_millis(100);
 /// A piece is hashed again before serving once its last check is this old,
 /// so even a change that kept the file's size and modification time is
@@ -23,19 +23,29 @@ const RECHECK_AFTER: Duration = Duration::from_secs(60);
 /// whatever the piece size).
 const CHUNK: usize = 1 << 20;
 
-#[derive(Debug)]
-struct State {
-    /// The file watched for changes; `None` watches nothing.
+/// One watched file.
+#[derive(Debug, Default)]
+struct Watch {
+    /// `None` watches nothing (a file still being written).
     path: Option<PathBuf>,
-    /// When each piece was last verified on disk.
-    checked: Vec<Option<Instant>>,
     stamp: Option<(SystemTime, u64)>,
     last_stat: Option<Instant>,
 }
 
-/// Which pieces were verified on disk since the file last changed.
+#[derive(Debug)]
+struct State {
+    /// Per file of the layout.
+    files: Vec<Watch>,
+    /// When each piece was last verified on disk.
+    checked: Vec<Option<Instant>>,
+}
+
+/// Which pieces were verified on disk since their file last changed. Each
+/// file is looked at on its own, and only when one of its pieces is served,
+/// so a tree of many files costs nothing while idle.
 #[derive(Debug)]
 pub struct ServeGuard {
+    layout: PieceLayout,
     state: Mutex<State>,
 }
 
@@ -50,15 +60,13 @@ pub enum Check {
 }
 
 impl ServeGuard {
-    pub fn new(path: Option<PathBuf>, pieces: u32) -> Self {
-        let stamp = path.as_ref().and_then(|p| stamp(p));
+    /// A guard over `layout`'s pieces watching nothing yet, no piece checked.
+    pub fn new(layout: PieceLayout) -> Self {
+        let files = (0..layout.file_count()).map(|_| Watch::default()).collect();
+        let checked = vec![None; layout.piece_count() as usize];
         Self {
-            state: Mutex::new(State {
-                path,
-                checked: vec![None; pieces as usize],
-                stamp,
-                last_stat: Some(Instant::now()),
-            }),
+            layout,
+            state: Mutex::new(State { files, checked }),
         }
     }
 
@@ -67,21 +75,32 @@ impl ServeGuard {
     }
 
     /// A guard for content just verified in full (hashed to build the
-    /// manifest, or checked for reuse): nothing to re-hash until it changes.
-    pub fn verified(path: PathBuf, pieces: u32) -> Self {
-        let g = Self::new(Some(path), pieces);
+    /// manifest, or checked for reuse) at `paths` (one per file): nothing to
+    /// re-hash until it changes.
+    pub fn verified(layout: PieceLayout, paths: Vec<PathBuf>) -> Self {
+        let g = Self::new(layout);
+        g.watch(paths);
         let now = Some(Instant::now());
         g.lock().checked.iter_mut().for_each(|c| *c = now);
         g
     }
 
-    /// Starts watching `path` (a download renamed into place).
-    pub fn watch(&self, path: PathBuf) {
-        let now = stamp(&path);
+    /// Starts watching the files at `paths`, one per file of the layout (a
+    /// download now complete and in place).
+    pub fn watch(&self, paths: Vec<PathBuf>) {
+        let now = Instant::now();
+        let watches: Vec<Watch> = paths
+            .into_iter()
+            .map(|p| Watch {
+                stamp: stamp(&p),
+                path: Some(p),
+                last_stat: Some(now),
+            })
+            .collect();
         let mut s = self.lock();
-        s.path = Some(path);
-        s.stamp = now;
-        s.last_stat = Some(Instant::now());
+        for (slot, w) in s.files.iter_mut().zip(watches) {
+            *slot = w;
+        }
     }
 
     /// Records that `piece` was just verified (we wrote it ourselves).
@@ -91,12 +110,16 @@ impl ServeGuard {
         }
     }
 
-    /// True when `piece` is known good and no stat is due: serving it needs
-    /// no blocking work.
+    /// True when `piece` is known good and no stat of its file is due:
+    /// serving it needs no blocking work.
     pub fn is_fresh(&self, piece: u32) -> bool {
+        let file = self.layout.file_of_piece(piece);
         let s = self.lock();
+        let watch = file.and_then(|f| s.files.get(f));
         is_recent(s.checked.get(piece as usize).copied().flatten())
-            && s.last_stat.is_some_and(|t| t.elapsed() < STAT_EVERY)
+            && watch.is_some_and(|w| {
+                w.path.is_none() || w.last_stat.is_some_and(|t| t.elapsed() < STAT_EVERY)
+            })
     }
 
     /// Whether `piece` (at `base` in `storage`) may be served. Blocking: it
@@ -108,19 +131,24 @@ impl ServeGuard {
         storage: &dyn Storage,
         base: u64,
     ) -> Check {
-        self.restat();
+        if let Some(file) = self.layout.file_of_piece(piece) {
+            self.restat(file);
+        }
         if is_recent(self.lock().checked.get(piece as usize).copied().flatten()) {
             return Check::Good;
         }
-        let (Some(len), Some(expected)) = (manifest.piece_len(piece), manifest.piece_hash(piece))
-        else {
+        let len = self.layout.piece_len(piece);
+        let Some(expected) = manifest.piece_hash(piece) else {
             return Check::Bad;
         };
+        if len == 0 {
+            return Check::Bad;
+        }
         let mut hasher = blake3::Hasher::new();
         let mut buf = vec![0u8; CHUNK.min(len as usize)];
         let mut done = 0u64;
-        while done < u64::from(len) {
-            let n = (u64::from(len) - done).min(buf.len() as u64) as usize;
+        while done < len {
+            let n = (len - done).min(buf.len() as u64) as usize;
             if storage.read_at(base + done, &mut buf[..n]).is_err() {
                 return Check::Unreadable;
             }
@@ -135,28 +163,40 @@ impl ServeGuard {
         }
     }
 
-    /// Forgets every check when the file changed on disk.
-    fn restat(&self) {
+    /// Forgets the checks of `file`'s pieces when it changed on disk.
+    fn restat(&self, file: usize) {
         let path = {
             let s = self.lock();
-            if s.last_stat.is_some_and(|t| t.elapsed() < STAT_EVERY) {
+            let Some(w) = s.files.get(file) else { return };
+            if w.last_stat.is_some_and(|t| t.elapsed() < STAT_EVERY) {
                 return;
             }
-            match &s.path {
+            match &w.path {
                 Some(p) => p.clone(),
                 None => return,
             }
         };
         let now = stamp(&path);
         let mut s = self.lock();
-        s.last_stat = Some(Instant::now());
-        if now != s.stamp {
+        let changed = match s.files.get_mut(file) {
+            Some(w) => {
+                w.last_stat = Some(Instant::now());
+                let changed = now != w.stamp;
+                w.stamp = now;
+                changed
+            }
+            None => false,
+        };
+        if changed {
             tracing::warn!(
-                "{} changed on disk: re-verifying pieces before serving them",
+                "{} changed on disk: re-verifying its pieces before serving them",
                 path.display()
             );
-            s.stamp = now;
-            s.checked.iter_mut().for_each(|c| *c = None);
+            for p in self.layout.file_pieces(file) {
+                if let Some(c) = s.checked.get_mut(p as usize) {
+                    *c = None;
+                }
+            }
         }
     }
 }
@@ -186,12 +226,13 @@ mod tests {
                 path: "f".into(),
                 size: 5000,
                 executable: false,
+                directory: false,
             }],
             piece_size: 2048,
             pieces: data.chunks(2048).map(hash_piece).collect(),
         };
         let storage = MemoryStorage::from_vec(data.clone());
-        let guard = ServeGuard::new(None, 3);
+        let guard = ServeGuard::new(PieceLayout::new(5000, 2048).unwrap());
         assert!(!guard.is_fresh(0));
         assert_eq!(guard.check(0, &manifest, &storage, 0), Check::Good);
         assert!(guard.is_fresh(0));
@@ -205,12 +246,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
         std::fs::write(&path, [1u8; 100]).unwrap();
-        let guard = ServeGuard::new(Some(path.clone()), 1);
-        guard.mark(0);
-        assert!(guard.is_fresh(0));
+        let other = dir.path().join("g");
+        std::fs::write(&other, [1u8; 100]).unwrap();
+        let layout = PieceLayout::from_sizes(&[100, 100], 1024).unwrap();
+        let guard = ServeGuard::verified(layout, vec![path.clone(), other]);
+        assert!(guard.is_fresh(0) && guard.is_fresh(1));
         std::fs::write(&path, [2u8; 101]).unwrap();
-        guard.lock().last_stat = None;
-        guard.restat();
-        assert!(!guard.is_fresh(0));
+        guard
+            .lock()
+            .files
+            .iter_mut()
+            .for_each(|w| w.last_stat = None);
+        guard.restat(0);
+        guard.restat(1);
+        assert!(!guard.is_fresh(0), "the changed file");
+        assert!(guard.is_fresh(1), "the other file keeps its checks");
     }
 }

@@ -1,106 +1,88 @@
-//! Hashing a file into piece hashes, on every core, off the async reactor.
+//! Hashing content into piece hashes, on every core, off the async reactor.
 //!
-//! Pieces are handed out from an atomic counter to one worker per core; each
-//! worker reads its piece with positional reads into its own buffer and
-//! hashes it, so memory stays at one piece per core whatever the file size.
+//! The verification workers of the storage layer do the reading: pieces are
+//! handed out from an atomic counter to one worker per core, each reading
+//! its piece with positional reads into its own buffer, so memory stays at
+//! one piece per core whatever the content's size.
 
 use std::io;
-use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use hayedik_proto::manifest::hash_piece;
 
-use crate::storage::{FileStorage, Storage};
+use crate::storage::{verify_pieces, Bitfield, PieceLayout, Storage};
 
-/// Hashes `len` bytes of `path` in pieces of `piece_size`, calling
+/// The hash of every piece of `layout` read from `storage`, calling
 /// `progress(bytes_hashed_so_far)` from the workers as pieces complete.
-pub fn hash_file(
-    path: &Path,
-    len: u64,
-    piece_size: u32,
+pub fn hash_pieces(
+    storage: &dyn Storage,
+    layout: &PieceLayout,
     progress: &(dyn Fn(u64) + Sync),
 ) -> io::Result<Vec<[u8; 32]>> {
-    let piece_size = u64::from(piece_size.max(1));
-    let count = usize::try_from(len.div_ceil(piece_size))
-        .map_err(|_| io::Error::other("file too large"))?;
-    let file = FileStorage::open(path)?;
+    let count = layout.piece_count() as usize;
     let hashes = Mutex::new(vec![[0u8; 32]; count]);
-    let next = AtomicUsize::new(0);
-    let done = AtomicU64::new(0);
-    let failed = AtomicBool::new(false);
-    let first_error: Mutex<Option<io::Error>> = Mutex::new(None);
-    let workers = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .min(count.max(1));
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| {
-                let mut buf = Vec::new();
-                loop {
-                    if failed.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= count {
-                        return;
-                    }
-                    let offset = i as u64 * piece_size;
-                    let n = usize::try_from(piece_size.min(len - offset)).unwrap_or(0);
-                    buf.resize(n, 0);
-                    if let Err(e) = file.read_at(offset, &mut buf) {
-                        failed.store(true, Ordering::Relaxed);
-                        if let Ok(mut slot) = first_error.lock() {
-                            slot.get_or_insert(e);
-                        }
-                        return;
-                    }
-                    let h = hash_piece(&buf);
-                    if let Ok(mut all) = hashes.lock() {
-                        all[i] = h;
-                    }
-                    let total = done.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-                    progress(total);
-                }
-            });
+    let all = Bitfield::full(layout.piece_count());
+    let record = |i: u32, data: &[u8]| {
+        let h = hash_piece(data);
+        if let Some(slot) = hashes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(i as usize)
+        {
+            *slot = h;
         }
-    });
-    if let Some(e) = first_error.into_inner().ok().flatten() {
-        return Err(e);
-    }
-    hashes
-        .into_inner()
-        .map_err(|_| io::Error::other("hashing worker panicked"))
+        true
+    };
+    verify_pieces(storage, layout, &all, &record, &|done, _| progress(done))?;
+    Ok(hashes.into_inner().unwrap_or_else(|e| e.into_inner()))
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::storage::{MemoryStorage, TreeStorage};
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     #[test]
     fn matches_sequential_hashing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
         let data: Vec<u8> = (0..100_003u32).map(|i| (i * 7 % 251) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
+        let layout = PieceLayout::new(data.len() as u64, 4096).unwrap();
         let seen = AtomicU64::new(0);
-        let hashes = hash_file(&path, data.len() as u64, 4096, &|n| {
+        let storage = MemoryStorage::from_vec(data.clone());
+        let hashes = hash_pieces(&storage, &layout, &|n| {
             seen.fetch_max(n, Ordering::Relaxed);
         })
         .unwrap();
         let expect: Vec<_> = data.chunks(4096).map(hash_piece).collect();
         assert_eq!(hashes, expect);
         assert_eq!(seen.load(Ordering::Relaxed), data.len() as u64);
-        assert!(hash_file(&path, 0, 4096, &|_| {}).unwrap().is_empty());
     }
 
     #[test]
-    fn short_file_is_an_error() {
+    fn a_tree_is_hashed_file_by_file() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        std::fs::write(&path, [1u8; 10]).unwrap();
-        assert!(hash_file(&path, 20, 4, &|_| {}).is_err());
+        let (a, b) = (vec![1u8; 5000], vec![2u8; 10]);
+        std::fs::write(dir.path().join("a"), &a).unwrap();
+        std::fs::write(dir.path().join("b"), &b).unwrap();
+        let layout = PieceLayout::from_sizes(&[5000, 0, 10], 4096).unwrap();
+        let paths = ["a", "empty", "b"].map(|n| dir.path().join(n)).to_vec();
+        let tree = TreeStorage::read_only(layout.clone(), paths);
+        let hashes = hash_pieces(&tree, &layout, &|_| {}).unwrap();
+        let expect = vec![
+            hash_piece(&a[..4096]),
+            hash_piece(&a[4096..]),
+            hash_piece(&b),
+        ];
+        assert_eq!(hashes, expect);
+    }
+
+    #[test]
+    fn a_short_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f"), [1u8; 10]).unwrap();
+        let layout = PieceLayout::new(20, 4).unwrap();
+        let tree = TreeStorage::read_only(layout.clone(), vec![dir.path().join("f")]);
+        assert!(hash_pieces(&tree, &layout, &|_| {}).is_err());
     }
 }

@@ -579,10 +579,10 @@ impl Session {
 
     fn on_request(&mut self, piece: u32, offset: u32, len: u32) {
         let ok = self.content.as_ref().is_some_and(|c| {
-            let plen = c.manifest.piece_len(piece).unwrap_or(0);
+            let plen = c.layout.piece_len(piece);
             piece < c.manifest.piece_count()
                 && (1..=MAX_BLOCK).contains(&len)
-                && u64::from(offset) + u64::from(len) <= u64::from(plen)
+                && u64::from(offset) + u64::from(len) <= plen
         }) && self.swarm.has_piece(piece)
             && self.queued.load(Ordering::Relaxed) < MAX_REMOTE_QUEUE;
         if !ok {
@@ -590,9 +590,6 @@ impl Session {
             return;
         }
         let Some(content) = &self.content else { return };
-        let Some(loc) = content.manifest.piece_location(piece) else {
-            return;
-        };
         if let Ok(mut c) = self.cancelled.lock() {
             c.remove(&(piece, offset));
         }
@@ -601,7 +598,7 @@ impl Session {
             piece,
             offset,
             len,
-            at: piece_base(content, loc.offset) + u64::from(offset),
+            at: piece_base(content, piece) + u64::from(offset),
         });
         self.last_sent = Instant::now();
     }
@@ -749,7 +746,7 @@ impl Session {
     fn storage_failed(&self, content: &Content, e: std::io::Error) -> SessionError {
         let msg = match &content.download {
             Some(d) => {
-                crate::storage::StorageError::io(crate::storage::Op::Writing, d.part_path(), e)
+                crate::storage::StorageError::io(crate::storage::Op::Writing, d.final_path(), e)
                     .to_string()
             }
             None => e.to_string(),
@@ -792,10 +789,7 @@ impl Session {
                 .flatten();
             let Some(piece) = picked else { break };
             let piece = piece as u32;
-            let (Some(loc), Some(len)) = (
-                content.manifest.piece_location(piece),
-                content.manifest.piece_len(piece),
-            ) else {
+            let Ok(len) = u32::try_from(content.layout.piece_len(piece)) else {
                 self.swarm.with_picker(|p| p.release(piece as usize));
                 break;
             };
@@ -822,7 +816,7 @@ impl Session {
             };
             self.jobs.push(Job {
                 piece,
-                base: piece_base(&content, loc.offset),
+                base: piece_base(&content, piece),
                 len,
                 next_request: 0,
                 next_receive: 0,
@@ -867,8 +861,8 @@ impl Session {
     }
 }
 
-/// Where a piece starts in the storage's byte space. A single file: its
-/// offset within the file.
-fn piece_base(_content: &Content, offset_in_file: u64) -> u64 {
-    offset_in_file
+/// Where a piece starts in the storage's (virtual) byte space: pieces are
+/// `piece_size` apart whatever the files (see `storage::PieceLayout`).
+fn piece_base(content: &Content, piece: u32) -> u64 {
+    content.layout.piece_offset(piece)
 }

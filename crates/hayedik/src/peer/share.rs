@@ -3,13 +3,16 @@
 //! ticket, and serve until interrupted.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use hayedik_proto::manifest::{choose_piece_size, is_single_plain_name, FileEntry, Manifest};
+use hayedik_proto::manifest::{
+    choose_piece_size, is_single_plain_name, validate_path, FileEntry, Manifest, MAX_FILES,
+    MAX_PATH_DEPTH,
+};
 use hayedik_proto::ticket::Ticket;
 use hayedik_proto::tracker::PeerState;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -18,11 +21,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::announce::{create_swarm, spawn_announcer, TrackerClient};
 use super::guard::ServeGuard;
-use super::hashing::hash_file;
+use super::hashing::hash_pieces;
 use super::swarm::{Content, Swarm, SwarmOptions};
 use super::{node, resolve, udp_socket_for};
 use crate::events::{Event, Events};
-use crate::storage::{Bitfield, FileStorage};
+use crate::storage::{Bitfield, PieceLayout, TreeStorage};
 use crate::tracker::TrackerConfig;
 
 /// The central tracker's well-known port.
@@ -58,29 +61,14 @@ pub async fn share(
     on_ready: impl FnOnce(Shared),
 ) -> anyhow::Result<()> {
     let path = opts.path.clone();
-    let meta = std::fs::metadata(&path)
-        .with_context(|| format!("cannot share {}: check the path", path.display()))?;
-    if meta.is_dir() {
-        bail!(
-            "{} is a folder; this version of hayedik shares single files",
-            path.display()
-        );
-    }
-    if !meta.is_file() {
-        bail!("{} is not a regular file", path.display());
-    }
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .map(str::to_owned)
-        .ok_or_else(|| {
-            anyhow!(
-                "{} has no usable file name (it must be UTF-8)",
-                path.display()
-            )
-        })?;
-    if !is_single_plain_name(&name) {
-        bail!("cannot share {name:?}: the name is not portable (reserved, or with characters other systems refuse); rename it");
+    let walked = {
+        let p = path.clone();
+        tokio::task::spawn_blocking(move || walk(&p))
+            .await
+            .map_err(|e| anyhow!("reading {}: {e}", path.display()))??
+    };
+    for w in &walked.skipped {
+        tracing::warn!("{w}");
     }
     let (listener, local) = node::bind_listener(opts.listen, events).await?;
 
@@ -90,8 +78,9 @@ pub async fn share(
             events.emit(Event::Stopped { uploaded: Some(0), downloaded: Some(0) });
             return Ok(());
         }
-        m = build_manifest(&path, name, meta.len(), events) => m?,
+        m = build_manifest(&walked, events) => m?,
     };
+    let (manifest, layout, storage) = manifest;
     let manifest_bytes = manifest.encode();
     let root = manifest.root();
 
@@ -116,8 +105,6 @@ pub async fn share(
         port: swarm_port,
         root,
     };
-    let storage =
-        FileStorage::open(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let pieces = manifest.piece_count();
     let bytes = manifest.total_bytes();
     let swarm = Swarm::new(
@@ -132,10 +119,11 @@ pub async fn share(
     swarm.set_content(
         Content {
             manifest,
+            layout: layout.clone(),
             manifest_bytes,
-            storage: Arc::new(storage),
+            storage,
             download: None,
-            guard: ServeGuard::verified(path.clone(), pieces),
+            guard: ServeGuard::verified(layout, walked.sources.clone()),
         },
         Bitfield::full(pieces),
         None,
@@ -189,14 +177,154 @@ pub fn split_host_port(s: &str) -> anyhow::Result<(String, u16)> {
     Ok((host.to_string(), port))
 }
 
-/// Hashes the file with a progress bar (on a terminal) on every core.
+/// What `share PATH` shares.
+#[derive(Debug, Default)]
+pub struct Walked {
+    /// Paths start with PATH's own name.
+    pub entries: Vec<FileEntry>,
+    /// Where each entry is on disk.
+    pub sources: Vec<PathBuf>,
+    /// What was left out and why, one sentence each.
+    pub skipped: Vec<String>,
+}
+
+/// Lists what `share PATH` shares: the file, or every file and empty folder
+/// of the folder, in name order (so the same tree always gives the same
+/// manifest). Symbolic links inside a folder are not followed and not
+/// shared (each is reported in `skipped`), nor are sockets, pipes and
+/// devices, nor hayedik's own side files of unfinished downloads
+/// (`.NAME.hayedik-part`, `.NAME.hayedik-resume`). PATH itself may be a
+/// link. A name that is not UTF-8 or not portable is an error: the receiver
+/// could not write it.
+pub fn walk(path: &Path) -> anyhow::Result<Walked> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot share {}: check the path", path.display()))?;
+    let name = match path.file_name() {
+        Some(n) => n.to_owned(),
+        // `.` or `..`: the folder's own name.
+        None => std::fs::canonicalize(path)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_owned()))
+            .ok_or_else(|| anyhow!("{} has no name to share it under", path.display()))?,
+    };
+    let name = name
+        .to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("{} has no usable name (it must be UTF-8)", path.display()))?;
+    if !is_single_plain_name(&name) {
+        bail!("cannot share {name:?}: the name is not portable (reserved, or with characters other systems refuse); rename it");
+    }
+    let mut walked = Walked::default();
+    if meta.is_file() {
+        walked
+            .entries
+            .push(FileEntry::file(name, meta.len(), is_executable(&meta)));
+        walked.sources.push(path.to_path_buf());
+    } else if meta.is_dir() {
+        walk_folder(path, &name, 1, &mut walked)?;
+    } else {
+        bail!("{} is not a regular file or a folder", path.display());
+    }
+    if walked.entries.len() > MAX_FILES as usize {
+        bail!(
+            "{} holds more than {MAX_FILES} files and folders: share a smaller folder",
+            path.display()
+        );
+    }
+    Ok(walked)
+}
+
+/// Adds the contents of folder `dir` (shared as `rel`); an empty folder (or
+/// one that holds only what is not shared) becomes a folder entry.
+fn walk_folder(dir: &Path, rel: &str, depth: usize, out: &mut Walked) -> anyhow::Result<()> {
+    if depth > MAX_PATH_DEPTH {
+        bail!(
+            "{} is more than {MAX_PATH_DEPTH} folders deep",
+            dir.display()
+        );
+    }
+    let mut children = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.display()))?;
+        children.push(entry.file_name());
+    }
+    children.sort();
+    let before = out.entries.len();
+    for child in children {
+        let source = dir.join(&child);
+        let Some(name) = child.to_str() else {
+            bail!(
+                "cannot share {}: the name is not UTF-8; rename it",
+                source.display()
+            );
+        };
+        if is_side_file(name) {
+            out.skipped.push(format!(
+                "not sharing {}: a hayedik download's side file",
+                source.display()
+            ));
+            continue;
+        }
+        let path = format!("{rel}/{name}");
+        if let Err(e) = validate_path(&path) {
+            bail!(
+                "cannot share {}: {e}; rename it (other systems could not write it)",
+                source.display()
+            );
+        }
+        if out.entries.len() >= MAX_FILES as usize {
+            bail!("the folder holds more than {MAX_FILES} files and folders: share a smaller one");
+        }
+        let meta = std::fs::symlink_metadata(&source)
+            .with_context(|| format!("cannot read {}", source.display()))?;
+        let kind = meta.file_type();
+        if kind.is_symlink() {
+            out.skipped.push(format!(
+                "not sharing {}: symbolic links are not followed",
+                source.display()
+            ));
+        } else if kind.is_dir() {
+            walk_folder(&source, &path, depth + 1, out)?;
+        } else if kind.is_file() {
+            out.entries
+                .push(FileEntry::file(path, meta.len(), is_executable(&meta)));
+            out.sources.push(source);
+        } else {
+            out.skipped.push(format!(
+                "not sharing {}: not a regular file",
+                source.display()
+            ));
+        }
+    }
+    if out.entries.len() == before {
+        out.entries.push(FileEntry::folder(rel));
+        out.sources.push(dir.to_path_buf());
+    }
+    Ok(())
+}
+
+/// `.NAME.hayedik-part`, `.NAME.hayedik-resume` and its temporary.
+fn is_side_file(name: &str) -> bool {
+    name.starts_with('.')
+        && [".hayedik-part", ".hayedik-resume", ".hayedik-resume.tmp"]
+            .iter()
+            .any(|s| name.ends_with(s))
+}
+
+/// Hashes the files with a progress bar (on a terminal) on every core.
 async fn build_manifest(
-    path: &std::path::Path,
-    name: String,
-    len: u64,
+    walked: &Walked,
     events: Events,
-) -> anyhow::Result<Manifest> {
+) -> anyhow::Result<(Manifest, PieceLayout, Arc<TreeStorage>)> {
+    let sizes: Vec<u64> = walked.entries.iter().map(|e| e.size).collect();
+    let len: u64 = sizes.iter().sum();
     let piece_size = choose_piece_size(len);
+    let layout = PieceLayout::from_sizes(&sizes, u64::from(piece_size))
+        .map_err(|e| anyhow!("cannot share this: {e}"))?;
+    let storage = Arc::new(TreeStorage::read_only(
+        layout.clone(),
+        walked.sources.clone(),
+    ));
     let bar = (!events.is_json() && !events.is_quiet() && len > 64 << 20).then(|| {
         let b = ProgressBar::new(len);
         if let Ok(style) = ProgressStyle::with_template(
@@ -206,12 +334,9 @@ async fn build_manifest(
         }
         b
     });
-    let done = Arc::new(AtomicU64::new(0));
-    let p = path.to_path_buf();
-    let (d, b) = (done.clone(), bar.clone());
+    let (s, l, b) = (storage.clone(), layout.clone(), bar.clone());
     let hashes = tokio::task::spawn_blocking(move || {
-        hash_file(&p, len, piece_size, &|n| {
-            d.store(n, Ordering::Relaxed);
+        hash_pieces(s.as_ref(), &l, &|n| {
             if let Some(b) = &b {
                 b.set_position(n);
             }
@@ -219,33 +344,29 @@ async fn build_manifest(
     })
     .await
     .map_err(|e| anyhow!("hashing: {e}"))?
-    .with_context(|| format!("reading {}", path.display()))?;
+    .map_err(|e| anyhow!("reading the files to share: {e} (did a file change or vanish?)"))?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
     let manifest = Manifest {
-        files: vec![FileEntry {
-            path: name,
-            size: len,
-            executable: is_executable(path),
-        }],
+        files: walked.entries.clone(),
         piece_size,
         pieces: hashes,
     };
     manifest
         .validate()
-        .map_err(|e| anyhow!("building the manifest: {e}"))?;
-    Ok(manifest)
+        .map_err(|e| anyhow!("cannot share this: {e}"))?;
+    Ok((manifest, layout, storage))
 }
 
 #[cfg(unix)]
-fn is_executable(path: &std::path::Path) -> bool {
+fn is_executable(meta: &std::fs::Metadata) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+    meta.permissions().mode() & 0o111 != 0
 }
 
 #[cfg(not(unix))]
-fn is_executable(_path: &std::path::Path) -> bool {
+fn is_executable(_meta: &std::fs::Metadata) -> bool {
     false
 }
 

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use super::guard::ServeGuard;
 use super::picker::Picker;
 use super::rate::RateLimit;
-use crate::storage::{Bitfield, Download, Storage};
+use crate::storage::{Bitfield, Download, PieceLayout, Storage};
 
 /// A verified manifest and its canonical encoding.
 pub type VerifiedManifest = (Arc<Manifest>, Arc<Vec<u8>>);
@@ -40,6 +40,8 @@ pub const MAX_STRIKES: u32 = 2;
 /// The content once the manifest is known and storage is open.
 pub struct Content {
     pub manifest: Manifest,
+    /// The manifest's pieces; piece `i` is at `i * piece_size` in `storage`.
+    pub layout: PieceLayout,
     /// The manifest's canonical encoding, served to peers that ask.
     pub manifest_bytes: Vec<u8>,
     pub storage: Arc<dyn Storage>,
@@ -179,10 +181,7 @@ impl Swarm {
     pub fn set_content(&self, content: Content, have: Bitfield, wanted: Option<Vec<bool>>) {
         let n = content.manifest.piece_count();
         let bools: Vec<bool> = (0..n).map(|i| have.get(i)).collect();
-        let bytes_verified = (0..n)
-            .filter(|&i| have.get(i))
-            .map(|i| u64::from(content.manifest.piece_len(i).unwrap_or(0)))
-            .sum();
+        let bytes_verified = have.ones().map(|i| content.layout.piece_len(i)).sum();
         if let Ok(mut w) = self.writers.write() {
             *w = bools
                 .iter()
@@ -391,7 +390,7 @@ impl Swarm {
         let Some(content) = self.content() else {
             return;
         };
-        let len = u64::from(content.manifest.piece_len(piece).unwrap_or(0));
+        let len = content.layout.piece_len(piece);
         let mut inner = self.lock();
         let was = inner.have.as_mut().is_some_and(|h| h.clear(piece));
         if !was {

@@ -1,33 +1,78 @@
 //! The lifecycle of one download in its directory: open (reuse, resume or
 //! start), write and mark pieces, save the resume state, finish.
 //!
+//! The content is one file or one folder tree, under `DIR/TOP`. Each file is
+//! written to a part file beside its final name (`.NAME.hayedik-part`) and
+//! gets its final name as soon as all its pieces are verified and synced, so
+//! the files of a tree appear one by one. One resume file for the whole
+//! content, `DIR/.TOP.hayedik-resume`, lists the verified pieces.
+//!
 //! Invariants:
-//! * NAME is never written: data goes to the part file, which becomes NAME by
-//!   a rename that refuses to replace anything ([`fsutil::rename_no_clobber`]).
-//! * The resume file claims a piece only if its bytes were written before the
-//!   part file was last synced: `save` snapshots the marked pieces, then
-//!   fdatasyncs the part file, then replaces the resume file. A piece must be
-//!   marked only after `write_piece` for it returned.
-//! * What the resume file claims is re-verified on open, never trusted.
+//! * A final name is never written: data goes to part files, which take
+//!   their final names by a link that refuses to replace anything
+//!   ([`fsutil::link_no_clobber`]), and only once their data is synced.
+//! * The resume file claims a piece only if its bytes were written before
+//!   the files were last synced: `save` snapshots the marked pieces, then
+//!   syncs, then replaces the resume file. A piece must be marked only after
+//!   `write_piece` for it returned.
+//! * What the resume file claims is re-verified on open, never trusted; a
+//!   file already under its final name is verified before it is used.
+//! * Nothing is written before every path of the content was checked
+//!   against what is on disk: no folder on the way is a symbolic link or a
+//!   file, no name is taken by something that is not this content, and no
+//!   two names collide on a file system that ignores case.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use hayedik_proto::manifest::{find_case_collision, validate_path, FileEntry};
 
 use super::fsutil::{self, Paths};
+use super::tree::{FileState, TreeFile, TreeStorage};
 use super::verify::check;
-use super::{Bitfield, FileStorage, Op, PieceLayout, ResumeState, Storage, StorageError};
+use super::{Bitfield, Op, PieceLayout, ResumeState, Storage, StorageError};
 
-/// What to download and where: `dir/name`, cut as `layout`, whose content
-/// root is `root`. `name` must be a single plain name (the caller validates
-/// it; this layer refuses separators and `..` all the same).
+/// What to download and where: the entries of a manifest (every path starts
+/// with the same first component, TOP), written under `dir`.
 #[derive(Clone, Debug)]
 pub struct Target {
     pub dir: PathBuf,
-    pub name: String,
+    /// Relative `/`-separated paths, each checked again here.
+    pub files: Vec<FileEntry>,
+    /// The pieces of `files`, in order (see [`PieceLayout::from_sizes`]).
     pub layout: PieceLayout,
     pub root: [u8; 32],
+    /// Per entry, whether to download it; empty means all.
+    pub wanted: Vec<bool>,
+}
+
+impl Target {
+    /// One file `dir/name`, all of it.
+    pub fn single(dir: PathBuf, name: &str, layout: PieceLayout, root: [u8; 32]) -> Target {
+        let size = layout.content_len();
+        Target {
+            dir,
+            files: vec![FileEntry::file(name, size, false)],
+            layout,
+            root,
+            wanted: Vec::new(),
+        }
+    }
+
+    /// The first component of every path.
+    pub fn top(&self) -> &str {
+        self.files
+            .first()
+            .map_or("", |f| f.path.split('/').next().unwrap_or(""))
+    }
+
+    pub fn wants(&self, entry: usize) -> bool {
+        self.wanted.get(entry).copied().unwrap_or(true)
+    }
 }
 
 /// What [`Download::open`] found.
@@ -35,34 +80,42 @@ pub struct Target {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Opened {
-    /// NAME already holds this content, verified: nothing to download.
+    /// Every wanted file is already there under its final name, verified:
+    /// nothing to download.
     Complete(CompleteFile),
     /// A download to carry on; some pieces may already be there (it may even
     /// be complete, in which case only [`Download::finish`] is left).
     Partial(Download),
 }
 
-/// The content, complete and verified under its final name.
+/// The content (or its wanted files), complete and verified in place.
 #[derive(Debug)]
 pub struct CompleteFile {
+    /// `DIR/TOP`: the file, or the top folder.
     pub path: PathBuf,
-    /// The file opened read-only, to serve pieces from.
-    pub storage: Arc<FileStorage>,
+    /// The files, read only, to serve pieces from.
+    pub storage: Arc<TreeStorage>,
     /// Bytes that were already on disk and verified, not downloaded.
     pub reused_bytes: u64,
+    /// The verified pieces (all of them unless only some files were wanted).
+    pub have: Bitfield,
     /// Things the user may want to know (side files that could not be
     /// removed...), one sentence each.
     pub warnings: Vec<String>,
 }
 
-/// A download in progress. All methods take `&self` except `finish`: it can
-/// be shared (`Arc<Download>`) between the tasks that write pieces.
+/// A download in progress. All methods take `&self`: it can be shared
+/// (`Arc<Download>`) between the tasks that write pieces.
 #[derive(Debug)]
 pub struct Download {
-    paths: Paths,
+    dir: PathBuf,
+    top_path: PathBuf,
+    resume: Paths,
     layout: PieceLayout,
     root: [u8; 32],
-    storage: Arc<FileStorage>,
+    storage: Arc<TreeStorage>,
+    /// Pieces of the wanted files.
+    wanted: Bitfield,
     reused_bytes: u64,
     warnings: Vec<String>,
     state: Mutex<State>,
@@ -76,37 +129,186 @@ struct State {
     have: Bitfield,
     /// `have` changed since the resume file was last written.
     dirty: bool,
+    /// Per file, its pieces not verified yet.
+    left: Vec<u32>,
+    /// Files whose pieces are all verified, still under their part names.
+    pending: BTreeSet<usize>,
+}
+
+/// What is on disk at an entry's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    Nothing,
+    /// A part file, last modified then.
+    Part(Option<SystemTime>),
+    /// A regular file of the right size under the final name.
+    Final,
+    /// A folder entry whose folder exists.
+    Folder,
 }
 
 impl Download {
-    /// Opens the download of `target`, deciding among:
-    /// * NAME exists: when it is this content (same length, every piece
-    ///   verifies) it is reused untouched ([`Opened::Complete`]); anything
-    ///   else is refused with [`StorageError::DestinationExists`].
+    /// Opens the download of `target`, deciding file by file among:
+    /// * the final name exists: when it is this file (same length, every
+    ///   piece verifies) it is reused untouched; anything else is refused
+    ///   with [`StorageError::DestinationExists`] (for a wanted file);
     /// * a part file exists: the pieces the resume file claims are
-    ///   re-verified (every piece, when the resume file is missing, damaged or
-    ///   for other content); those that verify are kept.
-    /// * nothing: the part file is created at full length.
+    ///   re-verified (every piece of it, when the resume file is missing,
+    ///   damaged, for other content, or older than the part file);
+    /// * nothing: its part file is created when its first piece arrives.
     ///
     /// `verify(index, bytes)` says whether a piece is right; hashing runs on
     /// several threads and reports `progress(bytes_done, bytes_total)`. The
-    /// directory is created when missing. A resume file reflecting what was
-    /// found is saved before returning.
+    /// directories are created when missing. A resume file reflecting what
+    /// was found is saved before returning.
     pub fn open<V, P>(target: &Target, verify: &V, progress: &P) -> Result<Opened, StorageError>
     where
         V: Fn(u32, &[u8]) -> bool + Sync,
         P: Fn(u64, u64) + Sync,
     {
-        let paths = Paths::new(&target.dir, &target.name)?;
-        fs::create_dir_all(&paths.dir)
-            .map_err(|e| StorageError::io(Op::Creating, &paths.dir, e))?;
-        match fs::symlink_metadata(&paths.final_path) {
-            Ok(_) => reuse(&paths, target, verify, progress).map(Opened::Complete),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                start(paths, target, verify, progress).map(Opened::Partial)
+        let plan = Plan::new(target)?;
+        let found = plan.inspect(target)?;
+        plan.check_case(target, folds_case(&target.dir))?;
+        let resume = Paths::new(&target.dir, target.top())?;
+        let layout = &target.layout;
+        let mut warnings = Vec::new();
+
+        let states: Vec<FileState> = found
+            .iter()
+            .map(|f| match f {
+                Found::Part(_) => FileState::Part,
+                Found::Final => FileState::Final,
+                Found::Nothing | Found::Folder => FileState::Missing,
+            })
+            .collect();
+        let storage = TreeStorage::new(layout.clone(), plan.tree_files(target), &states);
+
+        // Which pieces to verify: all of a final file; of a part file, what
+        // the resume file claims, or all of it when the claim is unusable.
+        let any_part = found.iter().any(|f| matches!(f, Found::Part(_)));
+        let (claimed, why) = if any_part {
+            load_resume(&resume, target)
+        } else {
+            (None, None)
+        };
+        let resume_time = fs::metadata(&resume.resume).and_then(|m| m.modified()).ok();
+        let mut candidates = Bitfield::new(layout.piece_count());
+        let mut newer = 0;
+        for (i, f) in found.iter().enumerate() {
+            let pieces = layout.file_pieces(i);
+            match (f, &claimed) {
+                (Found::Final, _) => pieces.for_each(|p| {
+                    candidates.set(p);
+                }),
+                (Found::Part(modified), Some(claimed)) => {
+                    // Pieces written after the last save (a crash, or a full
+                    // disk that kept the resume file from being rewritten)
+                    // are in the part file but not claimed.
+                    let after = matches!((modified, resume_time), (Some(m), Some(r)) if *m > r);
+                    newer += usize::from(after);
+                    for p in pieces.filter(|&p| after || claimed.get(p)) {
+                        candidates.set(p);
+                    }
+                }
+                (Found::Part(_), None) => pieces.for_each(|p| {
+                    candidates.set(p);
+                }),
+                _ => {}
             }
-            Err(e) => Err(StorageError::io(Op::Opening, &paths.final_path, e)),
         }
+        if newer > 0 {
+            warnings.push(format!(
+                "{newer} part files changed after the resume file {} was saved; rechecking them",
+                resume.resume.display()
+            ));
+        }
+        match (why, any_part, &claimed) {
+            (Some(why), _, _) => warnings.push(why),
+            (None, true, None) => warnings.push(format!(
+                "no resume file {}; rechecking the part files",
+                resume.resume.display()
+            )),
+            _ => {}
+        }
+        let checked = check(&storage, layout, &candidates, verify, progress, false)
+            .map_err(|e| StorageError::io(Op::Reading, &plan.top_path, e))?;
+        let have = checked.good;
+
+        // A final name holding something else is never overwritten.
+        let mut reused_bytes = 0;
+        for (i, f) in found.iter().enumerate() {
+            let pieces = layout.file_pieces(i);
+            let good = pieces.clone().all(|p| have.get(p));
+            if *f == Found::Final && !good && target.wants(i) {
+                return Err(StorageError::DestinationExists {
+                    path: plan.finals[i].clone(),
+                    reason: "its bytes differ".to_string(),
+                });
+            }
+            reused_bytes += pieces
+                .filter(|&p| have.get(p))
+                .map(|p| layout.piece_len(p))
+                .sum::<u64>();
+        }
+        if let Some(claimed) = &claimed {
+            let lied = claimed.ones().filter(|&p| !have.get(p)).count();
+            if lied > 0 {
+                warnings.push(format!(
+                    "{lied} pieces that {} claimed did not verify; downloading them again",
+                    resume.resume.display()
+                ));
+            }
+        }
+
+        // Every check passed: from here on, things are written.
+        plan.create_folders(target, &found, &mut warnings)?;
+
+        let mut wanted = Bitfield::new(layout.piece_count());
+        let mut left = vec![0u32; found.len()];
+        let mut pending = BTreeSet::new();
+        for (i, f) in found.iter().enumerate() {
+            let pieces = layout.file_pieces(i);
+            if target.wants(i) {
+                for p in pieces.clone() {
+                    wanted.set(p);
+                }
+            }
+            left[i] = pieces.clone().filter(|&p| !have.get(p)).count() as u32;
+            if left[i] == 0 && matches!(f, Found::Part(_)) && !pieces.is_empty() {
+                pending.insert(i);
+            }
+        }
+        let download = Download {
+            dir: target.dir.clone(),
+            top_path: plan.top_path.clone(),
+            resume,
+            layout: layout.clone(),
+            root: target.root,
+            storage: Arc::new(storage),
+            wanted,
+            reused_bytes,
+            warnings,
+            state: Mutex::new(State {
+                have,
+                dirty: true,
+                left,
+                pending,
+            }),
+            save_lock: Mutex::new(()),
+        };
+        let nothing_to_do = {
+            let s = download.lock_state();
+            s.pending.is_empty() && download.wanted_missing(&s.have) == 0
+        };
+        let written_before = found.iter().any(|f| matches!(f, Found::Part(_)));
+        if nothing_to_do && !written_before {
+            // Everything wanted was there already: no resume file needed.
+            download.lock_state().dirty = false;
+            let file = download.finish()?;
+            return Ok(Opened::Complete(file));
+        }
+        download.save()?;
+        Ok(Opened::Partial(download))
     }
 
     pub fn layout(&self) -> &PieceLayout {
@@ -117,22 +319,18 @@ impl Download {
         &self.root
     }
 
-    /// Where the content will be once finished.
+    /// Where the content will be once finished: `DIR/TOP`.
     pub fn final_path(&self) -> &Path {
-        &self.paths.final_path
-    }
-
-    pub fn part_path(&self) -> &Path {
-        &self.paths.part
+        &self.top_path
     }
 
     pub fn resume_path(&self) -> &Path {
-        &self.paths.resume
+        &self.resume.resume
     }
 
-    /// The part file, for positional I/O from other threads (it stays valid
-    /// after `finish`: the same file under its final name).
-    pub fn storage(&self) -> Arc<FileStorage> {
+    /// The files, for positional I/O from other threads (they stay valid
+    /// after `finish`: the same files under their final names).
+    pub fn storage(&self) -> Arc<TreeStorage> {
         Arc::clone(&self.storage)
     }
 
@@ -152,22 +350,32 @@ impl Download {
         self.lock_state().have.clone()
     }
 
+    /// The pieces of the wanted files.
+    pub fn wanted(&self) -> &Bitfield {
+        &self.wanted
+    }
+
     pub fn has_piece(&self, index: u32) -> bool {
         self.lock_state().have.get(index)
     }
 
-    /// The pieces still to download, ascending.
+    /// The wanted pieces still to download, ascending.
     pub fn missing(&self) -> Vec<u32> {
-        self.lock_state().have.zeros().collect()
+        let state = self.lock_state();
+        state.have.zeros().filter(|&p| self.wanted.get(p)).collect()
     }
 
+    /// True when every wanted piece is verified.
     pub fn is_complete(&self) -> bool {
-        self.lock_state().have.is_full()
+        self.wanted_missing(&self.lock_state().have) == 0
     }
 
-    /// Writes piece `index` (exactly `layout.piece_len(index)` bytes) to the
-    /// part file. The caller verifies `data` first, then calls
-    /// [`Download::mark_verified`].
+    fn wanted_missing(&self, have: &Bitfield) -> u64 {
+        self.wanted.ones().filter(|&p| !have.get(p)).count() as u64
+    }
+
+    /// Writes piece `index` (exactly `layout.piece_len(index)` bytes). The
+    /// caller verifies `data` first, then calls [`Download::mark_verified`].
     pub fn write_piece(&self, index: u32, data: &[u8]) -> Result<(), StorageError> {
         self.layout.check_index(index)?;
         if data.len() as u64 != self.layout.piece_len(index) {
@@ -179,50 +387,70 @@ impl Download {
         }
         self.storage
             .write_at(self.layout.piece_offset(index), data)
-            .map_err(|e| StorageError::io(Op::Writing, &self.paths.part, e))
+            .map_err(|e| StorageError::io(Op::Writing, &self.top_path, e))
     }
 
-    /// Reads piece `index` from the part file (to serve it; check
-    /// [`Download::has_piece`] first).
+    /// Reads piece `index` (to serve it; check [`Download::has_piece`]
+    /// first).
     pub fn read_piece(&self, index: u32) -> Result<Vec<u8>, StorageError> {
         self.layout.check_index(index)?;
         let mut buf = vec![0; self.layout.piece_len_usize(index)];
         self.storage
             .read_at(self.layout.piece_offset(index), &mut buf)
-            .map_err(|e| StorageError::io(Op::Reading, &self.paths.part, e))?;
+            .map_err(|e| StorageError::io(Op::Reading, &self.top_path, e))?;
         Ok(buf)
     }
 
     /// Records that piece `index` was verified and its `write_piece`
-    /// returned; the next `save` makes that durable. Returns false when the
-    /// piece was already marked or is out of range.
+    /// returned; the next `save` makes that durable (and gives the file its
+    /// final name when it was its last piece). Returns false when the piece
+    /// was already marked or is out of range.
     pub fn mark_verified(&self, index: u32) -> bool {
         let mut state = self.lock_state();
         let new = state.have.set(index);
         state.dirty |= new;
+        if new {
+            if let Some(file) = self.layout.file_of_piece(index) {
+                if let Some(left) = state.left.get_mut(file) {
+                    *left = left.saturating_sub(1);
+                    if *left == 0 && self.storage.state(file) != FileState::Final {
+                        state.pending.insert(file);
+                    }
+                }
+            }
+        }
         new
     }
 
-    /// Makes the marked pieces durable: fdatasync the part file, then
-    /// replace the resume file crash-safely. Does nothing when no piece was
-    /// marked since the last save. Call it about every 500 ms while pieces
-    /// arrive, and on shutdown: a crash loses at most the pieces of the last
-    /// interval. It blocks on fsync: call it off the async reactor. On
-    /// failure (a full disk...) the previous resume file is left intact and
-    /// the next call tries again.
+    /// Makes the marked pieces durable: sync the files written, replace the
+    /// resume file crash-safely, then give the files whose pieces are all
+    /// verified their final names. Does nothing when nothing changed since
+    /// the last save. Call it about every 500 ms while pieces arrive, and on
+    /// shutdown: a crash loses at most the pieces of the last interval. It
+    /// blocks on fsync: call it off the async reactor. On failure (a full
+    /// disk...) the previous resume file is left intact and the next call
+    /// tries again.
     pub fn save(&self) -> Result<(), StorageError> {
         let _saving = self.save_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let have = {
+        let (have, pending) = {
             let mut state = self.lock_state();
-            if !state.dirty {
+            if !state.dirty && state.pending.is_empty() {
                 return Ok(());
             }
             state.dirty = false;
-            state.have.clone()
+            (state.have.clone(), std::mem::take(&mut state.pending))
         };
-        let result = self.write_resume(have);
+        let result = self
+            .write_resume(have)
+            .and_then(|()| self.rename_complete(&pending));
         if result.is_err() {
-            self.lock_state().dirty = true;
+            let mut state = self.lock_state();
+            state.dirty = true;
+            state.pending.extend(
+                pending
+                    .into_iter()
+                    .filter(|&f| self.storage.state(f) != FileState::Final),
+            );
         }
         result
     }
@@ -230,7 +458,7 @@ impl Download {
     fn write_resume(&self, have: Bitfield) -> Result<(), StorageError> {
         self.storage
             .sync()
-            .map_err(|e| StorageError::io(Op::Syncing, &self.paths.part, e))?;
+            .map_err(|e| StorageError::io(Op::Syncing, &self.top_path, e))?;
         let state = ResumeState {
             root: self.root,
             content_len: self.layout.content_len(),
@@ -238,42 +466,71 @@ impl Download {
             have,
         };
         fsutil::write_atomic(
-            &self.paths.dir,
-            &self.paths.resume,
-            &self.paths.resume_tmp,
+            &self.dir,
+            &self.resume.resume,
+            &self.resume.resume_tmp,
             &state.encode(),
         )
     }
 
-    /// Completes the download: fsync the part file, rename it to NAME (never
-    /// replacing a file there: [`StorageError::DestinationExists`] if one
-    /// appeared meanwhile, and the download stays resumable), sync the
-    /// directory, remove the resume file. Fails with
-    /// [`StorageError::Incomplete`] while pieces are missing.
+    /// Links each complete part file (synced by `write_resume`) to its final
+    /// name, never replacing anything, then removes the part names.
+    fn rename_complete(&self, files: &BTreeSet<usize>) -> Result<(), StorageError> {
+        let mut moves = Vec::with_capacity(files.len());
+        for &f in files {
+            if self.storage.state(f) == FileState::Final {
+                continue;
+            }
+            if let Some(entry) = self.storage.file(f) {
+                if let Some(part) = &entry.part {
+                    moves.push((f, part.clone(), entry.path.clone()));
+                }
+            }
+        }
+        let pairs: Vec<(&Path, &Path)> = moves
+            .iter()
+            .map(|(_, from, to)| (from.as_path(), to.as_path()))
+            .collect();
+        let done = fsutil::link_no_clobber(&pairs);
+        for (f, _, _) in moves.iter().take(done.moved) {
+            self.storage.mark_final(*f);
+        }
+        done.result
+    }
+
+    /// Completes the download: sync, give every wanted file its final name
+    /// (never replacing a file there: [`StorageError::DestinationExists`] if
+    /// one appeared meanwhile, and the download stays resumable), and remove
+    /// the resume file once every file of the content is in place. Fails
+    /// with [`StorageError::Incomplete`] while wanted pieces are missing.
     pub fn finish(&self) -> Result<CompleteFile, StorageError> {
-        let missing = {
-            let state = self.lock_state();
-            state.have.len() - state.have.count()
-        };
+        let missing = self.wanted_missing(&self.lock_state().have);
         if missing > 0 {
             return Err(StorageError::Incomplete {
-                path: self.paths.final_path.clone(),
-                missing: u64::from(missing),
+                path: self.top_path.clone(),
+                missing,
             });
         }
-        let paths = &self.paths;
-        self.storage
-            .sync_all()
-            .map_err(|e| StorageError::io(Op::Syncing, &paths.part, e))?;
-        fsutil::rename_no_clobber(&paths.dir, &paths.part, &paths.final_path)?;
+        self.save()?;
         let mut warnings = Vec::new();
-        remove_side_files(paths, false, &mut warnings);
-        let storage = FileStorage::open(&paths.final_path)
-            .map_err(|e| StorageError::io(Op::Opening, &paths.final_path, e))?;
+        let all_final = (0..self.layout.file_count()).all(|f| {
+            self.layout.file_pieces(f).is_empty() || self.storage.state(f) == FileState::Final
+        });
+        if all_final {
+            for file in [&self.resume.resume, &self.resume.resume_tmp] {
+                if let Err(e) = fsutil::remove_if_exists(file) {
+                    warnings.push(format!("could not remove {}: {e}", file.display()));
+                }
+            }
+            if let Err(e) = fsutil::sync_dir(&self.dir) {
+                warnings.push(e.to_string());
+            }
+        }
         Ok(CompleteFile {
-            path: paths.final_path.clone(),
-            storage: Arc::new(storage),
+            path: self.top_path.clone(),
+            storage: self.storage(),
             reused_bytes: self.reused_bytes,
+            have: self.have(),
             warnings,
         })
     }
@@ -283,78 +540,337 @@ impl Download {
     }
 }
 
-/// NAME exists: reuse it when it is this content, refuse otherwise.
-fn reuse<V, P>(
-    paths: &Paths,
-    target: &Target,
-    verify: &V,
-    progress: &P,
-) -> Result<CompleteFile, StorageError>
-where
-    V: Fn(u32, &[u8]) -> bool + Sync,
-    P: Fn(u64, u64) + Sync,
-{
-    let path = &paths.final_path;
-    let refuse = |reason: String| StorageError::DestinationExists {
-        path: path.clone(),
-        reason,
-    };
-    // Only reads here: a permission error is not "cannot write".
-    let read_error = |op, err| StorageError::Io {
-        op,
-        path: path.clone(),
-        err,
-    };
-    let meta = match fs::metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(refuse("it is a dangling symbolic link".to_string()))
-        }
-        Err(e) => return Err(read_error(Op::Opening, e)),
-    };
-    if !meta.is_file() {
-        return Err(refuse("it is not a regular file".to_string()));
-    }
-    let expected = target.layout.content_len();
-    if meta.len() != expected {
-        return Err(refuse(format!("{} bytes, expected {expected}", meta.len())));
-    }
-    let storage = FileStorage::open(path).map_err(|e| read_error(Op::Opening, e))?;
-    let all = Bitfield::full(target.layout.piece_count());
-    let checked = check(&storage, &target.layout, &all, verify, progress, true)
-        .map_err(|e| read_error(Op::Reading, e))?;
-    if checked.bad > 0 || !checked.good.is_full() {
-        return Err(refuse("its bytes differ".to_string()));
-    }
-    // Side files left by a crash between finish's rename and its cleanup.
-    let mut warnings = Vec::new();
-    let ours = load_resume(paths, target).0.is_some();
-    if ours {
-        remove_side_files(paths, true, &mut warnings);
-    }
-    Ok(CompleteFile {
-        path: path.clone(),
-        storage: Arc::new(storage),
-        reused_bytes: expected,
-        warnings,
-    })
+/// The names of every entry under the download directory.
+struct Plan {
+    top_path: PathBuf,
+    /// Per entry: its final path.
+    finals: Vec<PathBuf>,
+    /// Per entry: its part path (unused for folders).
+    parts: Vec<PathBuf>,
 }
 
-/// Removes the resume file (and the part file when `with_part`), noting
-/// failures as warnings: the download itself is complete.
-fn remove_side_files(paths: &Paths, with_part: bool, warnings: &mut Vec<String>) {
-    let mut files = vec![&paths.resume, &paths.resume_tmp];
-    if with_part {
-        files.push(&paths.part);
+impl Plan {
+    /// Checks every path again (the caller validated the manifest; this is
+    /// the last line of defence against writing outside `dir`).
+    fn new(target: &Target) -> Result<Plan, StorageError> {
+        let top = target.top();
+        let unsafe_paths = |reason: String| StorageError::UnsafePaths {
+            dir: target.dir.clone(),
+            reason,
+        };
+        if target.files.is_empty() || target.files.len() != target.layout.file_count() {
+            return Err(StorageError::Layout(
+                "the files do not match the piece layout".to_string(),
+            ));
+        }
+        let mut finals = Vec::with_capacity(target.files.len());
+        let mut parts = Vec::with_capacity(target.files.len());
+        for (i, f) in target.files.iter().enumerate() {
+            if validate_path(&f.path).is_err() || f.path.split('/').next() != Some(top) {
+                return Err(unsafe_paths(format!(
+                    "{:?} is not a safe relative path",
+                    f.path
+                )));
+            }
+            if f.size != target.layout.file_size(i) || (f.directory && f.size != 0) {
+                return Err(StorageError::Layout(format!(
+                    "{:?} does not match the piece layout",
+                    f.path
+                )));
+            }
+            let mut path = target.dir.clone();
+            path.extend(f.path.split('/'));
+            let (parent, name) = match f.path.rsplit_once('/') {
+                Some((parent, name)) => {
+                    let mut p = target.dir.clone();
+                    p.extend(parent.split('/'));
+                    (p, name)
+                }
+                None => (target.dir.clone(), f.path.as_str()),
+            };
+            parts.push(Paths::new(&parent, name)?.part);
+            finals.push(path);
+        }
+        let mut top_path = target.dir.clone();
+        top_path.push(top);
+        Ok(Plan {
+            top_path,
+            finals,
+            parts,
+        })
     }
-    for file in files {
-        if let Err(e) = fsutil::remove_if_exists(file) {
-            warnings.push(format!("could not remove {}: {e}", file.display()));
+
+    fn tree_files(&self, target: &Target) -> Vec<TreeFile> {
+        target
+            .files
+            .iter()
+            .zip(self.finals.iter().zip(&self.parts))
+            .map(|(f, (path, part))| TreeFile {
+                path: path.clone(),
+                part: Some(part.clone()),
+                executable: f.executable,
+            })
+            .collect()
+    }
+
+    /// Looks at what is on disk at every name, writing nothing: each folder
+    /// on the way must be a real folder (not a symbolic link, not a file),
+    /// each final name absent or a regular file of the right size (or, for a
+    /// folder entry, a folder), each part name absent or a regular file.
+    fn inspect(&self, target: &Target) -> Result<Vec<Found>, StorageError> {
+        let taken = |path: &Path, reason: &str| StorageError::DestinationExists {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        let io_err = |path: &Path, e: io::Error| StorageError::Io {
+            op: Op::Opening,
+            path: path.to_path_buf(),
+            err: e,
+        };
+        let lstat = |path: &Path| match fs::symlink_metadata(path) {
+            Ok(m) => Ok(Some(m)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err(path, e)),
+        };
+        // Folders on the way, each looked at once; below a missing folder
+        // everything is missing.
+        let mut folders: BTreeSet<PathBuf> = BTreeSet::new();
+        for f in &target.files {
+            let mut p = target.dir.clone();
+            let components: Vec<&str> = f.path.split('/').collect();
+            for c in &components[..components.len() - 1] {
+                p.push(c);
+                folders.insert(p.clone());
+            }
+        }
+        let mut missing_folders: BTreeSet<PathBuf> = BTreeSet::new();
+        for folder in &folders {
+            if folder
+                .ancestors()
+                .skip(1)
+                .any(|a| missing_folders.contains(a))
+            {
+                missing_folders.insert(folder.clone());
+                continue;
+            }
+            match lstat(folder)? {
+                None => {
+                    missing_folders.insert(folder.clone());
+                }
+                Some(m) if m.file_type().is_symlink() => {
+                    return Err(StorageError::UnsafePaths {
+                        dir: target.dir.clone(),
+                        reason: format!(
+                            "{} is a symbolic link where the content has a folder",
+                            folder.display()
+                        ),
+                    })
+                }
+                Some(m) if !m.is_dir() => {
+                    return Err(taken(folder, "the content has a folder there"))
+                }
+                Some(_) => {}
+            }
+        }
+        let mut found = Vec::with_capacity(target.files.len());
+        for (i, f) in target.files.iter().enumerate() {
+            let (path, part) = (&self.finals[i], &self.parts[i]);
+            if path.parent().is_some_and(|p| missing_folders.contains(p)) {
+                found.push(Found::Nothing);
+                continue;
+            }
+            let here = lstat(path)?;
+            let entry = match here {
+                Some(m) if f.directory => {
+                    if m.is_dir() {
+                        Found::Folder
+                    } else {
+                        return Err(taken(path, "the content has an empty folder there"));
+                    }
+                }
+                Some(m) if m.file_type().is_symlink() => {
+                    return Err(taken(path, "it is a symbolic link"))
+                }
+                Some(m) if !m.is_file() => return Err(taken(path, "it is not a regular file")),
+                Some(m) if m.len() != f.size => {
+                    return Err(taken(
+                        path,
+                        &format!("{} bytes, expected {}", m.len(), f.size),
+                    ))
+                }
+                Some(_) => Found::Final,
+                None if f.directory || f.size == 0 => Found::Nothing,
+                None => match lstat(part)? {
+                    None => Found::Nothing,
+                    Some(m) if m.is_file() => Found::Part(m.modified().ok()),
+                    Some(_) => {
+                        return Err(StorageError::UnsafePaths {
+                            dir: target.dir.clone(),
+                            reason: format!("{} is not a regular file", part.display()),
+                        })
+                    }
+                },
+            };
+            found.push(entry);
+        }
+        Ok(found)
+    }
+
+    /// On a file system that ignores case, two names that differ only in
+    /// case would be one file: refused before anything is written.
+    fn check_case(&self, target: &Target, folds: bool) -> Result<(), StorageError> {
+        if !folds {
+            return Ok(());
+        }
+        match find_case_collision(&target.files) {
+            Some((a, b)) => Err(StorageError::UnsafePaths {
+                dir: target.dir.clone(),
+                reason: format!(
+                    "{a:?} and {b:?} would be the same file here (this file system ignores case)"
+                ),
+            }),
+            None => Ok(()),
         }
     }
-    if let Err(e) = fsutil::sync_dir(&paths.dir) {
-        warnings.push(e.to_string());
+
+    /// Creates the download directory, the folders of the wanted entries
+    /// (refusing to go through a symbolic link that appeared since
+    /// `inspect`), and the wanted empty files; removes part files left
+    /// beside files already complete.
+    fn create_folders(
+        &self,
+        target: &Target,
+        found: &[Found],
+        warnings: &mut Vec<String>,
+    ) -> Result<(), StorageError> {
+        fs::create_dir_all(&target.dir)
+            .map_err(|e| StorageError::io(Op::Creating, &target.dir, e))?;
+        let mut folders: BTreeSet<PathBuf> = BTreeSet::new();
+        for (i, f) in target.files.iter().enumerate() {
+            if !target.wants(i) {
+                continue;
+            }
+            let components: Vec<&str> = f.path.split('/').collect();
+            let keep = if f.directory {
+                components.len()
+            } else {
+                components.len() - 1
+            };
+            let mut p = target.dir.clone();
+            for c in &components[..keep] {
+                p.push(c);
+                folders.insert(p.clone());
+            }
+        }
+        // Component order: a folder comes before the folders inside it.
+        for folder in &folders {
+            match fs::create_dir(folder) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    let real = fs::symlink_metadata(folder).is_ok_and(|m| m.is_dir());
+                    if !real {
+                        return Err(StorageError::UnsafePaths {
+                            dir: target.dir.clone(),
+                            reason: format!(
+                                "{} is not a folder (it appeared during the download)",
+                                folder.display()
+                            ),
+                        });
+                    }
+                }
+                Err(e) => return Err(StorageError::io(Op::Creating, folder, e)),
+            }
+        }
+        let mut synced: BTreeSet<&Path> = BTreeSet::new();
+        for (i, f) in target.files.iter().enumerate() {
+            let path = &self.finals[i];
+            if target.wants(i) && !f.directory && f.size == 0 && found[i] == Found::Nothing {
+                create_empty(path, f.executable)?;
+                if let Some(parent) = path.parent() {
+                    synced.insert(parent);
+                }
+            }
+            if found[i] == Found::Final && f.size > 0 {
+                if let Err(e) = fsutil::remove_if_exists(&self.parts[i]) {
+                    warnings.push(format!("could not remove {}: {e}", self.parts[i].display()));
+                }
+            }
+        }
+        for dir in synced {
+            fsutil::sync_dir(dir)?;
+        }
+        Ok(())
     }
+}
+
+/// Creates an empty file, never replacing anything.
+fn create_empty(path: &Path, executable: bool) -> Result<(), StorageError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if executable { 0o777 } else { 0o666 });
+    }
+    #[cfg(not(unix))]
+    let _ = executable;
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(StorageError::DestinationExists {
+                path: path.to_path_buf(),
+                reason: "a file appeared there during the download and was left as it is"
+                    .to_string(),
+            })
+        }
+        Err(e) => Err(StorageError::io(Op::Creating, path, e)),
+    }
+}
+
+/// Whether the file system holding `dir` (or its nearest existing
+/// ancestor) treats names that differ in case as the same: true when the
+/// same folder is found under its name with the case of a letter flipped.
+/// macOS and Windows are assumed to fold case when no name tells.
+pub(crate) fn folds_case(dir: &Path) -> bool {
+    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for p in dir.ancestors() {
+        let (Some(name), Some(parent)) = (p.file_name().and_then(|n| n.to_str()), p.parent())
+        else {
+            continue;
+        };
+        let Ok(here) = fs::metadata(p) else {
+            continue;
+        };
+        let flipped: String = name
+            .chars()
+            .map(|c| {
+                if c.is_lowercase() {
+                    c.to_uppercase().next().unwrap_or(c)
+                } else {
+                    c.to_lowercase().next().unwrap_or(c)
+                }
+            })
+            .collect();
+        if flipped == name {
+            continue;
+        }
+        return match fs::metadata(parent.join(&flipped)) {
+            Ok(other) => same_file(&here, &other),
+            Err(_) => false,
+        };
+    }
+    cfg!(any(windows, target_os = "macos"))
+}
+
+#[cfg(unix)]
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
+    a.len() == b.len() && a.modified().ok() == b.modified().ok()
 }
 
 /// The pieces the resume file claims, when it is a valid one for this
@@ -363,7 +879,7 @@ fn load_resume(paths: &Paths, target: &Target) -> (Option<Bitfield>, Option<Stri
     let max = ResumeState::encoded_len(target.layout.piece_count());
     let discard = |why: String| {
         Some(format!(
-            "discarding resume file {}: {why}; rechecking the part file",
+            "discarding resume file {}: {why}; rechecking the part files",
             paths.resume.display()
         ))
     };
@@ -380,96 +896,37 @@ fn load_resume(paths: &Paths, target: &Target) -> (Option<Bitfield>, Option<Stri
     }
 }
 
-/// No file at NAME: resume from the part file, or start one.
-/// Whether `a` was modified after `b` (false when either time is unknown).
-fn modified_after(a: &Path, b: &Path) -> bool {
-    let time = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-    matches!((time(a), time(b)), (Some(ta), Some(tb)) if ta > tb)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn start<V, P>(
-    paths: Paths,
-    target: &Target,
-    verify: &V,
-    progress: &P,
-) -> Result<Download, StorageError>
-where
-    V: Fn(u32, &[u8]) -> bool + Sync,
-    P: Fn(u64, u64) + Sync,
-{
-    let layout = target.layout;
-    let mut warnings = Vec::new();
-    let part_exists = match fs::symlink_metadata(&paths.part) {
-        Ok(_) => true,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-        Err(e) => return Err(StorageError::io(Op::Opening, &paths.part, e)),
-    };
-    let (claimed, why) = load_resume(&paths, target);
-    let op = if part_exists {
-        Op::Opening
-    } else {
-        Op::Creating
-    };
-    let storage = FileStorage::create(&paths.part, layout.content_len())
-        .map_err(|e| StorageError::io(op, &paths.part, e))?;
-
-    let have = if part_exists {
-        let candidates = match (&claimed, why) {
-            // Pieces written after the last save (a crash, or a full disk
-            // that kept the resume file from being rewritten) are in the part
-            // file but not claimed: when the part file is newer, check all.
-            (Some(_), _) if modified_after(&paths.part, &paths.resume) => {
-                warnings.push(format!(
-                    "{} changed after its resume file was saved; rechecking all of it",
-                    paths.part.display()
-                ));
-                Bitfield::full(layout.piece_count())
-            }
-            (Some(claimed), _) => claimed.clone(),
-            (None, Some(why)) => {
-                warnings.push(why);
-                Bitfield::full(layout.piece_count())
-            }
-            (None, None) => {
-                warnings.push(format!(
-                    "no resume file beside {}; rechecking it",
-                    paths.part.display()
-                ));
-                Bitfield::full(layout.piece_count())
-            }
+    #[test]
+    fn case_collisions_are_refused_where_case_folds() {
+        let layout = PieceLayout::from_sizes(&[0, 0], 1024).expect("layout");
+        let target = Target {
+            dir: PathBuf::from("/nowhere"),
+            files: vec![
+                FileEntry::file("t/Read", 0, false),
+                FileEntry::file("t/READ", 0, false),
+            ],
+            layout,
+            root: [0; 32],
+            wanted: Vec::new(),
         };
-        let checked = check(&storage, &layout, &candidates, verify, progress, false)
-            .map_err(|e| StorageError::io(Op::Reading, &paths.part, e))?;
-        // Only claimed pieces that fail are news: unclaimed ones were
-        // checked in case they had been written after the last save.
-        let lied = claimed
-            .as_ref()
-            .map(|c| c.ones().filter(|&i| !checked.good.get(i)).count())
-            .unwrap_or(0);
-        if lied > 0 {
-            warnings.push(format!(
-                "{} pieces that {} claimed did not verify; downloading them again",
-                lied,
-                paths.resume.display()
-            ));
-        }
-        checked.good
-    } else {
-        // A resume file without its part file describes nothing.
-        Bitfield::new(layout.piece_count())
-    };
+        let plan = Plan::new(&target).expect("plan");
+        assert!(plan.check_case(&target, false).is_ok());
+        let err = plan.check_case(&target, true).expect_err("collision");
+        assert!(err.to_string().contains("would be the same file"), "{err}");
+        assert!(err.to_string().contains("nothing was written"), "{err}");
+    }
 
-    let reused_bytes = have.ones().map(|i| layout.piece_len(i)).sum();
-    let download = Download {
-        paths,
-        layout,
-        root: target.root,
-        storage: Arc::new(storage),
-        reused_bytes,
-        warnings,
-        state: Mutex::new(State { have, dirty: true }),
-        save_lock: Mutex::new(()),
-    };
-    download.save()?;
-    Ok(download)
+    #[test]
+    fn this_file_system_is_detected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let probe = dir.path().join("probe");
+        fs::create_dir(&probe).expect("mkdir");
+        let folds = fs::metadata(dir.path().join("PROBE")).is_ok();
+        assert_eq!(folds_case(&probe), folds);
+        assert_eq!(folds_case(&probe.join("not/yet")), folds);
+    }
 }

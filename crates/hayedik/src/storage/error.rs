@@ -89,6 +89,11 @@ pub enum StorageError {
     /// A file name that is not a single plain name.
     #[error("invalid file name {0:?}: expected a single plain name")]
     InvalidName(String),
+
+    /// The content's paths cannot be written safely here (a folder that is
+    /// a symbolic link, names that collide on this file system...).
+    #[error("refusing to write this content into {}: {reason}; nothing was written", dir.display())]
+    UnsafePaths { dir: PathBuf, reason: String },
 }
 
 impl StorageError {
@@ -128,25 +133,30 @@ fn dir_of(path: &Path) -> &Path {
     }
 }
 
-#[cfg(unix)]
+// The kinds cover errors re-wrapped with a path (which lose the raw code).
 fn is_disk_full(err: &io::Error) -> bool {
-    matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+    matches!(
+        err.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || is_disk_full_code(err.raw_os_error())
+}
+
+#[cfg(unix)]
+fn is_disk_full_code(code: Option<i32>) -> bool {
+    matches!(code, Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 #[cfg(not(unix))]
-fn is_disk_full(err: &io::Error) -> bool {
+fn is_disk_full_code(code: Option<i32>) -> bool {
     // ERROR_HANDLE_DISK_FULL (39) and ERROR_DISK_FULL (112) on Windows.
-    matches!(err.raw_os_error(), Some(39) | Some(112))
+    matches!(code, Some(39) | Some(112))
 }
 
-#[cfg(unix)]
 fn is_not_writable(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::PermissionDenied || err.raw_os_error() == Some(libc::EROFS)
-}
-
-#[cfg(not(unix))]
-fn is_not_writable(err: &io::Error) -> bool {
-    err.kind() == io::ErrorKind::PermissionDenied
+    matches!(
+        err.kind(),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem
+    )
 }
 
 #[cfg(test)]

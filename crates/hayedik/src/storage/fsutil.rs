@@ -11,8 +11,6 @@ use super::{Op, StorageError};
 /// The paths of one download in its directory.
 #[derive(Clone, Debug)]
 pub(crate) struct Paths {
-    pub dir: PathBuf,
-    pub final_path: PathBuf,
     pub part: PathBuf,
     pub resume: PathBuf,
     pub resume_tmp: PathBuf,
@@ -23,7 +21,7 @@ const NAME_MAX: usize = 255;
 const LONGEST_SUFFIX: &str = ".hayedik-resume.tmp";
 
 impl Paths {
-    /// `DIR/NAME`, `DIR/.NAME.hayedik-part`, `DIR/.NAME.hayedik-resume` and its
+    /// `DIR/.NAME.hayedik-part`, `DIR/.NAME.hayedik-resume` and its
     /// temporary. When NAME is so long that a side name would pass 255 bytes,
     /// the side names use a shortened NAME followed by `~` and a hash of NAME.
     pub fn new(dir: &Path, name: &str) -> Result<Self, StorageError> {
@@ -39,8 +37,6 @@ impl Paths {
             format!("{}~{}", &name[..cut], &hash.as_str()[..16])
         };
         Ok(Paths {
-            dir: dir.to_path_buf(),
-            final_path: dir.join(name),
             part: dir.join(format!(".{base}.hayedik-part")),
             resume: dir.join(format!(".{base}.hayedik-resume")),
             resume_tmp: dir.join(format!(".{base}{LONGEST_SUFFIX}")),
@@ -149,35 +145,80 @@ fn write_tmp(tmp: &Path, bytes: &[u8]) -> Result<(), StorageError> {
         .map_err(|e| StorageError::io(Op::Syncing, tmp, e))
 }
 
-/// Gives `from` the name `to` unless `to` exists, then syncs the directory.
+/// What [`link_no_clobber`] did.
+#[derive(Debug)]
+pub(crate) struct Linked {
+    /// How many of the pairs, from the first, now have their new name.
+    pub moved: usize,
+    /// The first failure, which stopped the work.
+    pub result: Result<(), StorageError>,
+}
+
+/// Gives each `from` the name `to` unless `to` exists, in order, stopping at
+/// the first failure; then syncs the folders involved, once each.
 ///
 /// `hard_link` fails when `to` exists, atomically, so linking then removing
-/// `from` never replaces a file. Where hard links are not supported (FAT,
-/// some network file systems) it falls back to checking then renaming, which
-/// leaves a short window in which a file created by another process at `to`
-/// could be replaced.
-pub(crate) fn rename_no_clobber(dir: &Path, from: &Path, to: &Path) -> Result<(), StorageError> {
+/// `from` never replaces a file. The new names are made durable before the
+/// old ones go. Where hard links are not supported (FAT, some network file
+/// systems) it falls back to checking then renaming, which leaves a short
+/// window in which a file created by another process at `to` could be
+/// replaced.
+pub(crate) fn link_no_clobber(pairs: &[(&Path, &Path)]) -> Linked {
     let exists = |to: &Path| StorageError::DestinationExists {
         path: to.to_path_buf(),
         reason: "a file appeared there during the download and was left as it is".to_string(),
     };
-    match fs::hard_link(from, to) {
-        Ok(()) => {
-            // The new name is durable before the old one goes. Failing to
-            // remove the old name leaves a second link to the same (complete)
-            // file, which is harmless: not worth failing the download for.
-            sync_dir(dir)?;
-            let _ = fs::remove_file(from);
-        }
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Err(exists(to)),
-        Err(_) => {
-            if fs::symlink_metadata(to).is_ok() {
-                return Err(exists(to));
+    let mut moved = 0;
+    let mut linked = Vec::new();
+    let mut result = Ok(());
+    for (from, to) in pairs {
+        match fs::hard_link(from, to) {
+            Ok(()) => linked.push(*from),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                result = Err(exists(to));
+                break;
             }
-            fs::rename(from, to).map_err(|e| StorageError::io(Op::Renaming, from, e))?;
+            Err(_) => {
+                if fs::symlink_metadata(to).is_ok() {
+                    result = Err(exists(to));
+                    break;
+                }
+                if let Err(e) = fs::rename(from, to) {
+                    result = Err(StorageError::io(Op::Renaming, from, e));
+                    break;
+                }
+            }
+        }
+        moved += 1;
+    }
+    let dirs: std::collections::BTreeSet<&Path> = pairs[..moved]
+        .iter()
+        .filter_map(|(_, to)| to.parent())
+        .collect();
+    for dir in &dirs {
+        if let Err(e) = sync_dir(dir) {
+            // The new names may not be durable: keep the old ones.
+            return Linked {
+                moved: 0,
+                result: Err(e),
+            };
         }
     }
-    sync_dir(dir)
+    // Failing to remove an old name leaves a second link to the same
+    // (complete) file, which is harmless: not worth failing for.
+    for from in linked {
+        let _ = fs::remove_file(from);
+    }
+    for dir in &dirs {
+        let _ = sync_dir(dir);
+    }
+    Linked { moved, result }
+}
+
+/// [`link_no_clobber`] for one file.
+#[cfg(test)]
+pub(crate) fn rename_no_clobber(from: &Path, to: &Path) -> Result<(), StorageError> {
+    link_no_clobber(&[(from, to)]).result
 }
 
 #[cfg(test)]
@@ -187,7 +228,6 @@ mod tests {
     #[test]
     fn side_names() {
         let p = Paths::new(Path::new("/d"), "a b.txt").expect("paths");
-        assert_eq!(p.final_path, Path::new("/d/a b.txt"));
         assert_eq!(p.part, Path::new("/d/.a b.txt.hayedik-part"));
         assert_eq!(p.resume, Path::new("/d/.a b.txt.hayedik-resume"));
         assert_eq!(p.resume_tmp, Path::new("/d/.a b.txt.hayedik-resume.tmp"));
@@ -206,7 +246,7 @@ mod tests {
             assert!(len <= NAME_MAX, "{len}");
             fs::write(side, b"x").expect("side file can be created");
         }
-        fs::write(&p.final_path, b"x").expect("final name can be created");
+        fs::write(dir.path().join(&name), b"x").expect("final name can be created");
         let other = Paths::new(dir.path(), &"é".repeat(126)).expect("paths");
         assert_ne!(other.part, p.part);
     }
@@ -217,12 +257,12 @@ mod tests {
         let (a, b) = (dir.path().join("a"), dir.path().join("b"));
         fs::write(&a, b"new").expect("write");
         fs::write(&b, b"old").expect("write");
-        let err = rename_no_clobber(dir.path(), &a, &b).expect_err("must refuse");
+        let err = rename_no_clobber(&a, &b).expect_err("must refuse");
         assert!(matches!(err, StorageError::DestinationExists { .. }));
         assert_eq!(fs::read(&b).expect("read"), b"old");
         assert_eq!(fs::read(&a).expect("read"), b"new");
         fs::remove_file(&b).expect("remove");
-        rename_no_clobber(dir.path(), &a, &b).expect("rename");
+        rename_no_clobber(&a, &b).expect("rename");
         assert!(!a.exists());
         assert_eq!(fs::read(&b).expect("read"), b"new");
     }

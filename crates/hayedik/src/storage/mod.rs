@@ -1,15 +1,17 @@
 //! Storage of a peer: positional piece I/O behind a small trait, and the
 //! lifecycle of a download in a directory (resume, reuse, no clobbering).
 //!
-//! * [`Storage`]: read and write bytes at an offset of the content's byte
-//!   space, from many threads at once. [`FileStorage`] is one file,
-//!   [`MemoryStorage`] a buffer for tests.
-//! * [`Download`]: a download into `DIR/NAME`. Data goes to
-//!   `DIR/.NAME.hayedik-part`, the set of verified pieces to
-//!   `DIR/.NAME.hayedik-resume`; [`Download::finish`] renames the part file to
-//!   NAME without ever replacing a file there. [`Download::open`] reuses a
-//!   complete copy already at NAME, resumes from the part file (verifying what
-//!   the resume file claims rather than trusting it), or starts afresh.
+//! * [`Storage`]: read and write bytes at an offset of the content's
+//!   (virtual) byte space, from many threads at once. [`TreeStorage`] maps it
+//!   onto the files of a tree (one file is a tree of one), [`FileStorage`] is
+//!   one plain file, [`MemoryStorage`] a buffer for tests.
+//! * [`Download`]: a download of a file or a folder tree into `DIR/TOP`.
+//!   Each file's data goes to `.NAME.hayedik-part` beside its final name, the
+//!   set of verified pieces to `DIR/.TOP.hayedik-resume`; each file takes
+//!   its final name once complete, without ever replacing a file there.
+//!   [`Download::open`] reuses complete files already in place, resumes
+//!   from part files (verifying what the resume file claims rather than
+//!   trusting it), or starts afresh.
 //!
 //! Invariant: the resume file claims a piece only if that piece was written,
 //! verified and synced to disk before the resume file was written. See
@@ -24,6 +26,7 @@ mod fsutil;
 mod layout;
 mod memory;
 mod resume;
+mod tree;
 mod verify;
 
 #[cfg(test)]
@@ -35,6 +38,7 @@ pub use file::FileStorage;
 pub use layout::{Bitfield, PieceLayout, MAX_PIECE_SIZE};
 pub use memory::MemoryStorage;
 pub use resume::{ResumeError, ResumeState};
+pub use tree::{FileState, TreeFile, TreeStorage};
 pub use verify::verify_pieces;
 
 /// Positional I/O over a content's byte space `0..len()`. Storage has a fixed

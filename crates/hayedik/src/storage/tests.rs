@@ -52,12 +52,12 @@ impl Content {
     }
 
     fn target(&self, dir: &Path) -> Target {
-        Target {
-            dir: dir.to_path_buf(),
-            name: "file.bin".to_string(),
-            layout: self.layout,
-            root: self.root,
-        }
+        Target::single(
+            dir.to_path_buf(),
+            "file.bin",
+            self.layout.clone(),
+            self.root,
+        )
     }
 
     fn open(&self, dir: &Path) -> Result<Opened, StorageError> {
@@ -125,13 +125,15 @@ fn fresh_download_with_odd_size_then_finish() {
     assert_eq!(d.reused_bytes(), 0);
     assert!(d.warnings().is_empty(), "{:?}", d.warnings());
     assert!(!final_path(&out).exists());
+    assert!(!part_path(&out).exists(), "created with its first piece");
+    assert_eq!(resume_on_disk(&out).have.count(), 0);
+
+    c.put(&d, [10]);
     assert_eq!(
         fs::metadata(part_path(&out)).expect("part").len(),
         c.data.len() as u64
     );
-    assert_eq!(resume_on_disk(&out).have.count(), 0);
-
-    c.put(&d, (0..11).rev());
+    c.put(&d, (0..10).rev());
     assert!(!d.mark_verified(3), "marking twice");
     assert!(!d.mark_verified(11), "out of range");
     assert!(d.is_complete());
@@ -293,7 +295,7 @@ fn a_resume_file_for_other_content_is_discarded() {
     let c = Content::new(4 * 1024, 5);
     let other = Content::new(4 * 1024, 6);
     let d = other.open_partial(dir.path());
-    other.put(&d, 0..4);
+    other.put(&d, 0..3);
     d.save().expect("save");
     drop(d);
     // Same name, same size, other content: nothing of it verifies.
@@ -362,12 +364,18 @@ fn reuse_cleans_up_side_files_left_by_a_crash_in_finish() {
     let c = Content::new(3 * 1024, 8);
     let d = c.open_partial(dir.path());
     c.put(&d, 0..3);
+    // The file takes its final name as soon as its pieces are saved.
     d.save().expect("save");
-    // As if finish crashed after the rename, before removing the resume file.
-    fs::rename(part_path(dir.path()), final_path(dir.path())).expect("rename");
+    assert_eq!(fs::read(final_path(dir.path())).expect("read"), c.data);
+    assert!(!part_path(dir.path()).exists());
+    // As if a crash came after the link, before the part name was removed
+    // and before finish removed the resume file.
+    fs::hard_link(final_path(dir.path()), part_path(dir.path())).expect("link");
     drop(d);
     assert!(matches!(c.open(dir.path()), Ok(Opened::Complete(_))));
     assert!(!resume_path(dir.path()).exists());
+    assert!(!part_path(dir.path()).exists());
+    assert_eq!(fs::read(final_path(dir.path())).expect("read"), c.data);
 }
 
 #[test]
@@ -407,9 +415,10 @@ fn finish_never_clobbers_a_file_that_appeared() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = Content::new(3 * 1024, 11);
     let d = c.open_partial(dir.path());
-    c.put(&d, 0..3);
+    c.put(&d, 0..2);
     d.save().expect("save");
     fs::write(final_path(dir.path()), b"someone else's").expect("write");
+    c.put(&d, [2]);
     let err = d.finish().expect_err("must refuse");
     assert!(
         matches!(err, StorageError::DestinationExists { .. }),
@@ -446,10 +455,13 @@ fn finish_refuses_an_incomplete_download() {
 fn empty_content() {
     let dir = tempfile::tempdir().expect("tempdir");
     let c = Content::new(0, 0);
-    let d = c.open_partial(dir.path());
-    assert!(d.is_complete());
-    d.finish().expect("finish");
+    // Nothing to download: the empty file is written at once.
+    let Ok(Opened::Complete(done)) = c.open(dir.path()) else {
+        panic!("expected an immediate completion");
+    };
+    assert_eq!(done.path, final_path(dir.path()));
     assert_eq!(fs::read(final_path(dir.path())).expect("read"), b"");
+    assert!(!resume_path(dir.path()).exists());
     let Ok(Opened::Complete(done)) = c.open(dir.path()) else {
         panic!("expected reuse");
     };
@@ -474,11 +486,15 @@ fn bad_pieces_and_names_are_errors() {
         Err(StorageError::Layout(_))
     ));
     assert!(matches!(d.read_piece(3), Err(StorageError::Layout(_))));
-    for name in ["../x", "a/b", "..", ""] {
-        let mut t = c.target(dir.path());
-        t.name = name.to_string();
+    let out = dir.path().join("out");
+    for name in ["../x", "..", "", "/abs", "a/../b", "a//b", "a\\b"] {
+        let t = Target::single(out.clone(), name, c.layout.clone(), c.root);
         let r = Download::open(&t, &c.verify(), &|_, _| {});
-        assert!(matches!(r, Err(StorageError::InvalidName(_))), "{name:?}");
+        assert!(
+            matches!(r, Err(StorageError::UnsafePaths { .. })),
+            "{name:?}: {r:?}"
+        );
+        assert!(!out.exists(), "nothing written for {name:?}");
     }
 }
 

@@ -420,6 +420,7 @@ fn hostile_manifest_names() {
             path: path.to_string(),
             size: data.len() as u64,
             executable: false,
+            directory: false,
         };
         // `..`, a device name, an absolute path, a folder and two files are
         // in peers_hostile.rs; these are the other ways out.

@@ -176,6 +176,7 @@ fn hostile_manifest(files: &[&str]) -> (Vec<u8>, [u8; 32]) {
                 path: (*name).to_string(),
                 size,
                 executable: false,
+                directory: false,
             })
             .collect(),
         piece_size: 1 << 20,
@@ -279,20 +280,25 @@ fn hostile_names(cases: &[(&[&str], &[&str])], clear: bool) {
     tracker.stop();
 }
 
-/// A name that decodes (a path with a folder) but is not a plain name:
-/// refused as such.
+/// Folder manifests that no file system could hold, or that would write
+/// outside the download's own folder, although they hash to the ticket's
+/// root: refused as a whole before anything is written.
 #[test]
-fn peers_hostile_manifest_with_a_folder_name() {
+fn peers_hostile_tree_manifests() {
     scenario(LIMIT, || {
-        hostile_names(&[(&["a/b"], &["a/b", "not a plain file name"])], true);
-    });
-}
-
-/// A manifest with two files: this version downloads single files only.
-#[test]
-fn peers_hostile_manifest_with_two_files() {
-    scenario(LIMIT, || {
-        hostile_names(&[(&["one", "two"], &["2 files"])], true);
+        let deep = vec!["d"; 65].join("/");
+        hostile_names(
+            &[
+                (&["t/a", "t/b", "t/a"], &["\"t/a\"", "appears twice"]),
+                (&["t/a", "t/a/b"], &["t/a/b", "both a file and a folder"]),
+                (&["t/x", "u/x"], &["do not start with the same name"]),
+                (&["t/ok", "t/x/../../evil"], &["'..'"]),
+                (&[deep.as_str()], &["levels deep"]),
+                (&["t/ok", "t/bell\u{7}"], &["control character"]),
+                (&["t/ok", "t/a:b"], &["':'"]),
+            ],
+            true,
+        );
     });
 }
 
@@ -498,6 +504,7 @@ fn peers_endgame_duplicate_from_a_corrupt_peer_never_corrupts_the_file() {
                 path: "one-piece.bin".into(),
                 size: MIB as u64,
                 executable: false,
+                directory: false,
             }],
             piece_size: MIB as u32,
             pieces: vec![hash_piece(&data)],

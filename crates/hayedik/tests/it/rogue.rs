@@ -192,6 +192,7 @@ impl Served {
                 path: name.to_string(),
                 size: data.len() as u64,
                 executable: false,
+                directory: false,
             }],
             piece_size,
             pieces: data.chunks(piece_size as usize).map(hash_piece).collect(),

@@ -1,0 +1,459 @@
+//! Storage over a tree of files: the content's virtual byte space (see
+//! [`PieceLayout`]) mapped onto one file per entry.
+//!
+//! Each file is in one of three states: *missing* (nothing on disk yet; the
+//! first write creates its part file), *part* (data goes to the part file
+//! beside its final name) or *final* (complete under its final name, read
+//! only). A download renames part files to their final names one by one as
+//! they complete ([`TreeStorage::mark_final`]); the same storage keeps
+//! serving them.
+//!
+//! At most [`OPEN_FILES`] files are open at once (least recently used are
+//! closed), so a tree of any number of files fits the descriptor limit.
+//! Files are opened without following a symbolic link at their own name;
+//! the folders above them were checked by the caller.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::{check_range, PieceLayout, Storage};
+
+/// Files kept open at once.
+pub const OPEN_FILES: usize = 64;
+/// With more dirty files than this, `sync` flushes the whole file system
+/// once (Linux `syncfs`) instead of each file.
+const SYNCFS_ABOVE: usize = 16;
+
+const MISSING: u8 = 0;
+const PART: u8 = 1;
+const FINAL: u8 = 2;
+
+/// Where one file of the tree lives.
+#[derive(Debug, Clone)]
+pub struct TreeFile {
+    /// Its final name.
+    pub path: PathBuf,
+    /// Where it is written while incomplete; `None` for read-only content.
+    pub part: Option<PathBuf>,
+    /// Created with the executable bit (Unix).
+    pub executable: bool,
+}
+
+/// The state of a file, as [`TreeStorage::state`] reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileState {
+    Missing,
+    Part,
+    Final,
+}
+
+/// Positional I/O over the files of a tree. Safe to use from many threads.
+#[derive(Debug)]
+pub struct TreeStorage {
+    layout: PieceLayout,
+    files: Vec<TreeFile>,
+    states: Vec<AtomicU8>,
+    open: Mutex<OpenFiles>,
+    /// Files written since the last `sync`.
+    dirty: Mutex<BTreeSet<usize>>,
+}
+
+#[derive(Debug, Default)]
+struct OpenFiles {
+    files: HashMap<usize, (Arc<File>, u64)>,
+    clock: u64,
+}
+
+impl TreeStorage {
+    /// Complete content, read only: every file final (a share, or a
+    /// verified copy).
+    pub fn read_only(layout: PieceLayout, paths: Vec<PathBuf>) -> Self {
+        let files = paths
+            .into_iter()
+            .map(|path| TreeFile {
+                path,
+                part: None,
+                executable: false,
+            })
+            .collect();
+        let states = vec![FileState::Final; layout.file_count()];
+        Self::new(layout, files, &states)
+    }
+
+    /// A tree whose file `i` is at `files[i]` in state `states[i]`.
+    pub fn new(layout: PieceLayout, files: Vec<TreeFile>, states: &[FileState]) -> Self {
+        let states = (0..files.len())
+            .map(|i| {
+                AtomicU8::new(match states.get(i) {
+                    Some(FileState::Part) => PART,
+                    Some(FileState::Final) => FINAL,
+                    _ => MISSING,
+                })
+            })
+            .collect();
+        TreeStorage {
+            layout,
+            files,
+            states,
+            open: Mutex::new(OpenFiles::default()),
+            dirty: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    pub fn layout(&self) -> &PieceLayout {
+        &self.layout
+    }
+
+    pub fn file(&self, index: usize) -> Option<&TreeFile> {
+        self.files.get(index)
+    }
+
+    pub fn state(&self, index: usize) -> FileState {
+        match self.states.get(index).map(|s| s.load(Ordering::Acquire)) {
+            Some(PART) => FileState::Part,
+            Some(FINAL) => FileState::Final,
+            _ => FileState::Missing,
+        }
+    }
+
+    /// Records that file `index` now has its final name (its part file was
+    /// renamed): later opens use that name, read only.
+    pub fn mark_final(&self, index: usize) {
+        if let Some(s) = self.states.get(index) {
+            s.store(FINAL, Ordering::Release);
+        }
+    }
+
+    /// Where file `index` is now on disk.
+    pub fn current_path(&self, index: usize) -> Option<&Path> {
+        let f = self.files.get(index)?;
+        match (self.state(index), &f.part) {
+            (FileState::Part, Some(part)) => Some(part),
+            (FileState::Missing, Some(part)) => Some(part),
+            _ => Some(&f.path),
+        }
+    }
+
+    fn lock_open(&self) -> MutexGuard<'_, OpenFiles> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The open file `index`, opening it (and creating its part file when
+    /// `create`) if needed.
+    fn handle(&self, index: usize, create: bool) -> io::Result<Arc<File>> {
+        let mut open = self.lock_open();
+        open.clock += 1;
+        let now = open.clock;
+        if let Some((file, used)) = open.files.get_mut(&index) {
+            *used = now;
+            return Ok(file.clone());
+        }
+        let file = Arc::new(self.open_file(index, create)?);
+        if open.files.len() >= OPEN_FILES {
+            let oldest = open
+                .files
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(&i, _)| i);
+            if let Some(i) = oldest {
+                open.files.remove(&i);
+            }
+        }
+        open.files.insert(index, (file.clone(), now));
+        Ok(file)
+    }
+
+    fn open_file(&self, index: usize, create: bool) -> io::Result<File> {
+        let entry = self
+            .files
+            .get(index)
+            .ok_or_else(|| invalid("no such file"))?;
+        let state = &self.states[index];
+        match (state.load(Ordering::Acquire), &entry.part) {
+            (FINAL, _) | (_, None) => File::open(&entry.path).map_err(|e| at(&entry.path, e)),
+            (PART, Some(part)) => open_part(part, false, entry.executable),
+            (_, Some(part)) if create => {
+                let file = open_part(part, true, entry.executable)?;
+                let size = self.layout.file_size(index);
+                if file.metadata().map_err(|e| at(part, e))?.len() != size {
+                    file.set_len(size).map_err(|e| at(part, e))?;
+                }
+                state.store(PART, Ordering::Release);
+                Ok(file)
+            }
+            (_, Some(part)) => Err(at(
+                part,
+                io::Error::new(io::ErrorKind::NotFound, "not downloaded yet"),
+            )),
+        }
+    }
+
+    /// The file and in-file offset of `offset..offset + n`, which must lie
+    /// within one file.
+    fn place(&self, offset: u64, n: usize) -> io::Result<(usize, u64)> {
+        check_range(offset, n, self.layout.virtual_len())?;
+        let (file, within) = self
+            .layout
+            .locate(offset)
+            .ok_or_else(|| invalid("range is not inside a file"))?;
+        check_range(within, n, self.layout.file_size(file))?;
+        Ok((file, within))
+    }
+
+    /// Forgets the open descriptor of `index` (after a failed I/O, so that
+    /// the next call opens the file afresh).
+    fn forget(&self, index: usize) {
+        self.lock_open().files.remove(&index);
+    }
+
+    /// Makes file `index` durable (`fsync`, data and metadata), as before
+    /// giving it its final name.
+    pub fn sync_file(&self, index: usize) -> io::Result<()> {
+        let file = self.handle(index, false)?;
+        file.sync_all().map_err(|e| self.context(index, e))
+    }
+
+    fn context(&self, index: usize, e: io::Error) -> io::Error {
+        match self.current_path(index) {
+            Some(p) => at(p, e),
+            None => e,
+        }
+    }
+}
+
+impl Storage for TreeStorage {
+    fn len(&self) -> u64 {
+        self.layout.virtual_len()
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        if buf.is_empty() {
+            return check_range(offset, 0, self.len());
+        }
+        let (index, within) = self.place(offset, buf.len())?;
+        let file = self.handle(index, false)?;
+        read_exact_at(&file, buf, within).map_err(|e| {
+            self.forget(index);
+            self.context(index, e)
+        })
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return check_range(offset, 0, self.len());
+        }
+        let (index, within) = self.place(offset, data.len())?;
+        if self.state(index) == FileState::Final {
+            return Err(self.context(
+                index,
+                io::Error::new(io::ErrorKind::PermissionDenied, "the file is complete"),
+            ));
+        }
+        let file = self.handle(index, true)?;
+        write_all_at(&file, data, within).map_err(|e| {
+            self.forget(index);
+            self.context(index, e)
+        })?;
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index);
+        Ok(())
+    }
+
+    /// Flushes every file written since the last call: each with
+    /// `fdatasync`, or, with many of them on Linux, the file system at once.
+    fn sync(&self) -> io::Result<()> {
+        let dirty = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|e| e.into_inner()));
+        let result = sync_files(self, &dirty);
+        if result.is_err() {
+            self.dirty
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(dirty);
+        }
+        result
+    }
+}
+
+fn sync_files(tree: &TreeStorage, dirty: &BTreeSet<usize>) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    if dirty.len() > SYNCFS_ABOVE {
+        if let Some(&first) = dirty.iter().next() {
+            let file = tree.handle(first, false)?;
+            return rustix::fs::syncfs(&*file).map_err(|e| tree.context(first, io::Error::from(e)));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = SYNCFS_ABOVE;
+    for &index in dirty {
+        let file = tree.handle(index, false)?;
+        file.sync_data().map_err(|e| tree.context(index, e))?;
+    }
+    Ok(())
+}
+
+/// Opens a part file read-write without following a symbolic link at its
+/// name; `create` makes it when missing (mode 0o755 when `executable`, on
+/// Unix, before the umask).
+fn open_part(path: &Path, create: bool, executable: bool) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(create);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW);
+        options.mode(if executable { 0o777 } else { 0o666 });
+    }
+    #[cfg(not(unix))]
+    let _ = executable;
+    let file = options.open(path).map_err(|e| at(path, e))?;
+    let meta = file.metadata().map_err(|e| at(path, e))?;
+    if !meta.is_file() {
+        return Err(at(path, invalid("not a regular file")));
+    }
+    Ok(file)
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg.to_string())
+}
+
+/// `e`, its message prefixed with `path` (kind kept).
+fn at(path: &Path, e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+}
+
+#[cfg(unix)]
+fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buf, offset)
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(data, offset)
+}
+
+#[cfg(windows)]
+fn read_exact_at(file: &File, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !buf.is_empty() {
+        match file.seek_read(buf, offset)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &File, mut data: &[u8], mut offset: u64) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    while !data.is_empty() {
+        match file.seek_write(data, offset)? {
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            n => {
+                data = &data[n..];
+                offset += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn tree(dir: &Path, sizes: &[u64], ps: u64) -> TreeStorage {
+        let layout = PieceLayout::from_sizes(sizes, ps).unwrap();
+        let files = (0..sizes.len())
+            .map(|i| TreeFile {
+                path: dir.join(format!("f{i}")),
+                part: Some(dir.join(format!(".f{i}.part"))),
+                executable: i == 0,
+            })
+            .collect();
+        TreeStorage::new(layout, files, &[])
+    }
+
+    #[test]
+    fn writes_land_in_their_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = tree(dir.path(), &[10, 0, 4, 1], 4);
+        assert_eq!(t.len(), 17);
+        t.write_at(12, b"abcd").unwrap();
+        t.write_at(8, b"xy").unwrap();
+        t.write_at(16, b"z").unwrap();
+        assert_eq!(t.state(0), FileState::Part);
+        assert_eq!(t.state(1), FileState::Missing);
+        let read = |p: &str| std::fs::read(dir.path().join(p)).unwrap();
+        assert_eq!(read(".f0.part"), b"\0\0\0\0\0\0\0\0xy");
+        assert_eq!(read(".f2.part"), b"abcd");
+        assert_eq!(read(".f3.part"), b"z");
+        // Across a file's end, into the gap, past the end: refused.
+        assert!(t.write_at(8, b"xyz").is_err());
+        assert!(t.write_at(10, b"q").is_err());
+        assert!(t.write_at(17, b"q").is_err());
+        let mut buf = [0u8; 4];
+        t.read_at(12, &mut buf).unwrap();
+        assert_eq!(&buf, b"abcd");
+        t.sync().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &str| {
+                std::fs::metadata(dir.path().join(p))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+            };
+            assert_ne!(mode(".f0.part") & 0o100, 0, "executable");
+            assert_eq!(mode(".f2.part") & 0o111, 0);
+        }
+        // Renamed: the open descriptor keeps working, writes are refused.
+        std::fs::rename(dir.path().join(".f2.part"), dir.path().join("f2")).unwrap();
+        t.mark_final(2);
+        t.read_at(12, &mut buf).unwrap();
+        assert!(t.write_at(12, b"abcd").is_err());
+    }
+
+    #[test]
+    fn many_files_few_descriptors() {
+        let dir = tempfile::tempdir().unwrap();
+        let n = OPEN_FILES * 3;
+        let t = tree(dir.path(), &vec![3; n], 4);
+        for i in 0..n {
+            t.write_at(i as u64 * 4, &[i as u8; 3]).unwrap();
+        }
+        assert!(t.lock_open().files.len() <= OPEN_FILES);
+        t.sync().unwrap();
+        for i in (0..n).rev() {
+            let mut buf = [0u8; 3];
+            t.read_at(i as u64 * 4, &mut buf).unwrap();
+            assert_eq!(buf, [i as u8; 3]);
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_at_a_part_name_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, b"keep").unwrap();
+        std::os::unix::fs::symlink(&target, dir.path().join(".f0.part")).unwrap();
+        let t = tree(dir.path(), &[4], 4);
+        assert!(t.write_at(0, b"evil").is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    }
+}
