@@ -175,11 +175,11 @@ impl TreeStorage {
         let state = &self.states[index];
         match (state.load(Ordering::Acquire), &entry.part) {
             (FINAL, _) | (_, None) => File::open(&entry.path).map_err(|e| at(&entry.path, e)),
-            (PART, Some(part)) => open_part(part, false, entry.executable),
+            (PART, Some(part)) => open_part(part, false, entry.executable).map(|(f, _)| f),
             (_, Some(part)) if create => {
-                let file = open_part(part, true, entry.executable)?;
+                let (file, len) = open_part(part, true, entry.executable)?;
                 let size = self.layout.file_size(index);
-                if file.metadata().map_err(|e| at(part, e))?.len() != size {
+                if len != size {
                     file.set_len(size).map_err(|e| at(part, e))?;
                 }
                 state.store(PART, Ordering::Release);
@@ -298,9 +298,9 @@ fn sync_files(tree: &TreeStorage, dirty: &BTreeSet<usize>) -> io::Result<()> {
 }
 
 /// Opens a part file read-write without following a symbolic link at its
-/// name; `create` makes it when missing (mode 0o755 when `executable`, on
-/// Unix, before the umask).
-fn open_part(path: &Path, create: bool, executable: bool) -> io::Result<File> {
+/// name, and gives its length; `create` makes it when missing (mode 0o755
+/// when `executable`, on Unix, before the umask).
+fn open_part(path: &Path, create: bool, executable: bool) -> io::Result<(File, u64)> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(create);
     #[cfg(unix)]
@@ -316,7 +316,7 @@ fn open_part(path: &Path, create: bool, executable: bool) -> io::Result<File> {
     if !meta.is_file() {
         return Err(at(path, invalid("not a regular file")));
     }
-    Ok(file)
+    Ok((file, meta.len()))
 }
 
 fn invalid(msg: &str) -> io::Error {
