@@ -8,7 +8,9 @@
 //! first to deliver a verified copy wins and the others are cancelled.
 //!
 //! Invariants:
-//! - `remaining == count(wanted && !have)`;
+//! - `missing` lists exactly the pieces with `wanted && !have` (in any
+//!   order) and `slot[i]` is piece `i`'s index in it, so a pick looks at
+//!   missing pieces only and completing one is O(1);
 //! - `assigned[i] > 0` only while some session holds piece `i`; every
 //!   [`Picker::pick`] is matched by exactly one [`Picker::release`] or
 //!   [`Picker::complete`] from that session;
@@ -25,8 +27,12 @@ pub struct Picker {
     wanted: Vec<bool>,
     availability: Vec<u32>,
     assigned: Vec<u8>,
-    remaining: usize,
+    missing: Vec<usize>,
+    /// Per piece, its index in `missing`, or `NOT_MISSING`.
+    slot: Vec<usize>,
 }
+
+const NOT_MISSING: usize = usize::MAX;
 
 impl Picker {
     /// A picker for `have.len()` pieces, of which `have` are already verified
@@ -36,13 +42,18 @@ impl Picker {
         let wanted = wanted
             .filter(|w| w.len() == n)
             .unwrap_or_else(|| vec![true; n]);
-        let remaining = (0..n).filter(|&i| wanted[i] && !have[i]).count();
+        let missing: Vec<usize> = (0..n).filter(|&i| wanted[i] && !have[i]).collect();
+        let mut slot = vec![NOT_MISSING; n];
+        for (k, &i) in missing.iter().enumerate() {
+            slot[i] = k;
+        }
         Self {
             have,
             wanted,
             availability: vec![0; n],
             assigned: vec![0; n],
-            remaining,
+            missing,
+            slot,
         }
     }
 
@@ -52,11 +63,11 @@ impl Picker {
 
     /// Pieces still to verify.
     pub fn remaining(&self) -> usize {
-        self.remaining
+        self.missing.len()
     }
 
     pub fn is_complete(&self) -> bool {
-        self.remaining == 0
+        self.missing.is_empty()
     }
 
     pub fn has(&self, piece: usize) -> bool {
@@ -77,10 +88,6 @@ impl Picker {
         }
     }
 
-    fn wants(&self, i: usize) -> bool {
-        self.wanted[i] && !self.have[i]
-    }
-
     /// The next piece for a peer holding `peer_has(i)`, or `None` when the
     /// peer has nothing we want that is not already being fetched enough.
     /// `excluded(i)` skips pieces this peer is already fetching.
@@ -90,22 +97,26 @@ impl Picker {
         excluded: impl Fn(usize) -> bool,
         rng: &mut impl Rng,
     ) -> Option<usize> {
-        let n = self.have.len();
-        if n == 0 || self.remaining == 0 {
+        let n = self.missing.len();
+        if n == 0 {
             return None;
         }
         let start = rng.gen_range(0..n);
         let mut best: Option<(u32, usize)> = None;
         let mut endgame: Option<(u8, u32, usize)> = None;
         for k in 0..n {
-            let i = (start + k) % n;
-            if !self.wants(i) || !peer_has(i) || excluded(i) {
+            let i = self.missing[(start + k) % n];
+            if !peer_has(i) || excluded(i) {
                 continue;
             }
             let avail = self.availability[i];
             if self.assigned[i] == 0 {
                 if best.is_none_or(|(a, _)| avail < a) {
                     best = Some((avail, i));
+                }
+                // Held by this one peer only: none can be rarer.
+                if avail <= 1 {
+                    break;
                 }
             } else if self.assigned[i] < ENDGAME_DUPLICATES
                 && endgame.is_none_or(|(d, a, _)| (self.assigned[i], avail) < (d, a))
@@ -125,7 +136,25 @@ impl Picker {
     }
 
     fn all_missing_assigned(&self) -> bool {
-        (0..self.have.len()).all(|i| !self.wants(i) || self.assigned[i] > 0)
+        self.missing.iter().all(|&i| self.assigned[i] > 0)
+    }
+
+    fn add_missing(&mut self, piece: usize) {
+        if self.slot[piece] == NOT_MISSING {
+            self.slot[piece] = self.missing.len();
+            self.missing.push(piece);
+        }
+    }
+
+    fn remove_missing(&mut self, piece: usize) {
+        let k = std::mem::replace(&mut self.slot[piece], NOT_MISSING);
+        if k == NOT_MISSING {
+            return;
+        }
+        self.missing.swap_remove(k);
+        if let Some(&moved) = self.missing.get(k) {
+            self.slot[moved] = k;
+        }
     }
 
     /// A session gave `piece` up (peer gone, stalled, refused, bad data).
@@ -142,9 +171,7 @@ impl Picker {
         match self.have.get_mut(piece) {
             Some(h) if !*h => {
                 *h = true;
-                if self.wanted[piece] {
-                    self.remaining -= 1;
-                }
+                self.remove_missing(piece);
                 true
             }
             _ => false,
@@ -157,7 +184,7 @@ impl Picker {
             if *h {
                 *h = false;
                 if self.wanted[piece] {
-                    self.remaining += 1;
+                    self.add_missing(piece);
                 }
             }
         }
@@ -255,5 +282,42 @@ mod tests {
         assert!(p.is_complete());
         p.lost(1);
         assert_eq!(p.remaining(), 1);
+    }
+
+    proptest::proptest! {
+        /// Whatever happens, the picker's list of missing pieces is exactly
+        /// the wanted pieces not held, and a pick is always one of them.
+        #[test]
+        fn missing_pieces_stay_exact(
+            n in 1usize..40,
+            wanted_bits in proptest::collection::vec(proptest::bool::weighted(0.7), 40),
+            ops in proptest::collection::vec((0u8..4, 0usize..40), 0..200),
+        ) {
+            let wanted: Vec<bool> = wanted_bits[..n].to_vec();
+            let mut p = Picker::new(vec![false; n], Some(wanted.clone()));
+            let mut have = vec![false; n];
+            let mut r = rng();
+            for (op, i) in ops {
+                let i = i % n;
+                match op {
+                    0 => {
+                        if let Some(x) = p.pick(|_| true, |_| false, &mut r) {
+                            proptest::prop_assert!(wanted[x] && !have[x]);
+                        }
+                    }
+                    1 => {
+                        p.complete(i);
+                        have[i] = true;
+                    }
+                    2 => {
+                        p.lost(i);
+                        have[i] = false;
+                    }
+                    _ => p.release(i),
+                }
+                let expect = (0..n).filter(|&k| wanted[k] && !have[k]).count();
+                proptest::prop_assert_eq!(p.remaining(), expect);
+            }
+        }
     }
 }
