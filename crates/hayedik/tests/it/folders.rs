@@ -161,6 +161,41 @@ fn folders_round_trip() {
     });
 }
 
+/// A complete copy of the tree already in place is verified and reused
+/// untouched, and served on: the getter downloads nothing.
+#[test]
+fn folders_reuse_a_complete_copy() {
+    scenario(LIMIT, || {
+        let work = tempdir();
+        let src = odd_tree(work.path());
+        let want = shared_part(&src);
+        let mut sharer = Node::share("sharer", &src, &[]);
+        let (ticket, _) = ticket_of(&mut sharer);
+        let out = work.path().join("out");
+        for (rel, item) in &want {
+            match item {
+                Item::File { bytes, .. } => write(&out.join("tree"), rel, bytes),
+                Item::Folder => std::fs::create_dir_all(out.join("tree").join(rel)).unwrap(),
+                Item::Link => {}
+            }
+        }
+        let before = crate::swarm_harness::identity(&out.join("tree/big/three-pieces.bin"));
+        let mut g = Node::get("getter", &ticket, &out, &[]);
+        let done = g.done(SOON);
+        g.wait_event("seeding");
+        assert_eq!(done.reused, file_bytes(&want), "{done:?}");
+        assert_eq!(done.received(), 0, "{done:?}");
+        assert_eq!(
+            crate::swarm_harness::identity(&out.join("tree/big/three-pieces.bin")),
+            before,
+            "reused files are not rewritten"
+        );
+        assert!(side_files(&out).is_empty(), "{:?}", side_files(&out));
+        g.stop();
+        sharer.stop();
+    });
+}
+
 /// `--only` fetches the matching files and no others; a later `get`
 /// without it reuses them and completes the rest.
 #[test]
