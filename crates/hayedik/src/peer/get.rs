@@ -120,7 +120,13 @@ pub async fn get_observed(
             .map(|(a, n)| (a.to_string(), *n))
             .collect(),
     });
-    announcer.set_state(PeerState::Complete);
+    // With --only, what is held is a part of the content: say so.
+    let whole = swarm.have().is_some_and(|h| h.is_full());
+    announcer.set_state(if whole {
+        PeerState::Complete
+    } else {
+        PeerState::Downloading
+    });
     if !opts.seed {
         announcer.leave().await;
         swarm.cancel.cancel();

@@ -130,7 +130,15 @@ pub async fn share(
     );
     node::spawn_listener(listener, swarm.clone());
     let swarm_addr = SocketAddr::new(central.ip(), swarm_port);
-    let client = TrackerClient::from_socket(socket, swarm_addr, swarm.swarm_key, local.port());
+    let mut client = TrackerClient::from_socket(socket, swarm_addr, swarm.swarm_key, local.port());
+    // The first announce binds the swarm's key at the tracker: until then no
+    // one else may announce in it, so the ticket is printed only after it.
+    tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        r = client.announce(PeerState::Complete, 0) => if let Err(e) = r {
+            tracing::warn!("first announce to the swarm tracker: {e}; retrying in the background");
+        },
+    }
     let announcer = spawn_announcer(client, PeerState::Complete, swarm.cancel.clone());
     // Dial the downloaders the tracker lists too: a sharer behind a firewall
     // or NAT serves over connections it opens itself.
