@@ -4,7 +4,7 @@
 //! must re-encode to exactly the same bytes, hash to the same root, and have
 //! a consistent piece layout.
 
-use hayedik_proto::manifest::{validate_path, Manifest, MAGIC, VERSION};
+use hayedik_proto::manifest::{find_case_collision, validate_path, Manifest, MAGIC, VERSION};
 use libfuzzer_sys::fuzz_target;
 
 fn check(bytes: &[u8]) {
@@ -25,6 +25,11 @@ fn check(bytes: &[u8]) {
     }
     assert_eq!(total, m.total_bytes());
     assert_eq!(m.piece_location(m.piece_count()), None);
+    // One top name; folder entries hold nothing.
+    let top = m.top_name();
+    assert!(m.files.iter().all(|f| f.path.split('/').next() == Some(top)));
+    assert!(m.files.iter().all(|f| !f.directory || (f.size == 0 && !f.executable)));
+    let _ = find_case_collision(&m.files);
 }
 
 fuzz_target!(|data: &[u8]| {
