@@ -266,7 +266,7 @@ fn walk_folder(dir: &Path, rel: &str, depth: usize, out: &mut Walked) -> anyhow:
                 source.display()
             );
         };
-        if is_side_file(name) {
+        if crate::storage::is_side_name(name) {
             out.skipped.push(format!(
                 "not sharing {}: a hayedik download's side file",
                 source.display()
@@ -309,14 +309,6 @@ fn walk_folder(dir: &Path, rel: &str, depth: usize, out: &mut Walked) -> anyhow:
         out.sources.push(dir.to_path_buf());
     }
     Ok(())
-}
-
-/// `.NAME.hayedik-part`, `.NAME.hayedik-resume` and its temporary.
-fn is_side_file(name: &str) -> bool {
-    name.starts_with('.')
-        && [".hayedik-part", ".hayedik-resume", ".hayedik-resume.tmp"]
-            .iter()
-            .any(|s| name.ends_with(s))
 }
 
 /// Hashes the files with a progress bar (on a terminal) on every core.

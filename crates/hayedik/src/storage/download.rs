@@ -572,6 +572,12 @@ impl Plan {
                     f.path
                 )));
             }
+            if f.path.split('/').any(fsutil::is_side_name) {
+                return Err(unsafe_paths(format!(
+                    "{:?} has a name hayedik keeps for its own side files",
+                    f.path
+                )));
+            }
             if f.size != target.layout.file_size(i) || (f.directory && f.size != 0) {
                 return Err(StorageError::Layout(format!(
                     "{:?} does not match the piece layout",

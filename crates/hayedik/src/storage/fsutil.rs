@@ -44,6 +44,16 @@ impl Paths {
     }
 }
 
+/// Whether `name` has the form of a side file (`.NAME.hayedik-part`,
+/// `.NAME.hayedik-resume`, `.NAME.hayedik-resume.tmp`): content may not use
+/// such names, or its files could be taken for another file's side files.
+pub fn is_side_name(name: &str) -> bool {
+    name.starts_with('.')
+        && [".hayedik-part", ".hayedik-resume", LONGEST_SUFFIX]
+            .iter()
+            .any(|s| name.ends_with(s))
+}
+
 /// The caller validates names; this is a last line of defence against
 /// writing outside the directory.
 fn check_name(name: &str) -> Result<(), StorageError> {

@@ -35,6 +35,7 @@ mod tests;
 pub use download::{CompleteFile, Download, Opened, Target};
 pub use error::{Op, StorageError};
 pub use file::FileStorage;
+pub use fsutil::is_side_name;
 pub use layout::{Bitfield, PieceLayout, MAX_PIECE_SIZE};
 pub use memory::MemoryStorage;
 pub use resume::{ResumeError, ResumeState};

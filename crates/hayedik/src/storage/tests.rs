@@ -487,7 +487,18 @@ fn bad_pieces_and_names_are_errors() {
     ));
     assert!(matches!(d.read_piece(3), Err(StorageError::Layout(_))));
     let out = dir.path().join("out");
-    for name in ["../x", "..", "", "/abs", "a/../b", "a//b", "a\\b"] {
+    for name in [
+        "../x",
+        "..",
+        "",
+        "/abs",
+        "a/../b",
+        "a//b",
+        "a\\b",
+        ".x.hayedik-part",
+        "t/.x.hayedik-resume",
+        "t/.x.hayedik-resume.tmp",
+    ] {
         let t = Target::single(out.clone(), name, c.layout.clone(), c.root);
         let r = Download::open(&t, &c.verify(), &|_, _| {});
         assert!(
