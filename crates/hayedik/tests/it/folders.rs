@@ -116,6 +116,16 @@ fn ticket_of(sharer: &mut Node) -> (String, serde_json::Value) {
     (t["ticket"].as_str().unwrap().to_string(), t)
 }
 
+/// The odd tree under `work`, shared: what a getter must recreate of it,
+/// the sharer and the ticket.
+fn share_odd_tree(work: &Path) -> (BTreeMap<String, Item>, Node, String) {
+    let src = odd_tree(work);
+    let want = shared_part(&src);
+    let mut sharer = Node::share("sharer", &src, &[]);
+    let (ticket, _) = ticket_of(&mut sharer);
+    (want, sharer, ticket)
+}
+
 /// The tree arrives whole: files, sizes, bytes, empty files and folders,
 /// unicode names, the executable bit; links are not shared (the sharer
 /// says so); events name the top folder; no side file is left.
@@ -167,10 +177,7 @@ fn folders_round_trip() {
 fn folders_reuse_a_complete_copy() {
     scenario(LIMIT, || {
         let work = tempdir();
-        let src = odd_tree(work.path());
-        let want = shared_part(&src);
-        let mut sharer = Node::share("sharer", &src, &[]);
-        let (ticket, _) = ticket_of(&mut sharer);
+        let (want, mut sharer, ticket) = share_odd_tree(work.path());
         let out = work.path().join("out");
         for (rel, item) in &want {
             match item {
@@ -202,10 +209,7 @@ fn folders_reuse_a_complete_copy() {
 fn folders_only_then_the_rest() {
     scenario(LIMIT, || {
         let work = tempdir();
-        let src = odd_tree(work.path());
-        let want = shared_part(&src);
-        let mut sharer = Node::share("sharer", &src, &[]);
-        let (ticket, _) = ticket_of(&mut sharer);
+        let (want, mut sharer, ticket) = share_odd_tree(work.path());
         let out = work.path().join("out");
 
         let mut g = Node::get(
@@ -250,9 +254,7 @@ fn folders_only_then_the_rest() {
 fn folders_only_matching_nothing_is_an_error() {
     scenario(LIMIT, || {
         let work = tempdir();
-        let src = odd_tree(work.path());
-        let mut sharer = Node::share("sharer", &src, &[]);
-        let (ticket, _) = ticket_of(&mut sharer);
+        let (_, mut sharer, ticket) = share_odd_tree(work.path());
         let out = work.path().join("out");
         let mut g = Node::get("getter", &ticket, &out, &["--only", "*.docx"]);
         let err = g.expect_failure(1, SOON);
@@ -311,9 +313,7 @@ fn folders_resume_after_a_kill() {
 fn folders_refuse_what_is_in_the_way() {
     scenario(LIMIT, || {
         let work = tempdir();
-        let src = odd_tree(work.path());
-        let mut sharer = Node::share("sharer", &src, &[]);
-        let (ticket, _) = ticket_of(&mut sharer);
+        let (_, mut sharer, ticket) = share_odd_tree(work.path());
 
         // OUT/tree/big is a link to a folder outside OUT.
         let outside = work.path().join("outside");
