@@ -36,6 +36,12 @@ pub enum Event {
         root: String,
         bytes: u64,
         pieces: u64,
+        /// The shared file's or folder's name.
+        name: String,
+        /// Regular files shared (1 for a file).
+        files: u64,
+        /// True when a folder is shared.
+        folder: bool,
     },
     Manifest {
         name: String,
@@ -83,9 +89,17 @@ impl Event {
                 ticket,
                 bytes,
                 pieces,
+                name,
+                files,
+                folder,
                 ..
             } => {
-                format!("sharing {bytes} bytes in {pieces} pieces\nticket: {ticket}")
+                let what = if *folder {
+                    format!("{name}/: {files} files, ")
+                } else {
+                    format!("{name}: ")
+                };
+                format!("sharing {what}{bytes} bytes in {pieces} pieces\nticket: {ticket}")
             }
             Event::Manifest {
                 name,

@@ -150,6 +150,13 @@ pub async fn share(
         root: hex(&root),
         bytes,
         pieces: u64::from(pieces),
+        name: walked
+            .entries
+            .first()
+            .map(|e| e.path.split('/').next().unwrap_or("").to_owned())
+            .unwrap_or_default(),
+        files: walked.entries.iter().filter(|e| !e.directory).count() as u64,
+        folder: walked.folder,
     });
     on_ready(Shared {
         ticket,
@@ -194,6 +201,8 @@ pub struct Walked {
     pub sources: Vec<PathBuf>,
     /// What was left out and why, one sentence each.
     pub skipped: Vec<String>,
+    /// A folder is shared (not a single file).
+    pub folder: bool,
 }
 
 /// Lists what `share PATH` shares: the file, or every file and empty folder
@@ -229,6 +238,7 @@ pub fn walk(path: &Path) -> anyhow::Result<Walked> {
             .push(FileEntry::file(name, meta.len(), is_executable(&meta)));
         walked.sources.push(path.to_path_buf());
     } else if meta.is_dir() {
+        walked.folder = true;
         walk_folder(path, &name, 1, &mut walked)?;
     } else {
         bail!("{} is not a regular file or a folder", path.display());

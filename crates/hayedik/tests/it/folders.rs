@@ -139,6 +139,13 @@ fn folders_round_trip() {
         let s_addr = sharer.listening();
         let (ticket, t) = ticket_of(&mut sharer);
         assert_eq!(t["bytes"], file_bytes(&want), "{t}");
+        assert_eq!(t["name"], "tree", "{t}");
+        assert_eq!(t["folder"], true, "{t}");
+        let files = want
+            .values()
+            .filter(|i| matches!(i, Item::File { .. }))
+            .count();
+        assert_eq!(t["files"], files as u64, "{t}");
         let err = sharer.stderr();
         assert!(
             err.contains("link-inside") && err.contains("link-out"),

@@ -22,6 +22,11 @@ fn share_and_get_once(len: usize, seed: u64) {
     let sharer_addr = sharer.listening();
     let t = sharer.ticket();
     assert_eq!(t["bytes"], len as u64, "{t}");
+    assert_eq!(
+        (&t["name"], &t["files"], &t["folder"]),
+        (&"payload.bin".into(), &1.into(), &false.into()),
+        "{t}"
+    );
     let ticket = t["ticket"].as_str().unwrap().to_string();
     let pieces = t["pieces"].as_u64().unwrap();
     assert_eq!(pieces == 0, len == 0, "{t}");
