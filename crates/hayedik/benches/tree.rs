@@ -15,8 +15,11 @@
 //! - **get one file**: the same for the single file of the same size;
 //! - **cp -r**: the local copy.
 //!
-//! Every output is compared with its source before it is deleted (then
-//! `sync`). `HAYEDIK_BENCH_DIR` chooses where the files go (default: the
+//! Every output is compared with its source and kept until the end of the
+//! run (then `sync`): deleting thousands of files makes creating the next
+//! ones several times dearer for a while on ext4 without a journal (its
+//! inode allocator skips recently freed inodes), which would penalise every
+//! round after the first. `HAYEDIK_BENCH_DIR` chooses where the files go (default: the
 //! system's temporary directory).
 
 #![allow(clippy::unwrap_used)]
@@ -77,23 +80,23 @@ fn main() {
     ];
     let mut peak_rss_kib = 0;
     for round in 1..=runs {
-        let (share_s, get_s, cpu, rss) = transfer(&bin, &tree, work.path(), "tree");
+        let out = work.path().join(format!("out-{round}"));
+        let (share_s, get_s, cpu, rss) = transfer(&bin, &tree, &out, "tree");
         table[0].1.push(share_s);
         table[1].1.push(get_s);
         table[2].1.push(cpu);
         table[3].1.push(files as f64 / get_s);
         peak_rss_kib = peak_rss_kib.max(rss);
-        let (_, one_s, _, rss) = transfer(&bin, &single, work.path(), "single.bin");
+        let (_, one_s, _, rss) = transfer(&bin, &single, &out, "single.bin");
         table[4].1.push(one_s);
         peak_rss_kib = peak_rss_kib.max(rss);
-        let copy = work.path().join("copy");
+        let copy = work.path().join(format!("copy-{round}"));
         let started = Instant::now();
         run(
             "cp",
             &["-r", tree.to_str().unwrap(), copy.to_str().unwrap()],
         );
         table[5].1.push(started.elapsed().as_secs_f64());
-        std::fs::remove_dir_all(&copy).unwrap();
         run("sync", &[]);
         println!("  round {round}/{runs} done (get tree {get_s:.2} s)");
     }
@@ -122,7 +125,7 @@ fn main() {
 
 /// Shares `path`, gets it into a fresh folder, checks the copy, cleans up:
 /// (share seconds, get seconds, getter CPU seconds, getter peak RSS KiB).
-fn transfer(bin: &str, path: &Path, work: &Path, name: &str) -> (f64, f64, f64, u64) {
+fn transfer(bin: &str, path: &Path, out: &Path, name: &str) -> (f64, f64, f64, u64) {
     let started = Instant::now();
     let mut sharer = spawn(
         bin,
@@ -139,7 +142,6 @@ fn transfer(bin: &str, path: &Path, work: &Path, name: &str) -> (f64, f64, f64, 
     let ticket = sharer.wait("ticket");
     let share_s = started.elapsed().as_secs_f64();
     let ticket = ticket["ticket"].as_str().unwrap().to_string();
-    let out = work.join("out");
     let started = Instant::now();
     let mut getter = spawn(
         bin,
@@ -167,7 +169,6 @@ fn transfer(bin: &str, path: &Path, work: &Path, name: &str) -> (f64, f64, f64, 
             out.join(name).to_str().unwrap(),
         ],
     );
-    std::fs::remove_dir_all(&out).unwrap();
     run("sync", &[]);
     (share_s, get_s, cpu, rss)
 }
