@@ -28,8 +28,9 @@ use rand::SeedableRng;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
 
+use super::disk::{Block, DiskReply, PieceStream};
 use super::swarm::{Content, Swarm};
-use super::wire::{BufPool, FrameReader, FrameWriter, Out, WireError};
+use super::wire::{FrameReader, FrameWriter, Out, WireError};
 
 /// Bytes asked for in one request.
 pub const BLOCK_SIZE: u32 = 256 << 10;
@@ -87,10 +88,12 @@ struct Job {
     len: u32,
     next_request: u32,
     next_receive: u32,
+    /// This session is the piece's only writer: its blocks go to the disk
+    /// thread, which hashes them as it writes them.
+    stream: Option<Arc<Mutex<PieceStream>>>,
+    /// An endgame duplicate instead: kept in memory, hashed here, and
+    /// written only if it verifies before the writer's copy.
     hasher: Option<blake3::Hasher>,
-    /// `None`: this session is the piece's only writer and streams blocks
-    /// to storage. `Some`: an endgame duplicate, kept in memory and written
-    /// only if it verifies before the writer's copy.
     buffer: Option<Vec<u8>>,
 }
 
@@ -103,8 +106,10 @@ struct Session {
     remote: SocketAddr,
     listed: SocketAddr,
     out: mpsc::UnboundedSender<Out>,
-    /// Block buffers shared with the reader.
-    pool: BufPool,
+    /// Where the disk thread reports on our pieces.
+    disk_tx: mpsc::UnboundedSender<DiskReply>,
+    /// Numbers this session's piece fetches (see [`DiskReply::Lost`]).
+    next_stream: u64,
     cancelled: Arc<Mutex<HashSet<(u32, u32)>>>,
     queued: Arc<AtomicUsize>,
     content: Option<Arc<Content>>,
@@ -274,9 +279,9 @@ async fn serve(
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let cancelled = Arc::new(Mutex::new(HashSet::new()));
     let queued = Arc::new(AtomicUsize::new(0));
-    let pool = BufPool::default();
+    let (disk_tx, mut disk_rx) = mpsc::unbounded_channel();
     let mut reader = reader;
-    reader.set_pool(pool.clone());
+    reader.set_pool(swarm.disk.pool.clone());
     let read_task = crate::spawn::spawn(
         &format!("read {remote}"),
         super::wire::read_loop(reader, in_tx, swarm.clone(), IDLE_TIMEOUT),
@@ -297,7 +302,8 @@ async fn serve(
         remote,
         listed,
         out: out_tx,
-        pool,
+        disk_tx,
+        next_stream: 0,
         cancelled,
         queued,
         content: None,
@@ -315,7 +321,7 @@ async fn serve(
         last_sent: Instant::now(),
         rng: rand::rngs::SmallRng::from_entropy(),
     };
-    let result = s.main_loop(&mut in_rx).await;
+    let result = s.main_loop(&mut in_rx, &mut disk_rx).await;
     s.release_all();
     // Closing the channel ends the writer after what is queued.
     drop(s);
@@ -335,6 +341,7 @@ impl Session {
     async fn main_loop(
         &mut self,
         in_rx: &mut mpsc::Receiver<Result<Message, WireError>>,
+        disk_rx: &mut mpsc::UnboundedReceiver<DiskReply>,
     ) -> Result<(), SessionError> {
         let mut content_rx = self.swarm.content_rx();
         let mut have_rx = self.swarm.have_rx();
@@ -368,6 +375,7 @@ impl Session {
                         self.on_content(c)?;
                     }
                 }
+                Some(r) = disk_rx.recv() => self.on_disk(r)?,
                 h = have_rx.recv() => match h {
                     Ok(piece) => self.on_local_have(piece),
                     Err(broadcast::error::RecvError::Lagged(_)) => self.send_bitfield(),
@@ -648,48 +656,46 @@ impl Session {
         self.swarm.downloaded.fetch_add(n as u64, Ordering::Relaxed);
         let job = &mut self.jobs[i];
         let at = job.base + u64::from(offset);
-        let mut hasher = job.hasher.take().unwrap_or_default();
-        if let Some(buffer) = job.buffer.as_mut() {
-            // Endgame duplicate: memory only, until it verifies.
-            hasher.update(&data);
-            buffer.extend_from_slice(&data);
-            self.pool.give(data);
-        } else {
-            let (storage, swarm, id) = (content.storage.clone(), self.swarm.clone(), self.id);
-            let (hasher_back, written, data) = tokio::task::spawn_blocking(move || {
-                let r = swarm.write_piece_data(piece, id, false, storage.as_ref(), at, &data);
-                hasher.update(&data);
-                (hasher, r, data)
-            })
-            .await
-            .map_err(|e| SessionError::Storage(e.to_string()))?;
-            self.pool.give(data);
-            hasher = hasher_back;
-            match written {
-                Ok(true) => {}
-                Ok(false) => {
-                    // Another session's verified copy took the piece over.
-                    self.abandon(piece);
-                    self.refill();
-                    return Ok(());
-                }
-                Err(e) => return Err(self.storage_failed(&content, e)),
-            }
-        }
-        let job = &mut self.jobs[i];
-        job.hasher = Some(hasher);
         job.next_receive += n as u32;
-        if job.next_receive < job.len {
-            self.refill();
+        let last = job.next_receive >= job.len;
+        if let Some(stream) = job.stream.clone() {
+            if last {
+                // The disk thread concludes the piece from here on.
+                self.jobs.swap_remove(i);
+            }
+            let block = Block {
+                swarm: self.swarm.clone(),
+                content,
+                stream,
+                at,
+                data,
+                last,
+            };
+            self.swarm
+                .disk
+                .write(block)
+                .await
+                .map_err(SessionError::Storage)?;
+            if last {
+                self.refill();
+            }
+            return Ok(());
+        }
+        // Endgame duplicate: memory only, until it verifies.
+        let mut hasher = job.hasher.take().unwrap_or_default();
+        hasher.update(&data);
+        if let Some(buffer) = job.buffer.as_mut() {
+            buffer.extend_from_slice(&data);
+        }
+        self.swarm.disk.pool.give(data);
+        job.hasher = Some(hasher);
+        if !last {
             return Ok(());
         }
         let job = self.jobs.swap_remove(i);
         let digest = job.hasher.map(|h| *h.finalize().as_bytes());
         let good = digest.as_ref() == content.manifest.piece_hash(piece);
         if !good {
-            if job.buffer.is_none() {
-                self.swarm.release_writer(piece, self.id);
-            }
             if self.swarm.bad_piece(piece, self.listed) {
                 self.send(Message::goodbye("you sent pieces that do not verify"));
                 return Err(SessionError::Banned { peer: self.listed });
@@ -697,28 +703,23 @@ impl Session {
             self.refill();
             return Ok(());
         }
-        let ours = match job.buffer {
-            // Our stream was the only writer: what is on disk is what we hashed.
-            None => self.swarm.finalize(piece, self.id),
-            Some(buffer) => {
-                let (storage, swarm, id, base) = (
-                    content.storage.clone(),
-                    self.swarm.clone(),
-                    self.id,
-                    job.base,
-                );
-                let written = tokio::task::spawn_blocking(move || {
-                    swarm
-                        .write_piece_data(piece, id, true, storage.as_ref(), base, &buffer)
-                        .map(|w| w && swarm.finalize(piece, id))
-                })
-                .await
-                .map_err(|e| SessionError::Storage(e.to_string()))?;
-                match written {
-                    Ok(w) => w,
-                    Err(e) => return Err(self.storage_failed(&content, e)),
-                }
-            }
+        let buffer = job.buffer.unwrap_or_default();
+        let (storage, swarm, id, base) = (
+            content.storage.clone(),
+            self.swarm.clone(),
+            self.id,
+            job.base,
+        );
+        let written = tokio::task::spawn_blocking(move || {
+            swarm
+                .write_piece_data(piece, id, true, storage.as_ref(), base, &buffer)
+                .map(|w| w && swarm.finalize(piece, id))
+        })
+        .await
+        .map_err(|e| SessionError::Storage(e.to_string()))?;
+        let ours = match written {
+            Ok(w) => w,
+            Err(e) => return Err(self.storage_failed(&content, e)),
         };
         if ours {
             self.swarm
@@ -729,6 +730,31 @@ impl Session {
         }
         self.refill();
         Ok(())
+    }
+
+    /// What the disk thread found about one of our pieces.
+    fn on_disk(&mut self, reply: DiskReply) -> Result<(), SessionError> {
+        match reply {
+            DiskReply::Lost { piece, stream } => {
+                let ours = self.jobs.iter().any(|j| {
+                    j.piece == piece
+                        && j.stream
+                            .as_ref()
+                            .is_some_and(|s| s.lock().is_ok_and(|s| s.stream == stream))
+                });
+                if ours {
+                    // Another session's verified copy took the piece over.
+                    self.abandon(piece);
+                }
+                self.refill();
+                Ok(())
+            }
+            DiskReply::Banned => {
+                self.send(Message::goodbye("you sent pieces that do not verify"));
+                Err(SessionError::Banned { peer: self.listed })
+            }
+            DiskReply::Failed(msg) => Err(SessionError::Storage(msg)),
+        }
     }
 
     /// Drops the job for `piece`: its outstanding blocks become strays.
@@ -747,13 +773,7 @@ impl Session {
 
     /// A write failed: the whole download stops with a clear error.
     fn storage_failed(&self, content: &Content, e: std::io::Error) -> SessionError {
-        let msg = match &content.download {
-            Some(d) => {
-                crate::storage::StorageError::io(crate::storage::Op::Writing, d.part_path(), e)
-                    .to_string()
-            }
-            None => e.to_string(),
-        };
+        let msg = super::disk::storage_message(content, e);
         self.swarm.fail(msg.clone());
         SessionError::Storage(msg)
     }
@@ -809,12 +829,21 @@ impl Session {
                 }
                 continue;
             }
-            let buffer = if self.swarm.claim_writer(piece, self.id) {
-                None
+            let (stream, buffer) = if self.swarm.claim_writer(piece, self.id) {
+                self.next_stream += 1;
+                let stream = PieceStream::new(
+                    piece,
+                    len,
+                    self.id,
+                    self.next_stream,
+                    self.listed,
+                    self.disk_tx.clone(),
+                );
+                (Some(stream), None)
             } else if len <= MAX_DUPLICATE_PIECE
                 && self.jobs.iter().filter(|j| j.buffer.is_some()).count() < MAX_DUPLICATES
             {
-                Some(Vec::with_capacity(len as usize))
+                (None, Some(Vec::with_capacity(len as usize)))
             } else {
                 // Someone else writes it and we may not duplicate it.
                 self.swarm.with_picker(|p| p.release(piece as usize));
@@ -826,7 +855,8 @@ impl Session {
                 len,
                 next_request: 0,
                 next_receive: 0,
-                hasher: Some(blake3::Hasher::new()),
+                hasher: buffer.as_ref().map(|_| blake3::Hasher::new()),
+                stream,
                 buffer,
             });
         }

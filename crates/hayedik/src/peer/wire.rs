@@ -50,8 +50,8 @@ pub enum Out {
 #[derive(Debug, Clone, Default)]
 pub struct BufPool(Arc<Mutex<Vec<Vec<u8>>>>);
 
-/// Buffers kept in a pool.
-const POOL_MAX: usize = 4;
+/// Idle buffers kept in a pool (one pool per download: 4 MiB of blocks).
+const POOL_MAX: usize = 16;
 
 impl BufPool {
     pub fn take(&self) -> Vec<u8> {
