@@ -275,7 +275,7 @@ async fn serve(
 ) -> Result<(), SessionError> {
     // Few messages: blocks beyond these wait in the socket's buffer, which
     // keeps a download's memory bounded however many peers it has.
-    let (in_tx, mut in_rx) = mpsc::channel(8);
+    let (in_tx, mut in_rx) = mpsc::channel(4);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let cancelled = Arc::new(Mutex::new(HashSet::new()));
     let queued = Arc::new(AtomicUsize::new(0));
