@@ -6,12 +6,15 @@
 //! - the writer sends frames and serves requested blocks (reads from storage
 //!   off the reactor, applies the upload cap);
 //! - the session loop (this module's [`run`]) decides: it never waits on the
-//!   socket, only on the reader, the swarm, its timers, and disk writes.
+//!   socket, only on the reader, the swarm, its timers, and room in the
+//!   download's disk queue.
 //!
 //! A fetched piece is streamed: its blocks are requested in order from one
-//! peer, written at their offset as they arrive and hashed incrementally, and
-//! the piece is marked good only when the whole-piece hash matches the
-//! manifest. Nothing unverified is ever served or counted as done.
+//! peer and handed as they arrive to the download's disk thread
+//! ([`super::disk`]), which writes them at their offset and hashes them
+//! incrementally; the piece is marked good only when the whole-piece hash
+//! matches the manifest. Nothing unverified is ever served or counted as
+//! done.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -123,6 +126,9 @@ struct Session {
     jobs: Vec<Job>,
     /// Pieces the remote refused us: not asked again in this session.
     refused: HashSet<u32>,
+    /// Pieces whose last block went to the disk thread, not concluded yet:
+    /// not fetched again meanwhile.
+    concluding: HashSet<u32>,
     in_flight: usize,
     manifest_asked: bool,
     remote_wants_manifest: bool,
@@ -315,6 +321,7 @@ async fn serve(
         early_haves: Vec::new(),
         jobs: Vec::new(),
         refused: HashSet::new(),
+        concluding: HashSet::new(),
         in_flight: 0,
         manifest_asked: false,
         remote_wants_manifest: false,
@@ -665,6 +672,7 @@ impl Session {
             if last {
                 // The disk thread concludes the piece from here on.
                 self.jobs.swap_remove(i);
+                self.concluding.insert(piece);
             }
             let block = Block {
                 swarm: self.swarm.clone(),
@@ -674,11 +682,11 @@ impl Session {
                 data,
                 last,
             };
-            self.swarm
-                .disk
-                .write(block)
-                .await
-                .map_err(SessionError::Storage)?;
+            if let Err(e) = self.swarm.disk.write(block).await {
+                // No disk thread: no session of this download can go on.
+                self.swarm.fail(e.clone());
+                return Err(SessionError::Storage(e));
+            }
             if last {
                 self.refill();
             }
@@ -752,6 +760,11 @@ impl Session {
                 self.refill();
                 Ok(())
             }
+            DiskReply::Concluded { piece } => {
+                self.concluding.remove(&piece);
+                self.refill();
+                Ok(())
+            }
             DiskReply::Banned => {
                 self.send(Message::goodbye("you sent pieces that do not verify"));
                 Err(SessionError::Banned { peer: self.listed })
@@ -804,14 +817,17 @@ impl Session {
                 continue;
             }
             let jobs: Vec<u32> = self.jobs.iter().map(|j| j.piece).collect();
-            let refused = &self.refused;
+            let (refused, concluding) = (&self.refused, &self.concluding);
             let rng = &mut self.rng;
             let picked = self
                 .swarm
                 .with_picker(|p| {
                     p.pick(
                         |i| remote.get(i as u32),
-                        |i| jobs.contains(&(i as u32)) || refused.contains(&(i as u32)),
+                        |i| {
+                            let i = i as u32;
+                            jobs.contains(&i) || refused.contains(&i) || concluding.contains(&i)
+                        },
                         rng,
                     )
                 })

@@ -186,10 +186,11 @@ pub async fn read_loop(
     }
 }
 
-/// Blocks read from storage in one hand-off to the blocking pool. Swarm
-/// bench, A/B in one run: 1 (reading one block ahead) was faster than 2
-/// and 4 (1 -> 1 x0.83 against x0.88 with 2; 4 was slower still), and
-/// larger batches cost 0.5 MiB of memory per block per serving session.
+/// Blocks read from storage in one hand-off to the blocking pool. 2 was
+/// faster in the swarm bench (1 -> 4 x0.85 against x0.93 with 1, same run)
+/// but made a capped sharer upload more with four getters (1.6 to 2.2
+/// copies in `peers_four_getters_trade_pieces`, against 1.6 to 1.8): 1,
+/// which still reads one block ahead while the previous one is sent.
 pub const SERVE_BATCH: usize = 1;
 
 /// Requested blocks to read and send together.
@@ -276,14 +277,26 @@ pub async fn write_loop(
             let Ok(batch) = read.await else {
                 return;
             };
-            if batch.data > 0 {
-                swarm.up_limit.acquire(batch.data as usize).await;
+            for part in &batch.parts {
+                let mut data = 0;
+                if let Some((piece, offset, len)) = part.block {
+                    // Cancelled while it was read: not sent after all.
+                    let skip = cancelled
+                        .lock()
+                        .map(|mut c| c.remove(&(piece, offset)))
+                        .unwrap_or(false);
+                    if skip {
+                        continue;
+                    }
+                    data = len;
+                    swarm.up_limit.acquire(len as usize).await;
+                }
+                let frame = batch.buf.get(part.range.clone()).unwrap_or_default();
+                if wr.write_all(frame).await.is_err() {
+                    return;
+                }
+                swarm.uploaded.fetch_add(u64::from(data), Ordering::Relaxed);
             }
-            let frames = batch.buf.get(..batch.end).unwrap_or_default();
-            if wr.write_all(frames).await.is_err() {
-                return;
-            }
-            swarm.uploaded.fetch_add(batch.data, Ordering::Relaxed);
             spare.push(batch.buf);
         }
         reading = next;
@@ -291,11 +304,16 @@ pub async fn write_loop(
     let _ = wr.shutdown().await;
 }
 
-/// Frames ready to send: `buf[..end]`, carrying `data` bytes of blocks.
+/// Frames ready to send, one after the other in `buf`.
 struct Batch {
     buf: Vec<u8>,
-    end: usize,
-    data: u64,
+    parts: Vec<Part>,
+}
+
+/// One frame of a [`Batch`]: a block (piece, offset, length) or a Reject.
+struct Part {
+    range: std::ops::Range<usize>,
+    block: Option<(u32, u32, u32)>,
 }
 
 /// Reads `serves` into `buf` as the frames to send (a block, or a Reject
@@ -303,7 +321,7 @@ struct Batch {
 /// re-verify a piece on disk.
 fn read_batch(swarm: &Swarm, content: &Content, serves: &[Serve], mut buf: Vec<u8>) -> Batch {
     let mut end = 0;
-    let mut data = 0;
+    let mut parts = Vec::with_capacity(serves.len());
     // The piece last found servable: checked once per piece and batch.
     let mut good: Option<u32> = None;
     for &Serve {
@@ -343,8 +361,11 @@ fn read_batch(swarm: &Swarm, content: &Content, serves: &[Serve], mut buf: Vec<u
         match read {
             Ok(()) => {
                 head.copy_from_slice(&encode_block_header(piece, offset, len));
+                parts.push(Part {
+                    range: end..need,
+                    block: Some((piece, offset, len)),
+                });
                 end = need;
-                data += u64::from(len);
             }
             Err(e) => {
                 if servable {
@@ -357,9 +378,13 @@ fn read_batch(swarm: &Swarm, content: &Content, serves: &[Serve], mut buf: Vec<u
                     buf.resize(need, 0);
                 }
                 buf[end..need].copy_from_slice(&frame);
+                parts.push(Part {
+                    range: end..need,
+                    block: None,
+                });
                 end = need;
             }
         }
     }
-    Batch { buf, end, data }
+    Batch { buf, parts }
 }
