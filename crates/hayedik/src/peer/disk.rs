@@ -23,7 +23,7 @@ use super::wire::BufPool;
 
 /// Blocks waiting for the disk (256 KiB each) before sessions wait. 4
 /// rather than 8: the same times in the swarm bench (1 -> 1 x0.99, 1 -> 4
-/// x1.02, same run), 1 MiB less memory.
+/// x1.01, same run), 1 MiB less memory.
 pub const QUEUE_BLOCKS: usize = 4;
 
 /// What the thread tells a session about its pieces.
