@@ -4,13 +4,15 @@
 //!   swarm, announcing, the announce loop).
 //! - [`node`]: the TCP listener and the connector that dials listed peers.
 //! - [`session`]: one connection with a remote peer, both directions;
-//!   [`wire`] is its framing and socket tasks.
+//!   [`wire`] is its framing and socket tasks, [`disk`] writes and hashes
+//!   what all sessions of a download receive.
 //! - [`swarm`]: what all sessions of one content share; [`picker`] chooses
 //!   pieces; [`rate`] caps rates.
 //! - [`share`], [`get`]: the two commands' lifecycles; [`hashing`] builds the
 //!   manifest; [`progress`] shows what happens.
 
 pub mod announce;
+pub mod disk;
 pub mod get;
 pub mod guard;
 pub mod hashing;

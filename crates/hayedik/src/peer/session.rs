@@ -6,12 +6,15 @@
 //! - the writer sends frames and serves requested blocks (reads from storage
 //!   off the reactor, applies the upload cap);
 //! - the session loop (this module's [`run`]) decides: it never waits on the
-//!   socket, only on the reader, the swarm, its timers, and disk writes.
+//!   socket, only on the reader, the swarm, its timers, and room in the
+//!   download's disk queue.
 //!
 //! A fetched piece is streamed: its blocks are requested in order from one
-//! peer, written at their offset as they arrive and hashed incrementally, and
-//! the piece is marked good only when the whole-piece hash matches the
-//! manifest. Nothing unverified is ever served or counted as done.
+//! peer and handed as they arrive to the download's disk thread
+//! ([`super::disk`]), which writes them at their offset and hashes them
+//! incrementally; the piece is marked good only when the whole-piece hash
+//! matches the manifest. Nothing unverified is ever served or counted as
+//! done.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -28,14 +31,18 @@ use rand::SeedableRng;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
 
+use super::disk::{Block, DiskReply, PieceStream};
 use super::swarm::{Content, Swarm};
-use super::wire::{BufPool, FrameReader, FrameWriter, Out, WireError};
+use super::wire::{FrameReader, FrameWriter, Out, WireError};
 
 /// Bytes asked for in one request.
 pub const BLOCK_SIZE: u32 = 256 << 10;
 /// Blocks in flight per peer (8 MiB): measured against 16 with the swarm
 /// bench, 1 -> 1 took x0.82 the time and 1 -> 4 x0.94, peak RSS 22.6 MiB.
 pub const PIPELINE_BLOCKS: usize = 32;
+/// Requests are sent in groups of this many once the pipeline is full:
+/// fewer wake-ups and socket writes on both sides.
+pub const REQUEST_BATCH: usize = 4;
 /// Requests a remote may have queued with us before we reject more.
 pub const MAX_REMOTE_QUEUE: usize = 64;
 /// Time allowed for the whole handshake.
@@ -87,10 +94,12 @@ struct Job {
     len: u32,
     next_request: u32,
     next_receive: u32,
+    /// This session is the piece's only writer: its blocks go to the disk
+    /// thread, which hashes them as it writes them.
+    stream: Option<Arc<Mutex<PieceStream>>>,
+    /// An endgame duplicate instead: kept in memory, hashed here, and
+    /// written only if it verifies before the writer's copy.
     hasher: Option<blake3::Hasher>,
-    /// `None`: this session is the piece's only writer and streams blocks
-    /// to storage. `Some`: an endgame duplicate, kept in memory and written
-    /// only if it verifies before the writer's copy.
     buffer: Option<Vec<u8>>,
 }
 
@@ -103,8 +112,10 @@ struct Session {
     remote: SocketAddr,
     listed: SocketAddr,
     out: mpsc::UnboundedSender<Out>,
-    /// Block buffers shared with the reader.
-    pool: BufPool,
+    /// Where the disk thread reports on our pieces.
+    disk_tx: mpsc::UnboundedSender<DiskReply>,
+    /// Numbers this session's piece fetches (see [`DiskReply::Lost`]).
+    next_stream: u64,
     cancelled: Arc<Mutex<HashSet<(u32, u32)>>>,
     queued: Arc<AtomicUsize>,
     content: Option<Arc<Content>>,
@@ -115,6 +126,9 @@ struct Session {
     jobs: Vec<Job>,
     /// Pieces the remote refused us: not asked again in this session.
     refused: HashSet<u32>,
+    /// Pieces whose last block went to the disk thread, not concluded yet:
+    /// not fetched again meanwhile.
+    concluding: HashSet<u32>,
     in_flight: usize,
     manifest_asked: bool,
     remote_wants_manifest: bool,
@@ -270,13 +284,13 @@ async fn serve(
 ) -> Result<(), SessionError> {
     // Few messages: blocks beyond these wait in the socket's buffer, which
     // keeps a download's memory bounded however many peers it has.
-    let (in_tx, mut in_rx) = mpsc::channel(8);
+    let (in_tx, mut in_rx) = mpsc::channel(4);
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let cancelled = Arc::new(Mutex::new(HashSet::new()));
     let queued = Arc::new(AtomicUsize::new(0));
-    let pool = BufPool::default();
+    let (disk_tx, mut disk_rx) = mpsc::unbounded_channel();
     let mut reader = reader;
-    reader.set_pool(pool.clone());
+    reader.set_pool(swarm.disk.pool.clone());
     let read_task = crate::spawn::spawn(
         &format!("read {remote}"),
         super::wire::read_loop(reader, in_tx, swarm.clone(), IDLE_TIMEOUT),
@@ -297,7 +311,8 @@ async fn serve(
         remote,
         listed,
         out: out_tx,
-        pool,
+        disk_tx,
+        next_stream: 0,
         cancelled,
         queued,
         content: None,
@@ -306,6 +321,7 @@ async fn serve(
         early_haves: Vec::new(),
         jobs: Vec::new(),
         refused: HashSet::new(),
+        concluding: HashSet::new(),
         in_flight: 0,
         manifest_asked: false,
         remote_wants_manifest: false,
@@ -315,7 +331,7 @@ async fn serve(
         last_sent: Instant::now(),
         rng: rand::rngs::SmallRng::from_entropy(),
     };
-    let result = s.main_loop(&mut in_rx).await;
+    let result = s.main_loop(&mut in_rx, &mut disk_rx).await;
     s.release_all();
     // Closing the channel ends the writer after what is queued.
     drop(s);
@@ -335,6 +351,7 @@ impl Session {
     async fn main_loop(
         &mut self,
         in_rx: &mut mpsc::Receiver<Result<Message, WireError>>,
+        disk_rx: &mut mpsc::UnboundedReceiver<DiskReply>,
     ) -> Result<(), SessionError> {
         let mut content_rx = self.swarm.content_rx();
         let mut have_rx = self.swarm.have_rx();
@@ -368,6 +385,7 @@ impl Session {
                         self.on_content(c)?;
                     }
                 }
+                Some(r) = disk_rx.recv() => self.on_disk(r)?,
                 h = have_rx.recv() => match h {
                     Ok(piece) => self.on_local_have(piece),
                     Err(broadcast::error::RecvError::Lagged(_)) => self.send_bitfield(),
@@ -645,48 +663,47 @@ impl Session {
         self.swarm.downloaded.fetch_add(n as u64, Ordering::Relaxed);
         let job = &mut self.jobs[i];
         let at = job.base + u64::from(offset);
-        let mut hasher = job.hasher.take().unwrap_or_default();
-        if let Some(buffer) = job.buffer.as_mut() {
-            // Endgame duplicate: memory only, until it verifies.
-            hasher.update(&data);
-            buffer.extend_from_slice(&data);
-            self.pool.give(data);
-        } else {
-            let (storage, swarm, id) = (content.storage.clone(), self.swarm.clone(), self.id);
-            let (hasher_back, written, data) = tokio::task::spawn_blocking(move || {
-                let r = swarm.write_piece_data(piece, id, false, storage.as_ref(), at, &data);
-                hasher.update(&data);
-                (hasher, r, data)
-            })
-            .await
-            .map_err(|e| SessionError::Storage(e.to_string()))?;
-            self.pool.give(data);
-            hasher = hasher_back;
-            match written {
-                Ok(true) => {}
-                Ok(false) => {
-                    // Another session's verified copy took the piece over.
-                    self.abandon(piece);
-                    self.refill();
-                    return Ok(());
-                }
-                Err(e) => return Err(self.storage_failed(&content, e)),
-            }
-        }
-        let job = &mut self.jobs[i];
-        job.hasher = Some(hasher);
         job.next_receive += n as u32;
-        if job.next_receive < job.len {
-            self.refill();
+        let last = job.next_receive >= job.len;
+        if let Some(stream) = job.stream.clone() {
+            if last {
+                // The disk thread concludes the piece from here on.
+                self.jobs.swap_remove(i);
+                self.concluding.insert(piece);
+            }
+            let block = Block {
+                swarm: self.swarm.clone(),
+                content,
+                stream,
+                at,
+                data,
+                last,
+            };
+            if let Err(e) = self.swarm.disk.write(block).await {
+                // No disk thread: no session of this download can go on.
+                self.swarm.fail(e.clone());
+                return Err(SessionError::Storage(e));
+            }
+            if last {
+                self.refill();
+            }
+            return Ok(());
+        }
+        // Endgame duplicate: memory only, until it verifies.
+        let mut hasher = job.hasher.take().unwrap_or_default();
+        hasher.update(&data);
+        if let Some(buffer) = job.buffer.as_mut() {
+            buffer.extend_from_slice(&data);
+        }
+        self.swarm.disk.pool.give(data);
+        job.hasher = Some(hasher);
+        if !last {
             return Ok(());
         }
         let job = self.jobs.swap_remove(i);
         let digest = job.hasher.map(|h| *h.finalize().as_bytes());
         let good = digest.as_ref() == content.manifest.piece_hash(piece);
         if !good {
-            if job.buffer.is_none() {
-                self.swarm.release_writer(piece, self.id);
-            }
             if self.swarm.bad_piece(piece, self.listed) {
                 self.send(Message::goodbye("you sent pieces that do not verify"));
                 return Err(SessionError::Banned { peer: self.listed });
@@ -694,28 +711,23 @@ impl Session {
             self.refill();
             return Ok(());
         }
-        let ours = match job.buffer {
-            // Our stream was the only writer: what is on disk is what we hashed.
-            None => self.swarm.finalize(piece, self.id),
-            Some(buffer) => {
-                let (storage, swarm, id, base) = (
-                    content.storage.clone(),
-                    self.swarm.clone(),
-                    self.id,
-                    job.base,
-                );
-                let written = tokio::task::spawn_blocking(move || {
-                    swarm
-                        .write_piece_data(piece, id, true, storage.as_ref(), base, &buffer)
-                        .map(|w| w && swarm.finalize(piece, id))
-                })
-                .await
-                .map_err(|e| SessionError::Storage(e.to_string()))?;
-                match written {
-                    Ok(w) => w,
-                    Err(e) => return Err(self.storage_failed(&content, e)),
-                }
-            }
+        let buffer = job.buffer.unwrap_or_default();
+        let (storage, swarm, id, base) = (
+            content.storage.clone(),
+            self.swarm.clone(),
+            self.id,
+            job.base,
+        );
+        let written = tokio::task::spawn_blocking(move || {
+            swarm
+                .write_piece_data(piece, id, true, storage.as_ref(), base, &buffer)
+                .map(|w| w && swarm.finalize(piece, id))
+        })
+        .await
+        .map_err(|e| SessionError::Storage(e.to_string()))?;
+        let ours = match written {
+            Ok(w) => w,
+            Err(e) => return Err(self.storage_failed(&content, e)),
         };
         if ours {
             self.swarm
@@ -726,6 +738,36 @@ impl Session {
         }
         self.refill();
         Ok(())
+    }
+
+    /// What the disk thread found about one of our pieces.
+    fn on_disk(&mut self, reply: DiskReply) -> Result<(), SessionError> {
+        match reply {
+            DiskReply::Lost { piece, stream } => {
+                let ours = self.jobs.iter().any(|j| {
+                    j.piece == piece
+                        && j.stream
+                            .as_ref()
+                            .is_some_and(|s| s.lock().is_ok_and(|s| s.stream == stream))
+                });
+                if ours {
+                    // Another session's verified copy took the piece over.
+                    self.abandon(piece);
+                }
+                self.refill();
+                Ok(())
+            }
+            DiskReply::Concluded { piece } => {
+                self.concluding.remove(&piece);
+                self.refill();
+                Ok(())
+            }
+            DiskReply::Banned => {
+                self.send(Message::goodbye("you sent pieces that do not verify"));
+                Err(SessionError::Banned { peer: self.listed })
+            }
+            DiskReply::Failed(msg) => Err(SessionError::Storage(msg)),
+        }
     }
 
     /// Drops the job for `piece`: its outstanding blocks become strays.
@@ -744,13 +786,7 @@ impl Session {
 
     /// A write failed: the whole download stops with a clear error.
     fn storage_failed(&self, content: &Content, e: std::io::Error) -> SessionError {
-        let msg = match &content.download {
-            Some(d) => {
-                crate::storage::StorageError::io(crate::storage::Op::Writing, d.final_path(), e)
-                    .to_string()
-            }
-            None => e.to_string(),
-        };
+        let msg = super::disk::storage_message(content, e);
         self.swarm.fail(msg.clone());
         SessionError::Storage(msg)
     }
@@ -761,6 +797,9 @@ impl Session {
         else {
             return;
         };
+        if self.in_flight + REQUEST_BATCH > PIPELINE_BLOCKS {
+            return;
+        }
         let remote = remote.clone();
         while self.in_flight < PIPELINE_BLOCKS {
             if let Some(job) = self.jobs.iter_mut().find(|j| j.next_request < j.len) {
@@ -775,14 +814,17 @@ impl Session {
                 continue;
             }
             let jobs: Vec<u32> = self.jobs.iter().map(|j| j.piece).collect();
-            let refused = &self.refused;
+            let (refused, concluding) = (&self.refused, &self.concluding);
             let rng = &mut self.rng;
             let picked = self
                 .swarm
                 .with_picker(|p| {
                     p.pick(
                         |i| remote.get(i as u32),
-                        |i| jobs.contains(&(i as u32)) || refused.contains(&(i as u32)),
+                        |i| {
+                            let i = i as u32;
+                            jobs.contains(&i) || refused.contains(&i) || concluding.contains(&i)
+                        },
                         rng,
                     )
                 })
@@ -803,12 +845,21 @@ impl Session {
                 }
                 continue;
             }
-            let buffer = if self.swarm.claim_writer(piece, self.id) {
-                None
+            let (stream, buffer) = if self.swarm.claim_writer(piece, self.id) {
+                self.next_stream += 1;
+                let stream = PieceStream::new(
+                    piece,
+                    len,
+                    self.id,
+                    self.next_stream,
+                    self.listed,
+                    self.disk_tx.clone(),
+                );
+                (Some(stream), None)
             } else if len <= MAX_DUPLICATE_PIECE
                 && self.jobs.iter().filter(|j| j.buffer.is_some()).count() < MAX_DUPLICATES
             {
-                Some(Vec::with_capacity(len as usize))
+                (None, Some(Vec::with_capacity(len as usize)))
             } else {
                 // Someone else writes it and we may not duplicate it.
                 self.swarm.with_picker(|p| p.release(piece as usize));
@@ -820,7 +871,8 @@ impl Session {
                 len,
                 next_request: 0,
                 next_receive: 0,
-                hasher: Some(blake3::Hasher::new()),
+                hasher: buffer.as_ref().map(|_| blake3::Hasher::new()),
+                stream,
                 buffer,
             });
         }

@@ -94,6 +94,8 @@ pub struct Swarm {
     pub down_limit: RateLimit,
     pub uploaded: AtomicU64,
     pub downloaded: AtomicU64,
+    /// Block buffers and the writer thread of the download.
+    pub disk: super::disk::Disk,
     /// The first verified manifest a session obtained (getter side).
     manifest_tx: watch::Sender<Option<VerifiedManifest>>,
     content_tx: watch::Sender<Option<Arc<Content>>>,
@@ -141,6 +143,7 @@ impl Swarm {
             down_limit: RateLimit::new(opts.max_download),
             uploaded: AtomicU64::new(0),
             downloaded: AtomicU64::new(0),
+            disk: Default::default(),
             manifest_tx: watch::channel(None).0,
             content_tx: watch::channel(None).0,
             have_tx,
