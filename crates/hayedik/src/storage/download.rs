@@ -204,7 +204,10 @@ impl Download {
                     // Pieces written after the last save (a crash, or a full
                     // disk that kept the resume file from being rewritten)
                     // are in the part file but not claimed.
-                    let after = matches!((modified, resume_time), (Some(m), Some(r)) if *m > r);
+                    // Equal times count as after: file times are coarse
+                    // (a few ms), so a write in the same tick as the save
+                    // must not be missed; rechecking costs only time.
+                    let after = matches!((modified, resume_time), (Some(m), Some(r)) if *m >= r);
                     newer += usize::from(after);
                     for p in pieces.filter(|&p| after || claimed.get(p)) {
                         candidates.set(p);
