@@ -478,7 +478,9 @@ fn hostile_manifest_names() {
 #[test]
 fn wrong_proof_gets_nothing() {
     scenario(Duration::from_secs(90), || {
-        let s = Swarm::start(27, &[]);
+        // The sharer is capped so that the getter (below) cannot finish
+        // before it has met the rogue, however fast the machine.
+        let s = Swarm::start(27, &["--max-upload", "4M"]);
         let root = s.served.root;
         let asks = [
             Message::ManifestRequest,
