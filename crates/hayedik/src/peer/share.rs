@@ -82,6 +82,7 @@ pub async fn share(
     };
     let (manifest, layout, storage) = manifest;
     let manifest_bytes = manifest.encode();
+    let name = manifest.top_name().to_owned();
     let root = manifest.root();
 
     // The tracker: the given one, or one embedded in this process.
@@ -150,11 +151,7 @@ pub async fn share(
         root: hex(&root),
         bytes,
         pieces: u64::from(pieces),
-        name: walked
-            .entries
-            .first()
-            .map(|e| e.path.split('/').next().unwrap_or("").to_owned())
-            .unwrap_or_default(),
+        name,
         files: walked.entries.iter().filter(|e| !e.directory).count() as u64,
         folder: walked.folder,
     });

@@ -303,8 +303,7 @@ impl Download {
             let s = download.lock_state();
             s.pending.is_empty() && download.wanted_missing(&s.have) == 0
         };
-        let written_before = found.iter().any(|f| matches!(f, Found::Part(_)));
-        if nothing_to_do && !written_before {
+        if nothing_to_do && !any_part {
             // Everything wanted was there already: no resume file needed.
             download.lock_state().dirty = false;
             let file = download.finish()?;
@@ -589,15 +588,9 @@ impl Plan {
             }
             let mut path = target.dir.clone();
             path.extend(f.path.split('/'));
-            let (parent, name) = match f.path.rsplit_once('/') {
-                Some((parent, name)) => {
-                    let mut p = target.dir.clone();
-                    p.extend(parent.split('/'));
-                    (p, name)
-                }
-                None => (target.dir.clone(), f.path.as_str()),
-            };
-            parts.push(Paths::new(&parent, name)?.part);
+            let name = f.path.rsplit('/').next().unwrap_or(&f.path);
+            let parent = path.parent().unwrap_or(&target.dir);
+            parts.push(Paths::new(parent, name)?.part);
             finals.push(path);
         }
         let mut top_path = target.dir.clone();
@@ -607,6 +600,31 @@ impl Plan {
             finals,
             parts,
         })
+    }
+
+    /// The folders under `dir` that the entries `pick` selects lie in (and,
+    /// `with_entries`, the folder entries themselves), in component order: a
+    /// folder before the folders inside it.
+    fn folders(
+        &self,
+        target: &Target,
+        pick: impl Fn(usize) -> bool,
+        with_entries: bool,
+    ) -> BTreeSet<PathBuf> {
+        let mut folders = BTreeSet::new();
+        for (i, (f, path)) in target.files.iter().zip(&self.finals).enumerate() {
+            if !pick(i) {
+                continue;
+            }
+            let first = if f.directory && with_entries { 0 } else { 1 };
+            for a in path.ancestors().skip(first) {
+                if a == target.dir {
+                    break;
+                }
+                folders.insert(a.to_path_buf());
+            }
+        }
+        folders
     }
 
     fn tree_files(&self, target: &Target) -> Vec<TreeFile> {
@@ -643,15 +661,7 @@ impl Plan {
         };
         // Folders on the way, each looked at once; below a missing folder
         // everything is missing.
-        let mut folders: BTreeSet<PathBuf> = BTreeSet::new();
-        for f in &target.files {
-            let mut p = target.dir.clone();
-            let components: Vec<&str> = f.path.split('/').collect();
-            for c in &components[..components.len() - 1] {
-                p.push(c);
-                folders.insert(p.clone());
-            }
-        }
+        let folders = self.folders(target, |_| true, false);
         let mut missing_folders: BTreeSet<PathBuf> = BTreeSet::new();
         for folder in &folders {
             if folder
@@ -754,23 +764,7 @@ impl Plan {
     ) -> Result<(), StorageError> {
         fs::create_dir_all(&target.dir)
             .map_err(|e| StorageError::io(Op::Creating, &target.dir, e))?;
-        let mut folders: BTreeSet<PathBuf> = BTreeSet::new();
-        for (i, f) in target.files.iter().enumerate() {
-            if !target.wants(i) {
-                continue;
-            }
-            let components: Vec<&str> = f.path.split('/').collect();
-            let keep = if f.directory {
-                components.len()
-            } else {
-                components.len() - 1
-            };
-            let mut p = target.dir.clone();
-            for c in &components[..keep] {
-                p.push(c);
-                folders.insert(p.clone());
-            }
-        }
+        let folders = self.folders(target, |i| target.wants(i), true);
         // Component order: a folder comes before the folders inside it.
         for folder in &folders {
             match fs::create_dir(folder) {

@@ -18,6 +18,8 @@ pub(crate) struct Paths {
 
 /// Longest file name most file systems take, in bytes.
 const NAME_MAX: usize = 255;
+const PART_SUFFIX: &str = ".hayedik-part";
+const RESUME_SUFFIX: &str = ".hayedik-resume";
 const LONGEST_SUFFIX: &str = ".hayedik-resume.tmp";
 
 impl Paths {
@@ -37,8 +39,8 @@ impl Paths {
             format!("{}~{}", &name[..cut], &hash.as_str()[..16])
         };
         Ok(Paths {
-            part: dir.join(format!(".{base}.hayedik-part")),
-            resume: dir.join(format!(".{base}.hayedik-resume")),
+            part: dir.join(format!(".{base}{PART_SUFFIX}")),
+            resume: dir.join(format!(".{base}{RESUME_SUFFIX}")),
             resume_tmp: dir.join(format!(".{base}{LONGEST_SUFFIX}")),
         })
     }
@@ -49,7 +51,7 @@ impl Paths {
 /// such names, or its files could be taken for another file's side files.
 pub fn is_side_name(name: &str) -> bool {
     name.starts_with('.')
-        && [".hayedik-part", ".hayedik-resume", LONGEST_SUFFIX]
+        && [PART_SUFFIX, RESUME_SUFFIX, LONGEST_SUFFIX]
             .iter()
             .any(|s| name.ends_with(s))
 }

@@ -132,9 +132,8 @@ impl TreeStorage {
     pub fn current_path(&self, index: usize) -> Option<&Path> {
         let f = self.files.get(index)?;
         match (self.state(index), &f.part) {
-            (FileState::Part, Some(part)) => Some(part),
-            (FileState::Missing, Some(part)) => Some(part),
-            _ => Some(&f.path),
+            (FileState::Final, _) | (_, None) => Some(&f.path),
+            (_, Some(part)) => Some(part),
         }
     }
 
