@@ -284,7 +284,13 @@ record() {  # record KEY VALUE
 one() {  # one TOOL SEEDERS
   if "$1_run" "$2"; then
     record "$1 $2" "$T"
-    say "    $1 $2 -> 1: $T s ($(mib "$T") MiB/s)"
+    local extra=""
+    if [ "$1" = hayedik ]; then
+      # The getter's own account: its done event's seconds (start -> done).
+      extra=$(jq -r 'select(.event == "done") | .seconds' "$WORK/hget.out" 2>/dev/null | head -n 1)
+      [ -n "$extra" ] && extra=$(printf ' (done at %.3f s)' "$extra")
+    fi
+    say "    $1 $2 -> 1: $T s ($(mib "$T") MiB/s)$extra"
   else
     say "    $1 $2 -> 1: FAILED"
   fi
