@@ -221,6 +221,8 @@ pub async fn write_loop(
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut reading: Option<tokio::task::JoinHandle<Batch>> = None;
     let mut open = true;
+    #[cfg(target_os = "linux")]
+    let mut direct = direct::Direct::default();
     while open || reading.is_some() {
         let mut serves = Vec::new();
         while open && serves.len() < SERVE_BATCH {
@@ -258,7 +260,34 @@ pub async fn write_loop(
                 }
             }
         }
-        let next = match swarm.content() {
+        let content = swarm.content();
+        // Blocks of content that lives in files go straight from the file
+        // to the socket: no read into a buffer, no hand-off per block.
+        #[cfg(target_os = "linux")]
+        if let (Some(content), None) = (&content, &reading) {
+            if serves
+                .first()
+                .is_some_and(|s| content.storage.file_range(s.at, s.len as usize).is_some())
+            {
+                if !frames.is_empty() {
+                    if wr.write_all(&frames).await.is_err() {
+                        return;
+                    }
+                    frames.clear();
+                }
+                for serve in &serves {
+                    if direct
+                        .serve(&mut wr, &swarm, content, serve, &cancelled)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                continue;
+            }
+        }
+        let next = match content {
             Some(content) if !serves.is_empty() => {
                 let (swarm, buf) = (swarm.clone(), spare.pop().unwrap_or_default());
                 Some(tokio::task::spawn_blocking(move || {
@@ -387,4 +416,155 @@ fn read_batch(swarm: &Swarm, content: &Content, serves: &[Serve], mut buf: Vec<u
         }
     }
     Batch { buf, parts }
+}
+
+/// Serving blocks with `sendfile(2)`: the kernel copies the file's pages
+/// (page cache) into the socket; nothing passes through a buffer of ours.
+#[cfg(target_os = "linux")]
+mod direct {
+    use std::collections::HashSet;
+    use std::fs::File;
+    use std::io;
+    use std::num::NonZeroU64;
+    use std::sync::atomic::Ordering;
+    use std::sync::{Arc, Mutex};
+
+    use hayedik_proto::peer::{encode_block_header, Message};
+    use rustix::net::SendFlags;
+    use tokio::io::{AsyncWriteExt, Interest};
+    use tokio::net::tcp::OwnedWriteHalf;
+    use tokio::net::TcpStream;
+
+    use super::super::guard::Check;
+    use super::super::swarm::{Content, Swarm};
+    use super::Serve;
+
+    /// What a session's writer remembers between blocks.
+    #[derive(Debug, Default)]
+    pub(super) struct Direct {
+        /// The piece whose range was last announced to the kernel as needed
+        /// soon (read-ahead), so that a block not in page cache is read
+        /// before `sendfile` needs it rather than while it waits.
+        advised: Option<u32>,
+    }
+
+    impl Direct {
+        /// Sends one requested block (or a Reject). An error means the
+        /// connection is unusable (the socket failed, or a frame could not
+        /// be completed because the file shrank).
+        pub(super) async fn serve(
+            &mut self,
+            wr: &mut OwnedWriteHalf,
+            swarm: &Arc<Swarm>,
+            content: &Arc<Content>,
+            serve: &Serve,
+            cancelled: &Mutex<HashSet<(u32, u32)>>,
+        ) -> io::Result<()> {
+            let &Serve {
+                piece,
+                offset,
+                len,
+                at,
+            } = serve;
+            let servable = content.guard.is_fresh(piece) || {
+                // A stat of the file, maybe a re-hash of the piece: blocking.
+                let c = content.clone();
+                let base = at - u64::from(offset);
+                tokio::task::spawn_blocking(move || {
+                    matches!(
+                        c.guard.check(piece, &c.manifest, c.storage.as_ref(), base),
+                        Check::Good
+                    )
+                })
+                .await
+                .unwrap_or(false)
+            };
+            if !servable {
+                swarm.piece_lost(piece);
+                return reject(wr, piece, offset, len).await;
+            }
+            let (file, within) = match content.storage.file_range(at, len as usize) {
+                Some(Ok(found)) => found,
+                Some(Err(e)) => {
+                    tracing::warn!(piece, "cannot read a piece to serve: {e}");
+                    return reject(wr, piece, offset, len).await;
+                }
+                None => return reject(wr, piece, offset, len).await,
+            };
+            if self.advised != Some(piece) {
+                self.advised = Some(piece);
+                let piece_len = content.layout.piece_len(piece);
+                // Advice only: a failure changes nothing but speed.
+                let _ = rustix::fs::fadvise(
+                    &*file,
+                    within - u64::from(offset),
+                    NonZeroU64::new(piece_len),
+                    rustix::fs::Advice::WillNeed,
+                );
+            }
+            // Cancelled while it was checked: not sent after all.
+            let skip = cancelled
+                .lock()
+                .map(|mut c| c.remove(&(piece, offset)))
+                .unwrap_or(false);
+            if skip {
+                return Ok(());
+            }
+            swarm.up_limit.acquire(len as usize).await;
+            let stream: &TcpStream = wr.as_ref();
+            send_more(stream, &encode_block_header(piece, offset, len)).await?;
+            if let Err(e) = send_file(stream, &file, within, len as usize).await {
+                if e.kind() == io::ErrorKind::UnexpectedEof {
+                    tracing::warn!(piece, "a file being served got shorter: {e}");
+                    swarm.piece_lost(piece);
+                }
+                return Err(e);
+            }
+            swarm.uploaded.fetch_add(u64::from(len), Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    async fn reject(wr: &mut OwnedWriteHalf, piece: u32, offset: u32, len: u32) -> io::Result<()> {
+        let mut frame = Vec::new();
+        Message::Reject { piece, offset, len }.encode(&mut frame);
+        wr.write_all(&frame).await
+    }
+
+    /// Writes all of `bytes`, telling the kernel more follows (`MSG_MORE`):
+    /// a block's header leaves in the same segment as its data.
+    async fn send_more(stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
+        let mut sent = 0;
+        while sent < bytes.len() {
+            let rest = &bytes[sent..];
+            sent += stream
+                .async_io(Interest::WRITABLE, || {
+                    rustix::net::send(stream, rest, SendFlags::MORE).map_err(io::Error::from)
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Sends `len` bytes of `file` from `at` with `sendfile(2)`.
+    async fn send_file(stream: &TcpStream, file: &File, at: u64, len: usize) -> io::Result<()> {
+        let mut offset = at;
+        let end = at + len as u64;
+        while offset < end {
+            let want = usize::try_from(end - offset).unwrap_or(usize::MAX);
+            let n = stream
+                .async_io(Interest::WRITABLE, || {
+                    rustix::fs::sendfile(stream, file, Some(&mut offset), want)
+                        .map_err(io::Error::from)
+                })
+                .await?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("the file ends at byte {offset}, before {end}"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }

@@ -264,6 +264,13 @@ impl Storage for TreeStorage {
         Ok(())
     }
 
+    fn file_range(&self, offset: u64, n: usize) -> Option<io::Result<(Arc<File>, u64)>> {
+        Some(
+            self.place(offset, n)
+                .and_then(|(index, within)| Ok((self.handle(index, false)?, within))),
+        )
+    }
+
     /// Flushes every file written since the last call: each with
     /// `fdatasync`, or, with many of them on Linux, the file system at once.
     fn sync(&self) -> io::Result<()> {

@@ -282,3 +282,80 @@ fn altered_file_with_its_mtime_kept() {
         }
     });
 }
+
+/// A seeder's file cut short while it serves it. A block's data goes
+/// straight from the file to the socket (`sendfile`), and the getter reads
+/// slowly (capped), so the seeder is in the middle of a block when the file
+/// shrinks: it drops that connection rather than send anything short as a
+/// block, keeps running and says why; the getter ends correct from an
+/// honest seeder, and no piece fails verification.
+#[test]
+fn shared_file_cut_short_while_served() {
+    scenario(Duration::from_secs(90), || {
+        let tracker = Tracker::start(&["--announce-interval", "2"]);
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let file = dir.path().join(NAME);
+        let data = random_file(&file, 24 * MIB, 33);
+        let central = tracker.addr.to_string();
+        let mut sharer = Proc::local(
+            "sharer",
+            &[
+                "share",
+                file.to_str().expect("UTF-8"),
+                "--tracker",
+                &central,
+                "--listen",
+                "127.0.0.1:0",
+                "--json",
+            ],
+        );
+        let ticket = ticket_of(&mut sharer);
+        let out = dir.path().join("out");
+        let mut g = get(
+            "getter",
+            &ticket,
+            &out,
+            &["--no-seed", "--timeout", "30", "--max-download", "8M"],
+        );
+        g.wait_progress(2 * MIB as u64, Duration::from_secs(30));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&file)
+            .and_then(|f| f.set_len(2 * MIB as u64 + 5))
+            .expect("cutting the shared file short");
+        let seed = dir.path().join("honest");
+        place_copy(&seed, NAME, &data);
+        let mut honest = get("honest seeder", &ticket, &seed, &[]);
+        honest.wait_event("seeding", Duration::from_secs(30));
+        g.wait_event("done", Duration::from_secs(60));
+        g.expect_success(Duration::from_secs(15));
+        assert_file_is(&out.join(NAME), &data);
+        assert_eq!(
+            failed_pieces(&g),
+            0,
+            "a piece of the cut file was served as good:\n{}",
+            g.stderr()
+        );
+        assert!(
+            sharer.is_running(),
+            "the sharer ended:\n{}",
+            sharer.stderr()
+        );
+        let err = sharer.stderr();
+        assert!(
+            err.contains("changed on disk") || err.contains("got shorter"),
+            "the sharer did not say its file changed:\n{err}"
+        );
+        crate::lab::note(&format!(
+            "shared_file_cut_short_while_served: the sharer noticed by {}",
+            if err.contains("got shorter") {
+                "a short sendfile"
+            } else {
+                "its stat of the file"
+            }
+        ));
+        for p in [&sharer, &honest, &g] {
+            p.assert_no_panic();
+        }
+    });
+}
