@@ -4,10 +4,13 @@
 #   bash bench/compare.sh                     # 1 GiB, 5 rounds
 #   HAYEDIK_BENCH_BYTES=256M HAYEDIK_BENCH_RUNS=3 bash bench/compare.sh
 #
-# Installs aria2, mktorrent, opentracker, iperf3, curl and jq with apt-get if
+# Installs aria2, mktorrent, opentracker, iperf3, curl, jq and python3 with apt-get if
 # missing, builds the release binary (or uses $HAYEDIK_BIN), writes one file
 # of random bytes (kept in page cache), then, in every round:
 #   - iperf3: one TCP stream over loopback for a few seconds (the ceiling);
+#   - TCP into a file: the file sent over one loopback connection and
+#     written into a new file by a few lines of Python (the floor of any
+#     download on this machine: no protocol, hashing or sync);
 #   - 1 -> 1 and 3 -> 1 with hayedik and with aria2c, alternating which tool
 #     goes first from one round to the next.
 # aria2c peers find each other through Debian's opentracker on 127.0.0.1
@@ -54,7 +57,7 @@ as_root() {
 # --- tools -----------------------------------------------------------------
 missing=()
 for pair in aria2c:aria2 mktorrent:mktorrent opentracker:opentracker \
-            iperf3:iperf3 curl:curl jq:jq cmp:diffutils numfmt:coreutils; do
+            iperf3:iperf3 curl:curl jq:jq python3:python3 cmp:diffutils numfmt:coreutils; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -273,6 +276,51 @@ iperf_run() {  # sets T to iperf3's rate in MiB/s
   T=$(awk -v b="$bps" 'BEGIN { printf "%.0f", b / 8 / 1048576 }')
 }
 
+# tcp_file_run: the bare floor of a download on this machine, with no
+# protocol, no hashing and no durability: one process sends the file with
+# sendfile(2) over one loopback TCP connection, another receives it with
+# 256 KiB recv()s and write()s it into a new file. Sets T to its time in
+# seconds (connect -> last write; the file is then deleted, unsynced).
+tcp_file_run() {
+  T=$(timeout "$LIMIT" python3 - "$WORK/src/$NAME" "$WORK/tcp-file.out" <<'PY'
+import os, socket, sys, time
+src, dst = sys.argv[1], sys.argv[2]
+n = os.path.getsize(src)
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(1)
+pid = os.fork()
+if pid == 0:
+    conn, _ = srv.accept()
+    with open(src, "rb") as f:
+        off = 0
+        while off < n:
+            off += os.sendfile(conn.fileno(), f.fileno(), off, n - off)
+    conn.close()
+    os._exit(0)
+t0 = time.monotonic()
+s = socket.create_connection(srv.getsockname())
+fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+buf = memoryview(bytearray(256 << 10))
+got = 0
+while got < n:
+    k = s.recv_into(buf)
+    if k == 0:
+        break
+    os.write(fd, buf[:k])
+    got += k
+t1 = time.monotonic()
+os.close(fd)
+os.waitpid(pid, 0)
+if got != n:
+    sys.exit(f"received {got} of {n} bytes")
+print(f"{t1 - t0:.3f}")
+PY
+) || { rm -f "$WORK/tcp-file.out"; return 1; }
+  rm -f "$WORK/tcp-file.out"
+  sync
+}
+
 mib() { awk -v b="$BYTES" -v t="$1" 'BEGIN { printf "%.0f", b / 1048576 / t }'; }
 
 # --- rounds ----------------------------------------------------------------------
@@ -299,6 +347,7 @@ one() {  # one TOOL SEEDERS
 for ((r = 1; r <= RUNS; r++)); do
   say "  round $r/$RUNS"
   if iperf_run; then record iperf "$T"; say "    iperf3: $T MiB/s"; else say "    iperf3: FAILED"; fi
+  if tcp_file_run; then record tcpfile "$T"; say "    TCP into a file: $T s ($(mib "$T") MiB/s)"; else say "    TCP into a file: FAILED"; fi
   if [ $((r % 2)) = 1 ]; then order=(hayedik aria2c); else order=(aria2c hayedik); fi
   for seeders in 1 3; do
     for tool in "${order[@]}"; do one "$tool" "$seeders"; done
@@ -333,4 +382,10 @@ if [ -n "${im:-}" ]; then
   say "  iperf3 one loopback TCP stream: $im MiB/s ($ilo..$ihi)"
   read -r hm _ _ <<<"$(stats "hayedik 1")" || true
   [ -n "${hm:-}" ] && say "  hayedik 1 -> 1 at $(mib "$hm") MiB/s = $(awk -v r="$(mib "$hm")" -v i="$im" 'BEGIN { printf "%.0f", 100 * r / i }')% of iperf3"
+fi
+read -r tm tlo thi <<<"$(stats tcpfile)" || true
+if [ -n "${tm:-}" ]; then
+  say "  TCP into a file (sendfile -> recv -> write, no hashing, no sync): $tm s ($tlo..$thi), $(mib "$tm") MiB/s"
+  read -r hm _ _ <<<"$(stats "hayedik 1")" || true
+  [ -n "${hm:-}" ] && say "  hayedik 1 -> 1 takes $(awk -v h="$hm" -v t="$tm" 'BEGIN { printf "%.2f", h / t }')x that time"
 fi
