@@ -32,7 +32,11 @@
 # Environment (all optional): HAYEDIK_BENCH_BYTES (size: 1073741824, 256M,
 # 1G; default 1G), HAYEDIK_BENCH_RUNS (rounds, default 5),
 # HAYEDIK_BENCH_LIMIT (seconds any one process may take, default 300),
-# HAYEDIK_BENCH_IPERF_SECS (default 3), HAYEDIK_BENCH_DIR (where the files
+# HAYEDIK_BENCH_WARM (1: before every measured download, of either tool
+# and of the TCP floor, write the file's size of scratch data and delete it,
+# so that the download's page cache comes from memory the machine used just
+# before; see "What writing new page cache costs" in docs/performance.md;
+# default 0), HAYEDIK_BENCH_IPERF_SECS (default 3), HAYEDIK_BENCH_DIR (where the files
 # go, default $TMPDIR or /tmp), HAYEDIK_BIN (a hayedik binary to use instead
 # of building one), CARGO_TARGET_DIR (as for cargo).
 set -euo pipefail
@@ -42,6 +46,7 @@ BYTES_SPEC=${HAYEDIK_BENCH_BYTES:-1G}
 RUNS=${HAYEDIK_BENCH_RUNS:-5}
 LIMIT=${HAYEDIK_BENCH_LIMIT:-300}
 IPERF_SECS=${HAYEDIK_BENCH_IPERF_SECS:-3}
+WARM=${HAYEDIK_BENCH_WARM:-0}
 BYTES=$(numfmt --from=iec "$BYTES_SPEC")
 
 say() { printf '%s\n' "$*"; }
@@ -134,6 +139,17 @@ wait_for() {
   done
 }
 
+# warm_pages: with HAYEDIK_BENCH_WARM=1, writes $BYTES of scratch data and
+# deletes it (unmeasured), so that the next writer's page cache reuses
+# pages this machine used a moment ago instead of pages it has not touched
+# for a while (which, in a VM whose balloon reports free pages to the host,
+# cost a host fault each on first touch).
+warm_pages() {
+  [ "$WARM" = 1 ] || return 0
+  dd if=/dev/zero of="$WORK/warm.scratch" bs=1M count=$(( (BYTES + 1048575) / 1048576 )) status=none
+  rm -f "$WORK/warm.scratch"
+}
+
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
@@ -177,6 +193,7 @@ say "hayedik vs aria2c on loopback: $((BYTES / 1048576)) MiB, $RUNS rounds"
 say "  hayedik: $HAYEDIK ($("$HAYEDIK" --version))"
 say "  aria2c: $(aria2c --version | head -n 1); opentracker (Debian); $(iperf3 --version | head -n 1)"
 say "  $(nproc) CPUs; load average before the run: $(cut -d' ' -f1-3 /proc/loadavg)"
+[ "$WARM" = 1 ] && say "  HAYEDIK_BENCH_WARM=1: scratch data written and deleted before every measured download"
 head -c "$BYTES" /dev/urandom >"$WORK/src/$NAME"
 cp "$WORK/src/$NAME" "$WORK/seed1/$NAME"
 cp "$WORK/src/$NAME" "$WORK/seed2/$NAME"
@@ -228,6 +245,7 @@ aria2c_run() {  # aria2c_run SEEDERS
     sleep 0.05
   done
   local rc=0
+  warm_pages
   timed a2get aria2c -d "$WORK/out" --seed-time=0 --file-allocation=none \
     "${A2_COMMON[@]}" "$WORK/content.torrent" || rc=1
   stop "${pids[@]}" "$ot"
@@ -251,6 +269,7 @@ hayedik_run() {  # hayedik_run SEEDERS
       || { stop "${pids[@]}"; return 1; }
   done
   local rc=0
+  warm_pages
   timed hget "$HAYEDIK" get "$ticket" -o "$WORK/out" --listen 127.0.0.1:0 --no-seed --json || rc=1
   stop "${pids[@]}"
   check_output || rc=1
@@ -347,6 +366,7 @@ one() {  # one TOOL SEEDERS
 for ((r = 1; r <= RUNS; r++)); do
   say "  round $r/$RUNS"
   if iperf_run; then record iperf "$T"; say "    iperf3: $T MiB/s"; else say "    iperf3: FAILED"; fi
+  warm_pages
   if tcp_file_run; then record tcpfile "$T"; say "    TCP into a file: $T s ($(mib "$T") MiB/s)"; else say "    TCP into a file: FAILED"; fi
   if [ $((r % 2)) = 1 ]; then order=(hayedik aria2c); else order=(aria2c hayedik); fi
   for seeders in 1 3; do
