@@ -879,6 +879,12 @@ impl Session {
     }
 
     fn on_tick(&mut self) -> Result<(), SessionError> {
+        if self.swarm.is_banned(&self.listed) {
+            // Banned from elsewhere: another session with the same peer, or
+            // the disk thread concluding pieces of a session already gone.
+            self.send(Message::goodbye("you sent pieces that do not verify"));
+            return Err(SessionError::Banned { peer: self.listed });
+        }
         let now = Instant::now();
         if self.in_flight > 0 && now.duration_since(self.last_block) > STALL_TIMEOUT {
             return Err(SessionError::Stalled { peer: self.remote });

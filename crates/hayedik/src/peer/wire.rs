@@ -223,6 +223,9 @@ pub async fn write_loop(
     let mut open = true;
     #[cfg(target_os = "linux")]
     let mut direct = direct::Direct::default();
+    // Whether the content lives in files (decided at the first block).
+    #[cfg(target_os = "linux")]
+    let mut in_files: Option<bool> = None;
     while open || reading.is_some() {
         let mut serves = Vec::new();
         while open && serves.len() < SERVE_BATCH {
@@ -265,10 +268,12 @@ pub async fn write_loop(
         // to the socket: no read into a buffer, no hand-off per block.
         #[cfg(target_os = "linux")]
         if let (Some(content), None) = (&content, &reading) {
-            if serves
-                .first()
-                .is_some_and(|s| content.storage.file_range(s.at, s.len as usize).is_some())
-            {
+            let direct_ok = serves.first().is_some_and(|s| {
+                *in_files.get_or_insert_with(|| {
+                    content.storage.file_range(s.at, s.len as usize).is_some()
+                })
+            });
+            if direct_ok {
                 if !frames.is_empty() {
                     if wr.write_all(&frames).await.is_err() {
                         return;

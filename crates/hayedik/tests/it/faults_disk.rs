@@ -296,20 +296,7 @@ fn shared_file_cut_short_while_served() {
         let dir = tempfile::tempdir().expect("a scratch directory");
         let file = dir.path().join(NAME);
         let data = random_file(&file, 24 * MIB, 33);
-        let central = tracker.addr.to_string();
-        let mut sharer = Proc::local(
-            "sharer",
-            &[
-                "share",
-                file.to_str().expect("UTF-8"),
-                "--tracker",
-                &central,
-                "--listen",
-                "127.0.0.1:0",
-                "--json",
-            ],
-        );
-        let ticket = ticket_of(&mut sharer);
+        let (mut sharer, ticket) = share(&tracker, &file);
         let out = dir.path().join("out");
         let mut g = get(
             "getter",

@@ -157,34 +157,70 @@ fn finish(g: &mut Proc) -> serde_json::Value {
 }
 
 /// A seeder that sends corrupt blocks is banned by the getter, the honest
-/// sharer never is, and the file ends correct.
+/// sharer never is, the file ends correct, and once banned the rogue is not
+/// dialed again (the getter seeds on for a while to give it the chance; a
+/// second connection made before the ban, while pieces from the first were
+/// still being verified, is allowed, and is closed by the ban).
 #[test]
 fn corrupt_blocks_get_the_sender_banned() {
     scenario(Duration::from_secs(90), || {
         let s = Swarm::start(21, &["--max-upload", "2M"]);
         let rogue = s.rogue(Act::Corrupt);
-        let mut g = s.get("out", &["--timeout", "30"]);
-        let done = finish(&mut g);
-        assert_file_is(&s.out("out").join(NAME), s.data());
+        let out = s.out("out");
+        let mut g = Proc::local(
+            "getter",
+            &[
+                "get",
+                &s.ticket,
+                "-o",
+                out.to_str().expect("UTF-8"),
+                "--listen",
+                "127.0.0.1:0",
+                "--json",
+                "--timeout",
+                "30",
+            ],
+        );
+        g.listening();
+        let done = g.wait_event("done", Duration::from_secs(60));
+        assert_file_is(&out.join(NAME), s.data());
 
-        let err = g.stderr();
-        let bans = ban_lines(&err);
         let rogue_addr = rogue.addr.to_string();
         let sharer_addr = s.sharer_addr.to_string();
-        assert!(
-            bans.iter().any(|l| l.contains(&rogue_addr)),
-            "the corrupting rogue {rogue_addr} was not banned:\n{err}"
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ban_lines(&g.stderr())
+            .iter()
+            .any(|l| l.contains(&rogue_addr))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the corrupting rogue {rogue_addr} was not banned:\n{}",
+                g.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let accepted_at_ban = rogue.log().accepted;
+        // The connector retries known peers every 2 s, and the tracker
+        // lists the rogue again at every announce.
+        std::thread::sleep(Duration::from_secs(5));
+        let log = rogue.log();
+        assert_eq!(
+            log.accepted, accepted_at_ban,
+            "a banned peer was dialed again: {log:?}"
         );
+        let err = g.stderr();
         assert!(
-            !bans.iter().any(|l| l.contains(&sharer_addr)),
+            !ban_lines(&err).iter().any(|l| l.contains(&sharer_addr)),
             "the honest sharer was banned:\n{err}"
         );
         let from = &done["from"];
         assert_eq!(from[&sharer_addr].as_u64(), Some(LEN as u64), "{done}");
         assert!(from[&rogue_addr].as_u64().unwrap_or(0) == 0, "{done}");
-        let log = rogue.log();
         assert!(log.requests >= 2, "the rogue was never asked: {log:?}");
-        assert_eq!(log.accepted, 1, "a banned peer was dialed again: {log:?}");
+        crate::lab::note(&format!(
+            "corrupt_blocks_get_the_sender_banned: the rogue accepted {} connection(s)",
+            log.accepted
+        ));
         g.assert_no_panic();
         s.sharer.assert_no_panic();
     });
