@@ -385,7 +385,7 @@ fn three_to_one(lab: &Lab, run: &Path, file: &Path, bytes: u64) -> Result<Sample
     let mut seeders = Vec::new();
     for (i, dir) in copies.iter().enumerate() {
         let name = format!("seeder{}", i + 1);
-        seeders.push(lab.get_into(run, &name, &sharer.ticket, dir)?);
+        seeders.push(lab.get_into(run, &name, &sharer.ticket, dir, true)?);
     }
     let mut seeder_addrs = Vec::new();
     for s in &mut seeders {
@@ -595,23 +595,6 @@ impl Lab {
         Ok(dirs)
     }
 
-    /// `get` of `ticket` into `dir` (seeding when done).
-    fn get_into(&self, run: &Path, name: &str, ticket: &str, dir: &Path) -> Result<Proc, String> {
-        let out = dir.to_string_lossy().into_owned();
-        let args = [
-            "get",
-            ticket,
-            "-o",
-            &out,
-            "--listen",
-            "127.0.0.1:0",
-            "--timeout",
-            GET_TIMEOUT,
-            "--json",
-        ];
-        Proc::spawn(&self.bin.borrow(), name, &args, run)
-    }
-
     fn set_bin(&self, bin: &str) {
         *self.bin.borrow_mut() = bin.to_string();
     }
@@ -669,8 +652,19 @@ impl Lab {
     }
 
     fn get(&self, run: &Path, name: &str, ticket: &str, seed: bool) -> Result<Proc, String> {
-        let out = run.join(format!("{name}.out"));
-        let out = out.to_string_lossy().into_owned();
+        self.get_into(run, name, ticket, &run.join(format!("{name}.out")), seed)
+    }
+
+    /// `get` of `ticket` into `dir` (`--no-seed` unless `seed`).
+    fn get_into(
+        &self,
+        run: &Path,
+        name: &str,
+        ticket: &str,
+        dir: &Path,
+        seed: bool,
+    ) -> Result<Proc, String> {
+        let out = dir.to_string_lossy().into_owned();
         let mut args = vec![
             "get",
             ticket,
