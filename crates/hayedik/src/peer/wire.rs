@@ -204,10 +204,12 @@ struct Serve {
 /// Sends frames and serves blocks until the sender side is dropped or the
 /// socket fails.
 ///
-/// Requests queued together are read in one hand-off to the blocking pool
-/// (up to [`SERVE_BATCH`] blocks), and the next batch is read while the
-/// previous one is sent: the socket and the disk work at the same time.
-/// Frames queued meanwhile go out first, several in one write.
+/// On Linux, content that lives in files is served with `sendfile` (module
+/// `direct`). Otherwise requests queued together are read in one hand-off
+/// to the blocking pool (up to [`SERVE_BATCH`] blocks), and the next batch
+/// is read while the previous one is sent: the socket and the disk work at
+/// the same time. Frames queued meanwhile go out first, several in one
+/// write.
 pub async fn write_loop(
     writer: FrameWriter,
     mut rx: mpsc::UnboundedReceiver<Out>,
