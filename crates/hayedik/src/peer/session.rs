@@ -94,13 +94,20 @@ struct Job {
     len: u32,
     next_request: u32,
     next_receive: u32,
+    fetch: Fetch,
+}
+
+/// How a [`Job`]'s blocks are kept.
+enum Fetch {
     /// This session is the piece's only writer: its blocks go to the disk
     /// thread, which hashes them as it writes them.
-    stream: Option<Arc<Mutex<PieceStream>>>,
-    /// An endgame duplicate instead: kept in memory, hashed here, and
-    /// written only if it verifies before the writer's copy.
-    hasher: Option<blake3::Hasher>,
-    buffer: Option<Vec<u8>>,
+    Stream(Arc<Mutex<PieceStream>>),
+    /// An endgame duplicate: kept in memory, hashed here, and written only
+    /// if it verifies before the writer's copy.
+    Duplicate {
+        hasher: Box<blake3::Hasher>,
+        buffer: Vec<u8>,
+    },
 }
 
 struct Session {
@@ -665,7 +672,16 @@ impl Session {
         let at = job.base + u64::from(offset);
         job.next_receive += n as u32;
         let last = job.next_receive >= job.len;
-        if let Some(stream) = job.stream.clone() {
+        let stream = match &mut job.fetch {
+            Fetch::Stream(stream) => Some(stream.clone()),
+            Fetch::Duplicate { hasher, buffer } => {
+                // Endgame duplicate: memory only, until it verifies.
+                hasher.update(&data);
+                buffer.extend_from_slice(&data);
+                None
+            }
+        };
+        if let Some(stream) = stream {
             if last {
                 // The disk thread concludes the piece from here on.
                 self.jobs.swap_remove(i);
@@ -689,29 +705,22 @@ impl Session {
             }
             return Ok(());
         }
-        // Endgame duplicate: memory only, until it verifies.
-        let mut hasher = job.hasher.take().unwrap_or_default();
-        hasher.update(&data);
-        if let Some(buffer) = job.buffer.as_mut() {
-            buffer.extend_from_slice(&data);
-        }
         self.swarm.disk.pool.give(data);
-        job.hasher = Some(hasher);
         if !last {
             return Ok(());
         }
         let job = self.jobs.swap_remove(i);
-        let digest = job.hasher.map(|h| *h.finalize().as_bytes());
-        let good = digest.as_ref() == content.manifest.piece_hash(piece);
+        let Fetch::Duplicate { hasher, buffer } = job.fetch else {
+            return Ok(());
+        };
+        let good = Some(hasher.finalize().as_bytes()) == content.manifest.piece_hash(piece);
         if !good {
             if self.swarm.bad_piece(piece, self.listed) {
-                self.send(Message::goodbye("you sent pieces that do not verify"));
-                return Err(SessionError::Banned { peer: self.listed });
+                return Err(self.banned());
             }
             self.refill();
             return Ok(());
         }
-        let buffer = job.buffer.unwrap_or_default();
         let (storage, swarm, id, base) = (
             content.storage.clone(),
             self.swarm.clone(),
@@ -746,9 +755,8 @@ impl Session {
             DiskReply::Lost { piece, stream } => {
                 let ours = self.jobs.iter().any(|j| {
                     j.piece == piece
-                        && j.stream
-                            .as_ref()
-                            .is_some_and(|s| s.lock().is_ok_and(|s| s.stream == stream))
+                        && matches!(&j.fetch, Fetch::Stream(s)
+                            if s.lock().is_ok_and(|s| s.stream == stream))
                 });
                 if ours {
                     // Another session's verified copy took the piece over.
@@ -762,10 +770,7 @@ impl Session {
                 self.refill();
                 Ok(())
             }
-            DiskReply::Banned => {
-                self.send(Message::goodbye("you sent pieces that do not verify"));
-                Err(SessionError::Banned { peer: self.listed })
-            }
+            DiskReply::Banned => Err(self.banned()),
             DiskReply::Failed(msg) => Err(SessionError::Storage(msg)),
         }
     }
@@ -777,11 +782,17 @@ impl Session {
             let blocks = (job.next_request - job.next_receive).div_ceil(BLOCK_SIZE);
             self.in_flight -= blocks as usize;
             self.stray += blocks;
-            if job.buffer.is_none() {
+            if matches!(job.fetch, Fetch::Stream(_)) {
                 self.swarm.release_writer(piece, self.id);
             }
             self.swarm.with_picker(|p| p.release(piece as usize));
         }
+    }
+
+    /// The peer is banned: tells it why and ends the session.
+    fn banned(&mut self) -> SessionError {
+        self.send(Message::goodbye("you sent pieces that do not verify"));
+        SessionError::Banned { peer: self.listed }
     }
 
     /// A write failed: the whole download stops with a clear error.
@@ -845,21 +856,26 @@ impl Session {
                 }
                 continue;
             }
-            let (stream, buffer) = if self.swarm.claim_writer(piece, self.id) {
+            let duplicates = self
+                .jobs
+                .iter()
+                .filter(|j| matches!(j.fetch, Fetch::Duplicate { .. }))
+                .count();
+            let fetch = if self.swarm.claim_writer(piece, self.id) {
                 self.next_stream += 1;
-                let stream = PieceStream::new(
+                Fetch::Stream(PieceStream::new(
                     piece,
                     len,
                     self.id,
                     self.next_stream,
                     self.listed,
                     self.disk_tx.clone(),
-                );
-                (Some(stream), None)
-            } else if len <= MAX_DUPLICATE_PIECE
-                && self.jobs.iter().filter(|j| j.buffer.is_some()).count() < MAX_DUPLICATES
-            {
-                (None, Some(Vec::with_capacity(len as usize)))
+                ))
+            } else if len <= MAX_DUPLICATE_PIECE && duplicates < MAX_DUPLICATES {
+                Fetch::Duplicate {
+                    hasher: Box::default(),
+                    buffer: Vec::with_capacity(len as usize),
+                }
             } else {
                 // Someone else writes it and we may not duplicate it.
                 self.swarm.with_picker(|p| p.release(piece as usize));
@@ -871,9 +887,7 @@ impl Session {
                 len,
                 next_request: 0,
                 next_receive: 0,
-                hasher: buffer.as_ref().map(|_| blake3::Hasher::new()),
-                stream,
-                buffer,
+                fetch,
             });
         }
     }
@@ -882,8 +896,7 @@ impl Session {
         if self.swarm.is_banned(&self.listed) {
             // Banned from elsewhere: another session with the same peer, or
             // the disk thread concluding pieces of a session already gone.
-            self.send(Message::goodbye("you sent pieces that do not verify"));
-            return Err(SessionError::Banned { peer: self.listed });
+            return Err(self.banned());
         }
         let now = Instant::now();
         if self.in_flight > 0 && now.duration_since(self.last_block) > STALL_TIMEOUT {

@@ -250,10 +250,7 @@ pub async fn write_loop(
                     at,
                 }) => {
                     queued.fetch_sub(1, Ordering::Relaxed);
-                    let skip = cancelled
-                        .lock()
-                        .map(|mut c| c.remove(&(piece, offset)))
-                        .unwrap_or(false);
+                    let skip = take_cancel(&cancelled, piece, offset);
                     if !skip {
                         serves.push(Serve {
                             piece,
@@ -317,10 +314,7 @@ pub async fn write_loop(
                 let mut data = 0;
                 if let Some((piece, offset, len)) = part.block {
                     // Cancelled while it was read: not sent after all.
-                    let skip = cancelled
-                        .lock()
-                        .map(|mut c| c.remove(&(piece, offset)))
-                        .unwrap_or(false);
+                    let skip = take_cancel(&cancelled, piece, offset);
                     if skip {
                         continue;
                     }
@@ -338,6 +332,15 @@ pub async fn write_loop(
         reading = next;
     }
     let _ = wr.shutdown().await;
+}
+
+/// Whether the remote cancelled its request for the block at `(piece,
+/// offset)` (forgetting the cancel: it is used up).
+fn take_cancel(cancelled: &Mutex<HashSet<(u32, u32)>>, piece: u32, offset: u32) -> bool {
+    cancelled
+        .lock()
+        .map(|mut c| c.remove(&(piece, offset)))
+        .unwrap_or(false)
 }
 
 /// Frames ready to send, one after the other in `buf`.
@@ -444,7 +447,7 @@ mod direct {
 
     use super::super::guard::Check;
     use super::super::swarm::{Content, Swarm};
-    use super::Serve;
+    use super::{take_cancel, Serve};
 
     /// What a session's writer remembers between blocks.
     #[derive(Debug, Default)]
@@ -510,10 +513,7 @@ mod direct {
                 );
             }
             // Cancelled while it was checked: not sent after all.
-            let skip = cancelled
-                .lock()
-                .map(|mut c| c.remove(&(piece, offset)))
-                .unwrap_or(false);
+            let skip = take_cancel(cancelled, piece, offset);
             if skip {
                 return Ok(());
             }
