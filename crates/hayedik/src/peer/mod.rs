@@ -15,6 +15,7 @@ pub mod announce;
 pub mod disk;
 pub mod get;
 pub mod guard;
+pub mod handshake;
 pub mod hashing;
 pub mod node;
 pub mod picker;

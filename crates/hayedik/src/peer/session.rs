@@ -23,10 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hayedik_proto::manifest::Manifest;
-use hayedik_proto::peer::{
-    handshake_proof, verify_proof, Bitfield as WireBitfield, Message, Role, MAX_BLOCK,
-    PROTOCOL_VERSION,
-};
+use hayedik_proto::peer::{Bitfield as WireBitfield, Message, Role, MAX_BLOCK};
 use rand::SeedableRng;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
@@ -169,7 +166,7 @@ pub async fn run(
     };
     let listen_port = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
-        handshake(&swarm, &mut reader, &mut writer, remote, role),
+        super::handshake::handshake(&swarm, &mut reader, &mut writer, remote, role),
     )
     .await
     .map_err(|_| SessionError::HandshakeTimeout { peer: remote })??;
@@ -200,82 +197,6 @@ pub async fn run(
 
 fn unspecified() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 0))
-}
-
-/// Hello both ways, then proofs both ways. Returns the port the remote
-/// serves on (0 if it does not say).
-async fn handshake(
-    swarm: &Swarm,
-    reader: &mut FrameReader,
-    writer: &mut FrameWriter,
-    remote: SocketAddr,
-    role: Role,
-) -> Result<u16, SessionError> {
-    let wire = |source| SessionError::Wire {
-        peer: remote,
-        source,
-    };
-    let my_nonce: [u8; 32] = rand::random();
-    writer
-        .send(&Message::Hello {
-            version: PROTOCOL_VERSION,
-            swarm: swarm.swarm_key,
-            nonce: my_nonce,
-            listen_port: swarm.listen_port,
-        })
-        .await
-        .map_err(wire)?;
-    let (their_nonce, listen_port) = match reader.next().await.map_err(wire)? {
-        Message::Hello {
-            swarm: key,
-            nonce,
-            listen_port,
-            ..
-        } => {
-            if key != swarm.swarm_key {
-                let _ = writer
-                    .send(&Message::goodbye("this peer does not serve that swarm"))
-                    .await;
-                return Err(SessionError::OtherSwarm { peer: remote });
-            }
-            (nonce, listen_port)
-        }
-        Message::Goodbye { reason } => {
-            return Err(SessionError::Goodbye {
-                peer: remote,
-                reason,
-            })
-        }
-        other => {
-            return Err(protocol(
-                remote,
-                format!("expected Hello, got {:?}", other.kind()),
-            ))
-        }
-    };
-    let mac = handshake_proof(&swarm.auth_key, role, &their_nonce, &my_nonce);
-    writer.send(&Message::Proof { mac }).await.map_err(wire)?;
-    match reader.next().await.map_err(wire)? {
-        Message::Proof { mac } => {
-            if !verify_proof(&swarm.auth_key, role.other(), &my_nonce, &their_nonce, &mac) {
-                let _ = writer.send(&Message::goodbye("wrong proof")).await;
-                return Err(SessionError::BadProof { peer: remote });
-            }
-        }
-        Message::Goodbye { reason } => {
-            return Err(SessionError::Goodbye {
-                peer: remote,
-                reason,
-            })
-        }
-        other => {
-            return Err(protocol(
-                remote,
-                format!("expected Proof, got {:?}", other.kind()),
-            ))
-        }
-    }
-    Ok(listen_port)
 }
 
 fn protocol(peer: SocketAddr, what: String) -> SessionError {

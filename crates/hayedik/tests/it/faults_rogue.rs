@@ -19,24 +19,38 @@ const NAME: &str = "content.bin";
 const LEN: usize = 8 * MIB + 1000;
 
 /// A tracker and an honest sharer on loopback, and the content they share.
-struct Swarm {
-    tracker: Tracker,
-    sharer: Proc,
-    sharer_addr: SocketAddr,
-    ticket: String,
-    served: Served,
-    dir: tempfile::TempDir,
+pub struct Swarm {
+    pub tracker: Tracker,
+    pub sharer: Proc,
+    pub sharer_addr: SocketAddr,
+    pub ticket: String,
+    pub served: Served,
+    pub dir: tempfile::TempDir,
 }
 
 impl Swarm {
-    fn start(seed: u64, sharer_extra: &[&str]) -> Swarm {
+    pub fn start(seed: u64, sharer_extra: &[&str]) -> Swarm {
         Swarm::start_limited(seed, sharer_extra, None)
+    }
+
+    /// [`Swarm::start`] with a tracker started with `tracker_extra`.
+    pub fn start_with_tracker(seed: u64, sharer_extra: &[&str], tracker_extra: &[&str]) -> Swarm {
+        Swarm::start_full(seed, sharer_extra, None, tracker_extra)
     }
 
     /// [`Swarm::start`] with the sharer's descriptors capped at `nofile`
     /// (soft and hard limits, with prlimit).
     fn start_limited(seed: u64, sharer_extra: &[&str], nofile: Option<u32>) -> Swarm {
-        let tracker = Tracker::start(&[]);
+        Swarm::start_full(seed, sharer_extra, nofile, &[])
+    }
+
+    fn start_full(
+        seed: u64,
+        sharer_extra: &[&str],
+        nofile: Option<u32>,
+        tracker_extra: &[&str],
+    ) -> Swarm {
+        let tracker = Tracker::start(tracker_extra);
         let dir = tempfile::tempdir().expect("a scratch directory");
         let data = random_bytes(LEN, seed);
         let file = dir.path().join(NAME);
@@ -80,7 +94,7 @@ impl Swarm {
         }
     }
 
-    fn swarm_addr(&self) -> SocketAddr {
+    pub fn swarm_addr(&self) -> SocketAddr {
         SocketAddr::new(
             self.tracker.addr.ip(),
             crate::lab::ticket_port(&self.ticket),
@@ -98,21 +112,21 @@ impl Swarm {
         r
     }
 
-    fn out(&self, name: &str) -> std::path::PathBuf {
+    pub fn out(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
     }
 
     /// `get --no-seed` into `out`, on loopback.
-    fn get(&self, out: &str, extra: &[&str]) -> Proc {
+    pub fn get(&self, out: &str, extra: &[&str]) -> Proc {
         get(&self.ticket, &self.out(out), extra)
     }
 
-    fn data(&self) -> &[u8] {
+    pub fn data(&self) -> &[u8] {
         &self.served.data
     }
 
     /// A connection to the sharer after a right handshake (and its Bitfield).
-    fn dial_sharer(&self) -> Wire {
+    pub fn dial_sharer(&self) -> Wire {
         let mut w = Wire::connect(self.sharer_addr);
         let ok = w
             .handshake(&self.served.root, Role::Initiator, 0, true)
@@ -127,7 +141,7 @@ impl Swarm {
     }
 }
 
-fn get(ticket: &str, out: &Path, extra: &[&str]) -> Proc {
+pub fn get(ticket: &str, out: &Path, extra: &[&str]) -> Proc {
     let mut args = vec![
         "get",
         ticket,
@@ -150,7 +164,7 @@ fn ban_lines(text: &str) -> Vec<&str> {
 }
 
 /// Waits for the getter's `done` and exit 0; returns the `done` event.
-fn finish(g: &mut Proc) -> serde_json::Value {
+pub fn finish(g: &mut Proc) -> serde_json::Value {
     let done = g.wait_event("done", Duration::from_secs(60));
     g.expect_success(Duration::from_secs(15));
     done

@@ -5,6 +5,7 @@ mod faults_disk;
 mod faults_fuzz_seeds;
 mod faults_net;
 mod faults_rogue;
+mod faults_wire;
 mod folders;
 mod harness;
 mod lab;

@@ -460,12 +460,18 @@ fn block_on<T>(f: impl std::future::Future<Output = T>) -> T {
 /// Lists `tcp_port` (on this machine) as a seeder of `root` in the swarm
 /// tracker at `swarm`.
 pub fn announce_seeder(swarm: SocketAddr, root: &[u8; 32], tcp_port: u16) {
+    announce_as(swarm, &swarm_key(root), tcp_port, PeerState::Complete);
+}
+
+/// Lists `tcp_port` (on this machine) in the swarm of `key` at `swarm` in
+/// `state`: all it takes is the swarm key.
+pub fn announce_as(swarm: SocketAddr, key: &[u8; 32], tcp_port: u16, state: PeerState) {
     block_on(async {
-        let mut client = TrackerClient::bind(swarm, swarm_key(root), tcp_port)
+        let mut client = TrackerClient::bind(swarm, *key, tcp_port)
             .await
             .expect("a tracker client");
         client
-            .announce(PeerState::Complete, 0)
+            .announce(state, 0)
             .await
             .unwrap_or_else(|e| panic!("announcing the rogue: {e}"));
     });
