@@ -69,6 +69,10 @@ pub struct ShareArgs {
     /// Upload cap in bytes per second (K, M, G suffixes), e.g. 20M.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub max_upload: Option<u64>,
+    /// Incoming sessions allowed from one IPv4 address or IPv6 /64 (when
+    /// every slot is taken, the longest-idle session makes room).
+    #[arg(long, default_value_t = crate::peer::slots::DEFAULT_PER_ADDRESS as u16, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_peers_per_ip: u16,
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -102,6 +106,10 @@ pub struct GetArgs {
     /// of it). Repeatable; a later get without it completes the rest.
     #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
     pub only: Vec<String>,
+    /// Incoming sessions allowed from one IPv4 address or IPv6 /64 (when
+    /// every slot is taken, the longest-idle session makes room).
+    #[arg(long, default_value_t = crate::peer::slots::DEFAULT_PER_ADDRESS as u16, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_peers_per_ip: u16,
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,

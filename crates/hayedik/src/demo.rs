@@ -89,6 +89,7 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
         public_host: None,
         listen: "127.0.0.1:0".parse()?,
         max_upload: Some(SHARER_CAP),
+        max_peers_per_ip: crate::peer::slots::DEFAULT_PER_ADDRESS,
     };
     let s = stop.clone();
     let sharer = crate::spawn::spawn("demo sharer", async move {
@@ -136,6 +137,7 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
             max_upload: None,
             max_download: None,
             only: Vec::new(),
+            max_peers_per_ip: crate::peer::slots::DEFAULT_PER_ADDRESS,
         };
         let (tx, rx) = oneshot::channel();
         let s = stop.clone();

@@ -105,6 +105,7 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<ExitCode> {
                 public_host: a.public_host,
                 listen: a.listen,
                 max_upload: a.max_upload,
+                max_peers_per_ip: usize::from(a.max_peers_per_ip),
             };
             hayedik::peer::share::share(opts, events, cancel, |_| {}).await?;
             Ok(ExitCode::SUCCESS)
@@ -119,6 +120,7 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<ExitCode> {
                 max_upload: a.max_upload,
                 max_download: a.max_download,
                 only: a.only,
+                max_peers_per_ip: usize::from(a.max_peers_per_ip),
             };
             hayedik::peer::get::get(opts, events, cancel).await?;
             Ok(ExitCode::SUCCESS)

@@ -34,6 +34,8 @@ pub struct GetOptions {
     pub max_download: Option<u64>,
     /// `--only` patterns: download only the files they match (all when empty).
     pub only: Vec<String>,
+    /// Incoming sessions from one address (see `slots.rs`).
+    pub max_peers_per_ip: usize,
 }
 
 /// What a finished `get` reports (also used by the demo).
@@ -76,7 +78,7 @@ pub async fn get_observed(
         },
         cancel.child_token(),
     );
-    node::spawn_listener(listener, swarm.clone());
+    node::spawn_listener(listener, swarm.clone(), opts.max_peers_per_ip);
     observe(swarm.clone());
     let socket = udp_socket_for(tracker).await?;
     let mut client = TrackerClient::from_socket(socket, tracker, swarm.swarm_key, local.port());

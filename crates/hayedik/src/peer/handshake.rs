@@ -43,7 +43,10 @@ impl Nonces {
         loop {
             let nonce: [u8; 32] = rand::random();
             if self.lock().insert(nonce) {
-                return NonceGuard { nonces: self, nonce };
+                return NonceGuard {
+                    nonces: self,
+                    nonce,
+                };
             }
         }
     }

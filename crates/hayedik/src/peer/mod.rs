@@ -23,6 +23,7 @@ pub mod progress;
 pub mod rate;
 pub mod session;
 pub mod share;
+pub mod slots;
 pub mod swarm;
 pub mod wire;
 

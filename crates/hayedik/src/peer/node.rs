@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
@@ -15,7 +15,12 @@ use tokio::sync::{watch, Semaphore};
 
 use super::announce::AnnounceReply;
 use super::session;
+use super::slots::{Activity, Slots};
 use super::swarm::Swarm;
+
+fn lock(slots: &Mutex<Slots>) -> MutexGuard<'_, Slots> {
+    slots.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Sessions accepted at once.
 pub const MAX_INCOMING: usize = 128;
@@ -44,10 +49,12 @@ pub async fn bind_listener(
     Ok((listener, local))
 }
 
-/// Accepts sessions until the swarm is cancelled.
-pub fn spawn_listener(listener: TcpListener, swarm: Arc<Swarm>) {
+/// Accepts sessions until the swarm is cancelled, at most
+/// [`MAX_INCOMING`] at once and `per_address` from one address (see
+/// [`Slots`]).
+pub fn spawn_listener(listener: TcpListener, swarm: Arc<Swarm>, per_address: usize) {
     crate::spawn::spawn("listener", async move {
-        let slots = Arc::new(Semaphore::new(MAX_INCOMING));
+        let slots = Arc::new(Mutex::new(Slots::new(MAX_INCOMING, per_address)));
         let cancel = swarm.cancel.clone();
         loop {
             let accepted = tokio::select! {
@@ -63,17 +70,23 @@ pub fn spawn_listener(listener: TcpListener, swarm: Arc<Swarm>) {
                     continue;
                 }
             };
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                tracing::debug!(%addr, "too many sessions: closing");
-                drop(stream);
-                continue;
+            let admitted = lock(&slots).admit(addr.ip(), Instant::now(), &cancel);
+            let slot = match admitted {
+                Ok(slot) => slot,
+                Err(why) => {
+                    tracing::debug!(%addr, "{why}: closing");
+                    drop(stream);
+                    continue;
+                }
             };
-            let swarm = swarm.clone();
+            let (swarm, slots) = (swarm.clone(), slots.clone());
             crate::spawn::spawn(&format!("session {addr}"), async move {
-                if let Err(e) = session::run(swarm, stream, None).await {
+                let id = slot.id;
+                if let Err(e) = session::run(swarm, stream, None, slot.cancel, slot.activity).await
+                {
                     tracing::debug!("session with {addr} ended: {e}");
                 }
-                drop(permit);
+                lock(&slots).release(id);
             });
         }
     });
@@ -165,7 +178,11 @@ async fn dial(swarm: Arc<Swarm>, addr: SocketAddr) -> bool {
             return false;
         }
     };
-    match session::run(swarm, stream, Some(addr)).await {
+    let (cancel, activity) = (
+        swarm.cancel.child_token(),
+        Arc::new(Activity::new(Instant::now())),
+    );
+    match session::run(swarm, stream, Some(addr), cancel, activity).await {
         Ok(()) => true,
         Err(e) => {
             tracing::debug!("session with {addr} ended: {e}");

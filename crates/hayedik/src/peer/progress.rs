@@ -164,6 +164,11 @@ impl Progress {
             anyhow::bail!("no progress for {secs} s: {err}");
         }
         if swarm.peer_count() == 0 {
+            if let Some(why) = swarm.last_peer_error() {
+                anyhow::bail!(
+                    "no progress for {secs} s: the peers reached were dropped for breaking the protocol (last: {why})"
+                );
+            }
             anyhow::bail!(
                 "no progress for {secs} s: no peer with this content could be reached (is the sharer still running?)"
             );

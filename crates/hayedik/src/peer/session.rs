@@ -27,10 +27,12 @@ use hayedik_proto::peer::{Bitfield as WireBitfield, Message, Role, MAX_BLOCK};
 use rand::SeedableRng;
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
+use tokio_util::sync::CancellationToken;
 
 use super::disk::{Block, DiskReply, PieceStream};
+use super::slots::Activity;
 use super::swarm::{Content, Swarm};
-use super::wire::{FrameReader, FrameWriter, Out, WireError};
+use super::wire::{FrameReader, FrameWriter, Out, OutPending, WireError};
 
 /// Bytes asked for in one request.
 pub const BLOCK_SIZE: u32 = 256 << 10;
@@ -46,6 +48,9 @@ pub const MAX_REMOTE_QUEUE: usize = 64;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A peer that sends nothing at all for this long is dropped.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A peer that leaves what we send unread for this long (our queue for it
+/// stays full) is dropped.
+pub const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// A peer that owes us blocks and sends none for this long is dropped.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// We send a keep-alive after this long without sending anything.
@@ -83,6 +88,20 @@ pub enum SessionError {
     Storage(String),
 }
 
+impl SessionError {
+    /// Whether the peer broke the protocol or lied (as opposed to leaving,
+    /// a network failure, or our own shutdown).
+    pub fn is_peers_fault(&self) -> bool {
+        match self {
+            SessionError::BadProof { .. }
+            | SessionError::Protocol { .. }
+            | SessionError::Banned { .. } => true,
+            SessionError::Wire { source, .. } => matches!(source, WireError::Frame(_)),
+            _ => false,
+        }
+    }
+}
+
 /// A piece being fetched from this peer.
 struct Job {
     piece: u32,
@@ -116,6 +135,14 @@ struct Session {
     remote: SocketAddr,
     listed: SocketAddr,
     out: mpsc::UnboundedSender<Out>,
+    /// Ends this session (see [`run`]).
+    cancel: CancellationToken,
+    /// When the peer last asked for something or sent data.
+    activity: Arc<Activity>,
+    /// Frame bytes in `out` not written yet (bounded: see [`OutPending`]).
+    out_pending: Arc<OutPending>,
+    /// Since when `out_pending` has been full.
+    out_full_since: Option<Instant>,
     /// Where the disk thread reports on our pieces.
     disk_tx: mpsc::UnboundedSender<DiskReply>,
     /// Numbers this session's piece fetches (see [`DiskReply::Lost`]).
@@ -136,6 +163,10 @@ struct Session {
     in_flight: usize,
     manifest_asked: bool,
     remote_wants_manifest: bool,
+    /// The remote asked for the manifest (at most once per session).
+    manifest_requested: bool,
+    /// We have sent the remote a Request.
+    requested_any: bool,
     junk: u32,
     /// Blocks we cancelled or gave up on that may still arrive.
     stray: u32,
@@ -146,10 +177,32 @@ struct Session {
 
 /// Runs a session on `stream` until it ends. `dialed` is the listed address
 /// we connected to (outgoing), `None` for an accepted connection.
+///
+/// `cancel` ends the session (the swarm stopping, or an eviction by the
+/// listener's [`super::slots::Slots`]); `activity` is touched whenever the
+/// peer asks for something or sends data.
 pub async fn run(
     swarm: Arc<Swarm>,
     stream: TcpStream,
     dialed: Option<SocketAddr>,
+    cancel: CancellationToken,
+    activity: Arc<Activity>,
+) -> Result<(), SessionError> {
+    let result = run_session(swarm.clone(), stream, dialed, cancel, activity).await;
+    if let Err(e) = &result {
+        if e.is_peers_fault() {
+            swarm.peer_failed(e.to_string());
+        }
+    }
+    result
+}
+
+async fn run_session(
+    swarm: Arc<Swarm>,
+    stream: TcpStream,
+    dialed: Option<SocketAddr>,
+    cancel: CancellationToken,
+    activity: Arc<Activity>,
 ) -> Result<(), SessionError> {
     let remote = stream.peer_addr().map_err(|e| SessionError::Wire {
         peer: dialed.unwrap_or_else(unspecified),
@@ -164,12 +217,14 @@ pub async fn run(
     } else {
         Role::Responder
     };
-    let listen_port = tokio::time::timeout(
+    let handshake = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
         super::handshake::handshake(&swarm, &mut reader, &mut writer, remote, role),
-    )
-    .await
-    .map_err(|_| SessionError::HandshakeTimeout { peer: remote })??;
+    );
+    let listen_port = tokio::select! {
+        _ = cancel.cancelled() => return Ok(()),
+        r = handshake => r.map_err(|_| SessionError::HandshakeTimeout { peer: remote })??,
+    };
     let listed = dialed.unwrap_or_else(|| {
         SocketAddr::new(
             remote.ip(),
@@ -185,7 +240,16 @@ pub async fn run(
         return Err(SessionError::Banned { peer: listed });
     }
     swarm.connected(listed);
-    let result = serve(swarm.clone(), reader, writer, remote, listed).await;
+    let result = serve(
+        swarm.clone(),
+        reader,
+        writer,
+        remote,
+        listed,
+        cancel,
+        activity,
+    )
+    .await;
     if let Err(SessionError::Protocol { .. }) = &result {
         // Breaking the protocol costs a strike, like bad data: a peer that
         // keeps doing it is banned instead of being dialed again and again.
@@ -209,6 +273,8 @@ async fn serve(
     writer: FrameWriter,
     remote: SocketAddr,
     listed: SocketAddr,
+    cancel: CancellationToken,
+    activity: Arc<Activity>,
 ) -> Result<(), SessionError> {
     // Few messages: blocks beyond these wait in the socket's buffer, which
     // keeps a download's memory bounded however many peers it has.
@@ -216,6 +282,7 @@ async fn serve(
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let cancelled = Arc::new(Mutex::new(HashSet::new()));
     let queued = Arc::new(AtomicUsize::new(0));
+    let out_pending = Arc::new(OutPending::default());
     let (disk_tx, mut disk_rx) = mpsc::unbounded_channel();
     let mut reader = reader;
     reader.set_pool(swarm.disk.pool.clone());
@@ -231,6 +298,7 @@ async fn serve(
             swarm.clone(),
             cancelled.clone(),
             queued.clone(),
+            out_pending.clone(),
         ),
     );
     let mut s = Session {
@@ -239,6 +307,10 @@ async fn serve(
         remote,
         listed,
         out: out_tx,
+        cancel,
+        activity,
+        out_pending,
+        out_full_since: None,
         disk_tx,
         next_stream: 0,
         cancelled,
@@ -253,6 +325,8 @@ async fn serve(
         in_flight: 0,
         manifest_asked: false,
         remote_wants_manifest: false,
+        manifest_requested: false,
+        requested_any: false,
         junk: 0,
         stray: 0,
         last_block: Instant::now(),
@@ -264,7 +338,15 @@ async fn serve(
     // Closing the channel ends the writer after what is queued.
     drop(s);
     read_task.abort();
-    let _ = tokio::time::timeout(Duration::from_secs(2), write_task).await;
+    // A writer stuck on a peer that does not read is aborted, not left
+    // holding the socket outside every cap.
+    let mut write_task = write_task;
+    if tokio::time::timeout(Duration::from_secs(2), &mut write_task)
+        .await
+        .is_err()
+    {
+        write_task.abort();
+    }
     result
 }
 
@@ -272,6 +354,7 @@ impl Session {
     fn send(&mut self, m: Message) {
         let mut bytes = Vec::new();
         m.encode(&mut bytes);
+        self.out_pending.add(bytes.len());
         let _ = self.out.send(Out::Frame(bytes));
         self.last_sent = Instant::now();
     }
@@ -285,7 +368,7 @@ impl Session {
         let mut have_rx = self.swarm.have_rx();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let cancel = self.swarm.cancel.clone();
+        let cancel = self.cancel.clone();
         if let Some(c) = content_rx.borrow_and_update().clone() {
             self.on_content(c)?;
         } else {
@@ -294,10 +377,13 @@ impl Session {
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    self.send(Message::goodbye("shutting down"));
+                    self.send(Message::goodbye("closing"));
                     return Ok(());
                 }
-                m = in_rx.recv() => {
+                // While the peer leaves our answers unread, its next
+                // messages wait in TCP, not in our memory.
+                _ = self.out_pending.drained(), if self.out_pending.is_full() => {}
+                m = in_rx.recv(), if !self.out_pending.is_full() => {
                     match m {
                         Some(Ok(m)) => self.on_message(m).await?,
                         Some(Err(e)) => return Err(SessionError::Wire { peer: self.remote, source: e }),
@@ -432,6 +518,12 @@ impl Session {
     }
 
     async fn on_message(&mut self, m: Message) -> Result<(), SessionError> {
+        if matches!(
+            m,
+            Message::Request { .. } | Message::ManifestRequest | Message::Block { .. }
+        ) {
+            self.activity.touch(Instant::now());
+        }
         match m {
             Message::KeepAlive => {}
             Message::Hello { .. } | Message::Proof { .. } => {
@@ -446,13 +538,20 @@ impl Session {
                     reason,
                 })
             }
-            Message::ManifestRequest => match &self.content {
-                Some(c) => {
-                    let bytes = c.manifest_bytes.clone();
-                    self.send(Message::Manifest { bytes });
+            Message::ManifestRequest => {
+                if self.manifest_requested {
+                    // One manifest per session: it may be megabytes.
+                    return Err(protocol(self.remote, "asked for the manifest twice".into()));
                 }
-                None => self.remote_wants_manifest = true,
-            },
+                self.manifest_requested = true;
+                match &self.content {
+                    Some(c) => {
+                        let bytes = c.manifest_bytes.clone();
+                        self.send(Message::Manifest { bytes });
+                    }
+                    None => self.remote_wants_manifest = true,
+                }
+            }
             Message::Manifest { bytes } => self.on_manifest(bytes)?,
             Message::Bitfield { bits } => self.on_bitfield(bits)?,
             Message::Have { piece } => {
@@ -494,7 +593,14 @@ impl Session {
     }
 
     fn on_manifest(&mut self, bytes: Vec<u8>) -> Result<(), SessionError> {
-        if !self.manifest_asked || self.swarm.has_manifest() {
+        if !self.manifest_asked {
+            return Err(protocol(
+                self.remote,
+                "sent a manifest nobody asked for".into(),
+            ));
+        }
+        if self.swarm.has_manifest() {
+            // Asked, but another session's copy came first.
             return Ok(());
         }
         // The root is what the ticket names: a manifest that does not hash
@@ -561,7 +667,14 @@ impl Session {
             .position(|j| j.piece == piece && j.next_receive == offset && offset < j.next_request)
         else {
             // Cancelled: expected. Unrequested or duplicate: tolerated a
-            // little, then the peer is dropped.
+            // little, then the peer is dropped; at once if we never asked
+            // it for anything.
+            if !self.requested_any {
+                return Err(protocol(
+                    self.remote,
+                    "sent a block nobody asked for".into(),
+                ));
+            }
             if self.stray > 0 {
                 self.stray -= 1;
                 return Ok(());
@@ -743,6 +856,7 @@ impl Session {
                     self.last_block = Instant::now();
                 }
                 self.send(Message::Request { piece, offset, len });
+                self.requested_any = true;
                 continue;
             }
             let jobs: Vec<u32> = self.jobs.iter().map(|j| j.piece).collect();
@@ -820,6 +934,19 @@ impl Session {
             return Err(self.banned());
         }
         let now = Instant::now();
+        if !self.out_pending.is_full() {
+            self.out_full_since = None;
+        } else if now.duration_since(*self.out_full_since.get_or_insert(now)) > WRITE_STALL_TIMEOUT
+        {
+            return Err(protocol(
+                self.remote,
+                format!(
+                    "left {} bytes we sent unread for {} s",
+                    self.out_pending.bytes(),
+                    WRITE_STALL_TIMEOUT.as_secs()
+                ),
+            ));
+        }
         if self.in_flight > 0 && now.duration_since(self.last_block) > STALL_TIMEOUT {
             return Err(SessionError::Stalled { peer: self.remote });
         }

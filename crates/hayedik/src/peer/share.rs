@@ -44,6 +44,8 @@ pub struct ShareOptions {
     pub public_host: Option<String>,
     pub listen: SocketAddr,
     pub max_upload: Option<u64>,
+    /// Incoming sessions from one address (see `slots.rs`).
+    pub max_peers_per_ip: usize,
 }
 
 /// A running share (for the demo and tests): its ticket and counters.
@@ -129,7 +131,7 @@ pub async fn share(
         Bitfield::full(pieces),
         None,
     );
-    node::spawn_listener(listener, swarm.clone());
+    node::spawn_listener(listener, swarm.clone(), opts.max_peers_per_ip);
     let swarm_addr = SocketAddr::new(central.ip(), swarm_port);
     let mut client = TrackerClient::from_socket(socket, swarm_addr, swarm.swarm_key, local.port());
     // The first announce binds the swarm's key at the tracker: until then no

@@ -105,6 +105,9 @@ pub struct Swarm {
     complete_tx: watch::Sender<bool>,
     /// The first error that makes going on pointless (a full disk...).
     fatal: Mutex<Option<String>>,
+    /// Why the last session that a peer broke ended, so a download that
+    /// gets nowhere can say so instead of "no peer could be reached".
+    last_peer_error: Mutex<Option<String>>,
     /// Per piece, which session may write it to storage: [`NO_WRITER`],
     /// a session id, or [`FINAL`] once verified. Held while writing, so a
     /// piece is written by one session at a time and never after it is
@@ -149,6 +152,7 @@ impl Swarm {
             have_tx,
             complete_tx: watch::channel(false).0,
             fatal: Mutex::new(None),
+            last_peer_error: Mutex::new(None),
             writers: std::sync::RwLock::new(Vec::new()),
             inner: Mutex::new(Inner::default()),
         })
@@ -420,6 +424,18 @@ impl Swarm {
             f.get_or_insert(message);
         }
         self.cancel.cancel();
+    }
+
+    /// Records why a session ended by the peer's fault.
+    pub fn peer_failed(&self, why: String) {
+        if let Ok(mut e) = self.last_peer_error.lock() {
+            *e = Some(why);
+        }
+    }
+
+    /// See [`Swarm::peer_failed`].
+    pub fn last_peer_error(&self) -> Option<String> {
+        self.last_peer_error.lock().ok().and_then(|e| e.clone())
     }
 
     pub fn fatal(&self) -> Option<String> {

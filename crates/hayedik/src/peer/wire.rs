@@ -45,6 +45,45 @@ pub enum Out {
     },
 }
 
+/// Bytes of frames a session has queued for its writer and the writer has
+/// not written yet. The session stops reading while there are more than
+/// [`MAX_OUT_PENDING`]: a peer that asks and never reads the answers is
+/// held back by TCP instead of growing our memory.
+#[derive(Debug, Default)]
+pub struct OutPending {
+    bytes: AtomicUsize,
+    /// Woken each time the writer has written queued frames.
+    drained: tokio::sync::Notify,
+}
+
+/// Queued frame bytes above which a session reads no more from its peer.
+pub const MAX_OUT_PENDING: usize = 256 << 10;
+
+impl OutPending {
+    pub fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn written(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::Relaxed);
+        self.drained.notify_one();
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Whether the session should stop reading until the writer catches up.
+    pub fn is_full(&self) -> bool {
+        self.bytes() > MAX_OUT_PENDING
+    }
+
+    /// Resolves once the writer has written something since the last call.
+    pub async fn drained(&self) {
+        self.drained.notified().await
+    }
+}
+
 /// Block buffers handed back after use, so that receiving a block costs
 /// neither an allocation nor page faults. Bounded.
 #[derive(Debug, Clone, Default)]
@@ -96,11 +135,15 @@ impl FrameReader {
     /// bytes actually arrive.
     pub async fn next(&mut self) -> Result<Message, WireError> {
         let mut head = [0u8; FRAME_HEADER_LEN];
-        match self.rd.read_exact(&mut head).await {
+        // The length first: a bad one (0, too large) is refused before
+        // another byte arrives.
+        match self.rd.read_exact(&mut head[..4]).await {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Err(WireError::Closed),
             Err(e) => return Err(e.into()),
         }
+        FrameHeader::decode(&head[..4])?;
+        self.rd.read_exact(&mut head[4..]).await?;
         let header = FrameHeader::decode(&head)?.ok_or(WireError::Closed)?;
         let len = header.payload_len as usize;
         if header.kind == MessageType::Block {
@@ -216,6 +259,7 @@ pub async fn write_loop(
     swarm: Arc<Swarm>,
     cancelled: Arc<Mutex<HashSet<(u32, u32)>>>,
     queued: Arc<AtomicUsize>,
+    pending: Arc<OutPending>,
 ) {
     let mut wr = writer.wr;
     let mut frames: Vec<u8> = Vec::new();
@@ -277,6 +321,7 @@ pub async fn write_loop(
                     if wr.write_all(&frames).await.is_err() {
                         return;
                     }
+                    pending.written(frames.len());
                     frames.clear();
                 }
                 for serve in &serves {
@@ -304,6 +349,7 @@ pub async fn write_loop(
             if wr.write_all(&frames).await.is_err() {
                 return;
             }
+            pending.written(frames.len());
             frames.clear();
         }
         if let Some(read) = reading.take() {

@@ -120,7 +120,8 @@ fn reflect(swarm: SocketAddr, key: [u8; 32], victims: usize, limit: Duration) ->
 fn reflected_handshake_gets_nothing() {
     scenario(Duration::from_secs(120), || {
         // Peers announce every 2 s, so they learn of the attacker quickly.
-        let s = Swarm::start_with_tracker(41, &["--max-upload", "512K"], &["--announce-interval", "2"]);
+        let s =
+            Swarm::start_with_tracker(41, &["--max-upload", "512K"], &["--announce-interval", "2"]);
         let key = swarm_key(&s.served.root);
         let mut g = s.get("out", &["--timeout", "60"]);
         let loot = reflect(s.swarm_addr(), key, 2, Duration::from_secs(30));
@@ -163,5 +164,214 @@ fn bare_connection_learns_nothing() {
             w.handshake(&s.served.root, Role::Initiator, 0, true),
             Ok(true)
         );
+    });
+}
+
+/// An authenticated connection to `to` from `from` (an address of
+/// 127.0.0.0/8), after a right handshake for `root`.
+fn session_from(from: [u8; 4], to: SocketAddr, root: &[u8; 32]) -> Option<Wire> {
+    let connect = async {
+        let socket = tokio::net::TcpSocket::new_v4().ok()?;
+        socket.bind(SocketAddr::from((from, 0))).ok()?;
+        let stream = socket.connect(to).await.ok()?;
+        stream.into_std().ok()
+    };
+    let stream = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+        .block_on(connect)?;
+    stream.set_nonblocking(false).ok()?;
+    let mut w = Wire::new(stream);
+    match w.handshake(root, Role::Initiator, 0, true) {
+        Ok(true) => Some(w),
+        _ => None,
+    }
+}
+
+/// Sends `frame` again and again without reading anything, until a write
+/// has been blocked for 2 s (the peer stopped reading) or `max` bytes or
+/// 20 s are spent. Returns the bytes sent.
+fn flood(w: &mut Wire, frame: &[u8], max: usize) -> usize {
+    let _ = w.stream.set_write_timeout(Some(Duration::from_secs(2)));
+    let chunk: Vec<u8> = frame
+        .iter()
+        .copied()
+        .cycle()
+        .take(frame.len() * 4096)
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut sent = 0;
+    while sent < max && Instant::now() < deadline {
+        match std::io::Write::write(&mut w.stream, &chunk) {
+            Ok(n) if n > 0 => sent += n,
+            _ => break,
+        }
+    }
+    sent
+}
+
+/// Whether the peer has closed `w` (written to in a loop: a reset shows as
+/// a failed write), within `limit`.
+fn closed_within(w: &mut Wire, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let _ = w.stream.set_write_timeout(Some(Duration::from_millis(500)));
+    let keepalive = Message::KeepAlive.to_vec();
+    while Instant::now() < deadline {
+        if let Err(e) = std::io::Write::write(&mut w.stream, &keepalive) {
+            if e.kind() != std::io::ErrorKind::WouldBlock
+                && e.kind() != std::io::ErrorKind::TimedOut
+            {
+                return true;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// A peer that asks and never reads costs the sharer a bounded amount of
+/// memory, and is disconnected: thousands of manifest requests (a folder's
+/// manifest is hundreds of KiB) and megabytes of block requests.
+#[test]
+fn a_peer_that_never_reads_is_bounded_and_dropped() {
+    scenario(Duration::from_secs(150), || {
+        let tracker = crate::harness::Tracker::start(&[]);
+        let dir = tempfile::tempdir().expect("a scratch directory");
+        let top = dir.path().join("many");
+        std::fs::create_dir(&top).expect("a folder");
+        for i in 0..4000 {
+            std::fs::write(top.join(format!("file-{i:05}.txt")), [b'x'; 1]).expect("a file");
+        }
+        let central = tracker.addr.to_string();
+        let mut sharer = crate::lab::Proc::local(
+            "sharer",
+            &[
+                "share",
+                top.to_str().expect("UTF-8"),
+                "--tracker",
+                &central,
+                "--listen",
+                "127.0.0.1:0",
+                "--json",
+            ],
+        );
+        let addr = sharer.listening();
+        let root = crate::lab::ticket_root(&crate::lab::ticket_of(&mut sharer));
+        let before = crate::harness::rss_kib(sharer.pid());
+
+        // 5,000 manifest requests, nothing read.
+        let mut a = session_from([127, 0, 0, 1], addr, &root).expect("a session");
+        let sent_a = flood(&mut a, &Message::ManifestRequest.to_vec(), 5000 * 5);
+        // Block requests by the million (17 bytes each), nothing read.
+        let mut b = session_from([127, 0, 0, 1], addr, &root).expect("a session");
+        let request = Message::Request {
+            piece: 0,
+            offset: 0,
+            len: 1,
+        }
+        .to_vec();
+        let sent_b = flood(&mut b, &request, 36 << 20);
+        std::thread::sleep(Duration::from_secs(2));
+        let after = crate::harness::rss_kib(sharer.pid());
+        note(&format!(
+            "never-reading peers: sent {sent_a} B of manifest requests and {sent_b} B of block requests; sharer RSS {before} -> {after} KiB"
+        ));
+        assert!(
+            after < before + 64 * 1024,
+            "the sharer grew from {before} to {after} KiB"
+        );
+        // Asking twice for the manifest is a violation: closed at once.
+        assert!(
+            closed_within(&mut a, Duration::from_secs(5)),
+            "manifest flood: still open"
+        );
+        // A peer that leaves our answers unread is dropped.
+        assert!(
+            closed_within(&mut b, Duration::from_secs(45)),
+            "request flood: still open"
+        );
+        sharer.assert_no_panic();
+    });
+}
+
+/// Sessions that hold a slot and do nothing cannot lock honest getters
+/// out: one address gets at most its share of the slots, and when every
+/// slot is taken the longest-idle session makes room.
+#[test]
+fn idle_sessions_do_not_lock_out_getters() {
+    scenario(Duration::from_secs(120), || {
+        let s = Swarm::start(43, &[]);
+        let root = s.served.root;
+        // 4 addresses x 32 sessions: the sharer's 128 slots.
+        let mut idle = Vec::new();
+        for host in 2..=5u8 {
+            for _ in 0..32 {
+                let w = session_from([127, 0, 0, host], s.sharer_addr, &root)
+                    .unwrap_or_else(|| panic!("session {} from 127.0.0.{host}", idle.len()));
+                idle.push(w);
+            }
+        }
+        // A 33rd from one address gets no session.
+        assert!(
+            session_from([127, 0, 0, 2], s.sharer_addr, &root).is_none(),
+            "a 33rd session from one address was accepted"
+        );
+        // They stay, sending only keep-alives.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let keeper = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let keepalive = Message::KeepAlive.to_vec();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for w in &mut idle {
+                        let _ = w.send_raw(&keepalive);
+                    }
+                    std::thread::sleep(Duration::from_secs(2));
+                }
+                idle.len()
+            })
+        };
+        let mut g = s.get("out", &["--timeout", "40"]);
+        finish(&mut g);
+        assert_file_is(&s.out("out").join("content.bin"), s.data());
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = keeper.join();
+        s.sharer.assert_no_panic();
+    });
+}
+
+/// Malformed or unsolicited frames end the session at once: a zero length
+/// (without waiting for a fifth byte), a Block or a Manifest nobody asked for.
+#[test]
+fn malformed_and_unsolicited_frames_close_the_session() {
+    scenario(Duration::from_secs(60), || {
+        let s = Swarm::start(44, &[]);
+        let cases: [(&str, Vec<u8>); 3] = [
+            ("a zero frame length", vec![0, 0, 0, 0]),
+            (
+                "an unsolicited Block",
+                Message::Block {
+                    piece: 0,
+                    offset: 0,
+                    data: vec![0; 16],
+                }
+                .to_vec(),
+            ),
+            (
+                "an unsolicited Manifest",
+                Message::Manifest {
+                    bytes: s.served.manifest_bytes.clone(),
+                }
+                .to_vec(),
+            ),
+        ];
+        for (what, bytes) in cases {
+            let mut w = s.dial_sharer();
+            w.send_raw(&bytes).expect("sending");
+            let (_, closed) = w.until_closed(Duration::from_secs(3));
+            assert!(closed, "{what}: the sharer kept the connection open");
+        }
+        s.sharer.assert_no_panic();
     });
 }
