@@ -209,6 +209,28 @@ impl TreeStorage {
         self.lock_open().files.remove(&index);
     }
 
+    /// Gives the part file of `index` the file's size when it has another
+    /// (an older version of the same name, or a file cut short): bytes past
+    /// the size go, and the bytes added are zeros, i.e. missing pieces.
+    /// Returns the length it had when it was changed.
+    pub fn fit_part(&self, index: usize) -> io::Result<Option<u64>> {
+        if self.state(index) != FileState::Part {
+            return Ok(None);
+        }
+        let file = self.handle(index, false)?;
+        let len = file.metadata().map_err(|e| self.context(index, e))?.len();
+        let size = self.layout.file_size(index);
+        if len == size {
+            return Ok(None);
+        }
+        file.set_len(size).map_err(|e| self.context(index, e))?;
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index);
+        Ok(Some(len))
+    }
+
     /// Makes file `index` durable (`fsync`, data and metadata), as before
     /// giving it its final name.
     pub fn sync_file(&self, index: usize) -> io::Result<()> {
