@@ -19,6 +19,7 @@
 //!   file already under its final name is verified before it is used.
 //! * A part file is given the file's size before it is used (pieces past
 //!   its old end are missing), and takes its final name only at that size.
+//!   One with other hard links (another file's data) is never written.
 //! * Nothing is written before every path of the content was checked
 //!   against what is on disk: no folder on the way is a symbolic link or a
 //!   file, no name is taken by something that is not this content, and no
@@ -147,6 +148,10 @@ enum Found {
         modified: Option<SystemTime>,
         len: u64,
     },
+    /// A part file with that many hard links: another file's data, maybe
+    /// outside the download directory. Never read nor written: its name is
+    /// removed and the file started afresh.
+    Linked(u64),
     /// A regular file of the right size under the final name.
     Final,
     /// A folder entry whose folder exists.
@@ -184,7 +189,7 @@ impl Download {
             .map(|f| match f {
                 Found::Part { .. } => FileState::Part,
                 Found::Final => FileState::Final,
-                Found::Nothing | Found::Folder => FileState::Missing,
+                Found::Nothing | Found::Folder | Found::Linked(_) => FileState::Missing,
             })
             .collect();
         let storage = TreeStorage::new(layout.clone(), plan.tree_files(target), &states);
@@ -775,6 +780,9 @@ impl Plan {
                 None if f.directory || f.size == 0 => Found::Nothing,
                 None => match lstat(part)? {
                     None => Found::Nothing,
+                    Some(m) if m.is_file() && fsutil::links(&m) > 1 => {
+                        Found::Linked(fsutil::links(&m))
+                    }
                     Some(m) if m.is_file() => Found::Part {
                         modified: m.modified().ok(),
                         len: m.len(),
@@ -854,6 +862,18 @@ impl Plan {
                 if let Err(e) = fsutil::remove_if_exists(&self.parts[i]) {
                     warnings.push(format!("could not remove {}: {e}", self.parts[i].display()));
                 }
+            }
+            if let Found::Linked(links) = found[i] {
+                // Only this name goes: the data stays under its other names.
+                let part = &self.parts[i];
+                fsutil::remove_if_exists(part)
+                    .map_err(|e| StorageError::io(Op::Removing, part, e))?;
+                warnings.push(format!(
+                    "{} has {links} hard links (another file's data, maybe outside {}): \
+                     not writing to it; removed that name and starting the file afresh",
+                    part.display(),
+                    target.dir.display()
+                ));
             }
         }
         for dir in synced {

@@ -327,7 +327,9 @@ fn sync_files(tree: &TreeStorage, dirty: &BTreeSet<usize>) -> io::Result<()> {
 
 /// Opens a part file read-write without following a symbolic link at its
 /// name, and gives its length; `create` makes it when missing (mode 0o755
-/// when `executable`, on Unix, before the umask).
+/// when `executable`, on Unix, before the umask). A file with other hard
+/// links is refused: its data belongs to another name, maybe outside the
+/// download directory, and must never be written.
 fn open_part(path: &Path, create: bool, executable: bool) -> io::Result<(File, u64)> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(create);
@@ -343,6 +345,15 @@ fn open_part(path: &Path, create: bool, executable: bool) -> io::Result<(File, u
     let meta = file.metadata().map_err(|e| at(path, e))?;
     if !meta.is_file() {
         return Err(at(path, invalid("not a regular file")));
+    }
+    let links = super::fsutil::links(&meta);
+    if links > 1 {
+        return Err(at(
+            path,
+            io::Error::other(format!(
+                "it has {links} hard links (another file's data); refusing to write to it"
+            )),
+        ));
     }
     Ok((file, meta.len()))
 }
@@ -512,6 +523,24 @@ mod tests {
         std::os::unix::fs::symlink(&target, dir.path().join(".f0.part")).unwrap();
         let t = tree(dir.path(), &[4], 4);
         assert!(t.write_at(0, b"evil").is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    }
+
+    /// A part file with another name elsewhere (a hard link) is another
+    /// file's data: neither written (whatever its state) nor read.
+    #[cfg(unix)]
+    #[test]
+    fn a_hard_link_at_a_part_name_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, b"keep").unwrap();
+        std::fs::hard_link(&target, dir.path().join(".f0.part")).unwrap();
+        let t = tree(dir.path(), &[4], 4);
+        let e = t.write_at(0, b"evil").unwrap_err();
+        assert!(e.to_string().contains("hard link"), "{e}");
+        let t = TreeStorage::new(t.layout.clone(), t.files.clone(), &[FileState::Part]);
+        assert!(t.write_at(0, b"evil").is_err());
+        assert!(t.read_at(0, &mut [0u8; 4]).is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     }
 }

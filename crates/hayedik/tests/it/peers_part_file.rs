@@ -1,15 +1,17 @@
 //! What a getter does with a part file (`.NAME.hayedik-part`) that does not
 //! fit the content: left by an interrupted download of another version of
-//! the same name (longer or shorter), a few KiB too long, or truncated (by
-//! hand, or by a power loss before the first sync). The final name only
-//! ever holds the verified content, at its size.
+//! the same name (longer or shorter), a few KiB too long, truncated (by
+//! hand, or by a power loss before the first sync), or a hard link to a file
+//! outside `-o DIR`. The final name only ever holds the verified content, at
+//! its size, and nothing outside `-o DIR` is written.
 
 use std::path::Path;
 use std::time::Duration;
 
 use crate::harness::signal;
 use crate::swarm_harness::{
-    assert_same_file, names_in, scenario, tempdir, write_random, Node, MIB, SOON,
+    assert_same_file, identity, names_in, random_bytes, scenario, tempdir, write_random, Node, MIB,
+    SOON,
 };
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -135,6 +137,39 @@ fn peers_truncated_part_file_resumes() {
             .unwrap();
         let (_, reused) = complete_get(&ticket, &out, &data);
         assert!(reused <= cut, "reused {reused} bytes of a {cut}-byte part");
+        sharer.stop();
+    });
+}
+
+/// A hard link at the part name to a file outside `-o DIR`: the getter does
+/// not write into it (it says so and starts that file afresh); the file
+/// outside is left byte for byte.
+#[test]
+fn peers_hard_link_at_the_part_name_is_left_untouched() {
+    scenario(LIMIT, || {
+        let work = tempdir();
+        let len = 2 * MIB + 9;
+        let (mut sharer, ticket, data) = share(work.path(), "s", len, 65, &[]);
+        let out = work.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        // Outside -o, the same size as the content, with its first piece
+        // right: the most tempting file to reuse.
+        let victim = work.path().join("precious.bin");
+        let mut precious = random_bytes(len, 66);
+        precious[..MIB].copy_from_slice(&data[..MIB]);
+        std::fs::write(&victim, &precious).unwrap();
+        let before = identity(&victim);
+        std::fs::hard_link(&victim, out.join(PART)).unwrap();
+
+        let (g, _) = complete_get(&ticket, &out, &data);
+        assert_same_file(&victim, &precious);
+        assert_eq!(identity(&victim), before, "the file outside was touched");
+        let err = g.stderr();
+        assert!(
+            err.lines()
+                .any(|l| l.contains(PART) && l.contains("hard link")),
+            "the getter did not say why it left the part file:\n{err}"
+        );
         sharer.stop();
     });
 }

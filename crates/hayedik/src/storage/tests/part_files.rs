@@ -1,6 +1,6 @@
 //! Part files that do not fit the content: another length (an older version
 //! of the same name, a few bytes too many, cut short by hand or by a power
-//! loss).
+//! loss) or more than one name (a hard link to a file elsewhere).
 
 use super::*;
 
@@ -113,4 +113,29 @@ fn a_part_file_of_another_size_never_takes_the_final_name() {
     let d = c.open_partial(dir.path());
     assert!(d.is_complete());
     complete(&c, &d, dir.path());
+}
+
+#[cfg(unix)]
+#[test]
+fn a_part_file_with_other_hard_links_is_never_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("out");
+    fs::create_dir(&out).expect("mkdir");
+    let c = Content::new(3 * 1024, 45);
+    // Elsewhere, the size of the content, its first piece right.
+    let outside = dir.path().join("outside");
+    let mut precious = vec![0x5A; c.data.len()];
+    precious[..1024].copy_from_slice(c.piece(0));
+    fs::write(&outside, &precious).expect("write");
+    fs::hard_link(&outside, part_path(&out)).expect("link");
+
+    let d = c.open_partial(&out);
+    assert_eq!(d.have().count(), 0, "nothing reused from the linked file");
+    assert!(
+        d.warnings().iter().any(|w| w.contains("hard link")),
+        "{:?}",
+        d.warnings()
+    );
+    complete(&c, &d, &out);
+    assert_eq!(fs::read(&outside).expect("read"), precious);
 }
