@@ -402,13 +402,13 @@ pub fn select(manifest: &Manifest, only: &[String]) -> anyhow::Result<Vec<bool>>
 
 fn interrupted(swarm: &Swarm) -> anyhow::Result<Option<GetReport>> {
     match swarm.fatal() {
-        Some(fatal) => {
-            bail!("{fatal}; what was verified is kept: rerun the same command to resume")
-        }
+        Some(fatal) => bail!("{}", with_resume_hint(fatal)),
         None => Ok(None),
     }
 }
 
+/// The error, with a hint to rerun unless a rerun cannot help (the content
+/// itself is unusable: "nothing was written") or it already says it.
 fn with_resume_hint(fatal: String) -> String {
     if fatal.contains("rerun") || fatal.contains("nothing was written") {
         fatal

@@ -17,6 +17,9 @@
 //!   `write_piece` for it returned.
 //! * What the resume file claims is re-verified on open, never trusted; a
 //!   file already under its final name is verified before it is used.
+//! * A part file is given the file's size before it is used (pieces past
+//!   its old end are missing), and takes its final name only at that size.
+//!   One with other hard links (another file's data) is never written.
 //! * Nothing is written before every path of the content was checked
 //!   against what is on disk: no folder on the way is a symbolic link or a
 //!   file, no name is taken by something that is not this content, and no
@@ -139,8 +142,16 @@ struct State {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Found {
     Nothing,
-    /// A part file, last modified then.
-    Part(Option<SystemTime>),
+    /// A part file, last modified then, of that length (which may not be
+    /// the file's: an older version of the same name, a file cut short).
+    Part {
+        modified: Option<SystemTime>,
+        len: u64,
+    },
+    /// A part file with that many hard links: another file's data, maybe
+    /// outside the download directory. Never read nor written: its name is
+    /// removed and the file started afresh.
+    Linked(u64),
     /// A regular file of the right size under the final name.
     Final,
     /// A folder entry whose folder exists.
@@ -176,16 +187,18 @@ impl Download {
         let states: Vec<FileState> = found
             .iter()
             .map(|f| match f {
-                Found::Part(_) => FileState::Part,
+                Found::Part { .. } => FileState::Part,
                 Found::Final => FileState::Final,
-                Found::Nothing | Found::Folder => FileState::Missing,
+                Found::Nothing | Found::Folder | Found::Linked(_) => FileState::Missing,
             })
             .collect();
         let storage = TreeStorage::new(layout.clone(), plan.tree_files(target), &states);
 
         // Which pieces to verify: all of a final file; of a part file, what
-        // the resume file claims, or all of it when the claim is unusable.
-        let any_part = found.iter().any(|f| matches!(f, Found::Part(_)));
+        // the resume file claims, or all of it when the claim is unusable,
+        // and only pieces that lie inside it (a part file of another length
+        // is given the file's size once every check passed).
+        let any_part = found.iter().any(|f| matches!(f, Found::Part { .. }));
         let (claimed, why) = if any_part {
             load_resume(&resume, target)
         } else {
@@ -196,11 +209,15 @@ impl Download {
         let mut newer = 0;
         for (i, f) in found.iter().enumerate() {
             let pieces = layout.file_pieces(i);
+            let inside = |len: u64| {
+                let start = layout.file_offset(i);
+                move |p: &u32| layout.piece_offset(*p) - start + layout.piece_len(*p) <= len
+            };
             match (f, &claimed) {
                 (Found::Final, _) => pieces.for_each(|p| {
                     candidates.set(p);
                 }),
-                (Found::Part(modified), Some(claimed)) => {
+                (Found::Part { modified, len }, Some(claimed)) => {
                     // Pieces written after the last save (a crash, or a full
                     // disk that kept the resume file from being rewritten)
                     // are in the part file but not claimed.
@@ -209,11 +226,14 @@ impl Download {
                     // must not be missed; rechecking costs only time.
                     let after = matches!((modified, resume_time), (Some(m), Some(r)) if *m >= r);
                     newer += usize::from(after);
-                    for p in pieces.filter(|&p| after || claimed.get(p)) {
+                    for p in pieces
+                        .filter(inside(*len))
+                        .filter(|&p| after || claimed.get(p))
+                    {
                         candidates.set(p);
                     }
                 }
-                (Found::Part(_), None) => pieces.for_each(|p| {
+                (Found::Part { len, .. }, None) => pieces.filter(inside(*len)).for_each(|p| {
                     candidates.set(p);
                 }),
                 _ => {}
@@ -265,6 +285,22 @@ impl Download {
 
         // Every check passed: from here on, things are written.
         plan.create_folders(target, &found, &mut warnings)?;
+        for (i, f) in found.iter().enumerate() {
+            if !matches!(f, Found::Part { .. }) {
+                continue;
+            }
+            let part = &plan.parts[i];
+            let size = layout.file_size(i);
+            match storage.fit_part(i) {
+                Ok(None) => {}
+                Ok(Some(len)) => warnings.push(format!(
+                    "{} had {len} bytes, not {size} (left by another version of the file, \
+                     or cut short): resized it; pieces that were not in it are downloaded",
+                    part.display()
+                )),
+                Err(e) => return Err(StorageError::io(Op::Resizing, part, e)),
+            }
+        }
 
         let mut wanted = Bitfield::new(layout.piece_count());
         let mut left = vec![0u32; found.len()];
@@ -277,7 +313,7 @@ impl Download {
                 }
             }
             left[i] = pieces.clone().filter(|&p| !have.get(p)).count() as u32;
-            if left[i] == 0 && matches!(f, Found::Part(_)) && !pieces.is_empty() {
+            if left[i] == 0 && matches!(f, Found::Part { .. }) && !pieces.is_empty() {
                 pending.insert(i);
             }
         }
@@ -476,17 +512,39 @@ impl Download {
     }
 
     /// Links each complete part file (synced by `write_resume`) to its final
-    /// name, never replacing anything, then removes the part names.
+    /// name, never replacing anything, then removes the part names. A part
+    /// file that does not have the file's size (changed by something else
+    /// since `open`) keeps its part name: an error says so, and the next
+    /// `open` gives it its size and rechecks it.
     fn rename_complete(&self, files: &BTreeSet<usize>) -> Result<(), StorageError> {
         let mut moves = Vec::with_capacity(files.len());
+        let mut wrong_size = None;
         for &f in files {
             if self.storage.state(f) == FileState::Final {
                 continue;
             }
-            if let Some(entry) = self.storage.file(f) {
-                if let Some(part) = &entry.part {
-                    moves.push((f, part.clone(), entry.path.clone()));
+            let Some(entry) = self.storage.file(f) else {
+                continue;
+            };
+            let Some(part) = &entry.part else {
+                continue;
+            };
+            let size = self.layout.file_size(f);
+            match fs::symlink_metadata(part) {
+                Ok(m) if m.len() != size => {
+                    wrong_size.get_or_insert_with(|| StorageError::Io {
+                        op: Op::Renaming,
+                        path: part.clone(),
+                        err: io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!(
+                                "{} bytes, expected {size}; not giving it its final name",
+                                m.len()
+                            ),
+                        ),
+                    });
                 }
+                _ => moves.push((f, part.clone(), entry.path.clone())),
             }
         }
         let pairs: Vec<(&Path, &Path)> = moves
@@ -497,7 +555,8 @@ impl Download {
         for (f, _, _) in moves.iter().take(done.moved) {
             self.storage.mark_final(*f);
         }
-        done.result
+        done.result?;
+        wrong_size.map_or(Ok(()), Err)
     }
 
     /// Completes the download: sync, give every wanted file its final name
@@ -721,7 +780,13 @@ impl Plan {
                 None if f.directory || f.size == 0 => Found::Nothing,
                 None => match lstat(part)? {
                     None => Found::Nothing,
-                    Some(m) if m.is_file() => Found::Part(m.modified().ok()),
+                    Some(m) if m.is_file() && fsutil::links(&m) > 1 => {
+                        Found::Linked(fsutil::links(&m))
+                    }
+                    Some(m) if m.is_file() => Found::Part {
+                        modified: m.modified().ok(),
+                        len: m.len(),
+                    },
                     Some(_) => {
                         return Err(StorageError::UnsafePaths {
                             dir: target.dir.clone(),
@@ -797,6 +862,18 @@ impl Plan {
                 if let Err(e) = fsutil::remove_if_exists(&self.parts[i]) {
                     warnings.push(format!("could not remove {}: {e}", self.parts[i].display()));
                 }
+            }
+            if let Found::Linked(links) = found[i] {
+                // Only this name goes: the data stays under its other names.
+                let part = &self.parts[i];
+                fsutil::remove_if_exists(part)
+                    .map_err(|e| StorageError::io(Op::Removing, part, e))?;
+                warnings.push(format!(
+                    "{} has {links} hard links (another file's data, maybe outside {}): \
+                     not writing to it; removed that name and starting the file afresh",
+                    part.display(),
+                    target.dir.display()
+                ));
             }
         }
         for dir in synced {

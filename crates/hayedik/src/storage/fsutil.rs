@@ -104,6 +104,21 @@ pub(crate) fn sync_dirs(dirs: &[&Path]) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// How many names (hard links) the file of `meta` has; 1 where the
+/// platform does not tell.
+pub(crate) fn links(meta: &fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        meta.nlink()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        1
+    }
+}
+
 /// Removes `path`; a missing file is not an error.
 pub(crate) fn remove_if_exists(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {

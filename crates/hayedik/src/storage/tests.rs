@@ -8,6 +8,8 @@ use std::sync::Arc;
 
 use super::*;
 
+mod part_files;
+
 const PIECE: u64 = 1024;
 
 /// Some content, its layout and its piece hashes.

@@ -209,6 +209,28 @@ impl TreeStorage {
         self.lock_open().files.remove(&index);
     }
 
+    /// Gives the part file of `index` the file's size when it has another
+    /// (an older version of the same name, or a file cut short): bytes past
+    /// the size go, and the bytes added are zeros, i.e. missing pieces.
+    /// Returns the length it had when it was changed.
+    pub fn fit_part(&self, index: usize) -> io::Result<Option<u64>> {
+        if self.state(index) != FileState::Part {
+            return Ok(None);
+        }
+        let file = self.handle(index, false)?;
+        let len = file.metadata().map_err(|e| self.context(index, e))?.len();
+        let size = self.layout.file_size(index);
+        if len == size {
+            return Ok(None);
+        }
+        file.set_len(size).map_err(|e| self.context(index, e))?;
+        self.dirty
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index);
+        Ok(Some(len))
+    }
+
     /// Makes file `index` durable (`fsync`, data and metadata), as before
     /// giving it its final name.
     pub fn sync_file(&self, index: usize) -> io::Result<()> {
@@ -305,7 +327,9 @@ fn sync_files(tree: &TreeStorage, dirty: &BTreeSet<usize>) -> io::Result<()> {
 
 /// Opens a part file read-write without following a symbolic link at its
 /// name, and gives its length; `create` makes it when missing (mode 0o755
-/// when `executable`, on Unix, before the umask).
+/// when `executable`, on Unix, before the umask). A file with other hard
+/// links is refused: its data belongs to another name, maybe outside the
+/// download directory, and must never be written.
 fn open_part(path: &Path, create: bool, executable: bool) -> io::Result<(File, u64)> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(create);
@@ -321,6 +345,15 @@ fn open_part(path: &Path, create: bool, executable: bool) -> io::Result<(File, u
     let meta = file.metadata().map_err(|e| at(path, e))?;
     if !meta.is_file() {
         return Err(at(path, invalid("not a regular file")));
+    }
+    let links = super::fsutil::links(&meta);
+    if links > 1 {
+        return Err(at(
+            path,
+            io::Error::other(format!(
+                "it has {links} hard links (another file's data); refusing to write to it"
+            )),
+        ));
     }
     Ok((file, meta.len()))
 }
@@ -490,6 +523,24 @@ mod tests {
         std::os::unix::fs::symlink(&target, dir.path().join(".f0.part")).unwrap();
         let t = tree(dir.path(), &[4], 4);
         assert!(t.write_at(0, b"evil").is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    }
+
+    /// A part file with another name elsewhere (a hard link) is another
+    /// file's data: neither written (whatever its state) nor read.
+    #[cfg(unix)]
+    #[test]
+    fn a_hard_link_at_a_part_name_is_not_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("victim");
+        std::fs::write(&target, b"keep").unwrap();
+        std::fs::hard_link(&target, dir.path().join(".f0.part")).unwrap();
+        let t = tree(dir.path(), &[4], 4);
+        let e = t.write_at(0, b"evil").unwrap_err();
+        assert!(e.to_string().contains("hard link"), "{e}");
+        let t = TreeStorage::new(t.layout.clone(), t.files.clone(), &[FileState::Part]);
+        assert!(t.write_at(0, b"evil").is_err());
+        assert!(t.read_at(0, &mut [0u8; 4]).is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
     }
 }

@@ -14,6 +14,7 @@ mod peers_cli;
 mod peers_disk;
 mod peers_faults;
 mod peers_hostile;
+mod peers_part_file;
 mod rogue;
 mod swarm_harness;
 mod tracker;

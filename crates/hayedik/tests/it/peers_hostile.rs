@@ -263,6 +263,11 @@ fn hostile_names(cases: &[(&[&str], &[&str])], clear: bool) {
                 "{files:?}: the error does not say what is wrong (expected {word:?}): {line}"
             );
         }
+        // A rerun cannot fix the content itself: no hint to try again.
+        assert!(
+            !line.contains("rerun"),
+            "{files:?}: a permanent error tells the user to rerun: {line}"
+        );
         assert!(
             g.history().iter().any(|v| v["event"] == "error"),
             "{files:?}"
