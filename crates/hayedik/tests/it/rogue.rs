@@ -134,7 +134,9 @@ impl Wire {
 
     /// Runs the handshake as `role` for the swarm of `root`, announcing
     /// `listen_port`, with a right proof or (`honest_proof == false`) a
-    /// random one. Returns whether the other side's proof verified.
+    /// random one. Returns whether the other side's proof verified (false
+    /// also when, as a responder with a wrong proof, the other side refused
+    /// it with a Goodbye before proving).
     pub fn handshake(
         &mut self,
         root: &[u8; 32],
@@ -166,6 +168,10 @@ impl Wire {
         match self.recv(limit) {
             Got::Msg(Message::Proof { mac }) => {
                 Ok(verify_proof(&auth, role.other(), &mine, &theirs, &mac))
+            }
+            // A dialling peer refuses our wrong proof without proving.
+            Got::Msg(Message::Goodbye { .. }) if role == Role::Responder && !honest_proof => {
+                Ok(false)
             }
             other => Err(format!("expected Proof, got {other:?}")),
         }
