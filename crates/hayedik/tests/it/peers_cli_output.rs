@@ -1,0 +1,246 @@
+//! Output nobody reads must not keep a process from stopping. `tracker`,
+//! `share` and a seeding `get` whose stdout and stderr were pipes with
+//! their read ends closed (`hayedik share f 2>&1 | head`, a log collector
+//! that died) stop on SIGTERM, exit 0, and `share` and `get` tell the
+//! tracker they leave (issue 11, defect 7: they used to ignore SIGTERM).
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use hayedik_proto::ticket::Ticket;
+use hayedik_proto::tracker::{PeerState, Peers};
+
+use crate::harness::{ann, peers, signal, Client, BIN};
+use crate::swarm_harness::{adopt, disown, scenario, tempdir, write_random, MIB};
+
+const LIMIT: Duration = Duration::from_secs(90);
+/// Generous: a stop takes well under a second.
+const STOP_WITHIN: Duration = Duration::from_secs(10);
+/// Longest wait for the tracker's list to show a change.
+const LISTED_WITHIN: Duration = Duration::from_secs(10);
+
+/// A `hayedik` process whose stdout and stderr were pipes: the test read
+/// stdout up to a line it waited for, then closed both read ends.
+struct Deaf {
+    name: &'static str,
+    child: Child,
+    /// What the test read before closing.
+    lines: Vec<String>,
+}
+
+impl Deaf {
+    fn start(name: &'static str, args: &[&str], until: impl Fn(&str) -> bool) -> Deaf {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        adopt(child.id());
+        let stderr = child.stderr.take().expect("piped stderr");
+        let mut stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            match stdout.read_line(&mut line) {
+                Ok(n) if n > 0 => {}
+                _ => panic!("{name}: output ended before the line awaited; read {lines:?}"),
+            }
+            let line = line.trim_end().to_string();
+            let found = until(&line);
+            lines.push(line);
+            if found {
+                break;
+            }
+        }
+        // The readers are gone: every later write meets a closed pipe.
+        drop(stdout);
+        drop(stderr);
+        Deaf { name, child, lines }
+    }
+
+    /// The first line read that `f` accepts.
+    fn find<T>(&self, f: impl Fn(&str) -> Option<T>) -> T {
+        self.lines
+            .iter()
+            .find_map(|l| f(l))
+            .unwrap_or_else(|| panic!("{}: not in {:?}", self.name, self.lines))
+    }
+
+    /// SIGTERM, then the exit status, which must come within [`STOP_WITHIN`].
+    fn terminate(&mut self) -> ExitStatus {
+        signal(self.child.id(), "TERM").expect("running kill");
+        let deadline = Instant::now() + STOP_WITHIN;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status,
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                Ok(None) => panic!(
+                    "{} still runs {STOP_WITHIN:?} after SIGTERM with its output closed",
+                    self.name
+                ),
+                Err(e) => panic!("waiting for {}: {e}", self.name),
+            }
+        }
+    }
+}
+
+impl Drop for Deaf {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        disown(self.child.id());
+    }
+}
+
+/// The address of a `listening` line, human or JSON.
+fn listening(line: &str) -> Option<SocketAddr> {
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(v) if v["event"] == "listening" => v["addr"].as_str()?.parse().ok(),
+        Ok(_) => None,
+        Err(_) => line.strip_prefix("listening on ")?.parse().ok(),
+    }
+}
+
+/// The ticket of a `ticket` line, human or JSON.
+fn ticket(line: &str) -> Option<Ticket> {
+    match serde_json::from_str::<serde_json::Value>(line) {
+        Ok(v) if v["event"] == "ticket" => v["ticket"].as_str()?.parse().ok(),
+        Ok(_) => None,
+        Err(_) => line.strip_prefix("ticket: ")?.parse().ok(),
+    }
+}
+
+/// The swarm tracker's list, seen by a client that only asks.
+fn listed(ticket: &Ticket) -> Peers {
+    let swarm = SocketAddr::from(([127, 0, 0, 1], ticket.port));
+    let mut client = Client::new();
+    let cid = client.connect(swarm);
+    let a = ann(ticket.swarm_key(), 1, PeerState::Asking, 50);
+    peers(client.announce(swarm, cid, a).0)
+}
+
+/// Waits until the tracker's list satisfies `ok`.
+fn wait_listed(ticket: &Ticket, what: &str, ok: impl Fn(&Peers) -> bool) {
+    let deadline = Instant::now() + LISTED_WITHIN;
+    loop {
+        let p = listed(ticket);
+        if ok(&p) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not so within {LISTED_WITHIN:?}: {p:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn lists(p: &Peers, addr: SocketAddr, state: PeerState) -> bool {
+    p.peers.iter().any(|e| e.addr == addr && e.state == state)
+}
+
+fn lists_addr(p: &Peers, addr: SocketAddr) -> bool {
+    p.peers.iter().any(|e| e.addr == addr)
+}
+
+/// A tracker, a sharer and a getter that finished and seeds, each with
+/// its output closed once it has printed what the test needs; then
+/// SIGTERM to each, the getter first.
+fn stop_with_output_closed(json: bool) {
+    let work = tempdir();
+    let (path, _) = write_random(work.path(), "closed.bin", 3 * MIB + 5, 11);
+    let mode: &[&str] = if json { &["--json"] } else { &[] };
+
+    let mut tracker = Deaf::start(
+        "tracker",
+        &[&["tracker", "--listen", "127.0.0.1:0"], mode].concat(),
+        |l| listening(l).is_some(),
+    );
+    let central = tracker.find(listening).to_string();
+
+    let path = path.to_str().unwrap();
+    let mut sharer = Deaf::start(
+        "sharer",
+        &[
+            &[
+                "share",
+                path,
+                "--tracker",
+                &central,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            mode,
+        ]
+        .concat(),
+        |l| ticket(l).is_some(),
+    );
+    let sharer_addr = sharer.find(listening);
+    let t = sharer.find(ticket);
+
+    let out = work.path().join("out");
+    let (ticket_text, out) = (t.to_string(), out.to_str().unwrap().to_string());
+    let mut getter = Deaf::start(
+        "getter",
+        &[
+            &[
+                "get",
+                &ticket_text,
+                "-o",
+                &out,
+                "--listen",
+                "127.0.0.1:0",
+                "--timeout",
+                "20",
+            ],
+            mode,
+        ]
+        .concat(),
+        // The getter's last line on stdout: `done` (`seeding` is a log
+        // line without --json).
+        |l| l.starts_with("done: ") || l.contains(r#""event":"seeding""#),
+    );
+    let getter_addr = getter.find(listening);
+
+    wait_listed(&t, "the sharer and the seeding getter listed", |p| {
+        lists(p, sharer_addr, PeerState::Complete) && lists(p, getter_addr, PeerState::Complete)
+    });
+
+    let status = getter.terminate();
+    assert_eq!(status.code(), Some(0), "seeding getter: {status}");
+    wait_listed(
+        &t,
+        "the getter unlisted (it tells the tracker it leaves)",
+        |p| !lists_addr(p, getter_addr),
+    );
+
+    let status = sharer.terminate();
+    assert_eq!(status.code(), Some(0), "sharer: {status}");
+    wait_listed(
+        &t,
+        "the sharer unlisted (it tells the tracker it leaves)",
+        |p| !lists_addr(p, sharer_addr),
+    );
+
+    let status = tracker.terminate();
+    assert_eq!(status.code(), Some(0), "tracker: {status}");
+}
+
+#[test]
+fn peers_cli_output_closed_human_lines_do_not_keep_processes_from_stopping() {
+    scenario(LIMIT, || stop_with_output_closed(false));
+}
+
+#[test]
+fn peers_cli_output_closed_json_lines_do_not_keep_processes_from_stopping() {
+    scenario(LIMIT, || stop_with_output_closed(true));
+}
