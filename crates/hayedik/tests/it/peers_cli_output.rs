@@ -3,10 +3,12 @@
 //! their read ends closed (`hayedik share f 2>&1 | head`, a log collector
 //! that died) stop on SIGTERM, exit 0, and `share` and `get` tell the
 //! tracker they leave (issue 11, defect 7: they used to ignore SIGTERM).
+//! A tracker whose pipes stay open but are never read (a hung collector)
+//! goes on answering and stops too.
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -22,17 +24,37 @@ const STOP_WITHIN: Duration = Duration::from_secs(10);
 /// Longest wait for the tracker's list to show a change.
 const LISTED_WITHIN: Duration = Duration::from_secs(10);
 
-/// A `hayedik` process whose stdout and stderr were pipes: the test read
-/// stdout up to a line it waited for, then closed both read ends.
+/// What happens to a process's pipes once the test read what it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pipes {
+    /// Both read ends closed: writes fail with EPIPE.
+    Closed,
+    /// Both kept open and never read again: writes block once they are full.
+    Unread,
+}
+
+/// A `hayedik` process whose stdout and stderr are pipes: the test reads
+/// stdout up to a line it waits for, then stops reading.
 struct Deaf {
     name: &'static str,
     child: Child,
-    /// What the test read before closing.
+    /// What the test read.
     lines: Vec<String>,
+    /// The pipes of [`Pipes::Unread`], kept open.
+    _kept: Option<(BufReader<ChildStdout>, ChildStderr)>,
 }
 
 impl Deaf {
     fn start(name: &'static str, args: &[&str], until: impl Fn(&str) -> bool) -> Deaf {
+        Deaf::start_with(name, args, until, Pipes::Closed)
+    }
+
+    fn start_with(
+        name: &'static str,
+        args: &[&str],
+        until: impl Fn(&str) -> bool,
+        pipes: Pipes,
+    ) -> Deaf {
         let mut child = Command::new(BIN)
             .args(args)
             .env("RUST_LOG", "info")
@@ -59,10 +81,17 @@ impl Deaf {
                 break;
             }
         }
-        // The readers are gone: every later write meets a closed pipe.
-        drop(stdout);
-        drop(stderr);
-        Deaf { name, child, lines }
+        let kept = match pipes {
+            // The readers are gone: every later write meets a closed pipe.
+            Pipes::Closed => None,
+            Pipes::Unread => Some((stdout, stderr)),
+        };
+        Deaf {
+            name,
+            child,
+            lines,
+            _kept: kept,
+        }
     }
 
     /// The first line read that `f` accepts.
@@ -233,6 +262,59 @@ fn stop_with_output_closed(json: bool) {
 
     let status = tracker.terminate();
     assert_eq!(status.code(), Some(0), "tracker: {status}");
+}
+
+/// Swarms each tracker below creates: their lines (`swarm_created` and
+/// `swarm_confirmed` events, or log lines) are well over a pipe's 64 KiB.
+const SWARMS: usize = 1500;
+/// Swarms created from each source address (the default burst).
+const SWARMS_PER_IP: usize = 20;
+
+/// A tracker whose stdout and stderr are never read once it listens: its
+/// output fills the pipes, and it must still answer every JOIN and CONFIRM
+/// and stop on SIGTERM.
+fn tracker_with_unread_pipes(json: bool) {
+    let mode: &[&str] = if json { &["--json"] } else { &[] };
+    let mut tracker = Deaf::start_with(
+        "tracker",
+        &[
+            &[
+                "tracker",
+                "--listen",
+                "127.0.0.1:0",
+                "--max-joins-per-ip-per-sec",
+                "100000",
+                "--join-burst",
+                "100000",
+                "--max-pending-per-ip",
+                "100000",
+                "--max-swarms-per-ip",
+                "100000",
+            ],
+            mode,
+        ]
+        .concat(),
+        |l| listening(l).is_some(),
+        Pipes::Unread,
+    );
+    let central = tracker.find(listening);
+    for ip in 0..SWARMS / SWARMS_PER_IP {
+        let mut client = Client::on(Ipv4Addr::new(127, 0, 7, 1 + ip as u8));
+        for _ in 0..SWARMS_PER_IP {
+            // Panics when no reply comes (a tracker stuck writing).
+            client.create_swarm(central);
+        }
+    }
+    let status = tracker.terminate();
+    assert_eq!(status.code(), Some(0), "tracker: {status}");
+}
+
+#[test]
+fn peers_cli_output_unread_pipes_do_not_stall_the_tracker() {
+    scenario(LIMIT, || {
+        tracker_with_unread_pipes(false);
+        tracker_with_unread_pipes(true);
+    });
 }
 
 #[test]
