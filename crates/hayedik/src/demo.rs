@@ -19,6 +19,14 @@ use crate::peer::share::{share, ShareOptions};
 use crate::peer::swarm::Swarm;
 use crate::tracker::TrackerConfig;
 
+/// A line on stdout through [`crate::output`] (`println!` panics on a
+/// closed stdout).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        crate::output::stdout(format!($($arg)*) + "\n", crate::output::Priority::Essential)
+    };
+}
+
 /// Size of the generated file.
 const FILE_BYTES: usize = 256 << 20;
 /// Downloaders, and when each starts after the first.
@@ -51,8 +59,8 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
         .tempdir()
         .context("creating a temporary directory")?;
     let src = dir.path().join("demo.bin");
-    println!("hayedik demo: a tracker, a sharer and {GETTERS} downloaders on 127.0.0.1");
-    println!(
+    say!("hayedik demo: a tracker, a sharer and {GETTERS} downloaders on 127.0.0.1");
+    say!(
         "generating a {} MiB file in {}",
         FILE_BYTES >> 20,
         dir.path().display()
@@ -79,7 +87,7 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
     let tracker = crate::spawn::spawn("demo tracker", async move {
         crate::tracker::run(socket, TrackerConfig::default(), Events::quiet(), t).await
     });
-    println!("tracker      udp {tracker_addr}");
+    say!("tracker      udp {tracker_addr}");
 
     // The sharer.
     let (ready_tx, ready_rx) = oneshot::channel();
@@ -103,13 +111,15 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
         _ = cancel.cancelled() => return Ok(()),
     };
     let ticket = shared.ticket.clone();
-    println!(
+    say!(
         "sharer       tcp 127.0.0.1:{} (upload capped at {} MiB/s)",
         shared.swarm.listen_port,
         SHARER_CAP >> 20
     );
-    println!("ticket       {ticket}\n");
+    say!("ticket       {ticket}\n");
 
+    // The bars redraw the lines above them: the header must be out first.
+    crate::output::flush(Duration::from_secs(1));
     let multi = MultiProgress::new();
     let style = ProgressStyle::with_template(
         "{prefix:>9} {bar:40.green/blue} {bytes:>10}/{total_bytes} {binary_bytes_per_sec:>12} {msg}",
@@ -204,8 +214,8 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
         )
     }))
     .collect();
-    println!();
-    println!("{:<9} {:>8} {:>10}  received from", "who", "time", "MiB/s");
+    say!("");
+    say!("{:<9} {:>8} {:>10}  received from", "who", "time", "MiB/s");
     for (i, g) in getters.iter().enumerate() {
         let t = g.finished.unwrap_or_default().as_secs_f64();
         let rate = if t > 0.0 {
@@ -222,7 +232,7 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
                 format!("{who} {:.0} MiB", *n as f64 / 1_048_576.0)
             })
             .collect();
-        println!(
+        say!(
             "getter {:<2} {:>7.2}s {:>10.1}  {}",
             i + 1,
             t,
@@ -234,7 +244,7 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
         .swarm
         .uploaded
         .load(std::sync::atomic::Ordering::Relaxed);
-    println!(
+    say!(
         "sharer uploaded {:.2} copies of the file for {GETTERS} downloaders; all done in {:.2} s",
         up as f64 / FILE_BYTES as f64,
         total_wall.as_secs_f64()
@@ -260,6 +270,6 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
             return Err(anyhow!("{} differs from the original", copy.display()));
         }
     }
-    println!("all {GETTERS} copies are identical to the original");
+    say!("all {GETTERS} copies are identical to the original");
     Ok(())
 }

@@ -2,9 +2,10 @@
 //! otherwise. Every event of DESIGN.md is one variant of [`Event`].
 
 use std::collections::BTreeMap;
-use std::io::Write;
 
 use serde::Serialize;
+
+use crate::output::{self, Priority};
 
 /// One event; serialized with an `"event"` field naming the variant.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -172,26 +173,27 @@ impl Events {
     }
 
     /// Emits one event: a JSON line on stdout, or a human line (stdout for
-    /// what the user acts on, the log for the rest).
+    /// what the user acts on, the log for the rest). Never blocks and never
+    /// fails: lines go through [`crate::output`], which drops them once
+    /// their reader is gone (and drops `progress` first when it is slow).
     pub fn emit(&self, event: Event) {
         if self.quiet {
             tracing::debug!("{}", event.human());
             return;
         }
+        let priority = match event {
+            Event::Progress { .. } => Priority::Lossy,
+            _ => Priority::Essential,
+        };
         if self.json {
             if let Ok(line) = serde_json::to_string(&event) {
-                let mut out = std::io::stdout().lock();
-                // A closed stdout must not kill the process: ignore failures.
-                let _ = writeln!(out, "{line}");
-                let _ = out.flush();
+                output::stdout(line + "\n", priority);
             }
             return;
         }
         match &event {
             Event::Ticket { .. } | Event::Done { .. } | Event::Listening { .. } => {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "{}", event.human());
-                let _ = out.flush();
+                output::stdout(event.human() + "\n", priority);
             }
             Event::Error { .. } => {}
             _ => tracing::info!("{}", event.human()),

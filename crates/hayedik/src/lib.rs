@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod demo;
 pub mod events;
+pub mod output;
 pub mod peer;
 pub mod spawn;
 pub mod storage;

@@ -1,15 +1,31 @@
 //! The `hayedik` binary: parse arguments, run, map errors to exit codes
 //! (1 at run time, 2 for usage errors, which clap reports itself).
+//!
+//! Everything it prints goes through `hayedik::output`: a closed or stalled
+//! stdout or stderr never fails nor blocks a task, and delays the exit by
+//! [`EXIT_FLUSH`] at most.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use hayedik::cli::{Cli, Command};
 use hayedik::events::{Event, Events};
+use hayedik::output::{self, Priority};
 use tokio_util::sync::CancellationToken;
 
+/// Longest wait at exit for queued output to be written (a reader that
+/// stopped reading without closing).
+const EXIT_FLUSH: Duration = Duration::from_secs(2);
+
 fn main() -> ExitCode {
+    let code = parse_and_run();
+    output::flush(EXIT_FLUSH);
+    code
+}
+
+fn parse_and_run() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -31,6 +47,7 @@ fn main() -> ExitCode {
                     .unwrap_or(message);
                 Events::new(true).emit(Event::Error { message: first });
             }
+            output::flush(EXIT_FLUSH);
             e.exit()
         }
     };
@@ -54,7 +71,10 @@ fn init_logs() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
+        .with_writer(output::LogWriter::default)
+        // Its own report of a failed write is an `eprintln!`, which panics
+        // on a closed stderr (in whichever task logged).
+        .log_internal_errors(false)
         .with_target(false)
         .init();
 }
@@ -62,7 +82,7 @@ fn init_logs() {
 /// One clear line on stderr (and an `error` event with `--json`), exit 1.
 fn fail(events: Events, e: anyhow::Error) -> ExitCode {
     let message = format!("{e:#}");
-    eprintln!("error: {message}");
+    output::stderr(format!("error: {message}\n"), Priority::Essential);
     if events.is_json() {
         events.emit(Event::Error { message });
     }
@@ -79,7 +99,7 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<ExitCode> {
             let config = match args.config() {
                 Ok(c) => c,
                 Err(msg) => {
-                    eprintln!("error: {msg}");
+                    output::stderr(format!("error: {msg}\n"), Priority::Essential);
                     return Ok(ExitCode::from(2));
                 }
             };

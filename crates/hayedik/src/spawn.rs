@@ -26,8 +26,10 @@ pub fn cancel_on_signals(root: CancellationToken) {
     let mut signals = Signals::install();
     spawn("signals", async move {
         signals.recv().await;
-        tracing::info!("stopping (send the signal again to exit at once)");
+        // Cancel first: nothing the log does may stand between a signal and
+        // the shutdown it asks for.
         root.cancel();
+        tracing::info!("stopping (send the signal again to exit at once)");
         signals.recv().await;
         std::process::exit(130);
     });

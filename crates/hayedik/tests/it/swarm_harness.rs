@@ -40,6 +40,17 @@ fn processes() -> std::sync::MutexGuard<'static, Vec<(ThreadId, u32)>> {
     PROCESSES.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Puts a process the test started by hand under the scenario's limit (it
+/// is killed with the others when the limit passes); [`disown`] takes it
+/// back once it has exited.
+pub fn adopt(pid: u32) {
+    processes().push((thread::current().id(), pid));
+}
+
+pub fn disown(pid: u32) {
+    processes().retain(|(_, p)| *p != pid);
+}
+
 /// Runs `body` on its own thread and fails the test if it takes longer than
 /// `limit`, killing every process it started.
 pub fn scenario(limit: Duration, body: impl FnOnce() + Send + 'static) {
