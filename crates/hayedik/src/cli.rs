@@ -191,6 +191,9 @@ pub struct TrackerArgs {
     /// Peers listed in one swarm.
     #[arg(long, default_value_t = Limits::default().max_peers_per_swarm, value_name = "N")]
     pub max_peers_per_swarm: usize,
+    /// Peers (TCP ports) listed in one swarm from one IPv4 address or IPv6 /64.
+    #[arg(long, default_value_t = Limits::default().max_peers_per_ip, value_name = "N")]
+    pub max_peers_per_ip: usize,
     /// One JSON object per line on stdout instead of logs.
     #[arg(long)]
     pub json: bool,
@@ -223,6 +226,7 @@ impl TrackerArgs {
                 max_swarms: self.max_swarms,
                 max_swarms_per_ip: self.max_swarms_per_ip,
                 max_peers_per_swarm: self.max_peers_per_swarm,
+                max_peers_per_ip: self.max_peers_per_ip,
             },
         })
     }

@@ -23,6 +23,9 @@ pub struct Limits {
     pub max_swarms_per_ip: usize,
     /// Peers listed in one swarm.
     pub max_peers_per_swarm: usize,
+    /// Peers (TCP ports) listed in one swarm from one source IPv4 address
+    /// or IPv6 /64: a household or an office behind one NAT needs a few.
+    pub max_peers_per_ip: usize,
 }
 
 impl Default for Limits {
@@ -35,6 +38,7 @@ impl Default for Limits {
             max_swarms: 10_000,
             max_swarms_per_ip: 256,
             max_peers_per_swarm: 10_000,
+            max_peers_per_ip: 32,
         }
     }
 }

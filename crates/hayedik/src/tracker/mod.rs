@@ -178,6 +178,7 @@ pub async fn run(
         swarm_settings: SwarmSettings {
             interval: config.announce_interval,
             max_peers: config.limits.max_peers_per_swarm,
+            max_peers_per_source: config.limits.max_peers_per_ip,
         },
     });
     let binder = Binder::new(local.ip(), config.swarm_ports);

@@ -29,6 +29,8 @@ pub struct SwarmSettings {
     /// Announce interval told to peers.
     pub interval: Duration,
     pub max_peers: usize,
+    /// Peers listed from one IPv4 address or IPv6 /64.
+    pub max_peers_per_source: usize,
 }
 
 /// The persistent identity of a confirmed swarm.
@@ -83,7 +85,7 @@ impl SwarmTracker {
     ) -> Self {
         use rand::SeedableRng;
         Self {
-            peers: PeerTable::new(settings.max_peers),
+            peers: PeerTable::new(settings.max_peers, settings.max_peers_per_source),
             conn_ids: Stamp::random(Purpose::ConnectionId, CONNECTION_ID_WINDOW_SECS),
             record,
             confirmed,
@@ -275,18 +277,14 @@ impl SwarmTracker {
             }
         }
         let me = (src.ip(), announce.port);
-        match self.peers.announce(me, announce.state, now) {
-            Update::Full => {
-                encode_error_capped(
-                    out,
-                    tid,
-                    ErrorCode::RateLimited,
-                    "swarm is full",
-                    usize::MAX,
-                );
-                return effect_if_bound(effect);
-            }
-            Update::Listed | Update::NotListed => {}
+        let refusal = match self.peers.announce(src, announce.port, announce.state, now) {
+            Update::Full => Some("swarm is full"),
+            Update::SourceFull => Some("swarm is full for your address: too many ports listed"),
+            Update::Listed | Update::NotListed => None,
+        };
+        if let Some(message) = refusal {
+            encode_error_capped(out, tid, ErrorCode::RateLimited, message, usize::MAX);
+            return effect_if_bound(effect);
         }
         let (seeders, partials) = self.peers.counts(Some(me));
         let wanted = match announce.wanted {

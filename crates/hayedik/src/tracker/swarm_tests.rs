@@ -7,6 +7,7 @@ fn settings() -> SwarmSettings {
     SwarmSettings {
         interval: Duration::from_secs(60),
         max_peers: 1000,
+        max_peers_per_source: 32,
     }
 }
 
@@ -251,4 +252,75 @@ fn peers_fit_in_1200_bytes() {
     };
     assert_eq!(p.peers.len(), (MAX_PEERS_DATAGRAM - PEERS_FIXED_LEN) / 8);
     assert_eq!((p.seeders, p.partials), (0, 300));
+}
+
+/// A confirmed swarm whose key ([1; 32]) is bound by `owner`, a seeder on
+/// TCP port 6000.
+fn bound_swarm(owner: SocketAddr, now: Instant) -> SwarmTracker {
+    let mut s = new_swarm(now);
+    reply(
+        &mut s,
+        owner,
+        &Datagram::new(1, Message::Confirm { token: 77 }),
+        now,
+    );
+    let cid = s.connection_id(owner, now);
+    let m = reply(
+        &mut s,
+        owner,
+        &announce(cid, [1; 32], 6000, PeerState::Complete),
+        now,
+    );
+    assert!(matches!(m, Some(Message::Peers(_))), "{m:?}");
+    s
+}
+
+/// Issue 11, item 4: one address announcing 10,000 ports filled the peer
+/// table and every new peer got ERROR 5. Now that address gets ERROR 5
+/// after its 32nd port and a getter from elsewhere is listed and sees the
+/// sharer.
+#[test]
+fn one_address_cannot_fill_the_swarm() {
+    let now = Instant::now();
+    let owner: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    let mut s = bound_swarm(owner, now);
+    let flooder: SocketAddr = "127.0.0.2:9000".parse().unwrap();
+    let cid = s.connection_id(flooder, now);
+    let mut refused = 0;
+    for port in 1..=10_000u16 {
+        match reply(
+            &mut s,
+            flooder,
+            &announce(cid, [1; 32], port, PeerState::Complete),
+            now,
+        ) {
+            Some(Message::Peers(_)) => {}
+            Some(Message::Error {
+                code: ErrorCode::RateLimited,
+                message,
+            }) => {
+                assert!(message.contains("your address"), "{message}");
+                refused += 1;
+            }
+            m => panic!("{m:?}"),
+        }
+    }
+    assert_eq!(refused, 10_000 - 32);
+    assert_eq!(s.peer_count(), 33);
+    let getter: SocketAddr = "127.0.0.3:9000".parse().unwrap();
+    let cid = s.connection_id(getter, now);
+    let Some(Message::Peers(p)) = reply(
+        &mut s,
+        getter,
+        &announce(cid, [1; 32], 7000, PeerState::Downloading),
+        now,
+    ) else {
+        panic!("the getter was refused")
+    };
+    assert_eq!((p.seeders, p.partials), (33, 0));
+    assert!(p
+        .peers
+        .iter()
+        .any(|e| e.addr == "127.0.0.1:6000".parse().unwrap()));
+    assert_eq!(s.peer_count(), 34);
 }
