@@ -28,7 +28,9 @@
 //! and renewed at once when the tracker answers ERROR 3. ERROR 6 is retried a
 //! few times ([`NOT_CONFIRMED_TRIES`]); ERRORs 1, 2, 4 and 5 end the call with
 //! a clear error. The announce loop retries a failed call after 1 s, doubling
-//! up to 60 s, and shows the latest failure to its owner.
+//! up to 60 s, and shows the latest failure to its owner; when a listed state
+//! gets ERROR 5 (the swarm, or our address's share of it, is full) it asks
+//! again with state 0 at once, so it still gets peers, and shows the ERROR.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -739,11 +741,25 @@ async fn announce_loop(
         if w.state == PeerState::Leaving {
             break;
         }
-        let result = tokio::select! {
+        let mut result = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
             r = client.announce(w.state, w.wanted) => r,
         };
+        let mut not_listed = None;
+        if let Err(e @ AnnounceError::SwarmFull { .. }) = &result {
+            if w.state.is_listed() {
+                // We cannot be listed (the swarm, or our address's share of
+                // it, is full), but the list of peers is still ours to ask
+                // for: a getter downloads anyway.
+                not_listed = Some(e.clone());
+                result = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    r = client.announce(PeerState::Asking, w.wanted) => r,
+                };
+            }
+        }
         match result {
             Ok(reply) => {
                 retry.reset();
@@ -755,7 +771,10 @@ async fn announce_loop(
                     w.state
                 );
                 next = Instant::now() + reply.interval;
-                errors.send_replace(None);
+                if let Some(e) = &not_listed {
+                    tracing::warn!("{e}; not listed, asking for peers only");
+                }
+                errors.send_replace(not_listed);
                 replies.send_replace(Some(reply));
             }
             Err(e) => {
@@ -1155,6 +1174,39 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(200), announcer.leave())
             .await
             .unwrap();
+    }
+
+    /// Issue 11, item 4: a getter that the tracker does not list (ERROR 5)
+    /// got no peers at all. It now asks with state 0 and gets them.
+    #[tokio::test]
+    async fn announce_loop_asks_only_when_it_cannot_be_listed() {
+        let config = TrackerConfig {
+            limits: crate::tracker::limits::Limits {
+                max_peers_per_ip: 1,
+                ..Default::default()
+            },
+            ..TrackerConfig::default()
+        };
+        let (central, stop) = tracker(config).await;
+        let a = seeder(central).await;
+        // Same IP as the seeder, whose one slot it holds.
+        let b = client(a.swarm_addr(), 4010).await;
+        let getter = spawn_announcer(b, PeerState::Downloading, CancellationToken::new());
+        let mut replies = getter.replies();
+        let r = tokio::time::timeout(Duration::from_secs(5), replies.wait_for(|r| r.is_some()))
+            .await
+            .expect("no peers for a getter the tracker does not list")
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert_eq!(r.peers.len(), 1);
+        assert_eq!(r.peers[0].addr, local(4001));
+        assert!(matches!(
+            getter.last_error(),
+            Some(AnnounceError::SwarmFull { .. })
+        ));
+        getter.leave().await;
+        stop.cancel();
     }
 
     #[test]
