@@ -10,6 +10,10 @@
 //! - `list` is in random order: a newcomer is swapped to a random place.
 //! - only listed states (downloading, complete) are stored; `seeders` counts
 //!   the `Complete` entries, so counts are O(1).
+//! - an entry is downgraded (complete to downloading) or removed (states 0
+//!   and 3) only by an announce from the UDP source port that listed it
+//!   (`owner_port`); another process on the same IP may refresh it or mark it
+//!   complete, never delist it.
 //! - an entry whose `last_seen` is older than the expiry is never returned by
 //!   [`PeerTable::sample`] once [`PeerTable::expire`] ran; `expire` is called
 //!   by the swarm task on a timer.
@@ -52,6 +56,8 @@ struct Record {
     last_seen: Instant,
     /// Order of first listing: smaller is listed longer.
     seq: u64,
+    /// UDP source port of the announce that listed the entry.
+    owner_port: u16,
 }
 
 /// What an announce did to the table.
@@ -61,6 +67,9 @@ pub enum Update {
     Listed,
     /// The peer was removed, or was only asking.
     NotListed,
+    /// Another UDP socket of the entry's IP asked to downgrade or remove it:
+    /// ignored (the entry stays as it was).
+    NotOwner,
     /// The table is full and the peer is new: refused.
     Full,
     /// The peer is new and its source (IPv4 address or IPv6 /64) already
@@ -134,6 +143,17 @@ impl PeerTable {
     ) -> Update {
         let key = (src.ip(), port);
         if let Some(&i) = self.index.get(&key) {
+            let r = &mut self.list[i];
+            if r.owner_port != src.port() {
+                // Another socket of the same IP (behind the same NAT, or
+                // another process of the same host): it may refresh the
+                // entry or mark it complete (what a peer whose NAT mapping
+                // changed sends), never downgrade or remove it.
+                let upgrade = r.state != PeerState::Complete && state == PeerState::Complete;
+                if state != r.state && !upgrade {
+                    return Update::NotOwner;
+                }
+            }
             if !state.is_listed() {
                 self.remove(key);
                 return Update::NotListed;
@@ -171,6 +191,7 @@ impl PeerTable {
             state,
             last_seen: now,
             seq,
+            owner_port: src.port(),
         });
         self.place(at);
         // Keep the list in random order: swap the newcomer to a random place.
@@ -495,6 +516,44 @@ mod tests {
         let out = sampled(&t, Some((sharer.ip(), 4000)), 50);
         assert_eq!(out.len(), 50);
         assert!(out.iter().all(|e| e.addr != sharer_entry));
+    }
+
+    /// Issue 11 (also reported): another process on the sharer's IP could
+    /// downgrade or delist the sharer's entry. Only the UDP socket that
+    /// listed an entry may now downgrade or remove it.
+    #[test]
+    fn only_the_listing_socket_downgrades_or_removes_an_entry() {
+        let now = Instant::now();
+        let mut t = PeerTable::new(100, 32);
+        let sharer: SocketAddr = "127.0.0.1:5000".parse().unwrap();
+        let neighbour: SocketAddr = "127.0.0.1:5001".parse().unwrap();
+        t.announce(sharer, 4000, PeerState::Complete, now);
+        for state in [
+            PeerState::Leaving,
+            PeerState::Asking,
+            PeerState::Downloading,
+        ] {
+            assert_eq!(t.announce(neighbour, 4000, state, now), Update::NotOwner);
+            assert_eq!(t.counts(None), (1, 0), "{state:?}");
+        }
+        // A refresh from another socket (a NAT that changed its mapping) is
+        // fine, and so is "complete".
+        assert_eq!(
+            t.announce(neighbour, 4000, PeerState::Complete, now),
+            Update::Listed
+        );
+        t.announce(neighbour, 4001, PeerState::Downloading, now);
+        assert_eq!(
+            t.announce(sharer, 4001, PeerState::Complete, now),
+            Update::Listed
+        );
+        assert_eq!(t.counts(None), (2, 0));
+        // The owner itself leaves.
+        assert_eq!(
+            t.announce(sharer, 4000, PeerState::Leaving, now),
+            Update::NotListed
+        );
+        assert_eq!(t.counts(None), (1, 0));
     }
 
     #[test]

@@ -280,7 +280,9 @@ impl SwarmTracker {
         let refusal = match self.peers.announce(src, announce.port, announce.state, now) {
             Update::Full => Some("swarm is full"),
             Update::SourceFull => Some("swarm is full for your address: too many ports listed"),
-            Update::Listed | Update::NotListed => None,
+            // Another socket may not delist or downgrade an entry: answered
+            // as usual, the entry left as it was.
+            Update::Listed | Update::NotListed | Update::NotOwner => None,
         };
         if let Some(message) = refusal {
             encode_error_capped(out, tid, ErrorCode::RateLimited, message, usize::MAX);

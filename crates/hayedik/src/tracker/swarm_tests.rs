@@ -324,3 +324,47 @@ fn one_address_cannot_fill_the_swarm() {
         .any(|e| e.addr == "127.0.0.1:6000".parse().unwrap()));
     assert_eq!(s.peer_count(), 34);
 }
+
+/// Also reported in issue 11: another socket on the sharer's IP could
+/// delist the sharer (identity is IP and TCP port). Only the socket that
+/// listed an entry may now remove or downgrade it.
+#[test]
+fn a_neighbour_on_the_same_ip_cannot_delist_the_sharer() {
+    let now = Instant::now();
+    let owner: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    let mut s = bound_swarm(owner, now);
+    let neighbour: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let cid = s.connection_id(neighbour, now);
+    for state in [
+        PeerState::Leaving,
+        PeerState::Downloading,
+        PeerState::Asking,
+    ] {
+        let m = reply(&mut s, neighbour, &announce(cid, [1; 32], 6000, state), now);
+        assert!(matches!(m, Some(Message::Peers(_))), "{m:?}");
+    }
+    let getter: SocketAddr = "127.0.0.3:9000".parse().unwrap();
+    let cid = s.connection_id(getter, now);
+    let Some(Message::Peers(p)) = reply(
+        &mut s,
+        getter,
+        &announce(cid, [1; 32], 0, PeerState::Asking),
+        now,
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        (p.seeders, p.partials),
+        (1, 0),
+        "the sharer is still a seeder"
+    );
+    // The sharer's own socket still leaves.
+    let cid = s.connection_id(owner, now);
+    reply(
+        &mut s,
+        owner,
+        &announce(cid, [1; 32], 6000, PeerState::Leaving),
+        now,
+    );
+    assert_eq!(s.peer_count(), 0);
+}
