@@ -170,6 +170,10 @@ pub struct TrackerArgs {
     /// Retire a swarm nobody announced to for SECS (default 30 days).
     #[arg(long, default_value = "2592000", value_name = "SECS", value_parser = parse_secs)]
     pub retire_after: Duration,
+    /// Retire a confirmed swarm that gets no announce at all within SECS of
+    /// its confirmation (or of its restoration from --state).
+    #[arg(long, default_value = "600", value_name = "SECS", value_parser = parse_secs)]
+    pub retire_unannounced: Duration,
     /// Swarm-creating JOINs allowed per second per source IP.
     #[arg(long, default_value_t = Limits::default().joins_per_ip_per_sec, value_name = "N")]
     pub max_joins_per_ip_per_sec: f64,
@@ -217,6 +221,7 @@ impl TrackerArgs {
             confirm_timeout: self.confirm_timeout,
             announce_interval: self.announce_interval,
             retire_after: self.retire_after,
+            retire_unannounced: self.retire_unannounced,
             state_dir: self.state.clone(),
             limits: Limits {
                 joins_per_ip_per_sec: self.max_joins_per_ip_per_sec,

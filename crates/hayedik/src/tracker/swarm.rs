@@ -33,6 +33,17 @@ pub struct SwarmSettings {
     pub max_peers_per_source: usize,
 }
 
+/// When a confirmed swarm is retired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retire {
+    /// No ANNOUNCE for this long (wall clock, so it counts across restarts).
+    pub after: Duration,
+    /// No ANNOUNCE ever (the key never bound) this long after the swarm was
+    /// confirmed or restored: nobody but the confirming address could bind
+    /// it, and it did not, so the swarm only holds a port and a slot.
+    pub unannounced: Duration,
+}
+
 /// The persistent identity of a confirmed swarm.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SwarmRecord {
@@ -67,6 +78,9 @@ pub struct SwarmTracker {
     confirmed: bool,
     /// Set while shutting down for retirement: CONNECT and ANNOUNCE get ERROR 6.
     retiring: bool,
+    /// When the first CONFIRM came, or, for a swarm restored confirmed, the
+    /// `epoch` it was restored with.
+    confirmed_at: Option<Instant>,
     peers: PeerTable,
     conn_ids: Stamp,
     settings: SwarmSettings,
@@ -89,6 +103,7 @@ impl SwarmTracker {
             conn_ids: Stamp::random(Purpose::ConnectionId, CONNECTION_ID_WINDOW_SECS),
             record,
             confirmed,
+            confirmed_at: confirmed.then_some(epoch),
             retiring: false,
             settings,
             epoch,
@@ -103,6 +118,24 @@ impl SwarmTracker {
 
     pub fn set_retiring(&mut self) {
         self.retiring = true;
+    }
+
+    /// Whether a confirmed swarm is due for retirement at `now` (and
+    /// `now_unix`, the wall clock): never announced to within
+    /// `retire.unannounced` of its confirmation or restoration, or silent for
+    /// `retire.after` since its last ANNOUNCE. A pending swarm never is (it
+    /// is reclaimed instead).
+    pub fn retire_due(&self, now: Instant, now_unix: u64, retire: Retire) -> bool {
+        let Some(confirmed_at) = self.confirmed_at.filter(|_| self.confirmed) else {
+            return false;
+        };
+        if self.record.key.is_none()
+            && now.saturating_duration_since(confirmed_at) > retire.unannounced
+        {
+            return true;
+        }
+        let silent = now_unix.saturating_sub(self.record.last_announce_unix);
+        Duration::from_secs(silent) > retire.after
     }
 
     pub fn peer_count(&self) -> usize {
@@ -169,6 +202,7 @@ impl SwarmTracker {
                     return Effect::Nothing;
                 }
                 self.confirmed = true;
+                self.confirmed_at = Some(now);
                 self.record.confirmer = Some(src);
                 Effect::Confirmed
             }

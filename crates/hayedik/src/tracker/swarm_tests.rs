@@ -368,3 +368,53 @@ fn a_neighbour_on_the_same_ip_cannot_delist_the_sharer() {
     );
     assert_eq!(s.peer_count(), 0);
 }
+
+/// Issue 11, item 5: swarms that nobody ever announced to lived until
+/// `--retire-after` (30 days), so a flood of confirmed swarms held the
+/// tracker's slots for a month. A confirmed swarm whose key no ANNOUNCE
+/// bound is now retired after `unannounced`; an announced one is kept.
+#[test]
+fn a_swarm_never_announced_to_is_retired_soon() {
+    let t0 = Instant::now();
+    let retire = Retire {
+        after: Duration::from_secs(30 * 24 * 3600),
+        unannounced: Duration::from_secs(600),
+    };
+    let unix = 1_800_000_000;
+    let a: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    let mut s = new_swarm(t0);
+    s.record.last_announce_unix = unix;
+    // Pending: never retired (the confirm timeout reclaims it).
+    assert!(!s.retire_due(t0 + Duration::from_secs(3600), unix + 3600, retire));
+    let t1 = t0 + Duration::from_secs(100);
+    reply(
+        &mut s,
+        a,
+        &Datagram::new(1, Message::Confirm { token: 77 }),
+        t1,
+    );
+    assert!(!s.retire_due(t1 + Duration::from_secs(600), unix + 700, retire));
+    assert!(s.retire_due(t1 + Duration::from_secs(601), unix + 701, retire));
+
+    // The same, announced to once: kept until it is silent for `after`.
+    let mut s = bound_swarm(a, t0);
+    s.record.last_announce_unix = unix;
+    let later = t0 + Duration::from_secs(86_400);
+    assert!(!s.retire_due(later, unix + 86_400, retire));
+    assert!(s.retire_due(later, unix + 30 * 86_400 + 1, retire));
+
+    // Restored from --state without a key: `unannounced` counts from the
+    // restoration (its `epoch`), not from a confirmation long ago.
+    let record = SwarmRecord {
+        port: 5000,
+        creator: None,
+        token: 77,
+        confirmer: Some(a),
+        key: None,
+        last_announce_unix: unix - 86_400,
+    };
+    let restored_at = t0 + Duration::from_secs(5);
+    let s = SwarmTracker::new(record, true, settings(), restored_at);
+    assert!(!s.retire_due(restored_at + Duration::from_secs(599), unix, retire));
+    assert!(s.retire_due(restored_at + Duration::from_secs(601), unix, retire));
+}

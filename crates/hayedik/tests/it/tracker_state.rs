@@ -305,3 +305,55 @@ fn tracker_new_swarm_never_takes_a_port_awaiting_restore() {
         t.stop();
     });
 }
+
+/// Issue 11, item 5, with `--state`: a swarm that nobody announced to is
+/// restored, gets the whole `--retire-unannounced` from its restoration
+/// (its sharer may still bind it), then is retired and not restored again;
+/// a swarm announced to is kept.
+#[test]
+fn tracker_swarm_never_announced_to_is_retired_after_restore() {
+    scenario(LIMIT, || {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = ["--retire-unannounced", "2"];
+        let mut t = start_with_state(dir.path(), &flags);
+        let mut a = Client::new();
+        let mut b = Client::new();
+        let bound = a.create_swarm(t.addr);
+        let unbound = b.create_swarm(t.addr);
+        t.wait_port_event("swarm_confirmed", unbound.port);
+        peers(announce(&mut a, &bound, 1, 5000));
+        t.kill_hard();
+        // Longer than the grace since the confirmation.
+        std::thread::sleep(Duration::from_millis(2500));
+
+        let mut t = start_with_state(dir.path(), &flags);
+        let restored = std::time::Instant::now();
+        t.wait_port_event("swarm_restored", bound.port);
+        t.wait_port_event("swarm_restored", unbound.port);
+        t.wait_port_event("swarm_retired", unbound.port);
+        let after = restored.elapsed();
+        assert!(
+            after >= Duration::from_millis(1500),
+            "retired {after:?} after the restore: the grace counts from it"
+        );
+        let events = t.events_within(Duration::from_secs(1));
+        assert!(
+            events.iter().all(|v| v["event"] != "swarm_retired"),
+            "{events:?}"
+        );
+        peers(announce(&mut a, &bound, 1, 5000));
+        t.stop();
+
+        let mut t = start_with_state(dir.path(), &flags);
+        t.wait_port_event("swarm_restored", bound.port);
+        a.challenge(t.addr);
+        let events = t.events_within(crate::harness::SILENCE);
+        assert!(
+            events
+                .iter()
+                .all(|v| v["event"] != "swarm_restored" || v["port"] != unbound.port),
+            "{events:?}"
+        );
+        t.stop();
+    });
+}
