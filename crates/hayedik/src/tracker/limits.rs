@@ -1,10 +1,11 @@
 //! The central tracker's budget: a per-IP rate limit on swarm-creating JOINs
 //! and caps on swarms, so a flood from one address cannot exhaust ports,
-//! tasks or memory, nor deny service to other addresses.
+//! tasks or memory, nor deny service to other addresses. Also [`LogEvery`],
+//! which keeps a flood from flooding the log.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Configurable limits; every field has a default in [`Limits::default`].
 #[derive(Debug, Clone)]
@@ -43,7 +44,8 @@ impl Default for Limits {
     }
 }
 
-/// Why a JOIN was refused (no reply is sent; the reason is logged).
+/// Why a JOIN was refused. The JOIN carried a valid cookie, so its source
+/// is proven: it gets ERROR 5 with [`Refusal::message`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     RateLimited,
@@ -51,6 +53,25 @@ pub enum Refusal {
     TooManyPendingFromIp,
     TooManySwarms,
     TooManySwarmsFromIp,
+}
+
+impl Refusal {
+    /// The ERROR 5 message: what is full, and whether waiting helps.
+    pub fn message(self) -> &'static str {
+        match self {
+            Refusal::RateLimited => "too many new swarms from your address: retry in a moment",
+            Refusal::TooManyPending => {
+                "tracker busy: too many swarms waiting for confirmation; retry in a moment"
+            }
+            Refusal::TooManyPendingFromIp => {
+                "too many unconfirmed swarms from your address: retry in a moment"
+            }
+            Refusal::TooManySwarms => "tracker is full: it holds as many swarms as it may",
+            Refusal::TooManySwarmsFromIp => {
+                "tracker is full for your address: it created as many swarms for it as it may"
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -172,6 +193,47 @@ impl Budget {
     }
 }
 
+/// Rate-limits a log line that a flood could repeat: the first occurrence
+/// is written at once, later ones are counted and summarised at most once
+/// per `every` (by [`LogEvery::hit`], or by [`LogEvery::flush`] on a timer
+/// once the flood stopped).
+#[derive(Debug)]
+pub struct LogEvery {
+    every: Duration,
+    last: Option<Instant>,
+    /// Occurrences not written yet.
+    count: u64,
+}
+
+impl LogEvery {
+    pub fn new(every: Duration) -> Self {
+        Self {
+            every,
+            last: None,
+            count: 0,
+        }
+    }
+
+    /// Counts one occurrence at `now`; `Some(n)` when a line is due, `n`
+    /// being the occurrences it stands for (this one included).
+    pub fn hit(&mut self, now: Instant) -> Option<u64> {
+        self.count += 1;
+        self.flush(now)
+    }
+
+    /// `Some(n)` when occurrences are waiting and a line is due.
+    pub fn flush(&mut self, now: Instant) -> Option<u64> {
+        let due = self
+            .last
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.every);
+        if self.count == 0 || !due {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.count))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -236,6 +298,20 @@ mod tests {
         assert_eq!(b.try_create(ip(4), now), Err(Refusal::TooManySwarms));
         b.released(Some(ip(1)), false);
         b.try_create(ip(4), now).unwrap();
+    }
+
+    #[test]
+    fn log_lines_are_summarised() {
+        let t0 = Instant::now();
+        let mut l = LogEvery::new(Duration::from_secs(10));
+        assert_eq!(l.hit(t0), Some(1));
+        for i in 1..1000 {
+            assert_eq!(l.hit(t0 + Duration::from_millis(i)), None);
+        }
+        assert_eq!(l.flush(t0 + Duration::from_secs(5)), None);
+        assert_eq!(l.flush(t0 + Duration::from_secs(10)), Some(999));
+        assert_eq!(l.flush(t0 + Duration::from_secs(30)), None);
+        assert_eq!(l.hit(t0 + Duration::from_secs(31)), Some(1));
     }
 
     #[test]

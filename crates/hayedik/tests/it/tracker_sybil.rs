@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use hayedik_proto::ticket::Ticket;
 use hayedik_proto::tracker::{Announce, Datagram, ErrorCode, Message, PeerState};
 
-use crate::harness::Client;
+use crate::harness::{Client, Joined, Tracker};
 use crate::swarm_harness::{assert_same_file, scenario, tempdir, write_random, Node, MIB};
 
 /// Announces `count` TCP ports (`1..=count`, as seeders) into `swarm` from
@@ -98,5 +98,149 @@ fn tracker_one_address_flooding_ports_cannot_lock_out_a_getter() {
             "{listed} ports of one address listed (the default cap is 32)"
         );
         sharer.stop();
+    });
+}
+
+/// JOIN (CHALLENGE, then JOIN with the cookie) and, when the tracker
+/// offers a swarm, CONFIRM it; `Err` carries the message of an ERROR 5.
+fn try_create_swarm(c: &mut Client, central: SocketAddr) -> Result<Joined, String> {
+    let cookie = c.challenge(central);
+    let tid = c.tid();
+    c.send(central, &Datagram::new(tid, Message::Join { cookie }));
+    let (first, _, from) = c.recv();
+    assert_eq!(first.tid, tid);
+    match first.message {
+        Message::Error {
+            code: ErrorCode::RateLimited,
+            message,
+        } => {
+            assert_eq!(from, central);
+            return Err(message);
+        }
+        Message::Offer { .. } => {}
+        m => panic!("expected an OFFER or ERROR 5, got {m:?}"),
+    }
+    // Both OFFERs carry the token; the central one also the port.
+    let (second, _, _) = c.recv();
+    let (token, port) = match (first.message, second.message) {
+        (
+            Message::Offer {
+                token,
+                port: Some(p),
+            },
+            _,
+        )
+        | (
+            _,
+            Message::Offer {
+                token,
+                port: Some(p),
+            },
+        ) => (token, p),
+        m => panic!("no central OFFER: {m:?}"),
+    };
+    let j = Joined {
+        port,
+        token,
+        swarm: SocketAddr::new(central.ip(), port),
+    };
+    c.confirm(&j);
+    Ok(j)
+}
+
+/// Issue 11, item 5: a full tracker did not answer a JOIN, so an honest
+/// `share --tracker` gave up after 30 s asking "is the tracker running?".
+/// A JOIN with a valid cookie now gets ERROR 5 saying what is full, and
+/// `share` says the tracker is full, in seconds.
+#[test]
+fn tracker_full_tracker_answers_error_5_and_share_says_so() {
+    scenario(Duration::from_secs(60), || {
+        let t = Tracker::start(&["--max-swarms", "4"]);
+        for host in 1..=4 {
+            let mut c = Client::on(Ipv4Addr::new(127, 0, 1, host));
+            try_create_swarm(&mut c, t.addr).expect("room for four swarms");
+        }
+        let work = tempdir();
+        let (path, _) = write_random(work.path(), "full.bin", 1000, 42);
+        let tracker_arg = t.addr.to_string();
+        let started = Instant::now();
+        let mut sharer = Node::share("sharer", &path, &["--tracker", &tracker_arg]);
+        let stderr = sharer.expect_failure(1, Duration::from_secs(40));
+        let took = started.elapsed();
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("error: "))
+            .unwrap_or_else(|| panic!("no error line: {stderr}"));
+        assert!(
+            line.contains("is full") && line.contains("tracker is full"),
+            "{line}"
+        );
+        assert!(!line.contains("is the tracker running"), "{line}");
+        assert!(
+            took < Duration::from_secs(10),
+            "share gave up after {took:?}"
+        );
+        // The same through the wire: ERROR 5 and what is full.
+        let mut c = Client::on(Ipv4Addr::new(127, 0, 2, 1));
+        let message = try_create_swarm(&mut c, t.addr).expect_err("the tracker is full");
+        assert!(message.contains("tracker is full"), "{message}");
+        t.stop();
+    });
+}
+
+/// Issue 11, item 5: out of descriptors, the tracker wrote one WARN line per
+/// refused JOIN (1,487 lines in 20 s). Here out of ports (a range of one):
+/// every JOIN with a cookie gets ERROR 5, and the log gets one line.
+#[test]
+fn tracker_out_of_ports_answers_error_5_and_logs_once() {
+    scenario(Duration::from_secs(60), || {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let range = format!("{port}-{port}");
+        let t = Tracker::start(&[
+            "--swarm-ports",
+            &range,
+            "--join-burst",
+            "1000",
+            "--max-joins-per-ip-per-sec",
+            "1000",
+        ]);
+        let mut owner = Client::new();
+        let j = owner.create_swarm(t.addr);
+        assert_eq!(j.port, port);
+        let mut f = Client::on(Ipv4Addr::new(127, 0, 3, 1));
+        let cookie = f.challenge(t.addr);
+        let mut refused = 0;
+        for _ in 0..6 {
+            for _ in 0..50 {
+                let tid = f.tid();
+                f.send(t.addr, &Datagram::new(tid, Message::Join { cookie }));
+            }
+            while let Some((bytes, _)) = f.recv_within(Duration::from_millis(300)) {
+                match Datagram::decode(&bytes).map(|d| d.message) {
+                    Ok(Message::Error {
+                        code: ErrorCode::RateLimited,
+                        message,
+                    }) => {
+                        assert!(message.contains("no free port"), "{message}");
+                        refused += 1;
+                    }
+                    m => panic!("unexpected reply: {m:?}"),
+                }
+            }
+        }
+        // The log pipe is read on a thread: give it a moment.
+        std::thread::sleep(Duration::from_millis(200));
+        let log = t.stderr();
+        let lines = log.lines().filter(|l| l.contains("no port for")).count();
+        assert!(
+            lines <= 2,
+            "{lines} log lines for 300 refused JOINs:\n{log}"
+        );
+        assert_eq!(refused, 300, "every JOIN gets ERROR 5");
+        t.stop();
     });
 }
