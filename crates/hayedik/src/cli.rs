@@ -192,6 +192,12 @@ pub struct TrackerArgs {
     /// Swarms created per source IP.
     #[arg(long, default_value_t = Limits::default().max_swarms_per_ip, value_name = "N")]
     pub max_swarms_per_ip: usize,
+    /// Swarms created from one IPv4 /24.
+    #[arg(long, default_value_t = Limits::default().max_swarms_per_24, value_name = "N")]
+    pub max_swarms_per_24: usize,
+    /// Swarms created from one IPv6 /64.
+    #[arg(long, default_value_t = Limits::default().max_swarms_per_64, value_name = "N")]
+    pub max_swarms_per_64: usize,
     /// Peers listed in one swarm.
     #[arg(long, default_value_t = Limits::default().max_peers_per_swarm, value_name = "N")]
     pub max_peers_per_swarm: usize,
@@ -230,6 +236,8 @@ impl TrackerArgs {
                 max_pending_per_ip: self.max_pending_per_ip,
                 max_swarms: self.max_swarms,
                 max_swarms_per_ip: self.max_swarms_per_ip,
+                max_swarms_per_24: self.max_swarms_per_24,
+                max_swarms_per_64: self.max_swarms_per_64,
                 max_peers_per_swarm: self.max_peers_per_swarm,
                 max_peers_per_ip: self.max_peers_per_ip,
             },

@@ -520,6 +520,7 @@ mod tests {
         let mut c = CentralTracker::new(
             Limits {
                 max_pending_per_ip: 2,
+                max_swarms_per_24: 3,
                 ..Limits::default()
             },
             now,
@@ -558,13 +559,24 @@ mod tests {
             Datagram::decode(&out).unwrap().message,
             Message::Challenge { .. }
         ));
-        // Another address is not affected.
+        // Another address of the /24 gets its swarm, the next one is refused
+        // for the network; another /24 is not affected.
         let other: SocketAddr = "127.0.0.2:4000".parse().unwrap();
         let cookie2 = c.cookie(other, now);
         assert!(matches!(
             c.on_datagram(other, &join(1, cookie2), now, &mut out),
             Action::Create { .. }
         ));
-        assert_eq!(c.refused(), 1);
+        let third: SocketAddr = "127.0.0.3:4000".parse().unwrap();
+        let cookie3 = c.cookie(third, now);
+        let (_, message) = refused(&mut c, third, &join(1, cookie3), &mut out);
+        assert!(message.contains("your network"), "{message}");
+        let far: SocketAddr = "127.0.1.3:4000".parse().unwrap();
+        let cookie4 = c.cookie(far, now);
+        assert!(matches!(
+            c.on_datagram(far, &join(1, cookie4), now, &mut out),
+            Action::Create { .. }
+        ));
+        assert_eq!(c.refused(), 2);
     }
 }

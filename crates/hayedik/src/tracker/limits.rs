@@ -1,7 +1,8 @@
 //! The central tracker's budget: a per-IP rate limit on swarm-creating JOINs
-//! and caps on swarms, so a flood from one address cannot exhaust ports,
-//! tasks or memory, nor deny service to other addresses. Also [`LogEvery`],
-//! which keeps a flood from flooding the log.
+//! and caps on swarms, per IP, per network (IPv4 /24, IPv6 /64) and in
+//! total, so a flood from one address, or from the many addresses of one
+//! network, cannot exhaust ports, tasks or memory, nor deny service to
+//! others. Also [`LogEvery`], which keeps a flood from flooding the log.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,6 +23,10 @@ pub struct Limits {
     pub max_swarms: usize,
     /// Swarms (pending and confirmed) created by one source IP.
     pub max_swarms_per_ip: usize,
+    /// Swarms (pending and confirmed) created from one IPv4 /24.
+    pub max_swarms_per_24: usize,
+    /// Swarms (pending and confirmed) created from one IPv6 /64.
+    pub max_swarms_per_64: usize,
     /// Peers listed in one swarm.
     pub max_peers_per_swarm: usize,
     /// Peers (TCP ports) listed in one swarm from one source IPv4 address
@@ -38,6 +43,8 @@ impl Default for Limits {
             max_pending_per_ip: 16,
             max_swarms: 10_000,
             max_swarms_per_ip: 256,
+            max_swarms_per_24: 1024,
+            max_swarms_per_64: 256,
             max_peers_per_swarm: 10_000,
             max_peers_per_ip: 32,
         }
@@ -53,6 +60,8 @@ pub enum Refusal {
     TooManyPendingFromIp,
     TooManySwarms,
     TooManySwarmsFromIp,
+    /// From the IPv4 /24 or IPv6 /64 of the source.
+    TooManySwarmsFromNetwork,
 }
 
 impl Refusal {
@@ -70,6 +79,29 @@ impl Refusal {
             Refusal::TooManySwarmsFromIp => {
                 "tracker is full for your address: it created as many swarms for it as it may"
             }
+            Refusal::TooManySwarmsFromNetwork => {
+                "tracker is full for your network: it created as many swarms for it as it may"
+            }
+        }
+    }
+}
+
+/// A source network: an IPv4 /24 or an IPv6 /64 (an IPv4-mapped IPv6
+/// address counts as its IPv4 address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Network {
+    V4([u8; 3]),
+    V6(u64),
+}
+
+impl Network {
+    pub fn of(ip: IpAddr) -> Network {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => {
+                let [a, b, c, _] = v4.octets();
+                Network::V4([a, b, c])
+            }
+            IpAddr::V6(v6) => Network::V6((u128::from(v6) >> 64) as u64),
         }
     }
 }
@@ -87,6 +119,9 @@ struct PerIp {
 pub struct Budget {
     limits: Limits,
     per_ip: HashMap<IpAddr, PerIp>,
+    /// Swarms per source network; a network with none has no key, so this
+    /// holds at most one key per swarm.
+    per_net: HashMap<Network, usize>,
     pending: usize,
     swarms: usize,
 }
@@ -99,6 +134,7 @@ impl Budget {
         Self {
             limits,
             per_ip: HashMap::new(),
+            per_net: HashMap::new(),
             pending: 0,
             swarms: 0,
         }
@@ -139,6 +175,14 @@ impl Budget {
         if e.pending >= l.max_pending_per_ip {
             return Err(Refusal::TooManyPendingFromIp);
         }
+        let net = Network::of(ip);
+        let net_cap = match net {
+            Network::V4(_) => l.max_swarms_per_24,
+            Network::V6(_) => l.max_swarms_per_64,
+        };
+        if self.per_net.get(&net).copied().unwrap_or(0) >= net_cap {
+            return Err(Refusal::TooManySwarmsFromNetwork);
+        }
         if let Some(last) = e.refilled {
             let secs = now.saturating_duration_since(last).as_secs_f64();
             e.tokens = (e.tokens + secs * l.joins_per_ip_per_sec).min(f64::from(l.join_burst));
@@ -150,6 +194,7 @@ impl Budget {
         e.tokens -= 1.0;
         e.pending += 1;
         e.swarms += 1;
+        *self.per_net.entry(net).or_insert(0) += 1;
         self.pending += 1;
         self.swarms += 1;
         Ok(())
@@ -159,6 +204,7 @@ impl Budget {
     pub fn restored(&mut self, ip: Option<IpAddr>) {
         self.swarms += 1;
         if let Some(ip) = ip {
+            *self.per_net.entry(Network::of(ip)).or_insert(0) += 1;
             let burst = f64::from(self.limits.join_burst);
             self.per_ip
                 .entry(ip)
@@ -188,6 +234,14 @@ impl Budget {
             e.swarms = e.swarms.saturating_sub(1);
             if was_pending {
                 e.pending = e.pending.saturating_sub(1);
+            }
+        }
+        if let Some(net) = ip.map(Network::of) {
+            if let Some(n) = self.per_net.get_mut(&net) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.per_net.remove(&net);
+                }
             }
         }
     }
@@ -298,6 +352,66 @@ mod tests {
         assert_eq!(b.try_create(ip(4), now), Err(Refusal::TooManySwarms));
         b.released(Some(ip(1)), false);
         b.try_create(ip(4), now).unwrap();
+    }
+
+    /// Issue 11, item 5: 520 loopback addresses, each within the per-IP
+    /// limits, filled the 10,000 swarms. Now one /24 (or IPv6 /64) creates
+    /// at most its cap, and other networks are not affected.
+    #[test]
+    fn one_network_cannot_take_every_swarm() {
+        let mut b = Budget::new(Limits {
+            max_swarms_per_24: 600,
+            max_swarms_per_64: 3,
+            max_pending_per_ip: 1000,
+            max_pending: 10_000,
+            ..Limits::default()
+        });
+        let now = Instant::now();
+        let mut created = 0;
+        'flood: for host in 1..=255u8 {
+            let ip = IpAddr::from([127, 0, 0, host]);
+            for _ in 0..20 {
+                match b.try_create(ip, now) {
+                    Ok(()) => created += 1,
+                    Err(Refusal::TooManySwarmsFromNetwork) => break 'flood,
+                    Err(r) => panic!("{r:?}"),
+                }
+            }
+        }
+        assert_eq!(created, 600);
+        let next_door = IpAddr::from([127, 0, 0, 200]);
+        assert_eq!(
+            b.try_create(next_door, now),
+            Err(Refusal::TooManySwarmsFromNetwork)
+        );
+        b.try_create(IpAddr::from([127, 0, 1, 1]), now).unwrap();
+        // A swarm of the /24 gone: room for one more.
+        b.released(Some(ip(1)), true);
+        b.try_create(next_door, now).unwrap();
+        // IPv6: per /64; an IPv4-mapped address counts in its /24.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        for a in ["2001:db8::1", "2001:db8::2", "2001:db8::3"] {
+            b.try_create(v6(a), now).unwrap();
+        }
+        assert_eq!(
+            b.try_create(v6("2001:db8::4"), now),
+            Err(Refusal::TooManySwarmsFromNetwork)
+        );
+        b.try_create(v6("2001:db8:0:1::4"), now).unwrap();
+        assert_eq!(
+            b.try_create(v6("::ffff:127.0.0.77"), now),
+            Err(Refusal::TooManySwarmsFromNetwork)
+        );
+        // Restored swarms count too.
+        let mut b = Budget::new(Limits {
+            max_swarms_per_24: 1,
+            ..Limits::default()
+        });
+        b.restored(Some(ip(1)));
+        assert_eq!(
+            b.try_create(ip(2), now),
+            Err(Refusal::TooManySwarmsFromNetwork)
+        );
     }
 
     #[test]

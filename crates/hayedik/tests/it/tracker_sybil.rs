@@ -188,6 +188,34 @@ fn tracker_full_tracker_answers_error_5_and_share_says_so() {
     });
 }
 
+/// Issue 11, item 5: 520 loopback addresses, each within the per-IP limits,
+/// filled the tracker. Swarms are now also counted per IPv4 /24 (and IPv6
+/// /64): one network stops at `--max-swarms-per-24`, others go on.
+#[test]
+fn tracker_one_network_cannot_take_every_swarm() {
+    scenario(Duration::from_secs(60), || {
+        let t = Tracker::start(&["--max-swarms", "30", "--max-swarms-per-24", "10"]);
+        let (mut created, mut refused) = (0, 0);
+        for host in 1..=20 {
+            let mut c = Client::on(Ipv4Addr::new(127, 0, 1, host));
+            match try_create_swarm(&mut c, t.addr) {
+                Ok(_) => created += 1,
+                Err(message) => {
+                    assert!(message.contains("your network"), "{message}");
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!((created, refused), (10, 10));
+        // Another /24, and the honest user's own.
+        let mut c = Client::on(Ipv4Addr::new(127, 0, 2, 1));
+        try_create_swarm(&mut c, t.addr).expect("another /24 is not affected");
+        let mut me = Client::new();
+        try_create_swarm(&mut me, t.addr).expect("127.0.0.0/24 is not affected");
+        t.stop();
+    });
+}
+
 /// Issue 11, item 5: out of descriptors, the tracker wrote one WARN line per
 /// refused JOIN (1,487 lines in 20 s). Here out of ports (a range of one):
 /// every JOIN with a cookie gets ERROR 5, and the log gets one line.
