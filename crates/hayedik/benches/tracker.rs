@@ -378,6 +378,9 @@ fn start_hayedik(pin: &Pinning) -> Result<(Tracker, SocketAddr), String> {
         .args(["--max-joins-per-ip-per-sec", "1000000"])
         .args(["--join-burst", "1000000"])
         .args(["--max-swarms", "200000"])
+        .args(["--max-swarms-per-24", "1000000"])
+        // Every peer of the load generator is on 127.0.0.1.
+        .args(["--max-peers-per-ip", "1000000"])
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         // A file, not a pipe: a pipe nobody drains fast enough would block

@@ -178,6 +178,10 @@ pub struct TrackerArgs {
     /// Retire a swarm nobody announced to for SECS (default 30 days).
     #[arg(long, default_value = "2592000", value_name = "SECS", value_parser = parse_secs)]
     pub retire_after: Duration,
+    /// Retire a confirmed swarm that gets no announce at all within SECS of
+    /// its confirmation (or of its restoration from --state).
+    #[arg(long, default_value = "600", value_name = "SECS", value_parser = parse_secs)]
+    pub retire_unannounced: Duration,
     /// Swarm-creating JOINs allowed per second per source IP.
     #[arg(long, default_value_t = Limits::default().joins_per_ip_per_sec, value_name = "N")]
     pub max_joins_per_ip_per_sec: f64,
@@ -196,9 +200,18 @@ pub struct TrackerArgs {
     /// Swarms created per source IP.
     #[arg(long, default_value_t = Limits::default().max_swarms_per_ip, value_name = "N")]
     pub max_swarms_per_ip: usize,
+    /// Swarms created from one IPv4 /24.
+    #[arg(long, default_value_t = Limits::default().max_swarms_per_24, value_name = "N")]
+    pub max_swarms_per_24: usize,
+    /// Swarms created from one IPv6 /64.
+    #[arg(long, default_value_t = Limits::default().max_swarms_per_64, value_name = "N")]
+    pub max_swarms_per_64: usize,
     /// Peers listed in one swarm.
     #[arg(long, default_value_t = Limits::default().max_peers_per_swarm, value_name = "N")]
     pub max_peers_per_swarm: usize,
+    /// Peers (TCP ports) listed in one swarm from one IPv4 address or IPv6 /64.
+    #[arg(long, default_value_t = Limits::default().max_peers_per_ip, value_name = "N")]
+    pub max_peers_per_ip: usize,
     /// One JSON object per line on stdout instead of logs.
     #[arg(long)]
     pub json: bool,
@@ -222,6 +235,7 @@ impl TrackerArgs {
             confirm_timeout: self.confirm_timeout,
             announce_interval: self.announce_interval,
             retire_after: self.retire_after,
+            retire_unannounced: self.retire_unannounced,
             state_dir: self.state.clone(),
             limits: Limits {
                 joins_per_ip_per_sec: self.max_joins_per_ip_per_sec,
@@ -230,7 +244,10 @@ impl TrackerArgs {
                 max_pending_per_ip: self.max_pending_per_ip,
                 max_swarms: self.max_swarms,
                 max_swarms_per_ip: self.max_swarms_per_ip,
+                max_swarms_per_24: self.max_swarms_per_24,
+                max_swarms_per_64: self.max_swarms_per_64,
                 max_peers_per_swarm: self.max_peers_per_swarm,
+                max_peers_per_ip: self.max_peers_per_ip,
             },
         })
     }

@@ -28,7 +28,9 @@
 //! and renewed at once when the tracker answers ERROR 3. ERROR 6 is retried a
 //! few times ([`NOT_CONFIRMED_TRIES`]); ERRORs 1, 2, 4 and 5 end the call with
 //! a clear error. The announce loop retries a failed call after 1 s, doubling
-//! up to 60 s, and shows the latest failure to its owner.
+//! up to 60 s, and shows the latest failure to its owner; when a listed state
+//! gets ERROR 5 (the swarm, or our address's share of it, is full) it asks
+//! again with state 0 at once, so it still gets peers, and shows the ERROR.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -54,6 +56,9 @@ pub const CONN_ID_MAX_AGE: Duration = Duration::from_secs(100);
 pub const NOT_CONFIRMED_TRIES: u32 = 3;
 /// ERROR 3 answers to a fresh connection id before giving up.
 const BAD_ID_TRIES: u32 = 3;
+/// ERROR 5 answers to a JOIN before giving up: a rate limit passes within
+/// a retransmission or two, a full tracker does not.
+pub const JOIN_REFUSED_TRIES: u32 = 3;
 /// Deadline of the best-effort "leaving" announce.
 pub const LEAVE_DEADLINE: Duration = Duration::from_secs(2);
 /// The announce loop never announces more often than this, whatever the
@@ -91,6 +96,19 @@ pub enum AnnounceError {
     /// ERROR 5.
     #[error("swarm is full at {tracker} (or the tracker is over capacity): retry later")]
     SwarmFull { tracker: SocketAddr },
+    /// ERROR 5 to a JOIN, again and again: the central tracker refuses to
+    /// create a swarm.
+    #[error(
+        "the tracker at {tracker} is full and creates no swarm for us now{}{message}{}: \
+         try again later, or use another tracker",
+        if message.is_empty() { "" } else { " (it says: " },
+        if message.is_empty() { "" } else { ")" }
+    )]
+    TrackerFull {
+        tracker: SocketAddr,
+        /// The tracker's message, control characters replaced.
+        message: String,
+    },
     /// ERROR 1, 2, an unknown code, or ERROR 3 for a fresh connection id.
     #[error(
         "protocol error with the tracker at {tracker}: {} (error {code}{}{message})",
@@ -265,6 +283,10 @@ impl Handshake {
 /// tracker at `central` on `socket` (not connected), and returns the swarm
 /// tracker's port once it is confirmed.
 ///
+/// An ERROR from the central tracker to our JOIN ends the handshake with
+/// that error; ERROR 5 (a limit or a cap refused the swarm) only after
+/// [`JOIN_REFUSED_TRIES`] of them, as [`AnnounceError::TrackerFull`].
+///
 /// Announce on the same socket afterwards ([`TrackerClient::from_socket`]):
 /// the first ANNOUNCE must come from the address that confirmed.
 pub async fn create_swarm(
@@ -277,6 +299,7 @@ pub async fn create_swarm(
     // One transaction id for the whole handshake: every copy of every step.
     let tid: u32 = rand::random();
     let mut step = Handshake::Join { cookie: 0 };
+    let mut refused = 0u32;
     let mut backoff = Backoff::new(FIRST_RTO, MAX_RTO);
     let mut buf = vec![0u8; RECV_BUF];
     let mut out = Vec::with_capacity(32);
@@ -302,6 +325,28 @@ pub async fn create_swarm(
         while let Some((src, d)) = recv_datagram(socket, &mut buf, until).await {
             if d.tid != tid {
                 continue;
+            }
+            if let (Handshake::Join { cookie }, Message::Error { code, message }) =
+                (step, &d.message)
+            {
+                // Only an answer to a JOIN with a cookie can be an ERROR.
+                if cookie == 0 || canonical(src) != canonical(central) {
+                    continue;
+                }
+                if *code != ErrorCode::RateLimited {
+                    return Err(error_for(central, *code, message));
+                }
+                refused += 1;
+                tracing::debug!("the tracker refused our JOIN ({refused}): {message}");
+                if refused >= JOIN_REFUSED_TRIES {
+                    return Err(AnnounceError::TrackerFull {
+                        tracker: central,
+                        message: sanitize(message),
+                    });
+                }
+                // Ask again after this attempt's timeout.
+                tokio::time::sleep_until(until).await;
+                break;
             }
             if let Some(next) = step.on_reply(central, src, d.message) {
                 tracing::debug!(?next, "swarm handshake");
@@ -739,11 +784,25 @@ async fn announce_loop(
         if w.state == PeerState::Leaving {
             break;
         }
-        let result = tokio::select! {
+        let mut result = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
             r = client.announce(w.state, w.wanted) => r,
         };
+        let mut not_listed = None;
+        if let Err(e @ AnnounceError::SwarmFull { .. }) = &result {
+            if w.state.is_listed() {
+                // We cannot be listed (the swarm, or our address's share of
+                // it, is full), but the list of peers is still ours to ask
+                // for: a getter downloads anyway.
+                not_listed = Some(e.clone());
+                result = tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    r = client.announce(PeerState::Asking, w.wanted) => r,
+                };
+            }
+        }
         match result {
             Ok(reply) => {
                 retry.reset();
@@ -755,7 +814,10 @@ async fn announce_loop(
                     w.state
                 );
                 next = Instant::now() + reply.interval;
-                errors.send_replace(None);
+                if let Some(e) = &not_listed {
+                    tracing::warn!("{e}; not listed, asking for peers only");
+                }
+                errors.send_replace(not_listed);
                 replies.send_replace(Some(reply));
             }
             Err(e) => {
@@ -1155,6 +1217,74 @@ mod tests {
         tokio::time::timeout(Duration::from_millis(200), announcer.leave())
             .await
             .unwrap();
+    }
+
+    /// Issue 11, item 5: a tracker full of swarms did not answer a JOIN,
+    /// and creating a swarm failed after its whole deadline with "is the
+    /// tracker running?". The tracker now answers ERROR 5 and the client
+    /// says the tracker is full, in about a second.
+    #[tokio::test]
+    async fn a_full_tracker_is_a_clear_error_at_once() {
+        let config = TrackerConfig {
+            limits: crate::tracker::limits::Limits {
+                max_swarms: 1,
+                ..Default::default()
+            },
+            ..TrackerConfig::default()
+        };
+        let (central, stop) = tracker(config).await;
+        let _a = seeder(central).await;
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let t0 = std::time::Instant::now();
+        let e = create_swarm(&socket, central, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        let took = t0.elapsed();
+        assert!(
+            matches!(e, AnnounceError::TrackerFull { tracker, .. } if tracker == central),
+            "{e}"
+        );
+        assert!(took < Duration::from_secs(4), "took {took:?}");
+        let text = e.to_string();
+        assert!(
+            text.contains("is full") && text.contains("it holds as many swarms"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
+        stop.cancel();
+    }
+
+    /// Issue 11, item 4: a getter that the tracker does not list (ERROR 5)
+    /// got no peers at all. It now asks with state 0 and gets them.
+    #[tokio::test]
+    async fn announce_loop_asks_only_when_it_cannot_be_listed() {
+        let config = TrackerConfig {
+            limits: crate::tracker::limits::Limits {
+                max_peers_per_ip: 1,
+                ..Default::default()
+            },
+            ..TrackerConfig::default()
+        };
+        let (central, stop) = tracker(config).await;
+        let a = seeder(central).await;
+        // Same IP as the seeder, whose one slot it holds.
+        let b = client(a.swarm_addr(), 4010).await;
+        let getter = spawn_announcer(b, PeerState::Downloading, CancellationToken::new());
+        let mut replies = getter.replies();
+        let r = tokio::time::timeout(Duration::from_secs(5), replies.wait_for(|r| r.is_some()))
+            .await
+            .expect("no peers for a getter the tracker does not list")
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert_eq!(r.peers.len(), 1);
+        assert_eq!(r.peers[0].addr, local(4001));
+        assert!(matches!(
+            getter.last_error(),
+            Some(AnnounceError::SwarmFull { .. })
+        ));
+        getter.leave().await;
+        stop.cancel();
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 use super::cookie::{Purpose, Stamp};
-use super::limits::{Budget, Limits, Refusal};
+use super::limits::{Budget, Limits, LogEvery};
 use super::swarm::{SwarmRecord, SwarmTracker};
 use super::swarm_task::{self, Note, SwarmCtx};
 use super::{Binder, Shared};
@@ -29,6 +29,11 @@ pub const COOKIE_WINDOW_SECS: u64 = 30;
 /// How long a JOIN's answer is remembered for retransmissions: the longest a
 /// cookie stays valid.
 const REMEMBER_JOIN: Duration = Duration::from_secs(2 * COOKIE_WINDOW_SECS);
+/// At most one log line per this about refused JOINs (a flood must not
+/// flood the log too), with the count of what it stands for.
+pub const LOG_EVERY: Duration = Duration::from_secs(10);
+/// The ERROR 5 message when no port can be bound for a new swarm.
+pub const NO_PORT: &str = "tracker is full: no free port for a new swarm";
 
 /// A JOIN is identified by its source, cookie and transaction id.
 pub type JoinKey = (SocketAddr, u64, u32);
@@ -62,6 +67,7 @@ pub struct CentralTracker {
     offered: HashMap<JoinKey, Offered>,
     epoch: Instant,
     refused: u64,
+    refusal_log: LogEvery,
 }
 
 impl CentralTracker {
@@ -72,6 +78,7 @@ impl CentralTracker {
             offered: HashMap::new(),
             epoch,
             refused: 0,
+            refusal_log: LogEvery::new(LOG_EVERY),
         }
     }
 
@@ -147,13 +154,20 @@ impl CentralTracker {
             Ok(()) => Action::Create { tid, key },
             Err(refusal) => {
                 self.refused += 1;
-                // Log the first refusals and then every thousandth: a flood
-                // must not flood the log too.
-                if self.refused <= 10 || self.refused % 1000 == 0 {
-                    tracing::debug!(?refusal, %src, total = self.refused, "JOIN refused");
+                if let Some(n) = self.refusal_log.hit(now) {
+                    tracing::info!("refused {} from {src}: {}", joins(n), refusal.message());
                 }
-                let _: Refusal = refusal;
-                Action::Silence
+                // The cookie proved the source's address, so the ERROR
+                // amplifies nothing, and the peer can tell a full tracker
+                // from a dead one (PROTOCOL.md).
+                encode_error_capped(
+                    out,
+                    tid,
+                    ErrorCode::RateLimited,
+                    refusal.message(),
+                    usize::MAX,
+                );
+                Action::Reply
             }
         }
     }
@@ -187,10 +201,23 @@ impl CentralTracker {
         }
     }
 
-    /// Forgets answered JOINs whose cookie has expired.
+    /// Forgets answered JOINs whose cookie has expired, and writes the
+    /// summary of refusals that no later refusal wrote.
     pub fn sweep(&mut self, now: Instant) {
         self.offered
             .retain(|_, o| now.saturating_duration_since(o.at) < REMEMBER_JOIN);
+        if let Some(n) = self.refusal_log.flush(now) {
+            tracing::info!("refused {} more", joins(n));
+        }
+    }
+}
+
+/// "a JOIN", or "N JOINs since the last such line" for a summary.
+fn joins(n: u64) -> String {
+    if n == 1 {
+        "a JOIN".to_string()
+    } else {
+        format!("{n} JOINs since the last such line")
     }
 }
 
@@ -217,10 +244,18 @@ pub async fn serve(
     let mut out = Vec::with_capacity(64);
     let mut swarm_sockets: HashMap<u16, Arc<UdpSocket>> = HashMap::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
+    // Out of descriptors or ports, every JOIN fails the same way.
+    let mut no_port_log = LogEvery::new(LOG_EVERY);
     loop {
         tokio::select! {
             _ = shared.cancel.cancelled() => break,
-            _ = sweep.tick() => central.sweep(Instant::now()),
+            _ = sweep.tick() => {
+                let now = Instant::now();
+                central.sweep(now);
+                if let Some(n) = no_port_log.flush(now) {
+                    tracing::warn!("no port for {} more", new_swarms(n));
+                }
+            }
             Some(note) = notes.recv() => {
                 central.on_note(&note);
                 if let Note::Gone { port, was_pending, .. } = note {
@@ -259,18 +294,21 @@ pub async fn serve(
                             s.set_nonblocking(true)?;
                             UdpSocket::from_std(s)
                         });
-                        let swarm_socket = match bound {
-                            Ok(s) => Arc::new(s),
+                        let bound = bound.and_then(|s| {
+                            let port = s.local_addr()?.port();
+                            Ok((Arc::new(s), port))
+                        });
+                        let (swarm_socket, port) = match bound {
+                            Ok(x) => x,
                             Err(e) => {
-                                tracing::warn!("no port for a new swarm: {e}");
+                                if let Some(n) = no_port_log.hit(now) {
+                                    tracing::warn!("no port for {}: {e}", new_swarms(n));
+                                }
                                 central.creation_failed(src.ip());
-                                continue;
-                            }
-                        };
-                        let port = match swarm_socket.local_addr() {
-                            Ok(a) => a.port(),
-                            Err(_) => {
-                                central.creation_failed(src.ip());
+                                // Its cookie proved the address: ERROR 5.
+                                out.clear();
+                                encode_error_capped(&mut out, tid, ErrorCode::RateLimited, NO_PORT, usize::MAX);
+                                let _ = socket.send_to(&out, src).await;
                                 continue;
                             }
                         };
@@ -294,6 +332,15 @@ pub async fn serve(
                 }
             }
         }
+    }
+}
+
+/// "a new swarm", or "N new swarms since the last such line".
+fn new_swarms(n: u64) -> String {
+    if n == 1 {
+        "a new swarm".to_string()
+    } else {
+        format!("{n} new swarms since the last such line")
     }
 }
 
@@ -463,12 +510,17 @@ mod tests {
         ));
     }
 
+    /// Issue 11, item 5: a JOIN with a valid cookie refused by a cap got no
+    /// reply, and `share` waited 30 s to say "is the tracker running?". It
+    /// now gets ERROR 5 saying what is full; a JOIN without a valid cookie
+    /// still only gets a CHALLENGE.
     #[test]
-    fn caps_refuse_silently() {
+    fn caps_refuse_with_error_5() {
         let now = Instant::now();
         let mut c = CentralTracker::new(
             Limits {
                 max_pending_per_ip: 2,
+                max_swarms_per_24: 3,
                 ..Limits::default()
             },
             now,
@@ -482,16 +534,49 @@ mod tests {
                 Action::Create { .. }
             ));
         }
+        let refused = |c: &mut CentralTracker, src, d: &[u8], out: &mut Vec<u8>| {
+            assert_eq!(c.on_datagram(src, d, now, out), Action::Reply);
+            match Datagram::decode(out).unwrap() {
+                Datagram {
+                    message: Message::Error { code, message },
+                    tid,
+                } => {
+                    assert_eq!(code, ErrorCode::RateLimited);
+                    (tid, message)
+                }
+                d => panic!("{d:?}"),
+            }
+        };
+        let (tid, message) = refused(&mut c, src, &join(9, cookie), &mut out);
+        assert_eq!(tid, 9);
+        assert!(message.contains("your address"), "{message}");
+        // Without a valid cookie: a CHALLENGE, never an ERROR.
         assert_eq!(
-            c.on_datagram(src, &join(9, cookie), now, &mut out),
-            Action::Silence
+            c.on_datagram(src, &join(10, cookie ^ 1), now, &mut out),
+            Action::Reply
         );
-        assert!(out.is_empty());
+        assert!(matches!(
+            Datagram::decode(&out).unwrap().message,
+            Message::Challenge { .. }
+        ));
+        // Another address of the /24 gets its swarm, the next one is refused
+        // for the network; another /24 is not affected.
         let other: SocketAddr = "127.0.0.2:4000".parse().unwrap();
         let cookie2 = c.cookie(other, now);
         assert!(matches!(
             c.on_datagram(other, &join(1, cookie2), now, &mut out),
             Action::Create { .. }
         ));
+        let third: SocketAddr = "127.0.0.3:4000".parse().unwrap();
+        let cookie3 = c.cookie(third, now);
+        let (_, message) = refused(&mut c, third, &join(1, cookie3), &mut out);
+        assert!(message.contains("your network"), "{message}");
+        let far: SocketAddr = "127.0.1.3:4000".parse().unwrap();
+        let cookie4 = c.cookie(far, now);
+        assert!(matches!(
+            c.on_datagram(far, &join(1, cookie4), now, &mut out),
+            Action::Create { .. }
+        ));
+        assert_eq!(c.refused(), 2);
     }
 }

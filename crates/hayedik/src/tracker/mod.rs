@@ -43,6 +43,9 @@ pub struct TrackerConfig {
     pub announce_interval: Duration,
     /// A confirmed swarm nobody announced to for this long is retired.
     pub retire_after: Duration,
+    /// A confirmed swarm that no ANNOUNCE bound within this long after its
+    /// confirmation (or restoration) is retired: nobody can use it.
+    pub retire_unannounced: Duration,
     pub state_dir: Option<PathBuf>,
     pub limits: Limits,
 }
@@ -54,6 +57,7 @@ impl Default for TrackerConfig {
             confirm_timeout: Duration::from_secs(5),
             announce_interval: Duration::from_secs(60),
             retire_after: Duration::from_secs(30 * 24 * 3600),
+            retire_unannounced: Duration::from_secs(600),
             state_dir: None,
             limits: Limits::default(),
         }
@@ -66,7 +70,7 @@ pub struct Shared {
     pub store: Option<Arc<Store>>,
     pub cancel: CancellationToken,
     pub confirm_timeout: Duration,
-    pub retire_after: Duration,
+    pub retire: swarm::Retire,
     pub swarm_settings: SwarmSettings,
 }
 
@@ -174,10 +178,14 @@ pub async fn run(
         store,
         cancel: cancel.clone(),
         confirm_timeout: config.confirm_timeout,
-        retire_after: config.retire_after,
+        retire: swarm::Retire {
+            after: config.retire_after,
+            unannounced: config.retire_unannounced,
+        },
         swarm_settings: SwarmSettings {
             interval: config.announce_interval,
             max_peers: config.limits.max_peers_per_swarm,
+            max_peers_per_source: config.limits.max_peers_per_ip,
         },
     });
     let binder = Binder::new(local.ip(), config.swarm_ports);
@@ -201,7 +209,7 @@ pub async fn run(
     }
     for record in records {
         central.budget_mut().restored(record.creator);
-        restore(record, &binder, &shared, &notes_tx, epoch);
+        restore(record, &binder, &shared, &notes_tx);
     }
     // On a worker thread like the swarm tasks: no cross-thread hop per
     // handshake when run from a runtime's main thread.
@@ -221,7 +229,6 @@ fn restore(
     binder: &Binder,
     shared: &Arc<Shared>,
     notes: &mpsc::UnboundedSender<Note>,
-    epoch: Instant,
 ) {
     let port = record.port;
     let (binder, shared, notes) = (binder.clone(), shared.clone(), notes.clone());
@@ -250,7 +257,9 @@ fn restore(
             }
         };
         shared.events.emit(Event::SwarmRestored { port });
-        let swarm = SwarmTracker::new(record, true, shared.swarm_settings.clone(), epoch);
+        // Restored now: a swarm never announced to gets the whole
+        // --retire-unannounced from here, as if just confirmed.
+        let swarm = SwarmTracker::new(record, true, shared.swarm_settings.clone(), Instant::now());
         let ctx = SwarmCtx { shared, notes };
         swarm_task::serve(swarm, socket, ctx).await;
     });

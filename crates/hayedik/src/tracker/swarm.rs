@@ -29,6 +29,19 @@ pub struct SwarmSettings {
     /// Announce interval told to peers.
     pub interval: Duration,
     pub max_peers: usize,
+    /// Peers listed from one IPv4 address or IPv6 /64.
+    pub max_peers_per_source: usize,
+}
+
+/// When a confirmed swarm is retired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retire {
+    /// No ANNOUNCE for this long (wall clock, so it counts across restarts).
+    pub after: Duration,
+    /// No ANNOUNCE ever (the key never bound) this long after the swarm was
+    /// confirmed or restored: nobody but the confirming address could bind
+    /// it, and it did not, so the swarm only holds a port and a slot.
+    pub unannounced: Duration,
 }
 
 /// The persistent identity of a confirmed swarm.
@@ -65,6 +78,9 @@ pub struct SwarmTracker {
     confirmed: bool,
     /// Set while shutting down for retirement: CONNECT and ANNOUNCE get ERROR 6.
     retiring: bool,
+    /// When the first CONFIRM came, or, for a swarm restored confirmed, the
+    /// `epoch` it was restored with.
+    confirmed_at: Option<Instant>,
     peers: PeerTable,
     conn_ids: Stamp,
     settings: SwarmSettings,
@@ -83,10 +99,11 @@ impl SwarmTracker {
     ) -> Self {
         use rand::SeedableRng;
         Self {
-            peers: PeerTable::new(settings.max_peers),
+            peers: PeerTable::new(settings.max_peers, settings.max_peers_per_source),
             conn_ids: Stamp::random(Purpose::ConnectionId, CONNECTION_ID_WINDOW_SECS),
             record,
             confirmed,
+            confirmed_at: confirmed.then_some(epoch),
             retiring: false,
             settings,
             epoch,
@@ -101,6 +118,24 @@ impl SwarmTracker {
 
     pub fn set_retiring(&mut self) {
         self.retiring = true;
+    }
+
+    /// Whether a confirmed swarm is due for retirement at `now` (and
+    /// `now_unix`, the wall clock): never announced to within
+    /// `retire.unannounced` of its confirmation or restoration, or silent for
+    /// `retire.after` since its last ANNOUNCE. A pending swarm never is (it
+    /// is reclaimed instead).
+    pub fn retire_due(&self, now: Instant, now_unix: u64, retire: Retire) -> bool {
+        let Some(confirmed_at) = self.confirmed_at.filter(|_| self.confirmed) else {
+            return false;
+        };
+        if self.record.key.is_none()
+            && now.saturating_duration_since(confirmed_at) > retire.unannounced
+        {
+            return true;
+        }
+        let silent = now_unix.saturating_sub(self.record.last_announce_unix);
+        Duration::from_secs(silent) > retire.after
     }
 
     pub fn peer_count(&self) -> usize {
@@ -167,6 +202,7 @@ impl SwarmTracker {
                     return Effect::Nothing;
                 }
                 self.confirmed = true;
+                self.confirmed_at = Some(now);
                 self.record.confirmer = Some(src);
                 Effect::Confirmed
             }
@@ -275,18 +311,16 @@ impl SwarmTracker {
             }
         }
         let me = (src.ip(), announce.port);
-        match self.peers.announce(me, announce.state, now) {
-            Update::Full => {
-                encode_error_capped(
-                    out,
-                    tid,
-                    ErrorCode::RateLimited,
-                    "swarm is full",
-                    usize::MAX,
-                );
-                return effect_if_bound(effect);
-            }
-            Update::Listed | Update::NotListed => {}
+        let refusal = match self.peers.announce(src, announce.port, announce.state, now) {
+            Update::Full => Some("swarm is full"),
+            Update::SourceFull => Some("swarm is full for your address: too many ports listed"),
+            // Another socket may not delist or downgrade an entry: answered
+            // as usual, the entry left as it was.
+            Update::Listed | Update::NotListed | Update::NotOwner => None,
+        };
+        if let Some(message) = refusal {
+            encode_error_capped(out, tid, ErrorCode::RateLimited, message, usize::MAX);
+            return effect_if_bound(effect);
         }
         let (seeders, partials) = self.peers.counts(Some(me));
         let wanted = match announce.wanted {

@@ -2,7 +2,8 @@
 //! [`SwarmTracker`] decide, persist what must survive, reply.
 //!
 //! It reclaims the swarm when no CONFIRM arrives in time, expires silent
-//! peers, and retires the swarm when nobody announced for too long.
+//! peers, and retires the swarm when nobody announced for too long, or when
+//! nobody announced at all soon after its confirmation ([`SwarmTracker::retire_due`]).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -51,10 +52,16 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
     let port = swarm.record.port;
     let creator = swarm.record.creator;
     let confirm_deadline = tokio::time::Instant::now() + shared.confirm_timeout;
-    let tick_every = (shared.swarm_settings.interval.min(shared.retire_after) / 2)
-        .clamp(Duration::from_millis(100), Duration::from_secs(30));
+    let retire = shared.retire;
+    let tick_every = (shared
+        .swarm_settings
+        .interval
+        .min(retire.after)
+        .min(retire.unannounced)
+        / 2)
+    .clamp(Duration::from_millis(100), Duration::from_secs(30));
     let persist_every =
-        (shared.retire_after / 20).clamp(Duration::from_secs(1), Duration::from_secs(3600));
+        (retire.after / 20).clamp(Duration::from_secs(1), Duration::from_secs(3600));
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut persisted_announce = swarm.record.last_announce_unix;
@@ -72,13 +79,13 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
                 return;
             }
             _ = tick.tick() => {
-                swarm.expire(Instant::now());
+                let now = Instant::now();
+                swarm.expire(now);
                 if !swarm.is_confirmed() {
                     continue;
                 }
                 let now_unix = unix_now();
-                let silent = Duration::from_secs(now_unix.saturating_sub(swarm.record.last_announce_unix));
-                if silent > shared.retire_after {
+                if swarm.retire_due(now, now_unix, retire) {
                     swarm.set_retiring();
                     if let Some(store) = &shared.store {
                         let store = store.clone();

@@ -7,6 +7,7 @@ fn settings() -> SwarmSettings {
     SwarmSettings {
         interval: Duration::from_secs(60),
         max_peers: 1000,
+        max_peers_per_source: 32,
     }
 }
 
@@ -251,4 +252,169 @@ fn peers_fit_in_1200_bytes() {
     };
     assert_eq!(p.peers.len(), (MAX_PEERS_DATAGRAM - PEERS_FIXED_LEN) / 8);
     assert_eq!((p.seeders, p.partials), (0, 300));
+}
+
+/// A confirmed swarm whose key ([1; 32]) is bound by `owner`, a seeder on
+/// TCP port 6000.
+fn bound_swarm(owner: SocketAddr, now: Instant) -> SwarmTracker {
+    let mut s = new_swarm(now);
+    reply(
+        &mut s,
+        owner,
+        &Datagram::new(1, Message::Confirm { token: 77 }),
+        now,
+    );
+    let cid = s.connection_id(owner, now);
+    let m = reply(
+        &mut s,
+        owner,
+        &announce(cid, [1; 32], 6000, PeerState::Complete),
+        now,
+    );
+    assert!(matches!(m, Some(Message::Peers(_))), "{m:?}");
+    s
+}
+
+/// Issue 11, item 4: one address announcing 10,000 ports filled the peer
+/// table and every new peer got ERROR 5. Now that address gets ERROR 5
+/// after its 32nd port and a getter from elsewhere is listed and sees the
+/// sharer.
+#[test]
+fn one_address_cannot_fill_the_swarm() {
+    let now = Instant::now();
+    let owner: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    let mut s = bound_swarm(owner, now);
+    let flooder: SocketAddr = "127.0.0.2:9000".parse().unwrap();
+    let cid = s.connection_id(flooder, now);
+    let mut refused = 0;
+    for port in 1..=10_000u16 {
+        match reply(
+            &mut s,
+            flooder,
+            &announce(cid, [1; 32], port, PeerState::Complete),
+            now,
+        ) {
+            Some(Message::Peers(_)) => {}
+            Some(Message::Error {
+                code: ErrorCode::RateLimited,
+                message,
+            }) => {
+                assert!(message.contains("your address"), "{message}");
+                refused += 1;
+            }
+            m => panic!("{m:?}"),
+        }
+    }
+    assert_eq!(refused, 10_000 - 32);
+    assert_eq!(s.peer_count(), 33);
+    let getter: SocketAddr = "127.0.0.3:9000".parse().unwrap();
+    let cid = s.connection_id(getter, now);
+    let Some(Message::Peers(p)) = reply(
+        &mut s,
+        getter,
+        &announce(cid, [1; 32], 7000, PeerState::Downloading),
+        now,
+    ) else {
+        panic!("the getter was refused")
+    };
+    assert_eq!((p.seeders, p.partials), (33, 0));
+    assert!(p
+        .peers
+        .iter()
+        .any(|e| e.addr == "127.0.0.1:6000".parse().unwrap()));
+    assert_eq!(s.peer_count(), 34);
+}
+
+/// Also reported in issue 11: another socket on the sharer's IP could
+/// delist the sharer (identity is IP and TCP port). Only the socket that
+/// listed an entry may now remove or downgrade it.
+#[test]
+fn a_neighbour_on_the_same_ip_cannot_delist_the_sharer() {
+    let now = Instant::now();
+    let owner: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    let mut s = bound_swarm(owner, now);
+    let neighbour: SocketAddr = "127.0.0.1:9001".parse().unwrap();
+    let cid = s.connection_id(neighbour, now);
+    for state in [
+        PeerState::Leaving,
+        PeerState::Downloading,
+        PeerState::Asking,
+    ] {
+        let m = reply(&mut s, neighbour, &announce(cid, [1; 32], 6000, state), now);
+        assert!(matches!(m, Some(Message::Peers(_))), "{m:?}");
+    }
+    let getter: SocketAddr = "127.0.0.3:9000".parse().unwrap();
+    let cid = s.connection_id(getter, now);
+    let Some(Message::Peers(p)) = reply(
+        &mut s,
+        getter,
+        &announce(cid, [1; 32], 0, PeerState::Asking),
+        now,
+    ) else {
+        panic!()
+    };
+    assert_eq!(
+        (p.seeders, p.partials),
+        (1, 0),
+        "the sharer is still a seeder"
+    );
+    // The sharer's own socket still leaves.
+    let cid = s.connection_id(owner, now);
+    reply(
+        &mut s,
+        owner,
+        &announce(cid, [1; 32], 6000, PeerState::Leaving),
+        now,
+    );
+    assert_eq!(s.peer_count(), 0);
+}
+
+/// Issue 11, item 5: swarms that nobody ever announced to lived until
+/// `--retire-after` (30 days), so a flood of confirmed swarms held the
+/// tracker's slots for a month. A confirmed swarm whose key no ANNOUNCE
+/// bound is now retired after `unannounced`; an announced one is kept.
+#[test]
+fn a_swarm_never_announced_to_is_retired_soon() {
+    let t0 = Instant::now();
+    let retire = Retire {
+        after: Duration::from_secs(30 * 24 * 3600),
+        unannounced: Duration::from_secs(600),
+    };
+    let unix = 1_800_000_000;
+    let a: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    let mut s = new_swarm(t0);
+    s.record.last_announce_unix = unix;
+    // Pending: never retired (the confirm timeout reclaims it).
+    assert!(!s.retire_due(t0 + Duration::from_secs(3600), unix + 3600, retire));
+    let t1 = t0 + Duration::from_secs(100);
+    reply(
+        &mut s,
+        a,
+        &Datagram::new(1, Message::Confirm { token: 77 }),
+        t1,
+    );
+    assert!(!s.retire_due(t1 + Duration::from_secs(600), unix + 700, retire));
+    assert!(s.retire_due(t1 + Duration::from_secs(601), unix + 701, retire));
+
+    // The same, announced to once: kept until it is silent for `after`.
+    let mut s = bound_swarm(a, t0);
+    s.record.last_announce_unix = unix;
+    let later = t0 + Duration::from_secs(86_400);
+    assert!(!s.retire_due(later, unix + 86_400, retire));
+    assert!(s.retire_due(later, unix + 30 * 86_400 + 1, retire));
+
+    // Restored from --state without a key: `unannounced` counts from the
+    // restoration (its `epoch`), not from a confirmation long ago.
+    let record = SwarmRecord {
+        port: 5000,
+        creator: None,
+        token: 77,
+        confirmer: Some(a),
+        key: None,
+        last_announce_unix: unix - 86_400,
+    };
+    let restored_at = t0 + Duration::from_secs(5);
+    let s = SwarmTracker::new(record, true, settings(), restored_at);
+    assert!(!s.retire_due(restored_at + Duration::from_secs(599), unix, retire));
+    assert!(s.retire_due(restored_at + Duration::from_secs(601), unix, retire));
 }

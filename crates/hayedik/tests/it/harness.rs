@@ -172,6 +172,14 @@ impl Tracker {
         self.child.id()
     }
 
+    /// What the tracker printed on stderr so far (the last 32 to 64 KiB).
+    pub fn stderr(&self) -> String {
+        self.stderr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
     fn stderr_tail(&self) -> String {
         let s = self.stderr.lock().unwrap_or_else(|e| e.into_inner());
         let start = s.len().saturating_sub(4000);

@@ -22,3 +22,4 @@ mod tracker;
 mod tracker_flood;
 mod tracker_peers;
 mod tracker_state;
+mod tracker_sybil;

@@ -274,17 +274,17 @@ fn tracker_swarm_ports_come_from_the_range() {
         t.stop();
 
         // A range of two ports, one of them taken by someone else: the
-        // swarm gets the other, and a JOIN finding no free port gets no
-        // reply and costs nothing.
+        // swarm gets the other, and a JOIN finding no free port gets ERROR 5
+        // (its cookie proved its address) and costs nothing.
         let (low, held) = two_free_ports();
         let range = format!("{low}-{}", low + 1);
         let t = Tracker::start(&["--swarm-ports", &range]);
         let j = c.create_swarm(t.addr);
         assert_eq!(j.port, low + 1);
         let cookie = c.challenge(t.addr);
-        let tid = c.tid();
-        c.send(t.addr, &Datagram::new(tid, Message::Join { cookie }));
-        c.expect_silence("JOIN with the port range full");
+        let (m, _) = c.request(t.addr, Message::Join { cookie });
+        assert_eq!(error_code(&m), ErrorCode::RateLimited, "{m:?}");
+        c.expect_silence("after the ERROR 5 of a JOIN with the port range full");
         drop(held);
         let tid = c.tid();
         let k = c.join_with(t.addr, cookie, tid);

@@ -212,6 +212,7 @@ fn tracker_cookie_join_flood_from_one_address_is_bounded() {
             let cookie = f.challenge(central);
             let mut most = 0;
             let mut offers = 0;
+            let mut refusals = 0;
             for i in 0..5_000u32 {
                 f.send(central, &Datagram::new(i, Message::Join { cookie }));
                 if i % 100 == 99 {
@@ -223,6 +224,11 @@ fn tracker_cookie_join_flood_from_one_address_is_bounded() {
                         match d.message {
                             Message::Challenge { .. } if d.tid == tid => break,
                             Message::Offer { .. } => offers += 1,
+                            // Refused by a cap: its cookie proved the address.
+                            Message::Error {
+                                code: ErrorCode::RateLimited,
+                                ..
+                            } => refusals += 1,
                             m => panic!("unexpected reply to the flood: {m:?}"),
                         }
                     }
@@ -233,14 +239,14 @@ fn tracker_cookie_join_flood_from_one_address_is_bounded() {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
-            (most, offers)
+            (most, offers, refusals)
         });
         // Meanwhile, another address completes a full handshake.
         while progress_rx.recv().unwrap() < 1_000 {}
         let mut other = Client::on(Ipv4Addr::new(127, 0, 0, 2));
         let j = other.create_swarm(central);
         t.wait_port_event("swarm_confirmed", j.port);
-        let (most, offers) = flood.join().unwrap();
+        let (most, offers, refusals) = flood.join().unwrap();
         // The flooder's swarms: pending ones only, at most `cap` at a time
         // (plus the one of 127.0.0.2).
         assert!(
@@ -249,10 +255,11 @@ fn tracker_cookie_join_flood_from_one_address_is_bounded() {
         );
         let created = t.ports_of("swarm_created");
         eprintln!(
-            "flood: {} swarms created, {offers} OFFERs, at most {most} UDP sockets (baseline {baseline})",
+            "flood: {} swarms created, {offers} OFFERs, {refusals} ERROR 5, at most {most} UDP sockets (baseline {baseline})",
             created.len()
         );
         assert!(offers % 2 == 0 && offers / 2 <= created.len());
+        assert!(refusals > 0, "the refused JOINs got ERROR 5");
         for port in created.iter().filter(|p| **p != j.port) {
             t.wait_port_event("swarm_reclaimed", *port);
         }

@@ -165,13 +165,12 @@ fn populate(j: &Joined, clients: &mut [Peer], per_client: u16) -> HashSet<Socket
     all
 }
 
-/// Several source ports on 127.0.0.1 and other loopback IPs.
+/// Eight clients: one on 127.0.0.1 (beside the owner) and seven on other
+/// loopback IPs, so that no IP lists more than the default
+/// `--max-peers-per-ip` (32) ports.
 fn many_clients(j: &Joined) -> Vec<Peer> {
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        clients.push(Peer::new(Ipv4Addr::LOCALHOST, j));
-    }
-    for last in 2..=5 {
+    let mut clients = vec![Peer::new(Ipv4Addr::LOCALHOST, j)];
+    for last in 2..=8 {
         clients.push(Peer::new(Ipv4Addr::new(127, 0, 0, last), j));
     }
     clients
@@ -249,6 +248,35 @@ fn tracker_full_swarm_refuses_new_peers_with_error_5() {
         assert_eq!((p.seeders, p.partials), (0, 1));
         let p = b.announce(&j, 0, PeerState::Asking, 0);
         assert_eq!((p.seeders, p.partials), (1, 1));
+        t.stop();
+    });
+}
+
+#[test]
+fn tracker_one_ip_lists_at_most_max_peers_per_ip() {
+    scenario(LIMIT, || {
+        let (t, j, mut owner) = bound_swarm(&["--max-peers-per-ip", "3"]);
+        // The owner's port 1000 is one of 127.0.0.1's three.
+        owner.announce(&j, 1001, PeerState::Complete, 0);
+        owner.announce(&j, 1002, PeerState::Complete, 0);
+        let a = ann(swarm_key(1), 1003, PeerState::Complete, 0);
+        let (m, _) = owner.client.announce(j.swarm, owner.cid, a);
+        assert_eq!(crate::harness::error_code(&m), ErrorCode::RateLimited);
+        // Another socket of the same IP counts for the same IP...
+        let mut same_ip = Peer::new(Ipv4Addr::LOCALHOST, &j);
+        let a = ann(swarm_key(1), 3000, PeerState::Downloading, 0);
+        let (m, _) = same_ip.client.announce(j.swarm, same_ip.cid, a);
+        assert_eq!(crate::harness::error_code(&m), ErrorCode::RateLimited);
+        // ...and may still ask for the list.
+        let p = same_ip.announce(&j, 0, PeerState::Asking, 0);
+        assert_eq!((p.seeders, p.partials), (3, 0));
+        // Another IP is listed; a port that leaves frees a slot.
+        let mut b = Peer::new(Ipv4Addr::new(127, 0, 0, 2), &j);
+        let p = b.announce(&j, 2000, PeerState::Downloading, 0);
+        assert_eq!(p.seeders, 3);
+        owner.announce(&j, 1002, PeerState::Leaving, 0);
+        let p = same_ip.announce(&j, 3000, PeerState::Downloading, 0);
+        assert_eq!((p.seeders, p.partials), (2, 1));
         t.stop();
     });
 }

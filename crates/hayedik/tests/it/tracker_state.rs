@@ -281,27 +281,73 @@ fn tracker_new_swarm_never_takes_a_port_awaiting_restore() {
         );
         drop(held);
         // The only port of the range is reserved for the stored swarm: a
-        // new JOIN (from another IP) must not get it.
+        // new JOIN (from another IP) must not get it, only ERROR 5.
         let mut b = Client::on(Ipv4Addr::new(127, 0, 0, 2));
         let cookie = b.challenge(t.addr);
-        b.send(
-            t.addr,
-            &hayedik_proto::tracker::Datagram::new(
-                1,
-                hayedik_proto::tracker::Message::Join { cookie },
-            ),
+        let (m, _) = b.request(t.addr, hayedik_proto::tracker::Message::Join { cookie });
+        assert_eq!(
+            error_code(&m),
+            ErrorCode::RateLimited,
+            "a new swarm got the stored swarm's port: {m:?}"
         );
-        if let Some((bytes, from)) = b.recv_within(crate::harness::SILENCE) {
-            panic!(
-                "a new swarm got the stored swarm's port: {:?} from {from}",
-                hayedik_proto::tracker::Datagram::decode(&bytes)
-            );
-        }
+        b.expect_silence("after the ERROR 5");
         // The stored swarm comes back on its port with its key.
         t.wait_port_event("swarm_restored", port);
         let m = announce(&mut b, &j, 2, 6000);
         assert_eq!(error_code(&m), ErrorCode::WrongSwarmKey);
         peers(announce(&mut b, &j, 1, 6000));
+        t.stop();
+    });
+}
+
+/// Issue 11, item 5, with `--state`: a swarm that nobody announced to is
+/// restored, gets the whole `--retire-unannounced` from its restoration
+/// (its sharer may still bind it), then is retired and not restored again;
+/// a swarm announced to is kept.
+#[test]
+fn tracker_swarm_never_announced_to_is_retired_after_restore() {
+    scenario(LIMIT, || {
+        let dir = tempfile::tempdir().unwrap();
+        let flags = ["--retire-unannounced", "2"];
+        let mut t = start_with_state(dir.path(), &flags);
+        let mut a = Client::new();
+        let mut b = Client::new();
+        let bound = a.create_swarm(t.addr);
+        let unbound = b.create_swarm(t.addr);
+        t.wait_port_event("swarm_confirmed", unbound.port);
+        peers(announce(&mut a, &bound, 1, 5000));
+        t.kill_hard();
+        // Longer than the grace since the confirmation.
+        std::thread::sleep(Duration::from_millis(2500));
+
+        let mut t = start_with_state(dir.path(), &flags);
+        let restored = std::time::Instant::now();
+        t.wait_port_event("swarm_restored", bound.port);
+        t.wait_port_event("swarm_restored", unbound.port);
+        t.wait_port_event("swarm_retired", unbound.port);
+        let after = restored.elapsed();
+        assert!(
+            after >= Duration::from_millis(1500),
+            "retired {after:?} after the restore: the grace counts from it"
+        );
+        let events = t.events_within(Duration::from_secs(1));
+        assert!(
+            events.iter().all(|v| v["event"] != "swarm_retired"),
+            "{events:?}"
+        );
+        peers(announce(&mut a, &bound, 1, 5000));
+        t.stop();
+
+        let mut t = start_with_state(dir.path(), &flags);
+        t.wait_port_event("swarm_restored", bound.port);
+        a.challenge(t.addr);
+        let events = t.events_within(crate::harness::SILENCE);
+        assert!(
+            events
+                .iter()
+                .all(|v| v["event"] != "swarm_restored" || v["port"] != unbound.port),
+            "{events:?}"
+        );
         t.stop();
     });
 }
