@@ -290,6 +290,8 @@ fn tracker_with_unread_pipes(json: bool) {
                 "100000",
                 "--max-swarms-per-ip",
                 "100000",
+                "--max-swarms-per-24",
+                "100000",
             ],
             mode,
         ]
