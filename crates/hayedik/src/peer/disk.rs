@@ -1,29 +1,37 @@
-//! The disk side of a download: one thread writes the blocks every session
-//! receives and hashes each piece as its blocks go by, so that no session
-//! waits for the disk per block and writes to the file do not contend.
+//! The disk side of a download: one thread writes every block the sessions
+//! receive and hashes each piece as its blocks go by, so that no session
+//! waits for the disk per block and writes to the files do not contend.
+//! It is the only writer of a download's pieces, so checking a piece's
+//! writer and writing it need no lock held across the write.
 //!
-//! Sessions hand blocks over in order through a bounded queue, which bounds
+//! Sessions hand work over in order through a bounded queue, which bounds
 //! memory and slows the sessions down only when the disk falls behind. The
-//! thread keeps the invariants of [`Swarm::write_piece_data`]: it writes a
-//! piece only while the session that fetched it is the piece's writer, and
-//! the piece is marked verified only when the hash of the very bytes it
-//! wrote matches the manifest.
+//! thread writes a block only while the session that fetched it is the
+//! piece's writer ([`super::pieces::Pieces::may_write`]), and a piece
+//! becomes held only when the hash of the very bytes it wrote matches the
+//! manifest. It reports what it concluded to the session that sent the
+//! work ([`DiskReply`]); the piece state it changes through
+//! [`SharedPieces`], never through the swarm.
 //!
-//! Who gives a piece's picker assignment back: the session, while it still
-//! has blocks of the piece to hand over; the thread, once it got the last
-//! one (it then completes, releases or strikes).
+//! Who gives a piece's assignment back: the session, while it still has
+//! blocks of the piece to hand over; the thread, once it got the last one
+//! (it then verifies, releases or strikes).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
-use super::swarm::{Content, Swarm};
-use super::wire::BufPool;
+use super::bufpool::BufPool;
+use super::content::Content;
+use super::fatal::{Fatal, FatalSlot};
+use super::pieces::{SharedPieces, Verified};
+use crate::storage::{Op, StorageError};
 
-/// Blocks waiting for the disk (256 KiB each) before sessions wait. 4
-/// rather than 8: the same times in the swarm bench (1 -> 1 x0.99, 1 -> 4
-/// x1.01, same run), 1 MiB less memory.
+/// Work items waiting for the disk (a 256 KiB block each, mostly) before
+/// sessions wait. 4 rather than 8: the same times in the swarm bench
+/// (1 -> 1 x0.99, 1 -> 4 x1.01, same run), 1 MiB less memory.
 pub const QUEUE_BLOCKS: usize = 4;
 
 /// What the thread tells a session about its pieces.
@@ -32,13 +40,13 @@ pub enum DiskReply {
     /// Another session's verified copy took the piece over: stop fetching
     /// it (`stream` names the fetch, a session may fetch a piece twice).
     Lost { piece: u32, stream: u64 },
-    /// The piece's last block was handled: it is verified, or released
-    /// for another try (and its sender struck).
+    /// The piece's last block (or its whole copy) was handled: it is held,
+    /// or released for another try (and its sender struck).
     Concluded { piece: u32 },
     /// The piece did not verify and its sender is now banned.
     Banned,
-    /// Writing failed: the download stops (already recorded in the swarm).
-    Failed(String),
+    /// Writing failed: the download stops (already recorded).
+    Failed(Fatal),
 }
 
 /// One fetch of one piece by one session: what the thread needs to write,
@@ -46,7 +54,6 @@ pub enum DiskReply {
 #[derive(Debug)]
 pub struct PieceStream {
     pub piece: u32,
-    pub len: u32,
     /// The session, as the piece's writer.
     pub id: u64,
     /// Distinguishes this fetch in [`DiskReply::Lost`].
@@ -62,7 +69,6 @@ pub struct PieceStream {
 impl PieceStream {
     pub fn new(
         piece: u32,
-        len: u32,
         id: u64,
         stream: u64,
         listed: SocketAddr,
@@ -70,7 +76,6 @@ impl PieceStream {
     ) -> Arc<Mutex<Self>> {
         Arc::new(Mutex::new(Self {
             piece,
-            len,
             id,
             stream,
             listed,
@@ -81,119 +86,251 @@ impl PieceStream {
     }
 }
 
-/// A block for the thread: `data` goes at `at` in the content's byte space.
-pub struct Block {
-    pub swarm: Arc<Swarm>,
-    pub content: Arc<Content>,
-    pub stream: Arc<Mutex<PieceStream>>,
-    pub at: u64,
-    pub data: Vec<u8>,
-    /// The piece's last block: the thread concludes the piece after it.
-    pub last: bool,
+/// Work for the thread.
+#[derive(Debug)]
+pub enum Work {
+    /// A block of a streamed piece: `data` goes at `at` in the content's
+    /// byte space; after the `last` one, the piece is concluded.
+    Block {
+        content: Arc<Content>,
+        stream: Arc<Mutex<PieceStream>>,
+        at: u64,
+        data: Vec<u8>,
+        last: bool,
+    },
+    /// A whole piece already verified in memory (an endgame duplicate):
+    /// written unless the piece is held, then it is the piece's copy.
+    Whole {
+        content: Arc<Content>,
+        piece: u32,
+        id: u64,
+        listed: SocketAddr,
+        at: u64,
+        data: Vec<u8>,
+        replies: mpsc::UnboundedSender<DiskReply>,
+    },
 }
 
-/// The download's block buffers and its writer thread (started when the
-/// first block arrives; it ends once the swarm and its queue are gone).
-#[derive(Debug, Default)]
+type Queue = Result<mpsc::Sender<Work>, String>;
+
+/// The download's block buffers and its writer thread (started with the
+/// first work; it ends once [`Disk::close`] is called or the disk is
+/// dropped, after the work queued).
+#[derive(Debug)]
 pub struct Disk {
     /// Block buffers: filled by the session readers, given back here by the
     /// thread once written.
     pub pool: BufPool,
-    queue: OnceLock<Result<mpsc::Sender<Block>, String>>,
+    pieces: Arc<SharedPieces>,
+    fatal: Arc<FatalSlot>,
+    queue: Mutex<Option<Queue>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl Disk {
-    /// Queues `block`, waiting while the queue is full. An error means the
-    /// thread is gone (it could not start, or it stopped).
-    pub async fn write(&self, block: Block) -> Result<(), String> {
-        let queue = self.queue.get_or_init(|| {
-            let (tx, rx) = mpsc::channel(QUEUE_BLOCKS);
-            let pool = self.pool.clone();
-            std::thread::Builder::new()
-                .name("disk writer".into())
-                .spawn(move || run(rx, pool))
-                .map(|_| tx)
-                .map_err(|e| format!("cannot start the disk writer thread: {e}"))
-        });
-        match queue {
-            Ok(tx) => tx
-                .send(block)
-                .await
-                .map_err(|_| "the disk writer thread stopped".to_string()),
-            Err(e) => Err(e.clone()),
+    pub fn new(pieces: Arc<SharedPieces>, fatal: Arc<FatalSlot>) -> Self {
+        Self {
+            pool: BufPool::default(),
+            pieces,
+            fatal,
+            queue: Mutex::new(None),
+            thread: Mutex::new(None),
         }
     }
-}
 
-fn run(mut rx: mpsc::Receiver<Block>, pool: BufPool) {
-    while let Some(mut block) = rx.blocking_recv() {
-        handle(&block);
-        pool.give(std::mem::take(&mut block.data));
+    fn sender(&self) -> Result<mpsc::Sender<Work>, Fatal> {
+        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+        let queue = queue.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::channel(QUEUE_BLOCKS);
+            let thread = Thread {
+                pool: self.pool.clone(),
+                pieces: self.pieces.clone(),
+                fatal: self.fatal.clone(),
+            };
+            let spawned = std::thread::Builder::new()
+                .name("disk writer".into())
+                .spawn(move || thread.run(rx));
+            match spawned {
+                Ok(handle) => {
+                    *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+                    Ok(tx)
+                }
+                Err(e) => Err(format!("could not start: {e}")),
+            }
+        });
+        match queue {
+            Ok(tx) => Ok(tx.clone()),
+            Err(e) => Err(Fatal::DiskThread(e.clone())),
+        }
+    }
+
+    /// Queues `work`, waiting while the queue is full. An error means the
+    /// thread is gone (it could not start, or it stopped).
+    pub async fn write(&self, work: Work) -> Result<(), Fatal> {
+        self.sender()?
+            .send(work)
+            .await
+            .map_err(|_| Fatal::DiskThread("stopped".into()))
+    }
+
+    /// Lets the thread finish the work queued and end; returns it, to be
+    /// joined (blocking) by whoever waits for the download to be over.
+    /// Work queued afterwards is refused.
+    pub fn close(&self) -> Option<std::thread::JoinHandle<()>> {
+        *self.queue.lock().unwrap_or_else(|e| e.into_inner()) = Some(Err("was closed".into()));
+        self.thread.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
 
-fn handle(b: &Block) {
-    let mut s = b.stream.lock().unwrap_or_else(|e| e.into_inner());
-    let (piece, id) = (s.piece, s.id);
-    if s.ok {
-        let storage = b.content.storage.as_ref();
-        match b
-            .swarm
-            .write_piece_data(piece, id, false, storage, b.at, &b.data)
-        {
-            Ok(true) => {
-                s.hasher.update(&b.data);
+#[cfg(test)]
+impl Disk {
+    /// Does `work` here and now, as the thread would (unit tests).
+    pub fn handle_now(&self, work: Work) {
+        let thread = Thread {
+            pool: self.pool.clone(),
+            pieces: self.pieces.clone(),
+            fatal: self.fatal.clone(),
+        };
+        let (tx, rx) = mpsc::channel(1);
+        let _ = tx.try_send(work);
+        drop(tx);
+        thread.run(rx);
+    }
+}
+
+/// What the thread holds.
+struct Thread {
+    pool: BufPool,
+    pieces: Arc<SharedPieces>,
+    fatal: Arc<FatalSlot>,
+}
+
+impl Thread {
+    fn run(self, mut rx: mpsc::Receiver<Work>) {
+        while let Some(work) = rx.blocking_recv() {
+            match work {
+                Work::Block {
+                    content,
+                    stream,
+                    at,
+                    data,
+                    last,
+                } => {
+                    self.block(&content, &stream, at, &data, last);
+                    self.pool.give(data);
+                }
+                Work::Whole {
+                    content,
+                    piece,
+                    id,
+                    listed,
+                    at,
+                    data,
+                    replies,
+                } => {
+                    self.whole(&content, piece, id, listed, at, &data);
+                    let _ = replies.send(DiskReply::Concluded { piece });
+                }
             }
-            Ok(false) => {
+        }
+    }
+
+    fn block(
+        &self,
+        content: &Content,
+        stream: &Mutex<PieceStream>,
+        at: u64,
+        data: &[u8],
+        last: bool,
+    ) {
+        let mut s = stream.lock().unwrap_or_else(|e| e.into_inner());
+        let (piece, id) = (s.piece, s.id);
+        if s.ok {
+            if !self.pieces.lock().may_write(piece, id, false) {
                 s.ok = false;
                 let stream = s.stream;
                 let _ = s.replies.send(DiskReply::Lost { piece, stream });
-            }
-            Err(e) => {
+            } else if let Err(e) = content.storage.write_at(at, data) {
                 s.ok = false;
-                let msg = storage_message(&b.content, e);
-                b.swarm.fail(msg.clone());
-                let _ = s.replies.send(DiskReply::Failed(msg));
+                let fatal = write_failed(content, e);
+                self.fatal.fail(fatal.clone());
+                let _ = s.replies.send(DiskReply::Failed(fatal));
+            } else {
+                s.hasher.update(data);
             }
         }
-    }
-    if !b.last {
-        return;
-    }
-    conclude(b, &s);
-    let _ = s.replies.send(DiskReply::Concluded { piece });
-}
-
-/// After the last block of a piece: verify, then mark or release it.
-fn conclude(b: &Block, s: &PieceStream) {
-    let (piece, id) = (s.piece, s.id);
-    if !s.ok {
-        b.swarm.with_picker(|p| p.release(piece as usize));
-        return;
-    }
-    let good = Some(s.hasher.finalize().as_bytes()) == b.content.manifest.piece_hash(piece);
-    if !good {
-        b.swarm.release_writer(piece, id);
-        if b.swarm.bad_piece(piece, s.listed) {
-            let _ = s.replies.send(DiskReply::Banned);
+        if !last {
+            return;
         }
-        return;
+        self.conclude(content, &s);
+        let _ = s.replies.send(DiskReply::Concluded { piece });
     }
-    // What is on disk is what we hashed: this stream was the only writer.
-    if b.swarm.finalize(piece, id) {
-        b.swarm
-            .piece_verified(piece, u64::from(s.len), Some(s.listed));
-    } else {
-        tracing::trace!(piece, "duplicate piece (endgame)");
-        b.swarm.with_picker(|p| p.release(piece as usize));
+
+    /// After the last block of a piece: verify, then hold or release it.
+    fn conclude(&self, content: &Content, s: &PieceStream) {
+        let (piece, id) = (s.piece, s.id);
+        if !s.ok {
+            let mut p = self.pieces.lock();
+            p.release(piece);
+            p.release_writer(piece, id);
+            return;
+        }
+        let good = Some(s.hasher.finalize().as_bytes()) == content.manifest.piece_hash(piece);
+        if !good {
+            tracing::warn!(peer = %s.listed, piece, "piece failed verification");
+            if self.pieces.lock().bad_piece(piece, id, s.listed) {
+                tracing::warn!(peer = %s.listed, "peer banned after repeated bad pieces");
+                let _ = s.replies.send(DiskReply::Banned);
+            }
+            return;
+        }
+        // What is on disk is what we hashed: this stream was its only writer.
+        match self
+            .pieces
+            .verified(piece, id, Some(s.listed), Instant::now())
+        {
+            Verified::New => content.mark_verified(piece),
+            Verified::Duplicate => tracing::trace!(piece, "duplicate piece (endgame)"),
+        }
+    }
+
+    /// An endgame duplicate, verified in memory: written and held unless
+    /// the piece is held already.
+    fn whole(
+        &self,
+        content: &Content,
+        piece: u32,
+        id: u64,
+        listed: SocketAddr,
+        at: u64,
+        data: &[u8],
+    ) {
+        if !self.pieces.lock().may_write(piece, id, true) {
+            self.pieces.lock().release(piece);
+            tracing::trace!(piece, "duplicate piece (endgame)");
+            return;
+        }
+        if let Err(e) = content.storage.write_at(at, data) {
+            self.pieces.lock().release_writer(piece, id);
+            self.fatal.fail(write_failed(content, e));
+            return;
+        }
+        if self
+            .pieces
+            .verified(piece, id, Some(listed), Instant::now())
+            == Verified::New
+        {
+            content.mark_verified(piece);
+        }
     }
 }
 
-/// The message of a failed write, naming the part file when there is one.
-pub fn storage_message(content: &Content, e: std::io::Error) -> String {
-    match &content.download {
-        Some(d) => crate::storage::StorageError::io(crate::storage::Op::Writing, d.final_path(), e)
-            .to_string(),
-        None => e.to_string(),
-    }
+/// The fatal error of a failed write, naming the download's file.
+fn write_failed(content: &Content, e: std::io::Error) -> Fatal {
+    let path = content
+        .download
+        .as_ref()
+        .map(|d| d.final_path().to_path_buf())
+        .unwrap_or_default();
+    Fatal::from(StorageError::io(Op::Writing, &path, e))
 }

@@ -14,6 +14,7 @@ use hayedik_proto::tracker::PeerState;
 use tokio_util::sync::CancellationToken;
 
 use super::announce::{spawn_announcer, TrackerClient};
+use super::fatal::Fatal;
 use super::guard::ServeGuard;
 use super::progress::Progress;
 use super::swarm::{Content, Swarm, SwarmOptions};
@@ -284,7 +285,7 @@ async fn download(
                         progress.update(swarm);
                         if let Err(e) = progress.check_stalled(swarm, announcer) {
                             saver.abort();
-                            save(&d).await?;
+                            save(&d).await.map_err(|f| anyhow!(f.message()))?;
                             return Err(e);
                         }
                     }
@@ -292,9 +293,11 @@ async fn download(
             };
             saver.abort();
             // The last pieces, or everything verified before an interrupt.
-            save(&d).await?;
+            if let Err(fatal) = save(&d).await {
+                swarm.fail(fatal);
+            }
             if let Some(fatal) = swarm.fatal() {
-                bail!("{}", with_resume_hint(fatal));
+                bail!("{}", fatal.message());
             }
             if !finished {
                 return interrupted(swarm);
@@ -402,27 +405,17 @@ pub fn select(manifest: &Manifest, only: &[String]) -> anyhow::Result<Vec<bool>>
 
 fn interrupted(swarm: &Swarm) -> anyhow::Result<Option<GetReport>> {
     match swarm.fatal() {
-        Some(fatal) => bail!("{}", with_resume_hint(fatal)),
+        Some(fatal) => bail!("{}", fatal.message()),
         None => Ok(None),
     }
 }
 
-/// The error, with a hint to rerun unless a rerun cannot help (the content
-/// itself is unusable: "nothing was written") or it already says it.
-fn with_resume_hint(fatal: String) -> String {
-    if fatal.contains("rerun") || fatal.contains("nothing was written") {
-        fatal
-    } else {
-        format!("{fatal}; what was verified is kept: rerun the same command to resume")
-    }
-}
-
-async fn save(d: &Arc<Download>) -> anyhow::Result<()> {
+async fn save(d: &Arc<Download>) -> Result<(), Fatal> {
     let d = d.clone();
     tokio::task::spawn_blocking(move || d.save())
         .await
-        .map_err(|e| anyhow!("saving resume state: {e}"))?
-        .map_err(anyhow::Error::new)
+        .map_err(|e| Fatal::Internal(format!("saving resume state: {e}")))?
+        .map_err(Fatal::from)
 }
 
 /// Saves the resume state every half second while pieces arrive.
@@ -431,8 +424,8 @@ fn spawn_saver(d: Arc<Download>, swarm: Arc<Swarm>) -> tokio::task::JoinHandle<(
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tick.tick().await;
-            if let Err(e) = save(&d).await {
-                swarm.fail(format!("{e:#}"));
+            if let Err(fatal) = save(&d).await {
+                swarm.fail(fatal);
                 return;
             }
         }

@@ -17,11 +17,12 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 
-use hayedik_proto::peer::{handshake_proof, verify_proof, Message, Role, PROTOCOL_VERSION};
+use hayedik_proto::peer::{
+    handshake_proof, verify_proof, Message, PeerWireError, Role, PROTOCOL_VERSION,
+};
 
 use super::session::SessionError;
-use super::swarm::Swarm;
-use super::wire::{FrameReader, FrameWriter};
+use super::wire::{FrameReader, FrameWriter, WireError};
 
 /// Nonces of this process's handshakes in progress. Bounded by the number
 /// of connections (incoming and outgoing sessions are capped, see
@@ -68,16 +69,195 @@ impl Drop for NonceGuard {
     }
 }
 
+/// What a session needs to know to shake hands: derived from the ticket.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// `swarm_key(root)`: names the swarm in Hellos.
+    pub swarm_key: [u8; 32],
+    /// `peer_auth_key(root)`: keys the proofs.
+    pub auth_key: [u8; 32],
+    /// The TCP port we serve on (told to the remote, informational).
+    pub listen_port: u16,
+}
+
 /// What the remote said in its Hello.
 struct TheirHello {
     nonce: [u8; 32],
     listen_port: u16,
 }
 
-/// Runs the handshake as `role`. Returns the port the remote serves on (0
-/// if it does not say).
-pub async fn handshake(
-    swarm: &Swarm,
+/// Why a handshake failed, and the Goodbye to send before closing (none
+/// when saying anything would tell an unproven peer something).
+#[derive(Debug)]
+pub struct Failure {
+    pub error: SessionError,
+    /// The Goodbye's reason.
+    pub goodbye: Option<String>,
+}
+
+impl Failure {
+    fn silent(error: SessionError) -> Self {
+        Self {
+            error,
+            goodbye: None,
+        }
+    }
+}
+
+/// The handshake as a state machine, without I/O: it takes the remote's
+/// messages and says what to send, until both proofs verified. The order
+/// (module doc) is what makes it safe: the responder says nothing before a
+/// Hello for its swarm, the initiator proves only after the responder did.
+pub struct Handshake<'k> {
+    keys: &'k Keys,
+    role: Role,
+    remote: SocketAddr,
+    mine: NonceGuard,
+    theirs: Option<TheirHello>,
+}
+
+impl<'k> Handshake<'k> {
+    /// A handshake as `role`, and what to send first (the initiator's
+    /// Hello; nothing for the responder).
+    pub fn new(keys: &'k Keys, role: Role, remote: SocketAddr) -> (Self, Vec<Message>) {
+        Self::with_nonces(keys, role, remote, nonces())
+    }
+
+    /// [`Handshake::new`] with its nonce kept in `registry` (the process's
+    /// one, except in tests that play both sides).
+    fn with_nonces(
+        keys: &'k Keys,
+        role: Role,
+        remote: SocketAddr,
+        registry: &'static Nonces,
+    ) -> (Self, Vec<Message>) {
+        let h = Self {
+            keys,
+            role,
+            remote,
+            mine: registry.fresh(),
+            theirs: None,
+        };
+        let first = match role {
+            Role::Initiator => vec![h.hello()],
+            Role::Responder => Vec::new(),
+        };
+        (h, first)
+    }
+
+    fn hello(&self) -> Message {
+        Message::Hello {
+            version: PROTOCOL_VERSION,
+            swarm: self.keys.swarm_key,
+            nonce: self.mine.nonce,
+            listen_port: self.keys.listen_port,
+        }
+    }
+
+    fn my_proof(&self, theirs: &TheirHello) -> Message {
+        Message::Proof {
+            mac: handshake_proof(
+                &self.keys.auth_key,
+                self.role,
+                &theirs.nonce,
+                &self.mine.nonce,
+            ),
+        }
+    }
+
+    /// The remote's next message: what to send now, and the port the
+    /// remote serves on (0 if it does not say) once the handshake is done.
+    pub fn on_message(&mut self, m: Message) -> Result<(Vec<Message>, Option<u16>), Failure> {
+        let remote = self.remote;
+        match (m, self.theirs.take()) {
+            (Message::Goodbye { reason }, _) => Err(Failure::silent(SessionError::Goodbye {
+                peer: remote,
+                reason,
+            })),
+            (
+                Message::Hello {
+                    swarm,
+                    nonce,
+                    listen_port,
+                    ..
+                },
+                None,
+            ) => {
+                if swarm != self.keys.swarm_key {
+                    return Err(Failure {
+                        error: SessionError::OtherSwarm { peer: remote },
+                        goodbye: Some("this peer does not serve that swarm".into()),
+                    });
+                }
+                if self.mine.nonces.is_ours(&nonce) {
+                    // Our own nonce coming back: a reflection, or we
+                    // dialled ourselves. Nothing more is said either way.
+                    return Err(Failure::silent(SessionError::Protocol {
+                        peer: remote,
+                        what: "its Hello carries a nonce of ours (a reflected handshake, or ourselves)"
+                            .into(),
+                    }));
+                }
+                let theirs = TheirHello { nonce, listen_port };
+                let send = match self.role {
+                    // Nothing leaves before a valid Hello for our swarm.
+                    Role::Responder => vec![self.hello(), self.my_proof(&theirs)],
+                    // We prove only once the responder has.
+                    Role::Initiator => Vec::new(),
+                };
+                self.theirs = Some(theirs);
+                Ok((send, None))
+            }
+            (Message::Proof { mac }, Some(theirs)) => {
+                let role = self.role;
+                let auth = &self.keys.auth_key;
+                if !verify_proof(auth, role.other(), &self.mine.nonce, &theirs.nonce, &mac) {
+                    return Err(Failure {
+                        error: SessionError::BadProof { peer: remote },
+                        goodbye: Some("wrong proof".into()),
+                    });
+                }
+                let send = match role {
+                    Role::Initiator => vec![self.my_proof(&theirs)],
+                    Role::Responder => Vec::new(),
+                };
+                Ok((send, Some(theirs.listen_port)))
+            }
+            (other, theirs) => {
+                let expected = if theirs.is_some() { "Proof" } else { "Hello" };
+                Err(Failure::silent(SessionError::Protocol {
+                    peer: remote,
+                    what: format!("expected {expected}, got {:?}", other.kind()),
+                }))
+            }
+        }
+    }
+
+    /// The connection failed or sent bytes that are not a message. A
+    /// Hello of another protocol version gets a Goodbye saying so.
+    pub fn on_wire_error(&self, source: WireError) -> Failure {
+        let goodbye = match &source {
+            WireError::Frame(PeerWireError::UnsupportedVersion(_)) => {
+                Some(format!(
+                    "unsupported protocol version: this peer speaks version {PROTOCOL_VERSION}"
+                ))
+            }
+            _ => None,
+        };
+        Failure {
+            error: SessionError::Wire {
+                peer: self.remote,
+                source,
+            },
+            goodbye,
+        }
+    }
+}
+
+/// Runs the handshake as `role` on a connection. Returns the port the
+/// remote serves on (0 if it does not say).
+pub async fn run(
+    keys: &Keys,
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
     remote: SocketAddr,
@@ -87,118 +267,72 @@ pub async fn handshake(
         peer: remote,
         source,
     };
-    let mine = nonces().fresh();
-    let hello = Message::Hello {
-        version: PROTOCOL_VERSION,
-        swarm: swarm.swarm_key,
-        nonce: mine.nonce,
-        listen_port: swarm.listen_port,
-    };
-    let my_proof = |theirs: &TheirHello| Message::Proof {
-        mac: handshake_proof(&swarm.auth_key, role, &theirs.nonce, &mine.nonce),
-    };
-    match role {
-        Role::Initiator => {
-            writer.send(&hello).await.map_err(wire)?;
-            let theirs = their_hello(swarm, reader, writer, remote).await?;
-            their_proof(swarm, reader, writer, remote, role, &mine.nonce, &theirs).await?;
-            writer.send(&my_proof(&theirs)).await.map_err(wire)?;
-            Ok(theirs.listen_port)
-        }
-        Role::Responder => {
-            // Nothing leaves before a valid Hello for a swarm we serve.
-            let theirs = their_hello(swarm, reader, writer, remote).await?;
-            writer.send(&hello).await.map_err(wire)?;
-            writer.send(&my_proof(&theirs)).await.map_err(wire)?;
-            their_proof(swarm, reader, writer, remote, role, &mine.nonce, &theirs).await?;
-            Ok(theirs.listen_port)
-        }
+    let (mut h, first) = Handshake::new(keys, role, remote);
+    for m in &first {
+        writer.send(m).await.map_err(wire)?;
     }
-}
-
-/// Reads the remote's Hello and checks its swarm and nonce.
-async fn their_hello(
-    swarm: &Swarm,
-    reader: &mut FrameReader,
-    writer: &mut FrameWriter,
-    remote: SocketAddr,
-) -> Result<TheirHello, SessionError> {
-    let m = reader.next().await.map_err(|source| SessionError::Wire {
-        peer: remote,
-        source,
-    })?;
-    match m {
-        Message::Hello {
-            swarm: key,
-            nonce,
-            listen_port,
-            ..
-        } => {
-            if key != swarm.swarm_key {
-                let _ = writer
-                    .send(&Message::goodbye("this peer does not serve that swarm"))
-                    .await;
-                return Err(SessionError::OtherSwarm { peer: remote });
+    loop {
+        let step = match reader.next().await {
+            Ok(m) => h.on_message(m),
+            Err(e) => Err(h.on_wire_error(e)),
+        };
+        match step {
+            Ok((send, done)) => {
+                for m in &send {
+                    writer.send(m).await.map_err(wire)?;
+                }
+                if let Some(port) = done {
+                    return Ok(port);
+                }
             }
-            if nonces().is_ours(&nonce) {
-                // Our own nonce coming back: a reflection, or we dialled
-                // ourselves. Nothing more is said either way.
-                return Err(SessionError::Protocol {
-                    peer: remote,
-                    what: "its Hello carries a nonce of ours (a reflected handshake, or ourselves)"
-                        .into(),
-                });
-            }
-            Ok(TheirHello { nonce, listen_port })
-        }
-        Message::Goodbye { reason } => Err(SessionError::Goodbye {
-            peer: remote,
-            reason,
-        }),
-        other => Err(SessionError::Protocol {
-            peer: remote,
-            what: format!("expected Hello, got {:?}", other.kind()),
-        }),
-    }
-}
-
-/// Reads the remote's Proof and verifies it.
-async fn their_proof(
-    swarm: &Swarm,
-    reader: &mut FrameReader,
-    writer: &mut FrameWriter,
-    remote: SocketAddr,
-    role: Role,
-    mine: &[u8; 32],
-    theirs: &TheirHello,
-) -> Result<(), SessionError> {
-    let m = reader.next().await.map_err(|source| SessionError::Wire {
-        peer: remote,
-        source,
-    })?;
-    match m {
-        Message::Proof { mac } => {
-            if verify_proof(&swarm.auth_key, role.other(), mine, &theirs.nonce, &mac) {
-                Ok(())
-            } else {
-                let _ = writer.send(&Message::goodbye("wrong proof")).await;
-                Err(SessionError::BadProof { peer: remote })
+            Err(Failure { error, goodbye }) => {
+                if let Some(reason) = goodbye {
+                    let _ = writer.send(&Message::goodbye(&reason)).await;
+                }
+                return Err(error);
             }
         }
-        Message::Goodbye { reason } => Err(SessionError::Goodbye {
-            peer: remote,
-            reason,
-        }),
-        other => Err(SessionError::Protocol {
-            peer: remote,
-            what: format!("expected Proof, got {:?}", other.kind()),
-        }),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+    use hayedik_proto::manifest::{peer_auth_key, swarm_key};
+
+    fn keys(root: u8, port: u16) -> Keys {
+        Keys {
+            swarm_key: swarm_key(&[root; 32]),
+            auth_key: peer_auth_key(&[root; 32]),
+            listen_port: port,
+        }
+    }
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], 7000))
+    }
+
+    /// A handshake with a registry of its own, as in another process.
+    fn side<'k>(keys: &'k Keys, role: Role) -> (Handshake<'k>, Vec<Message>) {
+        let registry = Box::leak(Box::new(Nonces(Mutex::new(HashSet::new()))));
+        Handshake::with_nonces(keys, role, addr(), registry)
+    }
+
+    /// Delivers `msgs` to `h`: what it sends, whether it is done.
+    fn feed(
+        h: &mut Handshake<'_>,
+        msgs: Vec<Message>,
+    ) -> Result<(Vec<Message>, Option<u16>), Failure> {
+        let mut out = Vec::new();
+        let mut done = None;
+        for m in msgs {
+            let (send, d) = h.on_message(m)?;
+            out.extend(send);
+            done = done.or(d);
+        }
+        Ok((out, done))
+    }
 
     #[test]
     fn a_nonce_is_ours_while_its_guard_lives() {
@@ -207,5 +341,93 @@ mod tests {
         assert!(nonces().is_ours(&n));
         drop(guard);
         assert!(!nonces().is_ours(&n));
+    }
+
+    #[test]
+    fn two_ticket_holders_complete_it_in_order() {
+        let (ka, kb) = (keys(1, 1111), keys(1, 2222));
+        let (mut a, first) = side(&ka, Role::Initiator);
+        let (mut b, nothing) = side(&kb, Role::Responder);
+        assert!(nothing.is_empty(), "the responder speaks second");
+        assert!(matches!(first[..], [Message::Hello { .. }]));
+        let (to_a, done_b) = feed(&mut b, first).unwrap();
+        assert!(matches!(
+            to_a[..],
+            [Message::Hello { .. }, Message::Proof { .. }]
+        ));
+        assert_eq!(done_b, None);
+        let (to_b, done_a) = feed(&mut a, to_a).unwrap();
+        assert!(matches!(to_b[..], [Message::Proof { .. }]));
+        assert_eq!(done_a, Some(2222));
+        let (rest, done_b) = feed(&mut b, to_b).unwrap();
+        assert!(rest.is_empty());
+        assert_eq!(done_b, Some(1111));
+    }
+
+    #[test]
+    fn the_responder_says_nothing_to_another_swarm() {
+        let (ka, kb) = (keys(1, 1), keys(2, 2));
+        let (_a, first) = side(&ka, Role::Initiator);
+        let (mut b, _) = side(&kb, Role::Responder);
+        let f = feed(&mut b, first).unwrap_err();
+        assert!(matches!(f.error, SessionError::OtherSwarm { .. }));
+        // A Goodbye only: no Hello naming its swarm, no proof.
+        assert!(f.goodbye.is_some());
+    }
+
+    #[test]
+    fn the_initiator_never_proves_to_a_peer_without_the_root() {
+        // Same swarm key (public), different auth key: a peer that read an
+        // announce but does not hold the ticket.
+        let ka = keys(1, 1);
+        let mut kb = keys(1, 2);
+        kb.auth_key = peer_auth_key(&[9; 32]);
+        let (mut a, first) = side(&ka, Role::Initiator);
+        let (mut b, _) = side(&kb, Role::Responder);
+        let (to_a, _) = feed(&mut b, first).unwrap();
+        let f = feed(&mut a, to_a).unwrap_err();
+        assert!(matches!(f.error, SessionError::BadProof { .. }));
+        assert!(f.goodbye.is_some());
+    }
+
+    #[test]
+    fn our_own_nonce_coming_back_is_refused_silently() {
+        let k = keys(1, 1);
+        let (a, first) = Handshake::new(&k, Role::Initiator, addr());
+        // A second connection to us replays our Hello (reflection).
+        let (mut b, _) = Handshake::new(&k, Role::Responder, addr());
+        let f = feed(&mut b, first).unwrap_err();
+        assert!(matches!(f.error, SessionError::Protocol { .. }));
+        assert!(f.goodbye.is_none());
+        drop(a);
+    }
+
+    #[test]
+    fn anything_out_of_order_ends_it() {
+        let k = keys(1, 1);
+        let (mut b, _) = side(&k, Role::Responder);
+        let f = feed(&mut b, vec![Message::Proof { mac: [0; 32] }]).unwrap_err();
+        assert!(matches!(f.error, SessionError::Protocol { .. }));
+        let (mut b, _) = side(&k, Role::Responder);
+        let f = feed(&mut b, vec![Message::ManifestRequest]).unwrap_err();
+        assert!(matches!(f.error, SessionError::Protocol { .. }));
+        let (mut a, first) = side(&k, Role::Initiator);
+        let k2 = keys(1, 2);
+        let (mut b2, _) = side(&k2, Role::Responder);
+        let (to_a, _) = feed(&mut b2, first).unwrap();
+        // A second Hello where the proof is due.
+        let f = feed(&mut a, vec![to_a[0].clone(), to_a[0].clone()]).unwrap_err();
+        assert!(matches!(f.error, SessionError::Protocol { .. }));
+    }
+
+    #[test]
+    fn another_version_is_told_so() {
+        let k = keys(1, 1);
+        let (b, _) = side(&k, Role::Responder);
+        let f = b.on_wire_error(WireError::Frame(PeerWireError::UnsupportedVersion(2)));
+        match f.goodbye {
+            Some(reason) => assert!(reason.contains("unsupported protocol version"), "{reason}"),
+            None => panic!("no goodbye"),
+        }
     }
 }

@@ -3,22 +3,31 @@
 //! - [`announce`]: the tracker protocol from the peer's side (creating a
 //!   swarm, announcing, the announce loop).
 //! - [`node`]: the TCP listener and the connector that dials listed peers.
-//! - [`session`]: one connection with a remote peer, both directions;
-//!   [`wire`] is its framing and socket tasks, [`disk`] writes and hashes
-//!   what all sessions of a download receive.
-//! - [`swarm`]: what all sessions of one content share; [`picker`] chooses
-//!   pieces; [`rate`] caps rates.
+//! - [`session`]: one connection with a remote peer, both directions: its
+//!   protocol state machine and the thin I/O loop that runs it;
+//!   [`handshake`] proves both sides hold the ticket; [`wire`] is the
+//!   framing and the socket tasks; [`disk`] writes and hashes what all
+//!   sessions of a download receive ([`bufpool`] recycles its buffers).
+//! - [`swarm`]: what all sessions of one content share: [`content`] once
+//!   known, [`pieces`] (the one owner of piece state: held, wanted,
+//!   fetched, written, strikes and bans), [`fatal`] errors, [`rate`] caps.
+//!
+//! Dependencies run one way: `session` -> `wire`, `disk` -> `pieces`,
+//! `content`, `bufpool`; nothing below `swarm` knows it.
 //! - [`share`], [`get`]: the two commands' lifecycles; [`hashing`] builds the
 //!   manifest; [`progress`] shows what happens.
 
 pub mod announce;
+pub mod bufpool;
+pub mod content;
 pub mod disk;
+pub mod fatal;
 pub mod get;
 pub mod guard;
 pub mod handshake;
 pub mod hashing;
 pub mod node;
-pub mod picker;
+pub mod pieces;
 pub mod progress;
 pub mod rate;
 pub mod session;

@@ -152,10 +152,7 @@ impl Progress {
         let Some(timeout) = self.timeout else {
             return Ok(());
         };
-        let last = swarm
-            .last_progress()
-            .unwrap_or(self.started)
-            .max(self.started);
+        let last = swarm.last_progress().max(self.started);
         if last.elapsed() < timeout {
             return Ok(());
         }

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::io;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,8 +15,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
+use super::bufpool::BufPool;
+use super::content::Content;
 use super::guard::Check;
-use super::swarm::{Content, Swarm};
+use super::pieces::SharedPieces;
+use super::rate::RateLimit;
 
 /// Why a connection's bytes could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -46,18 +49,15 @@ pub enum Out {
 }
 
 /// Bytes of frames a session has queued for its writer and the writer has
-/// not written yet. The session stops reading while there are more than
-/// [`MAX_OUT_PENDING`]: a peer that asks and never reads the answers is
-/// held back by TCP instead of growing our memory.
+/// not written yet. The session stops reading while there are too many
+/// (`session::state::MAX_UNSENT`): a peer that asks and never reads the
+/// answers is held back by TCP instead of growing our memory.
 #[derive(Debug, Default)]
 pub struct OutPending {
     bytes: AtomicUsize,
     /// Woken each time the writer has written queued frames.
     drained: tokio::sync::Notify,
 }
-
-/// Queued frame bytes above which a session reads no more from its peer.
-pub const MAX_OUT_PENDING: usize = 256 << 10;
 
 impl OutPending {
     pub fn add(&self, n: usize) {
@@ -73,41 +73,67 @@ impl OutPending {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Whether the session should stop reading until the writer catches up.
-    pub fn is_full(&self) -> bool {
-        self.bytes() > MAX_OUT_PENDING
-    }
-
     /// Resolves once the writer has written something since the last call.
     pub async fn drained(&self) {
         self.drained.notified().await
     }
 }
 
-/// Block buffers handed back after use, so that receiving a block costs
-/// neither an allocation nor page faults. Bounded.
-#[derive(Debug, Clone, Default)]
-pub struct BufPool(Arc<Mutex<Vec<Vec<u8>>>>);
+/// What a session's loop and its writer share.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Frame bytes queued and not written yet.
+    pub pending: OutPending,
+    /// Blocks the remote asked for that the writer has not sent yet.
+    pub queued: AtomicUsize,
+    /// Blocks the remote withdrew its request for, while still queued.
+    cancelled: Mutex<HashSet<(u32, u32)>>,
+}
 
-/// Idle buffers kept in a pool (one pool per download: 4 MiB of blocks).
-const POOL_MAX: usize = 8;
+/// Cancels remembered at once: bounded by the requests a remote may have
+/// queued (a cancel for anything else is dropped).
+const MAX_CANCELLED: usize = 256;
 
-impl BufPool {
-    pub fn take(&self) -> Vec<u8> {
-        self.0
-            .lock()
-            .ok()
-            .and_then(|mut p| p.pop())
-            .unwrap_or_default()
+impl Outbox {
+    fn cancelled(&self) -> std::sync::MutexGuard<'_, HashSet<(u32, u32)>> {
+        self.cancelled.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn give(&self, mut buf: Vec<u8>) {
-        buf.clear();
-        if let Ok(mut p) = self.0.lock() {
-            if p.len() < POOL_MAX {
-                p.push(buf);
-            }
+    /// The remote withdrew its request for the block at `(piece, offset)`.
+    pub fn cancel(&self, piece: u32, offset: u32) {
+        let mut c = self.cancelled();
+        if c.len() < MAX_CANCELLED {
+            c.insert((piece, offset));
         }
+    }
+
+    /// The remote asks for the block again: an older cancel no longer
+    /// applies.
+    pub fn uncancel(&self, piece: u32, offset: u32) {
+        self.cancelled().remove(&(piece, offset));
+    }
+
+    /// Whether the block's request was withdrawn (forgetting the cancel:
+    /// it is used up).
+    fn take_cancel(&self, piece: u32, offset: u32) -> bool {
+        self.cancelled().remove(&(piece, offset))
+    }
+}
+
+/// What the writer needs besides its socket.
+#[derive(Debug)]
+pub struct ServeCtx {
+    /// To stop serving a piece that no longer matches on disk.
+    pub pieces: Arc<SharedPieces>,
+    pub content: tokio::sync::watch::Receiver<Option<Arc<Content>>>,
+    pub up_limit: Arc<RateLimit>,
+    /// Bytes of blocks sent, for the swarm's totals.
+    pub uploaded: Arc<AtomicU64>,
+}
+
+impl ServeCtx {
+    fn piece_lost(&self, content: &Content, piece: u32) {
+        content.piece_lost(&self.pieces, piece);
     }
 }
 
@@ -205,7 +231,7 @@ impl FrameWriter {
 pub async fn read_loop(
     mut reader: FrameReader,
     tx: mpsc::Sender<Result<Message, WireError>>,
-    swarm: Arc<Swarm>,
+    down_limit: Arc<RateLimit>,
     idle: Duration,
 ) {
     loop {
@@ -221,7 +247,7 @@ pub async fn read_loop(
             }
         };
         if let Message::Block { data, .. } = &m {
-            swarm.down_limit.acquire(data.len()).await;
+            down_limit.acquire(data.len()).await;
         }
         if tx.send(Ok(m)).await.is_err() {
             return;
@@ -256,11 +282,10 @@ struct Serve {
 pub async fn write_loop(
     writer: FrameWriter,
     mut rx: mpsc::UnboundedReceiver<Out>,
-    swarm: Arc<Swarm>,
-    cancelled: Arc<Mutex<HashSet<(u32, u32)>>>,
-    queued: Arc<AtomicUsize>,
-    pending: Arc<OutPending>,
+    ctx: ServeCtx,
+    outbox: Arc<Outbox>,
 ) {
+    let pending = &outbox.pending;
     let mut wr = writer.wr;
     let mut frames: Vec<u8> = Vec::new();
     // Batch buffers, reused: one being sent, one being filled.
@@ -293,8 +318,8 @@ pub async fn write_loop(
                     len,
                     at,
                 }) => {
-                    queued.fetch_sub(1, Ordering::Relaxed);
-                    let skip = take_cancel(&cancelled, piece, offset);
+                    outbox.queued.fetch_sub(1, Ordering::Relaxed);
+                    let skip = outbox.take_cancel(piece, offset);
                     if !skip {
                         serves.push(Serve {
                             piece,
@@ -306,7 +331,7 @@ pub async fn write_loop(
                 }
             }
         }
-        let content = swarm.content();
+        let content = ctx.content.borrow().clone();
         // Blocks of content that lives in files go straight from the file
         // to the socket: no read into a buffer, no hand-off per block.
         #[cfg(target_os = "linux")]
@@ -326,7 +351,7 @@ pub async fn write_loop(
                 }
                 for serve in &serves {
                     if direct
-                        .serve(&mut wr, &swarm, content, serve, &cancelled)
+                        .serve(&mut wr, &ctx, content, serve, &outbox)
                         .await
                         .is_err()
                     {
@@ -338,9 +363,9 @@ pub async fn write_loop(
         }
         let next = match content {
             Some(content) if !serves.is_empty() => {
-                let (swarm, buf) = (swarm.clone(), spare.pop().unwrap_or_default());
+                let (pieces, buf) = (ctx.pieces.clone(), spare.pop().unwrap_or_default());
                 Some(tokio::task::spawn_blocking(move || {
-                    read_batch(&swarm, &content, &serves, buf)
+                    read_batch(&pieces, &content, &serves, buf)
                 }))
             }
             _ => None,
@@ -360,33 +385,24 @@ pub async fn write_loop(
                 let mut data = 0;
                 if let Some((piece, offset, len)) = part.block {
                     // Cancelled while it was read: not sent after all.
-                    let skip = take_cancel(&cancelled, piece, offset);
+                    let skip = outbox.take_cancel(piece, offset);
                     if skip {
                         continue;
                     }
                     data = len;
-                    swarm.up_limit.acquire(len as usize).await;
+                    ctx.up_limit.acquire(len as usize).await;
                 }
                 let frame = batch.buf.get(part.range.clone()).unwrap_or_default();
                 if wr.write_all(frame).await.is_err() {
                     return;
                 }
-                swarm.uploaded.fetch_add(u64::from(data), Ordering::Relaxed);
+                ctx.uploaded.fetch_add(u64::from(data), Ordering::Relaxed);
             }
             spare.push(batch.buf);
         }
         reading = next;
     }
     let _ = wr.shutdown().await;
-}
-
-/// Whether the remote cancelled its request for the block at `(piece,
-/// offset)` (forgetting the cancel: it is used up).
-fn take_cancel(cancelled: &Mutex<HashSet<(u32, u32)>>, piece: u32, offset: u32) -> bool {
-    cancelled
-        .lock()
-        .map(|mut c| c.remove(&(piece, offset)))
-        .unwrap_or(false)
 }
 
 /// Frames ready to send, one after the other in `buf`.
@@ -404,7 +420,12 @@ struct Part {
 /// Reads `serves` into `buf` as the frames to send (a block, or a Reject
 /// for a block that may not or cannot be served). Blocking: it may
 /// re-verify a piece on disk.
-fn read_batch(swarm: &Swarm, content: &Content, serves: &[Serve], mut buf: Vec<u8>) -> Batch {
+fn read_batch(
+    pieces: &SharedPieces,
+    content: &Content,
+    serves: &[Serve],
+    mut buf: Vec<u8>,
+) -> Batch {
     let mut end = 0;
     let mut parts = Vec::with_capacity(serves.len());
     // The piece last found servable: checked once per piece and batch.
@@ -428,7 +449,7 @@ fn read_batch(swarm: &Swarm, content: &Content, serves: &[Serve], mut buf: Vec<u
                 Check::Good
             );
         if !servable {
-            swarm.piece_lost(piece);
+            content.piece_lost(pieces, piece);
         }
         good = servable.then_some(piece);
         let need = end + BLOCK_HEADER_LEN + len as usize;
@@ -478,12 +499,11 @@ fn read_batch(swarm: &Swarm, content: &Content, serves: &[Serve], mut buf: Vec<u
 /// (page cache) into the socket; nothing passes through a buffer of ours.
 #[cfg(target_os = "linux")]
 mod direct {
-    use std::collections::HashSet;
     use std::fs::File;
     use std::io;
     use std::num::NonZeroU64;
     use std::sync::atomic::Ordering;
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     use hayedik_proto::peer::{encode_block_header, Message};
     use rustix::net::SendFlags;
@@ -491,9 +511,9 @@ mod direct {
     use tokio::net::tcp::OwnedWriteHalf;
     use tokio::net::TcpStream;
 
+    use super::super::content::Content;
     use super::super::guard::Check;
-    use super::super::swarm::{Content, Swarm};
-    use super::{take_cancel, Serve};
+    use super::{Outbox, Serve, ServeCtx};
 
     /// What a session's writer remembers between blocks.
     #[derive(Debug, Default)]
@@ -511,10 +531,10 @@ mod direct {
         pub(super) async fn serve(
             &mut self,
             wr: &mut OwnedWriteHalf,
-            swarm: &Arc<Swarm>,
+            ctx: &ServeCtx,
             content: &Arc<Content>,
             serve: &Serve,
-            cancelled: &Mutex<HashSet<(u32, u32)>>,
+            outbox: &Outbox,
         ) -> io::Result<()> {
             let &Serve {
                 piece,
@@ -536,7 +556,7 @@ mod direct {
                 .unwrap_or(false)
             };
             if !servable {
-                swarm.piece_lost(piece);
+                ctx.piece_lost(content, piece);
                 return reject(wr, piece, offset, len).await;
             }
             let (file, within) = match content.storage.file_range(at, len as usize) {
@@ -559,21 +579,21 @@ mod direct {
                 );
             }
             // Cancelled while it was checked: not sent after all.
-            let skip = take_cancel(cancelled, piece, offset);
+            let skip = outbox.take_cancel(piece, offset);
             if skip {
                 return Ok(());
             }
-            swarm.up_limit.acquire(len as usize).await;
+            ctx.up_limit.acquire(len as usize).await;
             let stream: &TcpStream = wr.as_ref();
             send_more(stream, &encode_block_header(piece, offset, len)).await?;
             if let Err(e) = send_file(stream, &file, within, len as usize).await {
                 if e.kind() == io::ErrorKind::UnexpectedEof {
                     tracing::warn!(piece, "a file being served got shorter: {e}");
-                    swarm.piece_lost(piece);
+                    ctx.piece_lost(content, piece);
                 }
                 return Err(e);
             }
-            swarm.uploaded.fetch_add(u64::from(len), Ordering::Relaxed);
+            ctx.uploaded.fetch_add(u64::from(len), Ordering::Relaxed);
             Ok(())
         }
     }

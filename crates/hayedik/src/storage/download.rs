@@ -460,6 +460,24 @@ impl Download {
         new
     }
 
+    /// Forgets that piece `index` is verified (it no longer matches on
+    /// disk): the next `save` records it, and its file waits for it again.
+    /// Returns whether it was marked.
+    pub fn mark_lost(&self, index: u32) -> bool {
+        let mut state = self.lock_state();
+        let was = state.have.clear(index);
+        state.dirty |= was;
+        if was {
+            if let Some(file) = self.layout.file_of_piece(index) {
+                if let Some(left) = state.left.get_mut(file) {
+                    *left += 1;
+                }
+                state.pending.remove(&file);
+            }
+        }
+        was
+    }
+
     /// Makes the marked pieces durable: sync the files written, replace the
     /// resume file crash-safely, then give the files whose pieces are all
     /// verified their final names. Does nothing when nothing changed since
