@@ -277,9 +277,7 @@ impl Thread {
         }
         let good = Some(s.hasher.finalize().as_bytes()) == content.manifest.piece_hash(piece);
         if !good {
-            tracing::warn!(peer = %s.listed, piece, "piece failed verification");
-            if self.pieces.lock().bad_piece(piece, id, s.listed) {
-                tracing::warn!(peer = %s.listed, "peer banned after repeated bad pieces");
+            if self.pieces.bad_piece(piece, id, s.listed) {
                 let _ = s.replies.send(DiskReply::Banned);
             }
             return;

@@ -237,11 +237,9 @@ impl<'k> Handshake<'k> {
     /// Hello of another protocol version gets a Goodbye saying so.
     pub fn on_wire_error(&self, source: WireError) -> Failure {
         let goodbye = match &source {
-            WireError::Frame(PeerWireError::UnsupportedVersion(_)) => {
-                Some(format!(
-                    "unsupported protocol version: this peer speaks version {PROTOCOL_VERSION}"
-                ))
-            }
+            WireError::Frame(PeerWireError::UnsupportedVersion(_)) => Some(format!(
+                "unsupported protocol version: this peer speaks version {PROTOCOL_VERSION}"
+            )),
             _ => None,
         };
         Failure {

@@ -6,7 +6,7 @@
 //! - [`session`]: one connection with a remote peer, both directions: its
 //!   protocol state machine and the thin I/O loop that runs it;
 //!   [`handshake`] proves both sides hold the ticket; [`wire`] is the
-//!   framing and the socket tasks; [`disk`] writes and hashes what all
+//!   framing and the reader task, [`serve`] the writer task; [`disk`] writes and hashes what all
 //!   sessions of a download receive ([`bufpool`] recycles its buffers).
 //! - [`swarm`]: what all sessions of one content share: [`content`] once
 //!   known, [`pieces`] (the one owner of piece state: held, wanted,
@@ -30,6 +30,7 @@ pub mod node;
 pub mod pieces;
 pub mod progress;
 pub mod rate;
+pub mod serve;
 pub mod session;
 pub mod share;
 pub mod slots;

@@ -30,6 +30,9 @@ pub const MAX_OUTGOING: usize = 48;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A peer that failed is dialed again after this, doubling up to a minute.
 pub const REDIAL_AFTER: Duration = Duration::from_secs(2);
+/// Listed addresses the connector remembers (with their backoff); beyond
+/// this, those absent from the tracker's latest list are forgotten.
+pub const MAX_KNOWN: usize = 1024;
 
 /// Binds the TCP address pieces are served on and reports it (`listening`).
 pub async fn bind_listener(
@@ -117,8 +120,15 @@ pub fn spawn_connector(swarm: Arc<Swarm>, mut peers: watch::Receiver<Option<Anno
                         return;
                     }
                     let list = peers.borrow_and_update().as_ref().map(|r| r.peers.clone()).unwrap_or_default();
-                    for e in list {
+                    for e in &list {
                         known.entry(e.addr).or_insert(DialState { next_try: Instant::now(), backoff: REDIAL_AFTER });
+                    }
+                    if known.len() > MAX_KNOWN {
+                        let listed: std::collections::HashSet<SocketAddr> =
+                            list.iter().map(|e| e.addr).collect();
+                        known.retain(|a, _| {
+                            listed.contains(a) || dialing.contains(a) || swarm.is_connected(a)
+                        });
                     }
                 }
                 Some((addr, ok)) = done_rx.recv() => {

@@ -463,6 +463,31 @@ impl SharedPieces {
         v
     }
 
+    /// [`Pieces::bad_piece`], logged (with the ban it may cause).
+    pub fn bad_piece(&self, piece: u32, id: u64, peer: SocketAddr) -> bool {
+        tracing::warn!(%peer, piece, "piece failed verification");
+        let (was, banned) = {
+            let mut p = self.lock();
+            (p.is_banned(&peer), p.bad_piece(piece, id, peer))
+        };
+        if banned && !was {
+            tracing::warn!(%peer, "peer banned after {MAX_STRIKES} bad pieces or protocol errors");
+        }
+        banned
+    }
+
+    /// [`Pieces::strike`], logged when it bans.
+    pub fn strike(&self, peer: SocketAddr) -> bool {
+        let (was, banned) = {
+            let mut p = self.lock();
+            (p.is_banned(&peer), p.strike(peer))
+        };
+        if banned && !was {
+            tracing::warn!(%peer, "peer banned after {MAX_STRIKES} bad pieces or protocol errors");
+        }
+        banned
+    }
+
     /// Pieces newly held, for sessions to send HAVE.
     pub fn have_rx(&self) -> broadcast::Receiver<u32> {
         self.have_tx.subscribe()

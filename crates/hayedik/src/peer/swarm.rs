@@ -183,11 +183,7 @@ impl Swarm {
 
     /// Counts a misdeed of `peer`; returns true when it is now banned.
     pub fn strike(&self, peer: SocketAddr) -> bool {
-        let banned = self.pieces.lock().strike(peer);
-        if banned {
-            tracing::warn!(%peer, "peer banned after repeated bad pieces or protocol errors");
-        }
-        banned
+        self.pieces.strike(peer)
     }
 
     /// Records a fatal error and stops everything.

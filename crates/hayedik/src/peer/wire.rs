@@ -1,14 +1,13 @@
-//! The socket halves of a session: framing on top of TCP, and the reader
-//! and writer tasks. Decoding itself lives in `hayedik_proto::peer`.
+//! The socket halves of a session: frames on top of TCP, and the reader
+//! task. Decoding itself is `hayedik_proto::peer`'s (the functions the
+//! fuzz targets exercise); the writer task is [`super::serve`].
 
-use std::collections::HashSet;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hayedik_proto::peer::{
-    encode_block_header, FrameHeader, Message, MessageType, PeerWireError, BLOCK_HEADER_LEN,
+    decode_frame, BlockHeader, FrameHeader, Message, MessageType, PeerWireError, BLOCK_HEADER_LEN,
     FRAME_HEADER_LEN,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,9 +15,6 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 
 use super::bufpool::BufPool;
-use super::content::Content;
-use super::guard::Check;
-use super::pieces::SharedPieces;
 use super::rate::RateLimit;
 
 /// Why a connection's bytes could not be used.
@@ -32,109 +28,6 @@ pub enum WireError {
     Closed,
     #[error("idle for {0:?}")]
     Idle(Duration),
-}
-
-/// What the writer task sends.
-#[derive(Debug)]
-pub enum Out {
-    /// An encoded frame.
-    Frame(Vec<u8>),
-    /// A block to read from storage at `at` and send.
-    Serve {
-        piece: u32,
-        offset: u32,
-        len: u32,
-        at: u64,
-    },
-}
-
-/// Bytes of frames a session has queued for its writer and the writer has
-/// not written yet. The session stops reading while there are too many
-/// (`session::state::MAX_UNSENT`): a peer that asks and never reads the
-/// answers is held back by TCP instead of growing our memory.
-#[derive(Debug, Default)]
-pub struct OutPending {
-    bytes: AtomicUsize,
-    /// Woken each time the writer has written queued frames.
-    drained: tokio::sync::Notify,
-}
-
-impl OutPending {
-    pub fn add(&self, n: usize) {
-        self.bytes.fetch_add(n, Ordering::Relaxed);
-    }
-
-    fn written(&self, n: usize) {
-        self.bytes.fetch_sub(n, Ordering::Relaxed);
-        self.drained.notify_one();
-    }
-
-    pub fn bytes(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
-    }
-
-    /// Resolves once the writer has written something since the last call.
-    pub async fn drained(&self) {
-        self.drained.notified().await
-    }
-}
-
-/// What a session's loop and its writer share.
-#[derive(Debug, Default)]
-pub struct Outbox {
-    /// Frame bytes queued and not written yet.
-    pub pending: OutPending,
-    /// Blocks the remote asked for that the writer has not sent yet.
-    pub queued: AtomicUsize,
-    /// Blocks the remote withdrew its request for, while still queued.
-    cancelled: Mutex<HashSet<(u32, u32)>>,
-}
-
-/// Cancels remembered at once: bounded by the requests a remote may have
-/// queued (a cancel for anything else is dropped).
-const MAX_CANCELLED: usize = 256;
-
-impl Outbox {
-    fn cancelled(&self) -> std::sync::MutexGuard<'_, HashSet<(u32, u32)>> {
-        self.cancelled.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The remote withdrew its request for the block at `(piece, offset)`.
-    pub fn cancel(&self, piece: u32, offset: u32) {
-        let mut c = self.cancelled();
-        if c.len() < MAX_CANCELLED {
-            c.insert((piece, offset));
-        }
-    }
-
-    /// The remote asks for the block again: an older cancel no longer
-    /// applies.
-    pub fn uncancel(&self, piece: u32, offset: u32) {
-        self.cancelled().remove(&(piece, offset));
-    }
-
-    /// Whether the block's request was withdrawn (forgetting the cancel:
-    /// it is used up).
-    fn take_cancel(&self, piece: u32, offset: u32) -> bool {
-        self.cancelled().remove(&(piece, offset))
-    }
-}
-
-/// What the writer needs besides its socket.
-#[derive(Debug)]
-pub struct ServeCtx {
-    /// To stop serving a piece that no longer matches on disk.
-    pub pieces: Arc<SharedPieces>,
-    pub content: tokio::sync::watch::Receiver<Option<Arc<Content>>>,
-    pub up_limit: Arc<RateLimit>,
-    /// Bytes of blocks sent, for the swarm's totals.
-    pub uploaded: Arc<AtomicU64>,
-}
-
-impl ServeCtx {
-    fn piece_lost(&self, content: &Content, piece: u32) {
-        content.piece_lost(&self.pieces, piece);
-    }
 }
 
 /// Reads whole frames from a socket.
@@ -174,11 +67,11 @@ impl FrameReader {
         let len = header.payload_len as usize;
         if header.kind == MessageType::Block {
             // Data goes straight into its own buffer: no second copy.
-            // FrameHeader::decode bounded the length by MAX_BLOCK.
-            let mut at = [0u8; 8];
-            self.rd.read_exact(&mut at).await?;
-            let [p0, p1, p2, p3, o0, o1, o2, o3] = at;
-            let n = len - 8;
+            let mut head13 = [0u8; BLOCK_HEADER_LEN];
+            head13[..FRAME_HEADER_LEN].copy_from_slice(&head);
+            self.rd.read_exact(&mut head13[FRAME_HEADER_LEN..]).await?;
+            let block = BlockHeader::decode(&head13)?.ok_or(WireError::Closed)?;
+            let n = block.len as usize;
             let mut data = self.pool.take();
             data.reserve_exact(n);
             // Fills spare capacity: no zeroing first.
@@ -187,20 +80,23 @@ impl FrameReader {
                 return Err(WireError::Closed);
             }
             return Ok(Message::Block {
-                piece: u32::from_be_bytes([p0, p1, p2, p3]),
-                offset: u32::from_be_bytes([o0, o1, o2, o3]),
+                piece: block.piece,
+                offset: block.offset,
                 data,
             });
         }
-        let mut payload = Vec::with_capacity(len.min(BLOCK_HEADER_LEN + (1 << 20)));
+        // The whole frame, decoded by the very function the fuzz target
+        // exercises.
+        let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + len.min(1 << 20));
+        frame.extend_from_slice(&head);
         (&mut self.rd)
             .take(len as u64)
-            .read_to_end(&mut payload)
+            .read_to_end(&mut frame)
             .await?;
-        if payload.len() != len {
-            return Err(WireError::Closed);
+        match decode_frame(&frame)? {
+            Some((m, used)) if used == frame.len() => Ok(m),
+            _ => Err(WireError::Closed),
         }
-        Ok(Message::decode_payload(header.kind, &payload)?)
     }
 }
 
@@ -216,6 +112,11 @@ impl FrameWriter {
             wr,
             buf: Vec::new(),
         }
+    }
+
+    /// The socket's write half, for a task that writes more than frames.
+    pub fn into_inner(self) -> OwnedWriteHalf {
+        self.wr
     }
 
     pub async fn send(&mut self, m: &Message) -> Result<(), WireError> {
@@ -252,392 +153,5 @@ pub async fn read_loop(
         if tx.send(Ok(m)).await.is_err() {
             return;
         }
-    }
-}
-
-/// Blocks read from storage in one hand-off to the blocking pool. 2 was
-/// faster in the swarm bench (1 -> 4 x0.85 against x0.93 with 1, same run)
-/// but made a capped sharer upload more with four getters (1.6 to 2.2
-/// copies in `peers_four_getters_trade_pieces`, against 1.6 to 1.8): 1,
-/// which still reads one block ahead while the previous one is sent.
-pub const SERVE_BATCH: usize = 1;
-
-/// Requested blocks to read and send together.
-struct Serve {
-    piece: u32,
-    offset: u32,
-    len: u32,
-    at: u64,
-}
-
-/// Sends frames and serves blocks until the sender side is dropped or the
-/// socket fails.
-///
-/// On Linux, content that lives in files is served with `sendfile` (module
-/// `direct`). Otherwise requests queued together are read in one hand-off
-/// to the blocking pool (up to [`SERVE_BATCH`] blocks), and the next batch
-/// is read while the previous one is sent: the socket and the disk work at
-/// the same time. Frames queued meanwhile go out first, several in one
-/// write.
-pub async fn write_loop(
-    writer: FrameWriter,
-    mut rx: mpsc::UnboundedReceiver<Out>,
-    ctx: ServeCtx,
-    outbox: Arc<Outbox>,
-) {
-    let pending = &outbox.pending;
-    let mut wr = writer.wr;
-    let mut frames: Vec<u8> = Vec::new();
-    // Batch buffers, reused: one being sent, one being filled.
-    let mut spare: Vec<Vec<u8>> = Vec::new();
-    let mut reading: Option<tokio::task::JoinHandle<Batch>> = None;
-    let mut open = true;
-    #[cfg(target_os = "linux")]
-    let mut direct = direct::Direct::default();
-    // Whether the content lives in files (decided at the first block).
-    #[cfg(target_os = "linux")]
-    let mut in_files: Option<bool> = None;
-    while open || reading.is_some() {
-        let mut serves = Vec::new();
-        while open && serves.len() < SERVE_BATCH {
-            let out = if serves.is_empty() && reading.is_none() && frames.is_empty() {
-                rx.recv().await
-            } else {
-                match rx.try_recv() {
-                    Ok(out) => Some(out),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => None,
-                }
-            };
-            match out {
-                None => open = false,
-                Some(Out::Frame(bytes)) => frames.extend_from_slice(&bytes),
-                Some(Out::Serve {
-                    piece,
-                    offset,
-                    len,
-                    at,
-                }) => {
-                    outbox.queued.fetch_sub(1, Ordering::Relaxed);
-                    let skip = outbox.take_cancel(piece, offset);
-                    if !skip {
-                        serves.push(Serve {
-                            piece,
-                            offset,
-                            len,
-                            at,
-                        });
-                    }
-                }
-            }
-        }
-        let content = ctx.content.borrow().clone();
-        // Blocks of content that lives in files go straight from the file
-        // to the socket: no read into a buffer, no hand-off per block.
-        #[cfg(target_os = "linux")]
-        if let (Some(content), None) = (&content, &reading) {
-            let direct_ok = serves.first().is_some_and(|s| {
-                *in_files.get_or_insert_with(|| {
-                    content.storage.file_range(s.at, s.len as usize).is_some()
-                })
-            });
-            if direct_ok {
-                if !frames.is_empty() {
-                    if wr.write_all(&frames).await.is_err() {
-                        return;
-                    }
-                    pending.written(frames.len());
-                    frames.clear();
-                }
-                for serve in &serves {
-                    if direct
-                        .serve(&mut wr, &ctx, content, serve, &outbox)
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                continue;
-            }
-        }
-        let next = match content {
-            Some(content) if !serves.is_empty() => {
-                let (pieces, buf) = (ctx.pieces.clone(), spare.pop().unwrap_or_default());
-                Some(tokio::task::spawn_blocking(move || {
-                    read_batch(&pieces, &content, &serves, buf)
-                }))
-            }
-            _ => None,
-        };
-        if !frames.is_empty() {
-            if wr.write_all(&frames).await.is_err() {
-                return;
-            }
-            pending.written(frames.len());
-            frames.clear();
-        }
-        if let Some(read) = reading.take() {
-            let Ok(batch) = read.await else {
-                return;
-            };
-            for part in &batch.parts {
-                let mut data = 0;
-                if let Some((piece, offset, len)) = part.block {
-                    // Cancelled while it was read: not sent after all.
-                    let skip = outbox.take_cancel(piece, offset);
-                    if skip {
-                        continue;
-                    }
-                    data = len;
-                    ctx.up_limit.acquire(len as usize).await;
-                }
-                let frame = batch.buf.get(part.range.clone()).unwrap_or_default();
-                if wr.write_all(frame).await.is_err() {
-                    return;
-                }
-                ctx.uploaded.fetch_add(u64::from(data), Ordering::Relaxed);
-            }
-            spare.push(batch.buf);
-        }
-        reading = next;
-    }
-    let _ = wr.shutdown().await;
-}
-
-/// Frames ready to send, one after the other in `buf`.
-struct Batch {
-    buf: Vec<u8>,
-    parts: Vec<Part>,
-}
-
-/// One frame of a [`Batch`]: a block (piece, offset, length) or a Reject.
-struct Part {
-    range: std::ops::Range<usize>,
-    block: Option<(u32, u32, u32)>,
-}
-
-/// Reads `serves` into `buf` as the frames to send (a block, or a Reject
-/// for a block that may not or cannot be served). Blocking: it may
-/// re-verify a piece on disk.
-fn read_batch(
-    pieces: &SharedPieces,
-    content: &Content,
-    serves: &[Serve],
-    mut buf: Vec<u8>,
-) -> Batch {
-    let mut end = 0;
-    let mut parts = Vec::with_capacity(serves.len());
-    // The piece last found servable: checked once per piece and batch.
-    let mut good: Option<u32> = None;
-    for &Serve {
-        piece,
-        offset,
-        len,
-        at,
-    } in serves
-    {
-        let servable = good == Some(piece)
-            || content.guard.is_fresh(piece)
-            || matches!(
-                content.guard.check(
-                    piece,
-                    &content.manifest,
-                    content.storage.as_ref(),
-                    at - u64::from(offset)
-                ),
-                Check::Good
-            );
-        if !servable {
-            content.piece_lost(pieces, piece);
-        }
-        good = servable.then_some(piece);
-        let need = end + BLOCK_HEADER_LEN + len as usize;
-        // Only grown, never re-zeroed: the read overwrites it all.
-        if buf.len() < need {
-            buf.resize(need, 0);
-        }
-        let block = &mut buf[end..need];
-        let (head, body) = block.split_at_mut(BLOCK_HEADER_LEN);
-        let read = if servable {
-            content.storage.read_at(at, body)
-        } else {
-            Err(io::Error::other("no longer matches the ticket"))
-        };
-        match read {
-            Ok(()) => {
-                head.copy_from_slice(&encode_block_header(piece, offset, len));
-                parts.push(Part {
-                    range: end..need,
-                    block: Some((piece, offset, len)),
-                });
-                end = need;
-            }
-            Err(e) => {
-                if servable {
-                    tracing::warn!(piece, "cannot read a piece to serve: {e}");
-                }
-                let mut frame = Vec::new();
-                Message::Reject { piece, offset, len }.encode(&mut frame);
-                let need = end + frame.len();
-                if buf.len() < need {
-                    buf.resize(need, 0);
-                }
-                buf[end..need].copy_from_slice(&frame);
-                parts.push(Part {
-                    range: end..need,
-                    block: None,
-                });
-                end = need;
-            }
-        }
-    }
-    Batch { buf, parts }
-}
-
-/// Serving blocks with `sendfile(2)`: the kernel copies the file's pages
-/// (page cache) into the socket; nothing passes through a buffer of ours.
-#[cfg(target_os = "linux")]
-mod direct {
-    use std::fs::File;
-    use std::io;
-    use std::num::NonZeroU64;
-    use std::sync::atomic::Ordering;
-    use std::sync::Arc;
-
-    use hayedik_proto::peer::{encode_block_header, Message};
-    use rustix::net::SendFlags;
-    use tokio::io::{AsyncWriteExt, Interest};
-    use tokio::net::tcp::OwnedWriteHalf;
-    use tokio::net::TcpStream;
-
-    use super::super::content::Content;
-    use super::super::guard::Check;
-    use super::{Outbox, Serve, ServeCtx};
-
-    /// What a session's writer remembers between blocks.
-    #[derive(Debug, Default)]
-    pub(super) struct Direct {
-        /// The piece whose range was last announced to the kernel as needed
-        /// soon (read-ahead), so that a block not in page cache is read
-        /// before `sendfile` needs it rather than while it waits.
-        advised: Option<u32>,
-    }
-
-    impl Direct {
-        /// Sends one requested block (or a Reject). An error means the
-        /// connection is unusable (the socket failed, or a frame could not
-        /// be completed because the file shrank).
-        pub(super) async fn serve(
-            &mut self,
-            wr: &mut OwnedWriteHalf,
-            ctx: &ServeCtx,
-            content: &Arc<Content>,
-            serve: &Serve,
-            outbox: &Outbox,
-        ) -> io::Result<()> {
-            let &Serve {
-                piece,
-                offset,
-                len,
-                at,
-            } = serve;
-            let servable = content.guard.is_fresh(piece) || {
-                // A stat of the file, maybe a re-hash of the piece: blocking.
-                let c = content.clone();
-                let base = at - u64::from(offset);
-                tokio::task::spawn_blocking(move || {
-                    matches!(
-                        c.guard.check(piece, &c.manifest, c.storage.as_ref(), base),
-                        Check::Good
-                    )
-                })
-                .await
-                .unwrap_or(false)
-            };
-            if !servable {
-                ctx.piece_lost(content, piece);
-                return reject(wr, piece, offset, len).await;
-            }
-            let (file, within) = match content.storage.file_range(at, len as usize) {
-                Some(Ok(found)) => found,
-                Some(Err(e)) => {
-                    tracing::warn!(piece, "cannot read a piece to serve: {e}");
-                    return reject(wr, piece, offset, len).await;
-                }
-                None => return reject(wr, piece, offset, len).await,
-            };
-            if self.advised != Some(piece) {
-                self.advised = Some(piece);
-                let piece_len = content.layout.piece_len(piece);
-                // Advice only: a failure changes nothing but speed.
-                let _ = rustix::fs::fadvise(
-                    &*file,
-                    within - u64::from(offset),
-                    NonZeroU64::new(piece_len),
-                    rustix::fs::Advice::WillNeed,
-                );
-            }
-            // Cancelled while it was checked: not sent after all.
-            let skip = outbox.take_cancel(piece, offset);
-            if skip {
-                return Ok(());
-            }
-            ctx.up_limit.acquire(len as usize).await;
-            let stream: &TcpStream = wr.as_ref();
-            send_more(stream, &encode_block_header(piece, offset, len)).await?;
-            if let Err(e) = send_file(stream, &file, within, len as usize).await {
-                if e.kind() == io::ErrorKind::UnexpectedEof {
-                    tracing::warn!(piece, "a file being served got shorter: {e}");
-                    ctx.piece_lost(content, piece);
-                }
-                return Err(e);
-            }
-            ctx.uploaded.fetch_add(u64::from(len), Ordering::Relaxed);
-            Ok(())
-        }
-    }
-
-    async fn reject(wr: &mut OwnedWriteHalf, piece: u32, offset: u32, len: u32) -> io::Result<()> {
-        let mut frame = Vec::new();
-        Message::Reject { piece, offset, len }.encode(&mut frame);
-        wr.write_all(&frame).await
-    }
-
-    /// Writes all of `bytes`, telling the kernel more follows (`MSG_MORE`):
-    /// a block's header leaves in the same segment as its data.
-    async fn send_more(stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
-        let mut sent = 0;
-        while sent < bytes.len() {
-            let rest = &bytes[sent..];
-            sent += stream
-                .async_io(Interest::WRITABLE, || {
-                    rustix::net::send(stream, rest, SendFlags::MORE).map_err(io::Error::from)
-                })
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Sends `len` bytes of `file` from `at` with `sendfile(2)`.
-    async fn send_file(stream: &TcpStream, file: &File, at: u64, len: usize) -> io::Result<()> {
-        let mut offset = at;
-        let end = at + len as u64;
-        while offset < end {
-            let want = usize::try_from(end - offset).unwrap_or(usize::MAX);
-            let n = stream
-                .async_io(Interest::WRITABLE, || {
-                    rustix::fs::sendfile(stream, file, Some(&mut offset), want)
-                        .map_err(io::Error::from)
-                })
-                .await?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("the file ends at byte {offset}, before {end}"),
-                ));
-            }
-        }
-        Ok(())
     }
 }

@@ -17,9 +17,10 @@ use super::state::{Command, Peer, Session};
 use super::{SessionError, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
 use crate::peer::disk::DiskReply;
 use crate::peer::handshake::{self, Keys};
+use crate::peer::serve::{self, Out, Outbox, ServeCtx};
 use crate::peer::slots::Activity;
 use crate::peer::swarm::Swarm;
-use crate::peer::wire::{self, FrameReader, FrameWriter, Out, Outbox, ServeCtx, WireError};
+use crate::peer::wire::{self, FrameReader, FrameWriter, WireError};
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -149,7 +150,7 @@ async fn serve(
     };
     let mut write_task = crate::spawn::spawn(
         &format!("write {remote}"),
-        wire::write_loop(writer, out_rx, ctx, outbox.clone()),
+        serve::write_loop(writer, out_rx, ctx, outbox.clone()),
     );
     let mut session = Session::new(
         swarm.pieces.clone(),

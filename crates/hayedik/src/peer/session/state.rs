@@ -577,8 +577,7 @@ impl Session {
         };
         let good = Some(hasher.finalize().as_bytes()) == content.manifest.piece_hash(piece);
         if !good {
-            tracing::warn!(peer = %self.listed, piece, "piece failed verification");
-            if self.pieces.lock().bad_piece(piece, self.id, self.listed) {
+            if self.pieces.bad_piece(piece, self.id, self.listed) {
                 return Err(self.banned(now));
             }
             self.refill(now);
