@@ -13,7 +13,7 @@ use crate::tracker::TrackerConfig;
 #[command(
     name = "hayedik",
     version,
-    about = "Lightweight peer-to-peer file sharing: share a file, get a ticket, download it from every peer that has it",
+    about = "Lightweight peer-to-peer file sharing: share a file or a folder, get a ticket, download it from every peer that has it",
     propagate_version = true
 )]
 pub struct Cli {
@@ -25,7 +25,7 @@ pub struct Cli {
 pub enum Command {
     /// Run a central tracker that launches a swarm tracker per shared file.
     Tracker(TrackerArgs),
-    /// Share a file: print its ticket, then serve it until interrupted.
+    /// Share a file or a folder: print its ticket, then serve it until interrupted.
     Share(ShareArgs),
     /// Download what a ticket names from every peer that has it, then seed it.
     Get(GetArgs),
@@ -55,7 +55,8 @@ fn parse_ticket(s: &str) -> Result<hayedik_proto::ticket::Ticket, String> {
 
 #[derive(Debug, Args)]
 pub struct ShareArgs {
-    /// The file to share.
+    /// The file or folder to share. A folder is shared whole, under one
+    /// ticket (its files and empty folders; symbolic links are not followed).
     pub path: PathBuf,
     /// Central tracker HOST:PORT; without it a tracker runs inside this process.
     #[arg(long, value_name = "HOST:PORT")]

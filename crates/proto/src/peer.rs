@@ -18,24 +18,38 @@
 //! # Handshake
 //!
 //! A is the side that connected (the [`Role::Initiator`]), B the side that
-//! accepted (the [`Role::Responder`]).
+//! accepted (the [`Role::Responder`]). What follows is what hayedik's
+//! `peer/handshake.rs` does; this crate provides the messages,
+//! [`handshake_proof`] and [`verify_proof`].
 //!
 //! 1. A -> B `Hello { version, swarm, nonce_a, listen_port }`. `swarm` is
 //!    [`crate::manifest::swarm_key`] of the root: enough for B to pick the
 //!    content it serves, useless for fetching it, so the root never crosses
-//!    the wire in a handshake. B answers an unknown swarm, or another
-//!    version, with `Goodbye` ("swarm not served here", "unsupported protocol
-//!    version") and closes.
+//!    the wire in a handshake. B sends nothing at all (not even its Hello,
+//!    which names the swarm) before it has a Hello for a swarm it serves.
+//!    For another swarm B answers `Goodbye("this peer does not serve that
+//!    swarm")` and closes. A Hello of another version does not decode
+//!    ([`PeerWireError::UnsupportedVersion`]) and B closes without a
+//!    Goodbye. A Hello whose nonce is the nonce of one of B's own
+//!    handshakes in progress (a reflected handshake, or B dialled itself)
+//!    is refused: B closes without a word.
 //! 2. B -> A `Hello { version, swarm, nonce_b, listen_port }` with the same
 //!    swarm, then B -> A `Proof`, since B now holds both nonces. The listen
 //!    port (the TCP port the sender serves on, 0 for none) is informational:
 //!    it is not covered by the proofs.
-//! 3. A checks B's Hello (same swarm, same version, `nonce_b != nonce_a`, or it
-//!    has connected to itself), then A -> B `Proof`.
-//! 4. Each side verifies the other's proof with [`verify_proof`]. Until it
-//!    has, it sends nothing but its own Hello and Proof and serves nothing;
-//!    any other message before then, or a bad proof, gets `Goodbye("bad
-//!    proof")` and the connection is closed.
+//! 3. A checks B's Hello the same way (another swarm: the same Goodbye; a
+//!    nonce of one of A's own handshakes in progress: A closes), then
+//!    verifies B's proof with [`verify_proof`]: a bad proof gets
+//!    `Goodbye("wrong proof")` and the connection is closed. Only then
+//!    A -> B `Proof`, so a listener that knows only the swarm key never gets
+//!    a proof from A.
+//! 4. B verifies A's proof the same way (`Goodbye("wrong proof")` and close
+//!    when it is bad).
+//!
+//! Until a side has verified the other's proof it sends nothing but its own
+//! Hello and Proof and serves nothing. Any other message where a Hello or a
+//! Proof is expected ends the connection (no Goodbye), and so does a
+//! Goodbye. hayedik gives the whole handshake 10 s.
 //!
 //! A proof is `blake3::keyed_hash(peer_auth_key(root), "hayedik peer proof
 //! v1" || role || verifier's nonce || prover's nonce)`. Why: the swarm key is
@@ -43,13 +57,16 @@
 //! proves nothing; the proof shows that the prover knows the root (the
 //! ticket) without revealing it. The verifier's fresh nonce makes a proof
 //! useless on any other connection, the prover's own nonce and the role
-//! byte stop a proof from being reflected back to the side that made it,
-//! and B proves too, so A does not spend its requests (or reveal what it
+//! byte stop a proof from being sent back on its own connection to the side
+//! that made it, the nonce check of steps 1 and 3 stops it from being
+//! carried to a second connection with the same peer (reflection), and B
+//! proves too, so A does not spend its requests (or reveal what it
 //! wants) on a peer that only knows the swarm key. Proofs are compared in
 //! constant time. This is authentication of ticket holders, not a secure
 //! channel: the stream is not encrypted, a passive observer who sees the
 //! manifest go by can hash it to the root, and an active relay between two
-//! honest peers is not detected (it learns nothing it could not observe).
+//! different honest peers is not detected (it reads all that crosses, as an
+//! observer would).
 //!
 //! # After the handshake
 //!

@@ -1,5 +1,8 @@
 //! Tests of the download lifecycle on real files: resume, reuse, refusal to
-//! overwrite, and a full disk (on a small tmpfs, when running as root).
+//! overwrite, and a full disk (on a small tmpfs). The tmpfs tests need root:
+//! they are `#[ignore]`d, so a plain `cargo test` reports them as ignored;
+//! README's command (as root, with `-- --include-ignored`) runs them, and
+//! fails them when they cannot mount.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -555,20 +558,22 @@ struct Tmpfs {
 }
 
 impl Tmpfs {
-    /// `None` (after saying why) when not root or mounting fails.
-    fn mount(options: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().ok()?;
-        let status = Command::new("mount")
+    /// Mounts a tmpfs with `options`; fails the test, saying why, when it
+    /// cannot (not root, no `mount`): such a test must not pass unrun.
+    fn mount(options: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status();
-        match status {
-            Ok(s) if s.success() => Some(Tmpfs { dir }),
-            _ => {
-                println!("skipped: cannot mount a tmpfs here (not root?)");
-                None
-            }
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Tmpfs { dir },
+            Ok(o) => panic!(
+                "cannot mount a tmpfs here (this test is #[ignore]d: run it as root, \
+                 with README's test command): {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            ),
+            Err(e) => panic!("cannot run `mount` (this test is #[ignore]d: run it as root): {e}"),
         }
     }
 
@@ -602,10 +607,9 @@ impl Drop for Tmpfs {
 }
 
 #[test]
+#[ignore = "needs root: mounts a tmpfs"]
 fn a_full_disk_loses_no_verified_piece() {
-    let Some(fs_) = Tmpfs::mount("size=1m") else {
-        return;
-    };
+    let fs_ = Tmpfs::mount("size=1m");
     let dir = fs_.path().join("out");
     let c = Content::with_piece(2 << 20, 16, 64 << 10); // 2 MiB on a 1 MiB disk
     let n = c.layout.piece_count();
@@ -665,10 +669,9 @@ fn a_full_disk_loses_no_verified_piece() {
 }
 
 #[test]
+#[ignore = "needs root: mounts a tmpfs"]
 fn a_read_only_directory_gives_a_clear_error() {
-    let Some(fs_) = Tmpfs::mount("size=1m,ro") else {
-        return;
-    };
+    let fs_ = Tmpfs::mount("size=1m,ro");
     let c = Content::new(2 * 1024, 17);
     let err = c.open(fs_.path()).expect_err("read-only");
     assert!(matches!(err, StorageError::NotWritable { .. }), "{err}");

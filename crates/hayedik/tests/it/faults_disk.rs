@@ -3,14 +3,18 @@
 //! (A full disk, and a getter killed mid-download, are in `peers_disk.rs`
 //! and `peers_faults.rs`.)
 //!
-//! Mounting needs root: those tests skip with a printed reason without it.
+//! Mounting needs root: those tests are `#[ignore]`d, so a plain `cargo test`
+//! reports them as ignored; README's command (as root, with
+//! `-- --include-ignored`) runs them, and fails them when they cannot mount.
 
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::harness::{scenario, Tracker};
-use crate::lab::{assert_file_is, is_root, place_copy, random_file, run, skip, ticket_of, Proc};
+use crate::lab::{
+    assert_file_is, cannot_run, is_root, place_copy, random_file, run, ticket_of, Proc,
+};
 
 const MIB: usize = 1 << 20;
 const NAME: &str = "content.bin";
@@ -119,11 +123,10 @@ fn get(name: &str, ticket: &str, out: &Path, extra: &[&str]) -> Proc {
 /// and into one to be created: exit 1 with one clear line naming the
 /// problem, nothing written, no panic.
 #[test]
+#[ignore = "needs root: mounts a tmpfs"]
 fn read_only_output_directory() {
-    let fs = match Tmpfs::mount("16m") {
-        Ok(fs) => fs,
-        Err(why) => return skip("faults_disk::read_only_output_directory", &why),
-    };
+    let fs = Tmpfs::mount("16m")
+        .unwrap_or_else(|why| cannot_run("faults_disk::read_only_output_directory", &why));
     scenario(Duration::from_secs(60), move || {
         let tracker = Tracker::start(&[]);
         let dir = tempfile::tempdir().expect("a scratch directory");

@@ -4,8 +4,9 @@
 //! partitioned away, the tracker killed and restarted, a getter's link down.
 //! Each scenario ends with a byte-identical file and no panic anywhere.
 //!
-//! Every test skips (with a printed reason) when not root or without `ip`
-//! and `nft`.
+//! Every test needs root, `ip` and `nft`: each is `#[ignore]`d, so a plain
+//! `cargo test` reports it as ignored; README's command (as root, with
+//! `-- --include-ignored`) runs it, and fails it when the lab cannot run.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -78,9 +79,7 @@ fn no_panics(procs: &[&Proc]) {
 /// announce and two downloads complete, and retries never create a second
 /// swarm.
 fn lossy(test: &str, percent: u32) {
-    let Some(mut lab) = Lab::new(test) else {
-        return;
-    };
+    let mut lab = Lab::new(test);
     let (th, sh) = (lab.host("trk"), lab.host("shr"));
     let (h1, h2) = (lab.host("g1"), lab.host("g2"));
     th.udp_loss(percent);
@@ -106,6 +105,7 @@ fn lossy(test: &str, percent: u32) {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, nftables"]
 fn udp_loss_10_percent() {
     scenario(Duration::from_secs(150), || {
         lossy("faults_net::udp_loss_10_percent", 10)
@@ -113,6 +113,7 @@ fn udp_loss_10_percent() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, nftables"]
 fn udp_loss_30_percent() {
     scenario(Duration::from_secs(150), || {
         lossy("faults_net::udp_loss_30_percent", 30)
@@ -155,11 +156,10 @@ fn counted_stateful_firewall(host: &Host) {
 /// the one from the central port, which the sharer wrote to, gets through),
 /// and a firewalled getter downloads from an open sharer by dialing out.
 #[test]
+#[ignore = "needs root: network namespaces, nftables"]
 fn stateful_firewall() {
     scenario(Duration::from_secs(90), || {
-        let Some(mut lab) = Lab::new("faults_net::stateful_firewall") else {
-            return;
-        };
+        let mut lab = Lab::new("faults_net::stateful_firewall");
         let (th, walled, open, getter) = (
             lab.host("trk"),
             lab.host("fw"),
@@ -197,11 +197,10 @@ fn stateful_firewall() {
 /// downloaders the tracker lists: incoming connections never reach it, and
 /// only the sharer has the manifest at first.
 #[test]
+#[ignore = "needs root: network namespaces, nftables"]
 fn firewalled_sharer_serves_by_dialing_out() {
     scenario(Duration::from_secs(90), || {
-        let Some(mut lab) = Lab::new("faults_net::firewalled_sharer_serves_by_dialing_out") else {
-            return;
-        };
+        let mut lab = Lab::new("faults_net::firewalled_sharer_serves_by_dialing_out");
         let (th, walled, getter) = (lab.host("trk"), lab.host("fw"), lab.host("g"));
         walled.stateful_firewall();
         let tracker = start_tracker(&th, &[]);
@@ -225,11 +224,10 @@ fn firewalled_sharer_serves_by_dialing_out() {
 /// connection, finishes from the other seeder before the partition heals,
 /// and after healing the swarm serves a new getter.
 #[test]
+#[ignore = "needs root: network namespaces, nftables"]
 fn seeder_partitioned_mid_transfer() {
     scenario(Duration::from_secs(150), || {
-        let Some(mut lab) = Lab::new("faults_net::seeder_partitioned_mid_transfer") else {
-            return;
-        };
+        let mut lab = Lab::new("faults_net::seeder_partitioned_mid_transfer");
         let (th, h1, h2) = (lab.host("trk"), lab.host("s1"), lab.host("s2"));
         let (hg, hg2) = (lab.host("g"), lab.host("g2"));
         let tracker = start_tracker(&th, &[]);
@@ -294,11 +292,10 @@ fn s2_listed(s2: &mut Proc, host: &Host) -> String {
 /// `--state`: the transfer goes on (peers talk TCP to each other), the swarm
 /// comes back on the same port, and a new getter with the old ticket joins.
 #[test]
+#[ignore = "needs root: network namespaces, nftables"]
 fn sigkill_restart_with_state() {
     scenario(Duration::from_secs(150), || {
-        let Some(mut lab) = Lab::new("faults_net::sigkill_restart_with_state") else {
-            return;
-        };
+        let mut lab = Lab::new("faults_net::sigkill_restart_with_state");
         let (th, sh, h1, h2) = (
             lab.host("trk"),
             lab.host("shr"),
@@ -335,11 +332,10 @@ fn sigkill_restart_with_state() {
 /// The getter's host loses its link for 15 s in the middle of a download;
 /// when the link returns, the getter reconnects and finishes.
 #[test]
+#[ignore = "needs root: network namespaces, nftables"]
 fn getter_link_down_then_back() {
     scenario(Duration::from_secs(150), || {
-        let Some(mut lab) = Lab::new("faults_net::getter_link_down_then_back") else {
-            return;
-        };
+        let mut lab = Lab::new("faults_net::getter_link_down_then_back");
         let (th, sh, hg) = (lab.host("trk"), lab.host("shr"), lab.host("g"));
         let tracker = start_tracker(&th, &[]);
         let data = random_file(&lab.path(NAME), 16 * MIB, 11);
@@ -371,13 +367,10 @@ fn getter_link_down_then_back() {
 /// it fails with one clear line and exit 1, keeping what it verified; rerun
 /// with the link back, it resumes and finishes.
 #[test]
+#[ignore = "needs root: network namespaces, nftables"]
 fn getter_link_down_fails_after_timeout_then_resumes() {
     scenario(Duration::from_secs(120), || {
-        let Some(mut lab) =
-            Lab::new("faults_net::getter_link_down_fails_after_timeout_then_resumes")
-        else {
-            return;
-        };
+        let mut lab = Lab::new("faults_net::getter_link_down_fails_after_timeout_then_resumes");
         let (th, sh, hg) = (lab.host("trk"), lab.host("shr"), lab.host("g"));
         let tracker = start_tracker(&th, &[]);
         let data = random_file(&lab.path(NAME), 16 * MIB, 12);

@@ -17,8 +17,12 @@
 //! [`Lab`] deletes its namespaces when dropped, after killing whatever still
 //! runs in them, even when the test panicked; [`Lab::new`] first removes
 //! the labs of test processes that no longer exist. Without root, `ip` or
-//! `nft`, [`Lab::new`] prints why on the real stderr and returns `None`: the
-//! test then passes as skipped.
+//! `nft`, [`Lab::new`] fails the test with the reason ([`cannot_run`]).
+//!
+//! A test that needs root or a kernel feature is marked
+//! `#[ignore = "needs root: ..."]`: a plain `cargo test` reports it as
+//! ignored, never as passed, and README's command (as root, with
+//! `-- --include-ignored`) runs it, where anything missing fails it.
 //!
 //! [`Proc`] is one run of the binary (in a lab host or on loopback) whose
 //! `--json` events are read on a thread, so tests wait for events instead of
@@ -45,14 +49,21 @@ const PREFIX: &str = "hzlab-";
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
 /// Prints a line on the real stderr: libtest captures `eprintln!`, and a
-/// skipped test must say so even when it passes.
+/// test's notes (timings, counts) are worth seeing even when it passes.
 pub fn note(line: &str) {
     let _ = writeln!(std::io::stderr(), "{line}");
 }
 
-/// Prints why `test` is skipped.
-pub fn skip(test: &str, why: &str) {
-    note(&format!("SKIPPED {test}: {why}"));
+/// Fails `test`, which cannot run here because of `why` (not root, a tool
+/// or a kernel feature missing). Such a test is `#[ignore]`d, so it only
+/// runs when asked for (`--include-ignored`), and then it must not pass
+/// without having run.
+pub fn cannot_run(test: &str, why: &str) -> ! {
+    panic!(
+        "{test} cannot run here: {why}. It is #[ignore]d for this reason: run it as root \
+         with README's test command (`-- --include-ignored`), or leave out \
+         --include-ignored to have it reported as ignored"
+    )
 }
 
 /// Whether this process runs as root (effective uid 0).
@@ -178,12 +189,11 @@ pub struct Lab {
 }
 
 impl Lab {
-    /// A lab with its bridge and no host yet; `None` (with a printed reason)
+    /// A lab with its bridge and no host yet; fails `test` with the reason
     /// when labs cannot run here.
-    pub fn new(test: &str) -> Option<Lab> {
+    pub fn new(test: &str) -> Lab {
         if let Some(why) = lab_unavailable() {
-            skip(test, &why);
-            return None;
+            cannot_run(test, &why);
         }
         let name = format!(
             "{PREFIX}{}-{}",
@@ -203,7 +213,7 @@ impl Lab {
         ip(&["-n", &lab.bridge, "link", "set", "lo", "up"]);
         ip(&["-n", &lab.bridge, "link", "add", "br0", "type", "bridge"]);
         ip(&["-n", &lab.bridge, "link", "set", "br0", "up"]);
-        Some(lab)
+        lab
     }
 
     /// Adds a host named `role` (a few letters: it ends up in a namespace

@@ -5,11 +5,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::lab::{cannot_run, is_root};
 use crate::swarm_harness::{
-    assert_same_file, identity, names_in, note, random_bytes, scenario, tempdir, write_random,
-    Node, MIB, SOON,
+    assert_same_file, identity, names_in, random_bytes, scenario, tempdir, write_random, Node, MIB,
+    SOON,
 };
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -31,15 +32,12 @@ fn peers_complete_copy_is_reused_untouched() {
         first.expect_success();
         let before = identity(&done.path);
 
-        let started = Instant::now();
         let mut again = Node::get("second get", &ticket, &out, &["--no-seed"]);
         let done2 = again.done(SOON);
         again.expect_success();
-        let took = started.elapsed();
         assert_eq!(done2.reused, len as u64, "{done2:?}");
         assert_eq!(done2.received(), 0, "{done2:?}");
         assert_eq!(done2.path, done.path);
-        assert!(took < Duration::from_secs(5), "reusing took {took:?}");
         assert_eq!(identity(&done.path), before, "the copy was touched");
         assert_same_file(&done.path, &data);
         assert_eq!(names_in(&out), ["copy.bin"]);
@@ -146,35 +144,17 @@ fn run(program: &str, args: &[&str]) -> Result<(), String> {
     }
 }
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|v| v.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
-
 /// A 16 MiB download into an 8 MiB file system: exit 1 with "disk full",
 /// the partial download kept; with room again, the same command resumes
 /// and reuses what was verified. `sharer` are extra `share` arguments.
 fn full_disk_then_resume(test: &'static str, sharer_args: &'static [&'static str]) {
     if !is_root() {
-        note(&format!("SKIPPED {test}: mounting a tmpfs needs root"));
-        return;
+        cannot_run(test, "mounting a tmpfs needs root");
     }
     scenario(LIMIT, move || {
         let work = tempdir();
         let mnt = work.path().join("mnt");
-        let fs = match Tmpfs::mount(&mnt, "8m") {
-            Ok(fs) => fs,
-            Err(e) => {
-                note(&format!("SKIPPED {test}: {e}"));
-                return;
-            }
-        };
+        let fs = Tmpfs::mount(&mnt, "8m").unwrap_or_else(|e| cannot_run(test, &e));
         let len = 16 * MIB;
         let (path, data) = write_random(work.path(), "huge.bin", len, 22);
         let mut sharer = Node::share("sharer", &path, sharer_args);
@@ -225,12 +205,14 @@ fn full_disk_then_resume(test: &'static str, sharer_args: &'static [&'static str
 /// The sharer capped so that the disk fills over a couple of seconds: the
 /// resume state saved meanwhile is what the rerun reuses.
 #[test]
+#[ignore = "needs root: mounts a tmpfs"]
 fn peers_full_disk_then_resume() {
     full_disk_then_resume("peers_full_disk_then_resume", &["--max-upload", "4M"]);
 }
 
 /// The disk fills within the first resume interval (no cap on loopback).
 #[test]
+#[ignore = "needs root: mounts a tmpfs"]
 fn peers_full_disk_filled_at_once_then_resume() {
     full_disk_then_resume("peers_full_disk_filled_at_once_then_resume", &[]);
 }
