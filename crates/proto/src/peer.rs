@@ -29,8 +29,9 @@
 //!    which names the swarm) before it has a Hello for a swarm it serves.
 //!    For another swarm B answers `Goodbye("this peer does not serve that
 //!    swarm")` and closes. A Hello of another version does not decode
-//!    ([`PeerWireError::UnsupportedVersion`]) and B closes without a
-//!    Goodbye. A Hello whose nonce is the nonce of one of B's own
+//!    ([`PeerWireError::UnsupportedVersion`]): B answers
+//!    `Goodbye("unsupported protocol version: this peer speaks version N")`
+//!    and closes. A Hello whose nonce is the nonce of one of B's own
 //!    handshakes in progress (a reflected handshake, or B dialled itself)
 //!    is refused: B closes without a word.
 //! 2. B -> A `Hello { version, swarm, nonce_b, listen_port }` with the same
