@@ -14,7 +14,7 @@
 //! * The resume file claims a piece only if its bytes were written before
 //!   the files were last synced: `save` snapshots the marked pieces, then
 //!   syncs, then replaces the resume file. A piece must be marked only after
-//!   `write_piece` for it returned.
+//!   its bytes were written to the storage.
 //! * What the resume file claims is re-verified on open, never trusted; a
 //!   file already under its final name is verified before it is used.
 //! * A part file is given the file's size before it is used (pieces past
@@ -349,21 +349,9 @@ impl Download {
         Ok(Opened::Partial(download))
     }
 
-    pub fn layout(&self) -> &PieceLayout {
-        &self.layout
-    }
-
-    pub fn root(&self) -> &[u8; 32] {
-        &self.root
-    }
-
     /// Where the content will be once finished: `DIR/TOP`.
     pub fn final_path(&self) -> &Path {
         &self.top_path
-    }
-
-    pub fn resume_path(&self) -> &Path {
-        &self.resume.resume
     }
 
     /// The files, for positional I/O from other threads (they stay valid
@@ -393,54 +381,12 @@ impl Download {
         &self.wanted
     }
 
-    pub fn has_piece(&self, index: u32) -> bool {
-        self.lock_state().have.get(index)
-    }
-
-    /// The wanted pieces still to download, ascending.
-    pub fn missing(&self) -> Vec<u32> {
-        let state = self.lock_state();
-        state.have.zeros().filter(|&p| self.wanted.get(p)).collect()
-    }
-
-    /// True when every wanted piece is verified.
-    pub fn is_complete(&self) -> bool {
-        self.wanted_missing(&self.lock_state().have) == 0
-    }
-
     fn wanted_missing(&self, have: &Bitfield) -> u64 {
         self.wanted.ones().filter(|&p| !have.get(p)).count() as u64
     }
 
-    /// Writes piece `index` (exactly `layout.piece_len(index)` bytes). The
-    /// caller verifies `data` first, then calls [`Download::mark_verified`].
-    pub fn write_piece(&self, index: u32, data: &[u8]) -> Result<(), StorageError> {
-        self.layout.check_index(index)?;
-        if data.len() as u64 != self.layout.piece_len(index) {
-            return Err(StorageError::Layout(format!(
-                "piece {index} has {} bytes, expected {}",
-                data.len(),
-                self.layout.piece_len(index)
-            )));
-        }
-        self.storage
-            .write_at(self.layout.piece_offset(index), data)
-            .map_err(|e| StorageError::io(Op::Writing, &self.top_path, e))
-    }
-
-    /// Reads piece `index` (to serve it; check [`Download::has_piece`]
-    /// first).
-    pub fn read_piece(&self, index: u32) -> Result<Vec<u8>, StorageError> {
-        self.layout.check_index(index)?;
-        let mut buf = vec![0; self.layout.piece_len_usize(index)];
-        self.storage
-            .read_at(self.layout.piece_offset(index), &mut buf)
-            .map_err(|e| StorageError::io(Op::Reading, &self.top_path, e))?;
-        Ok(buf)
-    }
-
-    /// Records that piece `index` was verified and its `write_piece`
-    /// returned; the next `save` makes that durable (and gives the file its
+    /// Records that piece `index` was verified and its bytes were written
+    /// to [`Download::storage`]; the next `save` makes that durable (and gives the file its
     /// final name when it was its last piece). Returns false when the piece
     /// was already marked or is out of range.
     pub fn mark_verified(&self, index: u32) -> bool {

@@ -3,8 +3,8 @@
 //!
 //! * [`Storage`]: read and write bytes at an offset of the content's
 //!   (virtual) byte space, from many threads at once. [`TreeStorage`] maps it
-//!   onto the files of a tree (one file is a tree of one), [`FileStorage`] is
-//!   one plain file, [`MemoryStorage`] a buffer for tests.
+//!   onto the files of a tree (one file is a tree of one): the only backend
+//!   of the product. Unit tests also have `MemoryStorage`, a buffer.
 //! * [`Download`]: a download of a file or a folder tree into `DIR/TOP`.
 //!   Each file's data goes to `.NAME.hayedik-part` beside its final name, the
 //!   set of verified pieces to `DIR/.TOP.hayedik-resume`; each file takes
@@ -23,9 +23,9 @@ use std::sync::Arc;
 
 mod download;
 mod error;
-mod file;
 mod fsutil;
 mod layout;
+#[cfg(test)]
 mod memory;
 mod resume;
 mod tree;
@@ -36,9 +36,9 @@ mod tests;
 
 pub use download::{CompleteFile, Download, Opened, Target};
 pub use error::{Op, StorageError};
-pub use file::FileStorage;
 pub use fsutil::is_side_name;
 pub use layout::{Bitfield, PieceLayout, MAX_PIECE_SIZE};
+#[cfg(test)]
 pub use memory::MemoryStorage;
 pub use resume::{ResumeError, ResumeState};
 pub use tree::{FileState, TreeFile, TreeStorage};
