@@ -430,7 +430,10 @@ fn start_opentracker(pin: &Pinning, hashes: &[[u8; 20]]) -> Result<(Tracker, Soc
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755))
         .map_err(|e| format!("chmod: {e}"))?;
-    let whitelist: String = hashes.iter().map(|h| format!("{}\n", hex(h))).collect();
+    let whitelist: String = hashes
+        .iter()
+        .map(|h| format!("{}\n", hayedik_proto::hex::encode(h)))
+        .collect();
     std::fs::write(path.join("whitelist.txt"), whitelist).map_err(|e| format!("whitelist: {e}"))?;
     let root = is_root();
     let port = free_udp_port()?;
@@ -530,10 +533,6 @@ fn is_root() -> bool {
 fn free_udp_port() -> Result<u16, String> {
     let s = UdpSocket::bind((LOCALHOST, 0)).map_err(|e| format!("free port: {e}"))?;
     Ok(s.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 // ---------------------------------------------------------------------------

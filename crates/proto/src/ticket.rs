@@ -11,6 +11,10 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
+/// The workspace's hex codec ([`crate::hex`]) under the names this module
+/// first gave it, which the fuzz target and the tests use.
+pub use crate::hex::{decode32 as parse_hex32, encode as hex};
+
 /// The scheme every ticket starts with.
 pub const SCHEME: &str = "hayedik://";
 
@@ -170,39 +174,6 @@ fn parse_root(root: &str) -> Result<[u8; 32], TicketError> {
         return Err(TicketError::RootLength(len));
     }
     parse_hex32(root).ok_or(TicketError::RootNotHex)
-}
-
-/// Lowercase hex of `bytes`.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 0xF)] as char);
-    }
-    s
-}
-
-/// Exactly 64 hex digits (either case) as 32 bytes.
-pub fn parse_hex32(s: &str) -> Option<[u8; 32]> {
-    let s = s.as_bytes();
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (o, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
-        *o = (hex_digit(pair[0])? << 4) | hex_digit(pair[1])?;
-    }
-    Some(out)
-}
-
-fn hex_digit(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -150,7 +150,7 @@ pub async fn share(
     announcer.spawn_lonely_reannounce(LONELY_REANNOUNCE, move || s.peer_count() == 0);
     events.emit(Event::Ticket {
         ticket: ticket.to_string(),
-        root: hex(&root),
+        root: hayedik_proto::hex::encode(&root),
         bytes,
         pieces: u64::from(pieces),
         name,
@@ -171,10 +171,6 @@ pub async fn share(
         bail!("{fatal}");
     }
     Ok(())
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Splits `HOST:PORT` (IPv6 in brackets).

@@ -14,69 +14,29 @@
 //! * The resume file claims a piece only if its bytes were written before
 //!   the files were last synced: `save` snapshots the marked pieces, then
 //!   syncs, then replaces the resume file. A piece must be marked only after
-//!   `write_piece` for it returned.
+//!   its bytes were written to the storage.
 //! * What the resume file claims is re-verified on open, never trusted; a
 //!   file already under its final name is verified before it is used.
 //! * A part file is given the file's size before it is used (pieces past
 //!   its old end are missing), and takes its final name only at that size.
 //!   One with other hard links (another file's data) is never written.
 //! * Nothing is written before every path of the content was checked
-//!   against what is on disk: no folder on the way is a symbolic link or a
-//!   file, no name is taken by something that is not this content, and no
-//!   two names collide on a file system that ignores case.
+//!   against what is on disk ([`super::plan`]: no folder on the way is a
+//!   symbolic link or a file, no name is taken by something that is not
+//!   this content, and no two names collide on a file system that ignores
+//!   case).
 
 use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
-
-use hayedik_proto::manifest::{find_case_collision, validate_path, FileEntry};
 
 use super::fsutil::{self, Paths};
-use super::tree::{FileState, TreeFile, TreeStorage};
+use super::plan::{folds_case, Found, Plan, Target};
+use super::tree::{FileState, TreeStorage};
 use super::verify::check;
 use super::{Bitfield, Op, PieceLayout, ResumeState, Storage, StorageError};
-
-/// What to download and where: the entries of a manifest (every path starts
-/// with the same first component, TOP), written under `dir`.
-#[derive(Clone, Debug)]
-pub struct Target {
-    pub dir: PathBuf,
-    /// Relative `/`-separated paths, each checked again here.
-    pub files: Vec<FileEntry>,
-    /// The pieces of `files`, in order (see [`PieceLayout::from_sizes`]).
-    pub layout: PieceLayout,
-    pub root: [u8; 32],
-    /// Per entry, whether to download it; empty means all.
-    pub wanted: Vec<bool>,
-}
-
-impl Target {
-    /// One file `dir/name`, all of it.
-    pub fn single(dir: PathBuf, name: &str, layout: PieceLayout, root: [u8; 32]) -> Target {
-        let size = layout.content_len();
-        Target {
-            dir,
-            files: vec![FileEntry::file(name, size, false)],
-            layout,
-            root,
-            wanted: Vec::new(),
-        }
-    }
-
-    /// The first component of every path.
-    pub fn top(&self) -> &str {
-        self.files
-            .first()
-            .map_or("", |f| f.path.split('/').next().unwrap_or(""))
-    }
-
-    pub fn wants(&self, entry: usize) -> bool {
-        self.wanted.get(entry).copied().unwrap_or(true)
-    }
-}
 
 /// What [`Download::open`] found.
 // Returned once per download and matched at once: boxing buys nothing.
@@ -136,26 +96,6 @@ struct State {
     left: Vec<u32>,
     /// Files whose pieces are all verified, still under their part names.
     pending: BTreeSet<usize>,
-}
-
-/// What is on disk at an entry's names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Found {
-    Nothing,
-    /// A part file, last modified then, of that length (which may not be
-    /// the file's: an older version of the same name, a file cut short).
-    Part {
-        modified: Option<SystemTime>,
-        len: u64,
-    },
-    /// A part file with that many hard links: another file's data, maybe
-    /// outside the download directory. Never read nor written: its name is
-    /// removed and the file started afresh.
-    Linked(u64),
-    /// A regular file of the right size under the final name.
-    Final,
-    /// A folder entry whose folder exists.
-    Folder,
 }
 
 impl Download {
@@ -349,21 +289,9 @@ impl Download {
         Ok(Opened::Partial(download))
     }
 
-    pub fn layout(&self) -> &PieceLayout {
-        &self.layout
-    }
-
-    pub fn root(&self) -> &[u8; 32] {
-        &self.root
-    }
-
     /// Where the content will be once finished: `DIR/TOP`.
     pub fn final_path(&self) -> &Path {
         &self.top_path
-    }
-
-    pub fn resume_path(&self) -> &Path {
-        &self.resume.resume
     }
 
     /// The files, for positional I/O from other threads (they stay valid
@@ -393,54 +321,12 @@ impl Download {
         &self.wanted
     }
 
-    pub fn has_piece(&self, index: u32) -> bool {
-        self.lock_state().have.get(index)
-    }
-
-    /// The wanted pieces still to download, ascending.
-    pub fn missing(&self) -> Vec<u32> {
-        let state = self.lock_state();
-        state.have.zeros().filter(|&p| self.wanted.get(p)).collect()
-    }
-
-    /// True when every wanted piece is verified.
-    pub fn is_complete(&self) -> bool {
-        self.wanted_missing(&self.lock_state().have) == 0
-    }
-
     fn wanted_missing(&self, have: &Bitfield) -> u64 {
         self.wanted.ones().filter(|&p| !have.get(p)).count() as u64
     }
 
-    /// Writes piece `index` (exactly `layout.piece_len(index)` bytes). The
-    /// caller verifies `data` first, then calls [`Download::mark_verified`].
-    pub fn write_piece(&self, index: u32, data: &[u8]) -> Result<(), StorageError> {
-        self.layout.check_index(index)?;
-        if data.len() as u64 != self.layout.piece_len(index) {
-            return Err(StorageError::Layout(format!(
-                "piece {index} has {} bytes, expected {}",
-                data.len(),
-                self.layout.piece_len(index)
-            )));
-        }
-        self.storage
-            .write_at(self.layout.piece_offset(index), data)
-            .map_err(|e| StorageError::io(Op::Writing, &self.top_path, e))
-    }
-
-    /// Reads piece `index` (to serve it; check [`Download::has_piece`]
-    /// first).
-    pub fn read_piece(&self, index: u32) -> Result<Vec<u8>, StorageError> {
-        self.layout.check_index(index)?;
-        let mut buf = vec![0; self.layout.piece_len_usize(index)];
-        self.storage
-            .read_at(self.layout.piece_offset(index), &mut buf)
-            .map_err(|e| StorageError::io(Op::Reading, &self.top_path, e))?;
-        Ok(buf)
-    }
-
-    /// Records that piece `index` was verified and its `write_piece`
-    /// returned; the next `save` makes that durable (and gives the file its
+    /// Records that piece `index` was verified and its bytes were written
+    /// to [`Download::storage`]; the next `save` makes that durable (and gives the file its
     /// final name when it was its last piece). Returns false when the piece
     /// was already marked or is out of range.
     pub fn mark_verified(&self, index: u32) -> bool {
@@ -619,358 +505,6 @@ impl Download {
     }
 }
 
-/// The names of every entry under the download directory.
-struct Plan {
-    top_path: PathBuf,
-    /// Per entry: its final path.
-    finals: Vec<PathBuf>,
-    /// Per entry: its part path (unused for folders).
-    parts: Vec<PathBuf>,
-}
-
-impl Plan {
-    /// Checks every path again (the caller validated the manifest; this is
-    /// the last line of defence against writing outside `dir`).
-    fn new(target: &Target) -> Result<Plan, StorageError> {
-        let top = target.top();
-        let unsafe_paths = |reason: String| StorageError::UnsafePaths {
-            dir: target.dir.clone(),
-            reason,
-        };
-        if target.files.is_empty() || target.files.len() != target.layout.file_count() {
-            return Err(StorageError::Layout(
-                "the files do not match the piece layout".to_string(),
-            ));
-        }
-        let mut finals = Vec::with_capacity(target.files.len());
-        let mut parts = Vec::with_capacity(target.files.len());
-        for (i, f) in target.files.iter().enumerate() {
-            if validate_path(&f.path).is_err() || f.path.split('/').next() != Some(top) {
-                return Err(unsafe_paths(format!(
-                    "{:?} is not a safe relative path",
-                    f.path
-                )));
-            }
-            if f.path.split('/').any(fsutil::is_side_name) {
-                return Err(unsafe_paths(format!(
-                    "{:?} has a name hayedik keeps for its own side files",
-                    f.path
-                )));
-            }
-            if f.size != target.layout.file_size(i) || (f.directory && f.size != 0) {
-                return Err(StorageError::Layout(format!(
-                    "{:?} does not match the piece layout",
-                    f.path
-                )));
-            }
-            let mut path = target.dir.clone();
-            path.extend(f.path.split('/'));
-            let name = f.path.rsplit('/').next().unwrap_or(&f.path);
-            let parent = path.parent().unwrap_or(&target.dir);
-            parts.push(Paths::new(parent, name)?.part);
-            finals.push(path);
-        }
-        let mut top_path = target.dir.clone();
-        top_path.push(top);
-        Ok(Plan {
-            top_path,
-            finals,
-            parts,
-        })
-    }
-
-    /// The folders under `dir` that the entries `pick` selects lie in (and,
-    /// `with_entries`, the folder entries themselves), in component order: a
-    /// folder before the folders inside it.
-    fn folders(
-        &self,
-        target: &Target,
-        pick: impl Fn(usize) -> bool,
-        with_entries: bool,
-    ) -> BTreeSet<PathBuf> {
-        let mut folders = BTreeSet::new();
-        for (i, (f, path)) in target.files.iter().zip(&self.finals).enumerate() {
-            if !pick(i) {
-                continue;
-            }
-            let first = if f.directory && with_entries { 0 } else { 1 };
-            for a in path.ancestors().skip(first) {
-                if a == target.dir {
-                    break;
-                }
-                folders.insert(a.to_path_buf());
-            }
-        }
-        folders
-    }
-
-    fn tree_files(&self, target: &Target) -> Vec<TreeFile> {
-        target
-            .files
-            .iter()
-            .zip(self.finals.iter().zip(&self.parts))
-            .map(|(f, (path, part))| TreeFile {
-                path: path.clone(),
-                part: Some(part.clone()),
-                executable: f.executable,
-            })
-            .collect()
-    }
-
-    /// Looks at what is on disk at every name, writing nothing: each folder
-    /// on the way must be a real folder (not a symbolic link, not a file),
-    /// each final name absent or a regular file of the right size (or, for a
-    /// folder entry, a folder), each part name absent or a regular file.
-    fn inspect(&self, target: &Target) -> Result<Vec<Found>, StorageError> {
-        let taken = |path: &Path, reason: &str| StorageError::DestinationExists {
-            path: path.to_path_buf(),
-            reason: reason.to_string(),
-        };
-        let io_err = |path: &Path, e: io::Error| StorageError::Io {
-            op: Op::Opening,
-            path: path.to_path_buf(),
-            err: e,
-        };
-        let lstat = |path: &Path| match fs::symlink_metadata(path) {
-            Ok(m) => Ok(Some(m)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err(path, e)),
-        };
-        // Folders on the way, each looked at once; below a missing folder
-        // everything is missing.
-        let folders = self.folders(target, |_| true, false);
-        let mut missing_folders: BTreeSet<PathBuf> = BTreeSet::new();
-        for folder in &folders {
-            if folder
-                .ancestors()
-                .skip(1)
-                .any(|a| missing_folders.contains(a))
-            {
-                missing_folders.insert(folder.clone());
-                continue;
-            }
-            match lstat(folder)? {
-                None => {
-                    missing_folders.insert(folder.clone());
-                }
-                Some(m) if m.file_type().is_symlink() => {
-                    return Err(StorageError::UnsafePaths {
-                        dir: target.dir.clone(),
-                        reason: format!(
-                            "{} is a symbolic link where the content has a folder",
-                            folder.display()
-                        ),
-                    })
-                }
-                Some(m) if !m.is_dir() => {
-                    return Err(taken(folder, "the content has a folder there"))
-                }
-                Some(_) => {}
-            }
-        }
-        let mut found = Vec::with_capacity(target.files.len());
-        for (i, f) in target.files.iter().enumerate() {
-            let (path, part) = (&self.finals[i], &self.parts[i]);
-            if path.parent().is_some_and(|p| missing_folders.contains(p)) {
-                found.push(Found::Nothing);
-                continue;
-            }
-            let here = lstat(path)?;
-            let entry = match here {
-                Some(m) if f.directory => {
-                    if m.is_dir() {
-                        Found::Folder
-                    } else {
-                        return Err(taken(path, "the content has an empty folder there"));
-                    }
-                }
-                Some(m) if m.file_type().is_symlink() => {
-                    return Err(taken(path, "it is a symbolic link"))
-                }
-                Some(m) if !m.is_file() => return Err(taken(path, "it is not a regular file")),
-                Some(m) if m.len() != f.size => {
-                    return Err(taken(
-                        path,
-                        &format!("{} bytes, expected {}", m.len(), f.size),
-                    ))
-                }
-                Some(_) => Found::Final,
-                None if f.directory || f.size == 0 => Found::Nothing,
-                None => match lstat(part)? {
-                    None => Found::Nothing,
-                    Some(m) if m.is_file() && fsutil::links(&m) > 1 => {
-                        Found::Linked(fsutil::links(&m))
-                    }
-                    Some(m) if m.is_file() => Found::Part {
-                        modified: m.modified().ok(),
-                        len: m.len(),
-                    },
-                    Some(_) => {
-                        return Err(StorageError::UnsafePaths {
-                            dir: target.dir.clone(),
-                            reason: format!("{} is not a regular file", part.display()),
-                        })
-                    }
-                },
-            };
-            found.push(entry);
-        }
-        Ok(found)
-    }
-
-    /// On a file system that ignores case, two names that differ only in
-    /// case would be one file: refused before anything is written.
-    fn check_case(&self, target: &Target, folds: bool) -> Result<(), StorageError> {
-        if !folds {
-            return Ok(());
-        }
-        match find_case_collision(&target.files) {
-            Some((a, b)) => Err(StorageError::UnsafePaths {
-                dir: target.dir.clone(),
-                reason: format!(
-                    "{a:?} and {b:?} would be the same file here (this file system ignores case)"
-                ),
-            }),
-            None => Ok(()),
-        }
-    }
-
-    /// Creates the download directory, the folders of the wanted entries
-    /// (refusing to go through a symbolic link that appeared since
-    /// `inspect`), and the wanted empty files; removes part files left
-    /// beside files already complete.
-    fn create_folders(
-        &self,
-        target: &Target,
-        found: &[Found],
-        warnings: &mut Vec<String>,
-    ) -> Result<(), StorageError> {
-        fs::create_dir_all(&target.dir)
-            .map_err(|e| StorageError::io(Op::Creating, &target.dir, e))?;
-        let folders = self.folders(target, |i| target.wants(i), true);
-        // Component order: a folder comes before the folders inside it.
-        for folder in &folders {
-            match fs::create_dir(folder) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    let real = fs::symlink_metadata(folder).is_ok_and(|m| m.is_dir());
-                    if !real {
-                        return Err(StorageError::UnsafePaths {
-                            dir: target.dir.clone(),
-                            reason: format!(
-                                "{} is not a folder (it appeared during the download)",
-                                folder.display()
-                            ),
-                        });
-                    }
-                }
-                Err(e) => return Err(StorageError::io(Op::Creating, folder, e)),
-            }
-        }
-        let mut synced: BTreeSet<&Path> = BTreeSet::new();
-        for (i, f) in target.files.iter().enumerate() {
-            let path = &self.finals[i];
-            if target.wants(i) && !f.directory && f.size == 0 && found[i] == Found::Nothing {
-                create_empty(path, f.executable)?;
-                if let Some(parent) = path.parent() {
-                    synced.insert(parent);
-                }
-            }
-            if found[i] == Found::Final && f.size > 0 {
-                if let Err(e) = fsutil::remove_if_exists(&self.parts[i]) {
-                    warnings.push(format!("could not remove {}: {e}", self.parts[i].display()));
-                }
-            }
-            if let Found::Linked(links) = found[i] {
-                // Only this name goes: the data stays under its other names.
-                let part = &self.parts[i];
-                fsutil::remove_if_exists(part)
-                    .map_err(|e| StorageError::io(Op::Removing, part, e))?;
-                warnings.push(format!(
-                    "{} has {links} hard links (another file's data, maybe outside {}): \
-                     not writing to it; removed that name and starting the file afresh",
-                    part.display(),
-                    target.dir.display()
-                ));
-            }
-        }
-        for dir in synced {
-            fsutil::sync_dir(dir)?;
-        }
-        Ok(())
-    }
-}
-
-/// Creates an empty file, never replacing anything.
-fn create_empty(path: &Path, executable: bool) -> Result<(), StorageError> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(if executable { 0o777 } else { 0o666 });
-    }
-    #[cfg(not(unix))]
-    let _ = executable;
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            Err(StorageError::DestinationExists {
-                path: path.to_path_buf(),
-                reason: "a file appeared there during the download and was left as it is"
-                    .to_string(),
-            })
-        }
-        Err(e) => Err(StorageError::io(Op::Creating, path, e)),
-    }
-}
-
-/// Whether the file system holding `dir` (or its nearest existing
-/// ancestor) treats names that differ in case as the same: true when the
-/// same folder is found under its name with the case of a letter flipped.
-/// macOS and Windows are assumed to fold case when no name tells.
-pub(crate) fn folds_case(dir: &Path) -> bool {
-    let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-    for p in dir.ancestors() {
-        let (Some(name), Some(parent)) = (p.file_name().and_then(|n| n.to_str()), p.parent())
-        else {
-            continue;
-        };
-        let Ok(here) = fs::metadata(p) else {
-            continue;
-        };
-        let flipped: String = name
-            .chars()
-            .map(|c| {
-                if c.is_lowercase() {
-                    c.to_uppercase().next().unwrap_or(c)
-                } else {
-                    c.to_lowercase().next().unwrap_or(c)
-                }
-            })
-            .collect();
-        if flipped == name {
-            continue;
-        }
-        return match fs::metadata(parent.join(&flipped)) {
-            Ok(other) => same_file(&here, &other),
-            Err(_) => false,
-        };
-    }
-    cfg!(any(windows, target_os = "macos"))
-}
-
-#[cfg(unix)]
-fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    a.dev() == b.dev() && a.ino() == b.ino()
-}
-
-#[cfg(not(unix))]
-fn same_file(a: &fs::Metadata, b: &fs::Metadata) -> bool {
-    a.len() == b.len() && a.modified().ok() == b.modified().ok()
-}
-
 /// The pieces the resume file claims, when it is a valid one for this
 /// target; else `None` and, when a file was there, why it is discarded.
 fn load_resume(paths: &Paths, target: &Target) -> (Option<Bitfield>, Option<String>) {
@@ -991,40 +525,5 @@ fn load_resume(paths: &Paths, target: &Target) -> (Option<Bitfield>, Option<Stri
                 None => (Some(state.have), None),
             },
         },
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn case_collisions_are_refused_where_case_folds() {
-        let layout = PieceLayout::from_sizes(&[0, 0], 1024).expect("layout");
-        let target = Target {
-            dir: PathBuf::from("/nowhere"),
-            files: vec![
-                FileEntry::file("t/Read", 0, false),
-                FileEntry::file("t/READ", 0, false),
-            ],
-            layout,
-            root: [0; 32],
-            wanted: Vec::new(),
-        };
-        let plan = Plan::new(&target).expect("plan");
-        assert!(plan.check_case(&target, false).is_ok());
-        let err = plan.check_case(&target, true).expect_err("collision");
-        assert!(err.to_string().contains("would be the same file"), "{err}");
-        assert!(err.to_string().contains("nothing was written"), "{err}");
-    }
-
-    #[test]
-    fn this_file_system_is_detected() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let probe = dir.path().join("probe");
-        fs::create_dir(&probe).expect("mkdir");
-        let folds = fs::metadata(dir.path().join("PROBE")).is_ok();
-        assert_eq!(folds_case(&probe), folds);
-        assert_eq!(folds_case(&probe.join("not/yet")), folds);
     }
 }

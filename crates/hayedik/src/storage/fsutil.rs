@@ -35,8 +35,9 @@ impl Paths {
             while !name.is_char_boundary(cut) {
                 cut -= 1;
             }
-            let hash = blake3::hash(name.as_bytes()).to_hex();
-            format!("{}~{}", &name[..cut], &hash.as_str()[..16])
+            let hash = blake3::hash(name.as_bytes());
+            let hash = hayedik_proto::hex::encode(&hash.as_bytes()[..8]);
+            format!("{}~{hash}", &name[..cut])
         };
         Ok(Paths {
             part: dir.join(format!(".{base}{PART_SUFFIX}")),

@@ -165,17 +165,6 @@ impl PieceLayout {
     pub(crate) fn piece_len_usize(&self, index: u32) -> usize {
         usize::try_from(self.piece_len(index)).unwrap_or(0)
     }
-
-    pub(crate) fn check_index(&self, index: u32) -> Result<(), StorageError> {
-        if index < self.piece_count {
-            Ok(())
-        } else {
-            Err(StorageError::Layout(format!(
-                "piece {index} is out of range (the content has {} pieces)",
-                self.piece_count
-            )))
-        }
-    }
 }
 
 /// A set of piece indices `0..len`, stored as bits, most significant bit of

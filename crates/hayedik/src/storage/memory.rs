@@ -1,4 +1,5 @@
-//! A storage backend in memory, for tests and small transfers.
+//! A storage backend in memory, for unit tests (compiled only for them):
+//! the product stores content in files ([`super::TreeStorage`]).
 
 use std::io;
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -12,32 +13,11 @@ pub struct MemoryStorage {
 }
 
 impl MemoryStorage {
-    /// `len` zero bytes; fails (instead of aborting) when memory is short.
-    pub fn new(len: u64) -> io::Result<Self> {
-        let n = usize::try_from(len).map_err(|_| {
-            io::Error::new(io::ErrorKind::OutOfMemory, "content too large for memory")
-        })?;
-        let mut data = Vec::new();
-        data.try_reserve_exact(n)
-            .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e))?;
-        data.resize(n, 0);
-        Ok(Self::from_vec(data))
-    }
-
     /// Storage holding `data`; its length is fixed from now on.
     pub fn from_vec(data: Vec<u8>) -> Self {
         MemoryStorage {
             data: RwLock::new(data),
         }
-    }
-
-    /// A copy of the content.
-    pub fn to_vec(&self) -> Vec<u8> {
-        self.read().clone()
-    }
-
-    pub fn into_inner(self) -> Vec<u8> {
-        self.data.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 
     // The bytes stay meaningful after a panic elsewhere: ignore poisoning.

@@ -3,15 +3,16 @@
 //!
 //! * [`Storage`]: read and write bytes at an offset of the content's
 //!   (virtual) byte space, from many threads at once. [`TreeStorage`] maps it
-//!   onto the files of a tree (one file is a tree of one), [`FileStorage`] is
-//!   one plain file, [`MemoryStorage`] a buffer for tests.
+//!   onto the files of a tree (one file is a tree of one): the only backend
+//!   of the product. Unit tests also have `MemoryStorage`, a buffer.
 //! * [`Download`]: a download of a file or a folder tree into `DIR/TOP`.
 //!   Each file's data goes to `.NAME.hayedik-part` beside its final name, the
 //!   set of verified pieces to `DIR/.TOP.hayedik-resume`; each file takes
 //!   its final name once complete, without ever replacing a file there.
 //!   [`Download::open`] reuses complete files already in place, resumes
 //!   from part files (verifying what the resume file claims rather than
-//!   trusting it), or starts afresh.
+//!   trusting it), or starts afresh. Where each file goes, and the checks
+//!   made before anything is written, are its [`Target`]'s plan (`plan.rs`).
 //!
 //! Invariant: the resume file claims a piece only if that piece was written,
 //! verified and synced to disk before the resume file was written. See
@@ -23,10 +24,11 @@ use std::sync::Arc;
 
 mod download;
 mod error;
-mod file;
 mod fsutil;
 mod layout;
+#[cfg(test)]
 mod memory;
+mod plan;
 mod resume;
 mod tree;
 mod verify;
@@ -34,12 +36,13 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
-pub use download::{CompleteFile, Download, Opened, Target};
+pub use download::{CompleteFile, Download, Opened};
 pub use error::{Op, StorageError};
-pub use file::FileStorage;
 pub use fsutil::is_side_name;
 pub use layout::{Bitfield, PieceLayout, MAX_PIECE_SIZE};
+#[cfg(test)]
 pub use memory::MemoryStorage;
+pub use plan::Target;
 pub use resume::{ResumeError, ResumeState};
 pub use tree::{FileState, TreeFile, TreeStorage};
 pub use verify::verify_pieces;

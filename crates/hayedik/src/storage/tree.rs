@@ -231,13 +231,6 @@ impl TreeStorage {
         Ok(Some(len))
     }
 
-    /// Makes file `index` durable (`fsync`, data and metadata), as before
-    /// giving it its final name.
-    pub fn sync_file(&self, index: usize) -> io::Result<()> {
-        let file = self.handle(index, false)?;
-        file.sync_all().map_err(|e| self.context(index, e))
-    }
-
     fn context(&self, index: usize, e: io::Error) -> io::Error {
         match self.current_path(index) {
             Some(p) => at(p, e),

@@ -73,19 +73,20 @@ impl Stamp {
     /// Whether `value` was issued to `addr` in this window or the previous one.
     pub fn check(&self, addr: SocketAddr, scope: u64, value: u64, now_secs: u64) -> bool {
         let window = now_secs / self.window_secs;
-        let current = ct_eq(self.value(addr, scope, window), value);
-        let previous = window > 0 && ct_eq(self.value(addr, scope, window - 1), value);
+        let value = value.to_be_bytes();
+        let current = ct_eq(&self.value(addr, scope, window).to_be_bytes(), &value);
+        let previous =
+            window > 0 && ct_eq(&self.value(addr, scope, window - 1).to_be_bytes(), &value);
         // Both are computed whatever the first says: no timing shortcut.
         current | previous
     }
 }
 
-/// Constant-time equality of two u64 values.
-fn ct_eq(a: u64, b: u64) -> bool {
-    let x = a ^ b;
-    // Folds every bit of x into bit 0 without a data-dependent branch.
-    let folded = (x | x.wrapping_neg()) >> 63;
-    folded == 0
+/// Constant-time equality of two secrets of `N` bytes (cookies, connection
+/// ids, offer tokens, swarm keys): the tracker's one constant-time compare,
+/// that of the `constant_time_eq` crate (which BLAKE3 uses for its hashes).
+pub(crate) fn ct_eq<const N: usize>(a: &[u8; N], b: &[u8; N]) -> bool {
+    constant_time_eq::constant_time_eq_n(a, b)
 }
 
 #[cfg(test)]
@@ -128,7 +129,11 @@ mod tests {
     #[test]
     fn ct_eq_is_equality() {
         for (a, b) in [(0, 0), (1, 0), (u64::MAX, u64::MAX), (1 << 63, 0), (5, 5)] {
-            assert_eq!(ct_eq(a, b), a == b);
+            assert_eq!(ct_eq(&u64::to_be_bytes(a), &u64::to_be_bytes(b)), a == b);
         }
+        let mut key = [7u8; 32];
+        assert!(ct_eq(&key, &[7; 32]));
+        key[31] = 8;
+        assert!(!ct_eq(&key, &[7; 32]));
     }
 }

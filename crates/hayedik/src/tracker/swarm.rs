@@ -15,7 +15,7 @@ use hayedik_proto::tracker::{
     Message, PeerEntry, Peers, MAX_PEERS_DATAGRAM, PEERS_FIXED_LEN,
 };
 
-use super::cookie::{Purpose, Stamp};
+use super::cookie::{ct_eq, Purpose, Stamp};
 use super::peers::{PeerTable, Update};
 
 /// Peers sent when an ANNOUNCE asks for 0 (the tracker's default).
@@ -184,7 +184,10 @@ impl SwarmTracker {
         let tid = header.tid;
         match header.kind {
             Kind::Confirm => {
-                if !ct_eq64(header.token, self.record.token) {
+                if !ct_eq(
+                    &header.token.to_be_bytes(),
+                    &self.record.token.to_be_bytes(),
+                ) {
                     return Effect::Nothing;
                 }
                 if decode_body(&header, body).is_err() {
@@ -284,7 +287,7 @@ impl SwarmTracker {
         };
         let mut effect = Effect::Announced;
         match self.record.key {
-            Some(key) if key != announce.swarm_key => {
+            Some(key) if !ct_eq(&key, &announce.swarm_key) => {
                 encode_error_capped(
                     out,
                     tid,
@@ -359,11 +362,6 @@ fn effect_if_bound(effect: Effect) -> Effect {
         Effect::KeyBound => Effect::KeyBound,
         _ => Effect::Nothing,
     }
-}
-
-fn ct_eq64(a: u64, b: u64) -> bool {
-    let x = a ^ b;
-    ((x | x.wrapping_neg()) >> 63) == 0
 }
 
 #[cfg(test)]

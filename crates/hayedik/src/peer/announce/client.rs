@@ -1,0 +1,267 @@
+//! [`TrackerClient`]: one swarm tracker's socket, key, announced TCP port
+//! and connection id, and one ANNOUNCE call (CONNECT first when needed)
+//! with retransmissions until its deadline.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hayedik_proto::tracker::{Announce, Datagram, ErrorCode, Message, PeerEntry, PeerState, Peers};
+use tokio::net::UdpSocket;
+use tokio::time::Instant;
+
+use super::create::create_swarm;
+use super::error::error_for;
+use super::transport::{any_port_for, canonical, recv_datagram, Backoff};
+use super::{
+    AnnounceError, CreateError, BAD_ID_TRIES, CONN_ID_MAX_AGE, DEFAULT_CALL_DEADLINE, FIRST_RTO,
+    MAX_RTO, MIN_INTERVAL, NOT_CONFIRMED_TRIES, RECV_BUF,
+};
+
+/// A tracker's answer to an ANNOUNCE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnounceReply {
+    /// When to announce again (at least [`MIN_INTERVAL`]).
+    pub interval: Duration,
+    /// Seeders and partial sources in the swarm, not counting us.
+    pub seeders: u32,
+    pub partials: u32,
+    /// A sample of the swarm's peers (never us); entries that cannot be
+    /// connected to (port 0, unspecified address) are left out.
+    pub peers: Vec<PeerEntry>,
+}
+
+impl From<Peers> for AnnounceReply {
+    fn from(p: Peers) -> Self {
+        let mut peers = p.peers;
+        peers.retain(|e| e.addr.port() != 0 && !e.addr.ip().is_unspecified());
+        Self {
+            interval: Duration::from_secs(u64::from(p.interval)).max(MIN_INTERVAL),
+            seeders: p.seeders,
+            partials: p.partials,
+            peers,
+        }
+    }
+}
+
+/// A connection id and when it was handed out.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ConnId {
+    pub(super) id: u64,
+    pub(super) at: Instant,
+}
+
+/// Talks to one swarm tracker: owns the socket, the swarm key, the TCP port
+/// it announces, and the connection id.
+pub struct TrackerClient {
+    socket: UdpSocket,
+    /// Whether `socket` is connected (to `swarm`): then it must use `send`.
+    connected: bool,
+    pub(super) swarm: SocketAddr,
+    key: [u8; 32],
+    tcp_port: u16,
+    pub(super) conn: Option<ConnId>,
+    pub(super) deadline: Duration,
+    /// An ANNOUNCE with a listed state was sent: leaving is worth saying.
+    pub(super) maybe_listed: bool,
+    /// CONNECTs answered so far (diagnostics and tests).
+    pub(super) connects: u64,
+    buf: Vec<u8>,
+}
+
+impl TrackerClient {
+    /// Uses `socket` (connected to `swarm`, or not connected), e.g. the one
+    /// that ran [`create_swarm`], to talk to the swarm tracker at `swarm`.
+    pub fn from_socket(socket: UdpSocket, swarm: SocketAddr, key: [u8; 32], tcp_port: u16) -> Self {
+        let connected = socket
+            .peer_addr()
+            .is_ok_and(|peer| canonical(peer) == canonical(swarm));
+        Self {
+            socket,
+            connected,
+            swarm,
+            key,
+            tcp_port,
+            conn: None,
+            deadline: DEFAULT_CALL_DEADLINE,
+            maybe_listed: false,
+            connects: 0,
+            buf: vec![0u8; RECV_BUF],
+        }
+    }
+
+    /// Binds a fresh socket (any port, the family of `swarm`) connected to
+    /// the swarm tracker at `swarm`.
+    pub async fn bind(swarm: SocketAddr, key: [u8; 32], tcp_port: u16) -> std::io::Result<Self> {
+        let socket = UdpSocket::bind(any_port_for(swarm)).await?;
+        socket.connect(swarm).await?;
+        Ok(Self::from_socket(socket, swarm, key, tcp_port))
+    }
+
+    /// Creates a swarm with the central tracker at `central` on a fresh
+    /// socket and returns a client for it, on that socket.
+    pub async fn create(
+        central: SocketAddr,
+        key: [u8; 32],
+        tcp_port: u16,
+        deadline: Duration,
+    ) -> Result<Self, CreateError> {
+        let socket = UdpSocket::bind(any_port_for(central))
+            .await
+            .map_err(CreateError::Bind)?;
+        let port = create_swarm(&socket, central, deadline).await?;
+        let swarm = SocketAddr::new(central.ip(), port);
+        Ok(Self::from_socket(socket, swarm, key, tcp_port))
+    }
+
+    /// The swarm tracker's address.
+    pub fn swarm_addr(&self) -> SocketAddr {
+        self.swarm
+    }
+
+    /// The local address of the socket.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
+    /// The TCP port announced.
+    pub fn tcp_port(&self) -> u16 {
+        self.tcp_port
+    }
+
+    /// How long one [`TrackerClient::announce`] call may take.
+    pub fn deadline(&self) -> Duration {
+        self.deadline
+    }
+
+    pub fn set_deadline(&mut self, deadline: Duration) {
+        self.deadline = deadline;
+    }
+
+    async fn send(&mut self, tid: u32, message: Message) {
+        let bytes = Datagram::new(tid, message).to_vec();
+        let sent = if self.connected {
+            self.socket.send(&bytes).await
+        } else {
+            self.socket.send_to(&bytes, self.swarm).await
+        };
+        if let Err(e) = sent {
+            tracing::debug!("sending to the tracker at {}: {e}", self.swarm);
+        }
+    }
+
+    /// Waits until `until` for the swarm tracker's answer to `tid`: CONNECTED
+    /// when `connecting`, PEERS otherwise, or an ERROR.
+    async fn wait(&mut self, tid: u32, connecting: bool, until: Instant) -> Option<Message> {
+        let swarm = canonical(self.swarm);
+        while let Some((src, d)) = recv_datagram(&self.socket, &mut self.buf, until).await {
+            if d.tid != tid || canonical(src) != swarm {
+                continue;
+            }
+            match d.message {
+                Message::Connected { .. } if connecting => return Some(d.message),
+                Message::Peers(_) if !connecting => return Some(d.message),
+                Message::Error { .. } => return Some(d.message),
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Announces `state` and asks for `wanted` peers (0: the tracker's
+    /// default), CONNECTing first when the connection id is missing, old or
+    /// refused. Retries with backoff until the deadline.
+    ///
+    /// A TCP port of 0 may only be announced with states 0 and 3.
+    pub async fn announce(
+        &mut self,
+        state: PeerState,
+        wanted: u16,
+    ) -> Result<AnnounceReply, AnnounceError> {
+        let tracker = self.swarm;
+        let start = Instant::now();
+        let end = start + self.deadline;
+        let mut backoff = Backoff::new(FIRST_RTO, MAX_RTO);
+        let (connect_tid, announce_tid): (u32, u32) = (rand::random(), rand::random());
+        let (mut not_confirmed, mut bad_ids) = (0u32, 0u32);
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                return Err(AnnounceError::Unreachable {
+                    tracker,
+                    waited: now - start,
+                });
+            }
+            let conn = self
+                .conn
+                .filter(|c| now.saturating_duration_since(c.at) < CONN_ID_MAX_AGE);
+            let (tid, message) = match conn {
+                None => (connect_tid, Message::Connect),
+                Some(c) => {
+                    self.maybe_listed |= state.is_listed();
+                    let announce = Announce {
+                        swarm_key: self.key,
+                        port: self.tcp_port,
+                        state,
+                        wanted,
+                    };
+                    let connection_id = c.id;
+                    (
+                        announce_tid,
+                        Message::Announce {
+                            connection_id,
+                            announce,
+                        },
+                    )
+                }
+            };
+            self.send(tid, message).await;
+            let until = (now + backoff.next()).min(end);
+            match self.wait(tid, conn.is_none(), until).await {
+                None => {}
+                Some(Message::Connected { connection_id }) => {
+                    self.conn = Some(ConnId {
+                        id: connection_id,
+                        at: Instant::now(),
+                    });
+                    self.connects += 1;
+                    backoff.reset();
+                }
+                Some(Message::Peers(p)) => return Ok(AnnounceReply::from(p)),
+                Some(Message::Error { code, message }) => match code {
+                    ErrorCode::BadConnectionId => {
+                        tracing::debug!("tracker at {tracker} refused our connection id");
+                        self.conn = None;
+                        bad_ids += 1;
+                        if bad_ids > BAD_ID_TRIES {
+                            return Err(error_for(tracker, code, &message));
+                        }
+                        backoff.reset();
+                    }
+                    ErrorCode::NotConfirmed => {
+                        not_confirmed += 1;
+                        if not_confirmed >= NOT_CONFIRMED_TRIES {
+                            return Err(error_for(tracker, code, &message));
+                        }
+                        // Give the swarm the rest of this attempt's time.
+                        tokio::time::sleep_until(until).await;
+                    }
+                    code => return Err(error_for(tracker, code, &message)),
+                },
+                Some(_) => {}
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for TrackerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackerClient")
+            .field("swarm", &self.swarm)
+            .field("local", &self.socket.local_addr().ok())
+            .field("tcp_port", &self.tcp_port)
+            .field("connected", &self.connected)
+            .field("has_connection_id", &self.conn.is_some())
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
