@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::announce::Announcer;
 use super::swarm::Swarm;
-use crate::events::{Event, Events};
+use crate::events::{Event, EventSink as Events};
 
 /// Minimum time between two `progress` events.
 const EVENT_EVERY: Duration = Duration::from_millis(500);
@@ -53,7 +53,7 @@ impl Progress {
     }
 
     fn bar(&self, total: u64, template: &str) -> Option<ProgressBar> {
-        if self.events.is_json() || self.events.is_quiet() {
+        if !self.events.draws_bars() {
             return None;
         }
         let bar = ProgressBar::new(total);
