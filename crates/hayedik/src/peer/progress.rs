@@ -9,7 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::announce::Announcer;
 use super::swarm::Swarm;
-use crate::events::{Event, EventSink as Events};
+use crate::events::{Event, Events};
 
 /// Minimum time between two `progress` events.
 const EVENT_EVERY: Duration = Duration::from_millis(500);
