@@ -10,9 +10,9 @@
 //! in the log and aborted. So when `get` returns, nothing it started still
 //! runs.
 //!
-//! What a scope does not see: `spawn_blocking` closures and std threads
-//! (they cannot be aborted; the code that starts one waits for it or ends it
-//! through its channel).
+//! Blocking work goes through [`spawn_blocking`], tracked the same way
+//! (waited for, but it cannot be aborted once it runs). What a scope does
+//! not see: std threads (the code that starts one must join it).
 //!
 //! The root [`CancellationToken`] is cancelled by the first Ctrl-C or SIGTERM
 //! ([`cancel_on_signals`]); a second signal exits at once.
@@ -141,6 +141,10 @@ impl Scope {
         }
     }
 
+    fn is_inner(&self) -> bool {
+        !Arc::ptr_eq(&self.inner, &root().inner)
+    }
+
     fn forget_on_drop(&self, id: u64) -> Forget {
         Forget {
             scope: self.clone(),
@@ -170,31 +174,64 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    let scope = CURRENT
-        .try_with(|s| s.clone())
-        .unwrap_or_else(|_| root().clone());
-    let nested = !Arc::ptr_eq(&scope.inner, &root().inner);
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    scope.announce(id, name);
-    let forget = scope.forget_on_drop(id);
-    // A task of an inner scope counts in the root too.
-    let in_root = nested.then(|| {
-        root().announce(id, name);
-        (root().inner.tracker.token(), root().forget_on_drop(id))
-    });
+    let (scope, id, guards) = enter(name);
     let fut = CURRENT.scope(scope.clone(), async move {
-        let _guards = (forget, in_root);
+        let _guards = guards;
         fut.await
     });
     let handle = scope
         .inner
         .tracker
         .spawn(fut.instrument(tracing::info_span!("task", name = %name)));
-    scope.register(id, handle.abort_handle());
-    if nested {
-        root().register(id, handle.abort_handle());
-    }
+    register(&scope, id, handle.abort_handle());
     handle
+}
+
+/// [`tokio::task::spawn_blocking`], tracked like [`spawn`]: a scope's
+/// [`Scope::shutdown`] waits for it (it cannot be aborted once running).
+pub fn spawn_blocking<F, R>(name: &str, f: F) -> tokio::task::JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let (scope, id, guards) = enter(name);
+    let handle = scope.inner.tracker.spawn_blocking(move || {
+        let _guards = guards;
+        f()
+    });
+    register(&scope, id, handle.abort_handle());
+    handle
+}
+
+/// What keeps a task counted: its entries in its scope and, for an inner
+/// scope, in the root (dropped with the task).
+type Guards = (
+    Forget,
+    Option<(tokio_util::task::task_tracker::TaskTrackerToken, Forget)>,
+);
+
+/// Names a new task `name` in the current scope (and the root): its scope,
+/// id, and the guards the task must hold.
+fn enter(name: &str) -> (Scope, u64, Guards) {
+    let scope = CURRENT
+        .try_with(|s| s.clone())
+        .unwrap_or_else(|_| root().clone());
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    scope.announce(id, name);
+    let forget = scope.forget_on_drop(id);
+    // A task of an inner scope counts in the root too.
+    let in_root = scope.is_inner().then(|| {
+        root().announce(id, name);
+        (root().inner.tracker.token(), root().forget_on_drop(id))
+    });
+    (scope, id, (forget, in_root))
+}
+
+fn register(scope: &Scope, id: u64, handle: AbortHandle) {
+    if scope.is_inner() {
+        root().register(id, handle.clone());
+    }
+    scope.register(id, handle);
 }
 
 /// Cancels `root` on the first Ctrl-C or SIGTERM; exits the process with
@@ -290,5 +327,27 @@ mod tests {
         assert_eq!(aborted, 1);
         assert!(scope.is_empty(), "{:?}", scope.names());
         assert!(scope.names().is_empty());
+    }
+
+    #[tokio::test]
+    async fn blocking_work_is_waited_for() {
+        let scope = Scope::new("test");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        scope
+            .run(async move {
+                spawn_blocking("blocking", move || rx.recv());
+            })
+            .await;
+        assert_eq!(scope.names(), ["blocking"]);
+        assert!(root().names().contains(&"blocking".to_string()));
+        let waiting = tokio::spawn({
+            let scope = scope.clone();
+            async move { scope.shutdown(Duration::from_secs(60)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "shutdown waits for blocking work");
+        tx.send(()).unwrap();
+        assert_eq!(waiting.await.unwrap(), 0);
+        assert!(scope.is_empty());
     }
 }
