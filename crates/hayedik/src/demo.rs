@@ -13,7 +13,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::Events;
+use crate::events::EventSink;
 use crate::peer::get::{get_observed, GetOptions};
 use crate::peer::share::{share, ShareOptions};
 use crate::peer::swarm::Swarm;
@@ -85,7 +85,7 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
     let tracker_addr = socket.local_addr()?;
     let t = stop.clone();
     let tracker = crate::spawn::spawn("demo tracker", async move {
-        crate::tracker::run(socket, TrackerConfig::default(), Events::quiet(), t).await
+        crate::tracker::run(socket, TrackerConfig::default(), EventSink::discard(), t).await
     });
     say!("tracker      udp {tracker_addr}");
 
@@ -101,7 +101,7 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
     };
     let s = stop.clone();
     let sharer = crate::spawn::spawn("demo sharer", async move {
-        share(share_opts, Events::quiet(), s, move |shared| {
+        share(share_opts, EventSink::discard(), s, move |shared| {
             let _ = ready_tx.send(shared);
         })
         .await
@@ -154,7 +154,7 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
         tasks.push(crate::spawn::spawn(
             &format!("demo getter {}", i + 1),
             async move {
-                get_observed(opts, Events::quiet(), s, move |swarm| {
+                get_observed(opts, EventSink::discard(), s, move |swarm| {
                     let _ = tx.send(swarm);
                 })
                 .await

@@ -1,11 +1,36 @@
-//! What the user sees: JSON lines on stdout with `--json`, readable lines
-//! otherwise. Every event of DESIGN.md is one variant of [`Event`].
+//! What the user sees, as a stream: every event of DESIGN.md is one variant
+//! of [`Event`]. Library code (the tracker's loops, `get`, `share`) sends
+//! events into an [`EventSink`] and never prints; a face (the CLI's
+//! [`crate::output::write_events`], a web UI, a test) takes them from the
+//! [`EventStream`] and renders them (JSON lines with `--json`, human lines
+//! otherwise).
+//!
+//! The queue between them is bounded ([`channel`]'s `capacity`, the CLI uses
+//! [`QUEUE_EVENTS`]) and [`EventSink::emit`] never blocks, so a face that is
+//! slow or stalled (a `--json` reader that stopped reading) never stalls a
+//! tracker or a transfer. When the face lags:
+//!
+//! - `progress` coalesces: a newer one replaces the one still waiting (and
+//!   goes to the back of the queue); with the queue full and none waiting,
+//!   the new one is dropped (the next one says more). Never counted: a
+//!   progress event is a sample, superseded by the next.
+//! - Every other event is kept until the queue holds `capacity` events.
+//!   Past that it is dropped and counted, and the stream yields one
+//!   [`Event::Dropped`] with the count where the gap is (before the next
+//!   event accepted, or once the queue drained): nothing is lost silently.
+//! - Once the face is gone ([`EventStream`] dropped, e.g. stdout was
+//!   closed), events are discarded: nobody is left to tell.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::output::{self, Priority};
+/// The CLI's queue bound: events waiting for stdout. About 2 MiB of lines
+/// at worst; a tracker creating 1,000 swarms (2,000 events) with stdout
+/// stalled fits many times.
+pub const QUEUE_EVENTS: usize = 16_384;
 
 /// One event; serialized with an `"event"` field naming the variant.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -68,6 +93,11 @@ pub enum Event {
         uploaded: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         downloaded: Option<u64>,
+    },
+    /// Not emitted by library code: the queue's record that `events`
+    /// events were dropped here because the face did not keep up.
+    Dropped {
+        events: u64,
     },
 }
 
@@ -140,63 +170,311 @@ impl Event {
                 (Some(u), Some(d)) => format!("stopped ({u} bytes uploaded, {d} downloaded)"),
                 _ => "stopped".to_string(),
             },
+            Event::Dropped { events } => {
+                format!("{events} events dropped: they were not read in time")
+            }
         }
     }
-}
 
-/// Where events go. Cheap to clone.
-#[derive(Debug, Clone, Copy)]
-pub struct Events {
-    json: bool,
-    quiet: bool,
-}
-
-impl Events {
-    pub fn new(json: bool) -> Self {
-        Self { json, quiet: false }
+    /// Whether a human face prints it on stdout (what the user acts on) or
+    /// only in the log.
+    pub fn human_on_stdout(&self) -> bool {
+        matches!(
+            self,
+            Event::Ticket { .. } | Event::Done { .. } | Event::Listening { .. }
+        )
     }
+}
 
-    /// Events that go nowhere (an embedded tracker inside `share`).
-    pub fn quiet() -> Self {
+/// Creates a queue of at most `capacity` events (plus one [`Event::Dropped`]
+/// record): the sink for library code, the stream for the face. `bars` says
+/// whether the face is a terminal that wants progress bars drawn (on stderr,
+/// by `get` and `share` themselves for now).
+pub fn channel(capacity: usize, bars: bool) -> (EventSink, EventStream) {
+    let queue = Arc::new(Queue {
+        state: Mutex::new(State {
+            events: VecDeque::new(),
+            dropped: 0,
+            senders: 1,
+            gone: false,
+            busy: false,
+        }),
+        changed: Condvar::new(),
+        notify: tokio::sync::Notify::new(),
+        capacity: capacity.max(1),
+    });
+    (
+        EventSink {
+            queue: Some(queue.clone()),
+            bars,
+        },
+        EventStream { queue },
+    )
+}
+
+/// Where library code sends events. Cheap to clone; [`emit`](Self::emit)
+/// never blocks.
+#[derive(Debug)]
+pub struct EventSink {
+    /// `None`: events go to the debug log only (an embedded tracker).
+    queue: Option<Arc<Queue>>,
+    bars: bool,
+}
+
+/// The name call sites used before events became a stream.
+pub type Events = EventSink;
+
+impl EventSink {
+    /// A sink whose events go to the debug log only (an embedded tracker
+    /// inside `share`, the demo's peers, tests).
+    pub fn discard() -> Self {
         Self {
-            json: false,
-            quiet: true,
+            queue: None,
+            bars: false,
         }
     }
 
-    pub fn is_json(&self) -> bool {
-        self.json
+    /// Same as [`discard`](Self::discard), kept for old call sites: a sink
+    /// that printed when `json` is now made by [`channel`] and a face.
+    pub fn new(_json: bool) -> Self {
+        Self::discard()
     }
 
-    pub fn is_quiet(&self) -> bool {
-        self.quiet
+    /// Same as [`discard`](Self::discard).
+    pub fn quiet() -> Self {
+        Self::discard()
     }
 
-    /// Emits one event: a JSON line on stdout, or a human line (stdout for
-    /// what the user acts on, the log for the rest). Never blocks and never
-    /// fails: lines go through [`crate::output`], which drops them once
-    /// their reader is gone (and drops `progress` first when it is slow).
+    /// Whether the face wants terminal progress bars drawn.
+    pub fn draws_bars(&self) -> bool {
+        self.bars
+    }
+
+    /// Queues `event` for the face, or drops it as the module doc says.
     pub fn emit(&self, event: Event) {
-        if self.quiet {
+        let Some(queue) = &self.queue else {
             tracing::debug!("{}", event.human());
             return;
-        }
-        let priority = match event {
-            Event::Progress { .. } => Priority::Lossy,
-            _ => Priority::Essential,
         };
-        if self.json {
-            if let Ok(line) = serde_json::to_string(&event) {
-                output::stdout(line + "\n", priority);
-            }
+        let mut s = queue.lock();
+        if s.gone {
             return;
         }
-        match &event {
-            Event::Ticket { .. } | Event::Done { .. } | Event::Listening { .. } => {
-                output::stdout(event.human() + "\n", priority);
+        if matches!(event, Event::Progress { .. }) {
+            if let Some(i) = s
+                .events
+                .iter()
+                .rposition(|e| matches!(e, Event::Progress { .. }))
+            {
+                s.events.remove(i);
             }
-            Event::Error { .. } => {}
-            _ => tracing::info!("{}", event.human()),
+            if s.events.len() < queue.capacity {
+                s.events.push_back(event);
+            }
+        } else if s.events.len() < queue.capacity {
+            s.put_drop_record();
+            s.events.push_back(event);
+        } else {
+            s.dropped += 1;
+            return;
+        }
+        drop(s);
+        queue.wake();
+    }
+}
+
+impl Clone for EventSink {
+    fn clone(&self) -> Self {
+        if let Some(q) = &self.queue {
+            q.lock().senders += 1;
+        }
+        Self {
+            queue: self.queue.clone(),
+            bars: self.bars,
+        }
+    }
+}
+
+impl Drop for EventSink {
+    fn drop(&mut self) {
+        if let Some(q) = &self.queue {
+            q.lock().senders -= 1;
+            q.wake();
+        }
+    }
+}
+
+/// Where a face takes events from, in order. Dropping it tells the sinks
+/// nobody reads any more.
+#[derive(Debug)]
+pub struct EventStream {
+    queue: Arc<Queue>,
+}
+
+impl EventStream {
+    /// The next event; `None` once every sink is gone and the queue is
+    /// empty.
+    pub async fn recv(&mut self) -> Option<Event> {
+        loop {
+            match self.queue.take() {
+                Taken::Event(e) => return Some(e),
+                Taken::End => return None,
+                Taken::Empty => self.queue.notify.notified().await,
+            }
+        }
+    }
+
+    /// The next event, waiting at most `limit` (`Err` when none came): for
+    /// a face on its own thread. The previous event counts as handled from
+    /// this call on (see [`wait_handled`](Self::wait_handled)).
+    pub fn recv_blocking(&self, limit: Duration) -> Result<Option<Event>, Timeout> {
+        let deadline = Instant::now() + limit;
+        let mut s = self.queue.lock();
+        s.busy = false;
+        self.queue.changed.notify_all();
+        loop {
+            match s.take() {
+                Taken::Event(e) => {
+                    s.busy = true;
+                    return Ok(Some(e));
+                }
+                Taken::End => return Ok(None),
+                Taken::Empty => {}
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Timeout);
+            }
+            s = self
+                .queue
+                .changed
+                .wait_timeout(s, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Waits until every queued event was taken and handled by a
+    /// [`recv_blocking`](Self::recv_blocking) face, at most `limit`; true
+    /// if so.
+    pub fn wait_handled(&self, limit: Duration) -> bool {
+        wait_handled(&self.queue, limit)
+    }
+
+    /// A handle to [`wait_handled`](Self::wait_handled) from another thread.
+    pub fn handled_waiter(&self) -> HandledWaiter {
+        HandledWaiter {
+            queue: self.queue.clone(),
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        let mut s = self.queue.lock();
+        s.gone = true;
+        s.busy = false;
+        s.events.clear();
+        drop(s);
+        self.queue.changed.notify_all();
+    }
+}
+
+/// Waits for an [`EventStream`]'s face to catch up, from another thread.
+#[derive(Debug, Clone)]
+pub struct HandledWaiter {
+    queue: Arc<Queue>,
+}
+
+impl HandledWaiter {
+    /// See [`EventStream::wait_handled`]; true at once if the face is gone.
+    pub fn wait(&self, limit: Duration) -> bool {
+        wait_handled(&self.queue, limit)
+    }
+}
+
+fn wait_handled(queue: &Queue, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut s = queue.lock();
+    while !s.gone && (s.busy || !s.events.is_empty() || s.dropped > 0) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        s = queue
+            .changed
+            .wait_timeout(s, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    true
+}
+
+/// No event came in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeout;
+
+#[derive(Debug)]
+struct Queue {
+    state: Mutex<State>,
+    /// For blocking faces and [`wait_handled`]: signalled on every change.
+    changed: Condvar,
+    /// For async faces: one permit per wake.
+    notify: tokio::sync::Notify,
+    capacity: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    events: VecDeque<Event>,
+    /// Events dropped since the last [`Event::Dropped`] record.
+    dropped: u64,
+    /// Live [`EventSink`]s.
+    senders: usize,
+    /// The [`EventStream`] was dropped.
+    gone: bool,
+    /// A blocking face is handling the last event it took.
+    busy: bool,
+}
+
+enum Taken {
+    Event(Event),
+    Empty,
+    End,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn wake(&self) {
+        self.changed.notify_all();
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Taken {
+        self.lock().take()
+    }
+}
+
+impl State {
+    /// Queues the record of what was dropped, if anything was.
+    fn put_drop_record(&mut self) {
+        if self.dropped > 0 {
+            let events = std::mem::take(&mut self.dropped);
+            self.events.push_back(Event::Dropped { events });
+        }
+    }
+
+    fn take(&mut self) -> Taken {
+        if self.events.is_empty() {
+            self.put_drop_record();
+        }
+        match self.events.pop_front() {
+            Some(e) => Taken::Event(e),
+            None if self.senders == 0 => Taken::End,
+            None => Taken::Empty,
         }
     }
 }
@@ -230,5 +508,110 @@ mod tests {
         });
         assert_eq!(done["from"]["127.0.0.1:5"], 1);
         assert_eq!(done["event"], "done");
+        assert_eq!(
+            j(Event::Dropped { events: 3 }),
+            serde_json::json!({"event": "dropped", "events": 3})
+        );
+    }
+
+    fn created(port: u16) -> Event {
+        Event::SwarmCreated { port }
+    }
+
+    fn progress(bytes_done: u64) -> Event {
+        Event::Progress {
+            bytes_done,
+            bytes_total: 100,
+            peers: 1,
+            rate: 0,
+        }
+    }
+
+    fn drain(stream: &EventStream) -> Vec<Event> {
+        let mut got = Vec::new();
+        while let Ok(Some(e)) = stream.recv_blocking(Duration::ZERO) {
+            got.push(e);
+        }
+        got
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_says_how_many_where() {
+        let (sink, stream) = channel(3, false);
+        for port in 1..=5 {
+            sink.emit(created(port));
+        }
+        assert_eq!(
+            stream.recv_blocking(Duration::ZERO).unwrap(),
+            Some(created(1))
+        );
+        sink.emit(created(6));
+        assert_eq!(
+            drain(&stream),
+            [
+                created(2),
+                created(3),
+                Event::Dropped { events: 2 },
+                created(6)
+            ]
+        );
+        // Dropped at the end, with nothing after: still said.
+        for port in 7..=11 {
+            sink.emit(created(port));
+        }
+        let got = drain(&stream);
+        assert_eq!(got.last(), Some(&Event::Dropped { events: 2 }), "{got:?}");
+        drop(sink);
+        assert_eq!(stream.recv_blocking(Duration::ZERO), Ok(None));
+    }
+
+    #[test]
+    fn progress_coalesces_to_the_newest_and_never_crowds_out() {
+        let (sink, stream) = channel(3, false);
+        sink.emit(created(1));
+        sink.emit(progress(1));
+        sink.emit(created(2));
+        sink.emit(progress(2));
+        sink.emit(progress(3));
+        sink.emit(created(3));
+        assert_eq!(
+            drain(&stream),
+            [
+                created(1),
+                created(2),
+                progress(3),
+                Event::Dropped { events: 1 }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_gone_face_discards_and_wait_handled_returns() {
+        let (sink, stream) = channel(3, false);
+        sink.emit(created(1));
+        let waiter = stream.handled_waiter();
+        assert!(!waiter.wait(Duration::from_millis(10)));
+        drop(stream);
+        sink.emit(created(2));
+        assert!(waiter.wait(Duration::from_secs(60)));
+    }
+
+    #[tokio::test]
+    async fn an_async_face_gets_every_event_then_the_end() {
+        let (sink, mut stream) = channel(8, false);
+        let task = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(e) = stream.recv().await {
+                got.push(e);
+            }
+            got
+        });
+        for port in 1..=4 {
+            sink.clone().emit(created(port));
+            tokio::task::yield_now().await;
+        }
+        drop(sink);
+        let got = task.await.unwrap();
+        assert_eq!(got, (1..=4).map(created).collect::<Vec<_>>());
     }
 }

@@ -1,9 +1,14 @@
 //! The `hayedik` binary: parse arguments, run, map errors to exit codes
 //! (1 at run time, 2 for usage errors, which clap reports itself).
 //!
+//! It is the face of the library: commands send their events into an
+//! [`EventSink`], and `output::write_events` renders them on stdout.
 //! Everything it prints goes through `hayedik::output`: a closed or stalled
 //! stdout or stderr never fails nor blocks a task, and delays the exit by
-//! [`EXIT_FLUSH`] at most.
+//! [`EXIT_FLUSH`] at most (twice: events, then the rest).
+//!
+//! When a command returns, every task it started is waited for (at most
+//! [`hayedik::spawn::SHUTDOWN_WAIT`], then aborted): see `hayedik::spawn`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -11,8 +16,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use hayedik::cli::{Cli, Command};
-use hayedik::events::{Event, Events};
+use hayedik::events::{self, Event, EventSink};
 use hayedik::output::{self, Priority};
+use hayedik::spawn::{Scope, SHUTDOWN_WAIT};
 use tokio_util::sync::CancellationToken;
 
 /// Longest wait at exit for queued output to be written (a reader that
@@ -45,7 +51,10 @@ fn parse_and_run() -> ExitCode {
                     .next()
                     .map(|l| l.trim_start_matches("error: ").to_string())
                     .unwrap_or(message);
-                Events::new(true).emit(Event::Error { message: first });
+                let (sink, stream) = events::channel(1, false);
+                let writer = output::write_events(stream, true);
+                sink.emit(Event::Error { message: first });
+                writer.flush(EXIT_FLUSH);
             }
             output::flush(EXIT_FLUSH);
             e.exit()
@@ -53,15 +62,36 @@ fn parse_and_run() -> ExitCode {
     };
     init_logs();
     let json = cli.command.json();
-    let events = Events::new(json);
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return fail(events, anyhow::anyhow!("cannot start the runtime: {e}")),
+    let (events, stream) = events::channel(events::QUEUE_EVENTS, !json);
+    let writer = output::write_events(stream, json);
+    let code = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => match runtime.block_on(run_scoped(cli, events.clone())) {
+            Ok(code) => code,
+            Err(e) => fail(&events, json, e),
+        },
+        Err(e) => fail(
+            &events,
+            json,
+            anyhow::anyhow!("cannot start the runtime: {e}"),
+        ),
     };
-    match runtime.block_on(run(cli, events)) {
-        Ok(code) => code,
-        Err(e) => fail(events, e),
-    }
+    drop(events);
+    writer.flush(EXIT_FLUSH);
+    code
+}
+
+/// Runs the command in its own task scope, then waits for what it started.
+async fn run_scoped(cli: Cli, events: EventSink) -> anyhow::Result<ExitCode> {
+    // Swarm trackers and peer connections each hold a descriptor.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let cancel = CancellationToken::new();
+    // Outside the command's scope: it outlives the command.
+    hayedik::spawn::cancel_on_signals(cancel.clone());
+    let scope = Scope::new("command");
+    let result = scope.run(run(cli, events, cancel.clone())).await;
+    cancel.cancel();
+    scope.shutdown(SHUTDOWN_WAIT).await;
+    result
 }
 
 fn init_logs() {
@@ -80,20 +110,16 @@ fn init_logs() {
 }
 
 /// One clear line on stderr (and an `error` event with `--json`), exit 1.
-fn fail(events: Events, e: anyhow::Error) -> ExitCode {
+fn fail(events: &EventSink, json: bool, e: anyhow::Error) -> ExitCode {
     let message = format!("{e:#}");
     output::stderr(format!("error: {message}\n"), Priority::Essential);
-    if events.is_json() {
+    if json {
         events.emit(Event::Error { message });
     }
     ExitCode::from(1)
 }
 
-async fn run(cli: Cli, events: Events) -> anyhow::Result<ExitCode> {
-    // Swarm trackers and peer connections each hold a descriptor.
-    let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let cancel = CancellationToken::new();
-    hayedik::spawn::cancel_on_signals(cancel.clone());
+async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Tracker(args) => {
             let config = match args.config() {
@@ -111,7 +137,7 @@ async fn run(cli: Cli, events: Events) -> anyhow::Result<ExitCode> {
                         args.listen
                     )
                 })?;
-            hayedik::tracker::run(socket, config, events, cancel).await?;
+            hayedik::tracker::run(socket, config, events.clone(), cancel).await?;
             events.emit(Event::Stopped {
                 uploaded: None,
                 downloaded: None,

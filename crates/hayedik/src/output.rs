@@ -1,16 +1,22 @@
-//! The process's stdout and stderr. Every line the program prints (events,
-//! logs, the final error line) is queued here and written by one thread per
-//! stream, so a reader that is slow, stalled or gone never blocks a task,
-//! never fails one, and delays the exit by at most the limit given to
-//! [`flush`].
+//! The process's stdout and stderr. Nothing the program prints blocks a
+//! task or fails one, whether its reader is slow, stalled or gone.
 //!
-//! - A failed write (a closed pipe: EPIPE) closes the stream for good: later
-//!   lines are dropped at once, and the process goes on (a `share` whose
-//!   `| head` exited still serves, and still stops on SIGTERM).
-//! - The queue is bounded in bytes. A [`Priority::Lossy`] line (progress,
-//!   logs) is dropped when [`LOSSY_BYTES`] already wait; any line is dropped
-//!   when [`MAX_BYTES`] wait (a reader stalled for that long). Drops are
-//!   counted and said on stderr once the stream moves again.
+//! - Events: [`write_events`] is the CLI's face. One thread takes events
+//!   from an [`EventStream`] (whose bounded queue, in `events.rs`, decides
+//!   what a lagging reader loses) and writes them to stdout as JSON lines or
+//!   human lines. A failed write (a closed pipe: EPIPE) ends it, and later
+//!   events are discarded.
+//! - Other lines (logs, the final error line, the demo's own lines) are
+//!   queued here and written by one thread per stream. A failed write closes
+//!   the stream for good: later lines are dropped at once, and the process
+//!   goes on (a `share` whose `| head` exited still serves, and still stops
+//!   on SIGTERM). The queue is bounded in bytes. A [`Priority::Lossy`] line
+//!   (logs) is dropped when [`LOSSY_BYTES`] already wait; any line is
+//!   dropped when [`MAX_BYTES`] wait (a reader stalled for that long). Drops
+//!   are counted and said on stderr once the stream moves again.
+//!
+//! Both delay the exit by at most the limits given to
+//! [`EventWriter::flush`] and [`flush`].
 //!
 //! `std::println!` and friends panic on a closed pipe: the program does not
 //! use them.
@@ -20,6 +26,8 @@ use std::io::{ErrorKind, Write};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::events::{Event, EventStream, HandledWaiter};
+
 /// Queued bytes beyond which lossy lines are dropped.
 pub const LOSSY_BYTES: usize = 256 << 10;
 /// Queued bytes beyond which every line is dropped.
@@ -28,7 +36,7 @@ pub const MAX_BYTES: usize = 2 << 20;
 /// Whether a line may be dropped when its reader is slow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Priority {
-    /// Progress and log lines: dropped first.
+    /// Log lines: dropped first.
     Lossy,
     /// What a reader acts on (`ticket`, `done`, `error`, `stopped`...):
     /// dropped only past [`MAX_BYTES`].
@@ -52,6 +60,75 @@ pub fn flush(limit: Duration) {
     // Stdout first: its writer may still report drops on stderr.
     STDOUT.flush_until(deadline);
     STDERR.flush_until(deadline);
+}
+
+/// The CLI's face: a thread that writes the events of `stream` to stdout,
+/// as JSON lines when `json`, else as human lines (on stdout for what the
+/// user acts on, in the log for the rest; `error` is left to the caller,
+/// who prints it on stderr).
+pub fn write_events(stream: EventStream, json: bool) -> EventWriter {
+    let waiter = stream.handled_waiter();
+    let spawned = std::thread::Builder::new()
+        .name("events".into())
+        .spawn(move || loop {
+            match stream.recv_blocking(Duration::from_secs(3600)) {
+                Ok(Some(event)) => {
+                    if render(&event, json).is_err() {
+                        // The reader is gone: dropping the stream tells
+                        // the sinks.
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(_) => {}
+            }
+        });
+    if let Err(e) = spawned {
+        // The stream was dropped with the closure: events are discarded.
+        stderr(
+            format!("hayedik: cannot start the events writer: {e}\n"),
+            Priority::Essential,
+        );
+    }
+    EventWriter { waiter }
+}
+
+/// Writes one event; an error means stdout's reader is gone.
+fn render(event: &Event, json: bool) -> std::io::Result<()> {
+    let line = if json {
+        match serde_json::to_string(event) {
+            Ok(line) => line + "\n",
+            Err(_) => return Ok(()),
+        }
+    } else {
+        match event {
+            Event::Error { .. } => return Ok(()),
+            Event::Dropped { .. } => {
+                stderr(format!("hayedik: {}\n", event.human()), Priority::Essential);
+                return Ok(());
+            }
+            e if e.human_on_stdout() => e.human() + "\n",
+            e => {
+                tracing::info!("{}", e.human());
+                return Ok(());
+            }
+        }
+    };
+    write_all(&mut std::io::stdout().lock(), &[line.into_bytes()])
+}
+
+/// Waits for [`write_events`]'s thread at exit.
+#[derive(Debug)]
+pub struct EventWriter {
+    waiter: HandledWaiter,
+}
+
+impl EventWriter {
+    /// Waits until every event queued is written (or stdout closed), at
+    /// most `limit`: called before the process exits, after the last event.
+    pub fn flush(&self, limit: Duration) -> bool {
+        self.waiter.wait(limit)
+    }
 }
 
 /// tracing's writer: each formatted event is one lossy line on stderr.

@@ -1,21 +1,237 @@
 //! One way to start tasks and one cancellation tree.
 //!
-//! Every task is spawned through [`spawn`], which names it in the logs. The
-//! root [`CancellationToken`] is cancelled by the first Ctrl-C or SIGTERM
+//! Every task is spawned through [`spawn`], which names it in the logs and
+//! tracks it in a [`Scope`]: the scope of the task that spawned it (a
+//! task-local, so a session spawned by a listener spawned by `get` belongs
+//! to that `get`), and always the process-wide [`root`] scope. A library
+//! entry point (`get`, `share`, the tracker) runs its body with
+//! [`Scope::run`] and, before it returns, waits for every task of its scope
+//! with [`Scope::shutdown`]: a bounded wait, then the stragglers are named
+//! in the log and aborted. So when `get` returns, nothing it started still
+//! runs.
+//!
+//! Blocking work goes through [`spawn_blocking`], tracked the same way
+//! (waited for, but it cannot be aborted once it runs). What a scope does
+//! not see: std threads (the code that starts one must join it).
+//!
+//! The root [`CancellationToken`] is cancelled by the first Ctrl-C or SIGTERM
 //! ([`cancel_on_signals`]); a second signal exits at once.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::Duration;
 
+use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-/// Spawns `fut` as a task named `name` (visible in every log line it emits).
+/// How long [`Scope::shutdown`] waits by default for tasks to end on their
+/// own once their cancellation token fired, before aborting them.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
+
+tokio::task_local! {
+    /// The scope of the running task, inherited by what it spawns.
+    static CURRENT: Scope;
+}
+
+static ROOT: LazyLock<Scope> = LazyLock::new(|| Scope::new("process"));
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The process-wide scope: every task spawned through [`spawn`] is in it.
+pub fn root() -> &'static Scope {
+    &ROOT
+}
+
+/// A set of tracked tasks that can be waited for and aborted. Cheap to
+/// clone (clones share the set).
+#[derive(Debug, Clone)]
+pub struct Scope {
+    inner: Arc<ScopeInner>,
+}
+
+#[derive(Debug)]
+struct ScopeInner {
+    name: String,
+    tracker: TaskTracker,
+    /// Live tasks by id: their name and a handle to abort them.
+    live: Mutex<HashMap<u64, (String, Option<AbortHandle>)>>,
+}
+
+impl Scope {
+    pub fn new(name: &str) -> Scope {
+        Scope {
+            inner: Arc::new(ScopeInner {
+                name: name.to_string(),
+                tracker: TaskTracker::new(),
+                live: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn live(&self) -> MutexGuard<'_, HashMap<u64, (String, Option<AbortHandle>)>> {
+        self.inner.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tasks of this scope still running.
+    pub fn len(&self) -> usize {
+        self.inner.tracker.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.tracker.is_empty()
+    }
+
+    /// The names of the tasks still running, sorted.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.live().values().map(|(n, _)| n.clone()).collect();
+        names.sort();
+        names
+    }
+
+    /// Runs `fut` with this scope as the current one: what it spawns
+    /// (directly or through its tasks) is tracked here.
+    pub async fn run<F: Future>(&self, fut: F) -> F::Output {
+        CURRENT.scope(self.clone(), fut).await
+    }
+
+    /// Waits up to `limit` for every task of this scope to end, then aborts
+    /// the rest (naming them in the log) and waits for the aborts to land.
+    /// Returns how many had to be aborted. The scope stays usable: call
+    /// this after cancelling what its tasks watch.
+    pub async fn shutdown(&self, limit: Duration) -> usize {
+        let tracker = &self.inner.tracker;
+        tracker.close();
+        let ended = tokio::time::timeout(limit, tracker.wait()).await.is_ok();
+        let aborted = if ended {
+            0
+        } else {
+            let live: Vec<(String, Option<AbortHandle>)> = self.live().values().cloned().collect();
+            let names: Vec<&str> = live.iter().map(|(n, _)| n.as_str()).collect();
+            tracing::warn!(
+                "{}: {} task(s) still running {limit:?} after shutdown, aborting: {}",
+                self.inner.name,
+                live.len(),
+                names.join(", ")
+            );
+            live.iter()
+                .filter_map(|(_, h)| h.as_ref())
+                .for_each(|h| h.abort());
+            // An aborted task ends at its next poll: soon, unless a worker
+            // thread is stuck in blocking code.
+            let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+            live.len()
+        };
+        tracker.reopen();
+        aborted
+    }
+
+    /// Names task `id` before it exists, so that its end (which forgets
+    /// it) cannot come before its registration.
+    fn announce(&self, id: u64, name: &str) {
+        self.live().insert(id, (name.to_string(), None));
+    }
+
+    /// Gives the live task `id` its abort handle (unless it already ended).
+    fn register(&self, id: u64, handle: AbortHandle) {
+        if let Some(entry) = self.live().get_mut(&id) {
+            entry.1 = Some(handle);
+        }
+    }
+
+    fn is_inner(&self) -> bool {
+        !Arc::ptr_eq(&self.inner, &root().inner)
+    }
+
+    fn forget_on_drop(&self, id: u64) -> Forget {
+        Forget {
+            scope: self.clone(),
+            id,
+        }
+    }
+}
+
+/// Removes a task from its scope's live set when the task ends or is
+/// dropped (aborted, or its runtime shut down).
+struct Forget {
+    scope: Scope,
+    id: u64,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.scope.live().remove(&self.id);
+    }
+}
+
+/// Spawns `fut` as a task named `name` (visible in every log line it emits),
+/// tracked in the current [`Scope`] (inherited by what it spawns) and in the
+/// [`root`] scope.
 pub fn spawn<F>(name: &str, fut: F) -> tokio::task::JoinHandle<F::Output>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    tokio::spawn(fut.instrument(tracing::info_span!("task", name = %name)))
+    let (scope, id, guards) = enter(name);
+    let fut = CURRENT.scope(scope.clone(), async move {
+        let _guards = guards;
+        fut.await
+    });
+    let handle = scope
+        .inner
+        .tracker
+        .spawn(fut.instrument(tracing::info_span!("task", name = %name)));
+    register(&scope, id, handle.abort_handle());
+    handle
+}
+
+/// [`tokio::task::spawn_blocking`], tracked like [`spawn`]: a scope's
+/// [`Scope::shutdown`] waits for it (it cannot be aborted once running).
+pub fn spawn_blocking<F, R>(name: &str, f: F) -> tokio::task::JoinHandle<R>
+where
+    F: FnOnce() -> R + Send + 'static,
+    R: Send + 'static,
+{
+    let (scope, id, guards) = enter(name);
+    let handle = scope.inner.tracker.spawn_blocking(move || {
+        let _guards = guards;
+        f()
+    });
+    register(&scope, id, handle.abort_handle());
+    handle
+}
+
+/// What keeps a task counted: its entries in its scope and, for an inner
+/// scope, in the root (dropped with the task).
+type Guards = (
+    Forget,
+    Option<(tokio_util::task::task_tracker::TaskTrackerToken, Forget)>,
+);
+
+/// Names a new task `name` in the current scope (and the root): its scope,
+/// id, and the guards the task must hold.
+fn enter(name: &str) -> (Scope, u64, Guards) {
+    let scope = CURRENT
+        .try_with(|s| s.clone())
+        .unwrap_or_else(|_| root().clone());
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    scope.announce(id, name);
+    let forget = scope.forget_on_drop(id);
+    // A task of an inner scope counts in the root too.
+    let in_root = scope.is_inner().then(|| {
+        root().announce(id, name);
+        (root().inner.tracker.token(), root().forget_on_drop(id))
+    });
+    (scope, id, (forget, in_root))
+}
+
+fn register(scope: &Scope, id: u64, handle: AbortHandle) {
+    if scope.is_inner() {
+        root().register(id, handle.clone());
+    }
+    scope.register(id, handle);
 }
 
 /// Cancels `root` on the first Ctrl-C or SIGTERM; exits the process with
@@ -79,5 +295,59 @@ impl Signals {
         {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn children_inherit_the_scope_and_shutdown_waits_then_aborts() {
+        let scope = Scope::new("test");
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        scope
+            .run(async move {
+                spawn("parent", async move {
+                    // A grandchild that ends when cancelled, and one that
+                    // never does.
+                    let c2 = c.clone();
+                    spawn("polite", async move { c2.cancelled().await });
+                    spawn("stuck", std::future::pending::<()>());
+                    c.cancelled().await;
+                });
+            })
+            .await;
+        tokio::task::yield_now().await;
+        assert_eq!(scope.names(), ["parent", "polite", "stuck"]);
+        cancel.cancel();
+        let aborted = scope.shutdown(Duration::from_millis(200)).await;
+        assert_eq!(aborted, 1);
+        assert!(scope.is_empty(), "{:?}", scope.names());
+        assert!(scope.names().is_empty());
+    }
+
+    #[tokio::test]
+    async fn blocking_work_is_waited_for() {
+        let scope = Scope::new("test");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        scope
+            .run(async move {
+                spawn_blocking("blocking", move || rx.recv());
+            })
+            .await;
+        assert_eq!(scope.names(), ["blocking"]);
+        assert!(root().names().contains(&"blocking".to_string()));
+        let waiting = tokio::spawn({
+            let scope = scope.clone();
+            async move { scope.shutdown(Duration::from_secs(60)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "shutdown waits for blocking work");
+        tx.send(()).unwrap();
+        assert_eq!(waiting.await.unwrap(), 0);
+        assert!(scope.is_empty());
     }
 }

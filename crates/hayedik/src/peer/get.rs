@@ -20,6 +20,7 @@ use super::progress::Progress;
 use super::swarm::{Content, Swarm, SwarmOptions};
 use super::{node, resolve, udp_socket_for};
 use crate::events::{Event, Events};
+use crate::spawn::{Scope, SHUTDOWN_WAIT};
 use crate::storage::{Bitfield, Download, Opened, PieceLayout, Target, TreeStorage};
 
 /// What `get` was asked to do.
@@ -60,12 +61,40 @@ pub async fn get(
 }
 
 /// [`get`], handing the swarm to `observe` as soon as it exists (the demo
-/// draws its own progress from it).
+/// draws its own progress from it). When it returns, every task it started
+/// has ended (see [`crate::spawn`]), and only then is `stopped` emitted.
 pub async fn get_observed(
     opts: GetOptions,
     events: Events,
     cancel: CancellationToken,
     observe: impl FnOnce(Arc<Swarm>),
+) -> anyhow::Result<Option<GetReport>> {
+    let scope = Scope::new("get");
+    let cancel = cancel.child_token();
+    let mut stop = None;
+    let result = scope
+        .run(get_scoped(
+            opts,
+            &events,
+            cancel.clone(),
+            observe,
+            &mut stop,
+        ))
+        .await;
+    cancel.cancel();
+    scope.shutdown(SHUTDOWN_WAIT).await;
+    if let Some(stopped) = stop {
+        events.emit(stopped);
+    }
+    result
+}
+
+async fn get_scoped(
+    opts: GetOptions,
+    events: &Events,
+    cancel: CancellationToken,
+    observe: impl FnOnce(Arc<Swarm>),
+    stop: &mut Option<Event>,
 ) -> anyhow::Result<Option<GetReport>> {
     let started = Instant::now();
     let (listener, local) = node::bind_listener(opts.listen, events).await?;
@@ -91,7 +120,7 @@ pub async fn get_observed(
     node::spawn_connector(swarm.clone(), announcer.replies());
     let s = swarm.clone();
     announcer.spawn_lonely_reannounce(super::share::LONELY_REANNOUNCE, move || s.peer_count() == 0);
-    let progress = Progress::new(events, opts.timeout);
+    let progress = Progress::new(events.clone(), opts.timeout);
 
     let result = download(&opts, &swarm, &announcer, &progress, events, started).await;
     let report = match result {
@@ -108,7 +137,7 @@ pub async fn get_observed(
         progress.finish();
         announcer.leave().await;
         swarm.cancel.cancel();
-        events.emit(stopped(&swarm));
+        *stop = Some(stopped(&swarm));
         return Ok(None);
     };
     progress.finish();
@@ -138,7 +167,7 @@ pub async fn get_observed(
     events.emit(Event::Seeding);
     swarm.cancel.cancelled().await;
     announcer.leave().await;
-    events.emit(stopped(&swarm));
+    *stop = Some(stopped(&swarm));
     Ok(Some(GetReport {
         uploaded: swarm.uploaded.load(std::sync::atomic::Ordering::Relaxed),
         ..report
@@ -159,7 +188,7 @@ async fn download(
     swarm: &Arc<Swarm>,
     announcer: &super::announce::Announcer,
     progress: &Progress,
-    events: Events,
+    events: &Events,
     started: Instant,
 ) -> anyhow::Result<Option<GetReport>> {
     let cancel = swarm.cancel.clone();

@@ -37,7 +37,7 @@ pub const MAX_KNOWN: usize = 1024;
 /// Binds the TCP address pieces are served on and reports it (`listening`).
 pub async fn bind_listener(
     addr: SocketAddr,
-    events: crate::events::Events,
+    events: &crate::events::EventSink,
 ) -> anyhow::Result<(TcpListener, SocketAddr)> {
     use anyhow::Context;
     let listener = TcpListener::bind(addr).await.with_context(|| {

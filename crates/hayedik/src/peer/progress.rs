@@ -53,7 +53,7 @@ impl Progress {
     }
 
     fn bar(&self, total: u64, template: &str) -> Option<ProgressBar> {
-        if self.events.is_json() || self.events.is_quiet() {
+        if !self.events.draws_bars() {
             return None;
         }
         let bar = ProgressBar::new(total);

@@ -25,6 +25,7 @@ use super::hashing::hash_pieces;
 use super::swarm::{Content, Swarm, SwarmOptions};
 use super::{node, resolve, udp_socket_for};
 use crate::events::{Event, Events};
+use crate::spawn::{Scope, SHUTDOWN_WAIT};
 use crate::storage::{Bitfield, PieceLayout, TreeStorage};
 use crate::tracker::TrackerConfig;
 
@@ -56,11 +57,40 @@ pub struct Shared {
 }
 
 /// Shares until `cancel` fires; `on_ready` gets the ticket once it is known.
+/// When it returns, every task it started has ended (see [`crate::spawn`]),
+/// and only then is `stopped` emitted.
 pub async fn share(
     opts: ShareOptions,
     events: Events,
     cancel: CancellationToken,
     on_ready: impl FnOnce(Shared),
+) -> anyhow::Result<()> {
+    let scope = Scope::new("share");
+    let cancel = cancel.child_token();
+    let mut stop = None;
+    let result = scope
+        .run(share_scoped(
+            opts,
+            &events,
+            cancel.clone(),
+            on_ready,
+            &mut stop,
+        ))
+        .await;
+    cancel.cancel();
+    scope.shutdown(SHUTDOWN_WAIT).await;
+    if let Some(stopped) = stop {
+        events.emit(stopped);
+    }
+    result
+}
+
+async fn share_scoped(
+    opts: ShareOptions,
+    events: &Events,
+    cancel: CancellationToken,
+    on_ready: impl FnOnce(Shared),
+    stop: &mut Option<Event>,
 ) -> anyhow::Result<()> {
     let path = opts.path.clone();
     let walked = {
@@ -77,7 +107,7 @@ pub async fn share(
     let manifest = tokio::select! {
         // Hashing a large file takes a while: an interrupt need not wait.
         _ = cancel.cancelled() => {
-            events.emit(Event::Stopped { uploaded: Some(0), downloaded: Some(0) });
+            *stop = Some(Event::Stopped { uploaded: Some(0), downloaded: Some(0) });
             return Ok(());
         }
         m = build_manifest(&walked, events) => m?,
@@ -163,7 +193,7 @@ pub async fn share(
     });
     swarm.cancel.cancelled().await;
     announcer.leave().await;
-    events.emit(Event::Stopped {
+    *stop = Some(Event::Stopped {
         uploaded: Some(swarm.uploaded.load(Ordering::Relaxed)),
         downloaded: Some(0),
     });
@@ -319,7 +349,7 @@ fn walk_folder(dir: &Path, rel: &str, depth: usize, out: &mut Walked) -> anyhow:
 /// Hashes the files with a progress bar (on a terminal) on every core.
 async fn build_manifest(
     walked: &Walked,
-    events: Events,
+    events: &Events,
 ) -> anyhow::Result<(Manifest, PieceLayout, Arc<TreeStorage>)> {
     let sizes: Vec<u64> = walked.entries.iter().map(|e| e.size).collect();
     let len: u64 = sizes.iter().sum();
@@ -330,7 +360,7 @@ async fn build_manifest(
         layout.clone(),
         walked.sources.clone(),
     ));
-    let bar = (!events.is_json() && !events.is_quiet() && len > 64 << 20).then(|| {
+    let bar = (events.draws_bars() && len > 64 << 20).then(|| {
         let b = ProgressBar::new(len);
         if let Ok(style) = ProgressStyle::with_template(
             "hashing {bar:40.cyan/blue} {bytes}/{total_bytes} ({binary_bytes_per_sec})",
@@ -401,7 +431,7 @@ async fn embedded_tracker(
     let cancel = cancel.clone();
     crate::spawn::spawn("embedded tracker", async move {
         if let Err(e) =
-            crate::tracker::run(socket, TrackerConfig::default(), Events::quiet(), cancel).await
+            crate::tracker::run(socket, TrackerConfig::default(), Events::discard(), cancel).await
         {
             tracing::error!("embedded tracker: {e:#}");
         }

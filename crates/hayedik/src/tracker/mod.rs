@@ -152,11 +152,28 @@ impl Binder {
     }
 }
 
-/// Runs a tracker on `socket` until `cancel` fires.
+/// Runs a tracker on `socket` until `cancel` fires; when it returns, every
+/// task it started (the central tracker's, every swarm's) has ended.
 ///
 /// Opening the state store and restoring swarms happens before this returns
 /// its first error, so a bad state directory is reported at start.
 pub async fn run(
+    socket: UdpSocket,
+    config: TrackerConfig,
+    events: Events,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let scope = crate::spawn::Scope::new("tracker");
+    let cancel = cancel.child_token();
+    let result = scope
+        .run(run_scoped(socket, config, events, cancel.clone()))
+        .await;
+    cancel.cancel();
+    scope.shutdown(crate::spawn::SHUTDOWN_WAIT).await;
+    result
+}
+
+async fn run_scoped(
     socket: UdpSocket,
     config: TrackerConfig,
     events: Events,
@@ -201,7 +218,7 @@ pub async fn run(
     };
     // Listening only once the state loaded: a bad state directory is an
     // error before anything claims the tracker started.
-    events.emit(Event::Listening {
+    shared.events.emit(Event::Listening {
         addr: local.to_string(),
     });
     for record in &records {

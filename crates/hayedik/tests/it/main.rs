@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one shared harness, a module per area.
 #![allow(clippy::unwrap_used)]
 
+mod events_stall;
 mod faults_disk;
 mod faults_fuzz_seeds;
 mod faults_net;
