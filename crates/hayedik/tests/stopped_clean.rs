@@ -87,18 +87,15 @@ fn stopped_clean_get_and_share_leave_no_task_socket_or_thread() {
     }
 }
 
-/// The binary, for the other side of each transfer: two transfers in one
-/// process do not talk (a Hello carrying a nonce of this process is taken
-/// for a reflected handshake, see `peer/handshake.rs`).
+/// The binary, for the other side of each transfer: the process under
+/// test holds only the side being checked.
 const BIN: &str = env!("CARGO_BIN_EXE_hayedik");
 const LEN: usize = 24 << 20;
 
-/// Threads known to outlive `get` by a few milliseconds: `peer/disk.rs`
-/// detaches its writer thread, which ends once the last sender of its
-/// queue is dropped, after `get` returned (seen 5 to 6 ms later, in about
-/// half the runs). Tolerated only if it ends within [`LINGER`]; remove it
-/// from here once the download joins its writer before returning.
-const KNOWN_LATE: &[&str] = &["disk writer"];
+/// Threads allowed to outlive `get` or `share` (ending within [`LINGER`]):
+/// none. (The download's disk writer used to, by a few milliseconds; `get`
+/// now joins it before it returns.)
+const KNOWN_LATE: &[&str] = &[];
 
 /// After `get` or `share` returned: no task, no socket, no thread of theirs
 /// (but [`KNOWN_LATE`] ones that end within [`LINGER`]). Returns what is

@@ -72,17 +72,25 @@ pub async fn get_observed(
     let scope = Scope::new("get");
     let cancel = cancel.child_token();
     let mut stop = None;
+    let mut swarm = None;
     let result = scope
         .run(get_scoped(
             opts,
             &events,
             cancel.clone(),
             observe,
-            &mut stop,
+            (&mut stop, &mut swarm),
         ))
         .await;
     cancel.cancel();
     scope.shutdown(SHUTDOWN_WAIT).await;
+    // The sessions are gone: the disk thread finishes what they queued.
+    if let Some(thread) = swarm.and_then(|s: Arc<Swarm>| s.disk.close()) {
+        let joined = tokio::task::spawn_blocking(move || thread.join());
+        if tokio::time::timeout(SHUTDOWN_WAIT, joined).await.is_err() {
+            tracing::warn!("the disk writer thread is still writing; leaving it");
+        }
+    }
     if let Some(stopped) = stop {
         events.emit(stopped);
     }
@@ -94,7 +102,7 @@ async fn get_scoped(
     events: &Events,
     cancel: CancellationToken,
     observe: impl FnOnce(Arc<Swarm>),
-    stop: &mut Option<Event>,
+    (stop, swarm_out): (&mut Option<Event>, &mut Option<Arc<Swarm>>),
 ) -> anyhow::Result<Option<GetReport>> {
     let started = Instant::now();
     let (listener, local) = node::bind_listener(opts.listen, events).await?;
@@ -108,6 +116,7 @@ async fn get_scoped(
         },
         cancel.child_token(),
     );
+    *swarm_out = Some(swarm.clone());
     node::spawn_listener(listener, swarm.clone(), opts.max_peers_per_ip);
     observe(swarm.clone());
     let socket = udp_socket_for(tracker).await?;

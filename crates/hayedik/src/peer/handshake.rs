@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use hayedik_proto::peer::{
     handshake_proof, verify_proof, Message, PeerWireError, Role, PROTOCOL_VERSION,
@@ -24,15 +24,13 @@ use hayedik_proto::peer::{
 use super::session::SessionError;
 use super::wire::{FrameReader, FrameWriter, WireError};
 
-/// Nonces of this process's handshakes in progress. Bounded by the number
-/// of connections (incoming and outgoing sessions are capped, see
-/// `node.rs`); [`NonceGuard`] removes its nonce when dropped.
-struct Nonces(Mutex<HashSet<[u8; 32]>>);
-
-fn nonces() -> &'static Nonces {
-    static NONCES: OnceLock<Nonces> = OnceLock::new();
-    NONCES.get_or_init(|| Nonces(Mutex::new(HashSet::new())))
-}
+/// Nonces of one swarm's handshakes in progress (each peer node of a
+/// process has its own: a demo runs several in one process, and they must
+/// not take each other's Hellos for reflections). Bounded by the number of
+/// connections (incoming and outgoing sessions are capped, see `node.rs`);
+/// [`NonceGuard`] removes its nonce when dropped.
+#[derive(Debug, Default)]
+pub struct Nonces(Mutex<HashSet<[u8; 32]>>);
 
 impl Nonces {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
@@ -40,12 +38,12 @@ impl Nonces {
     }
 
     /// A fresh nonce, registered until the guard is dropped.
-    fn fresh(&'static self) -> NonceGuard {
+    fn fresh(self: &Arc<Self>) -> NonceGuard {
         loop {
             let nonce: [u8; 32] = rand::random();
             if self.lock().insert(nonce) {
                 return NonceGuard {
-                    nonces: self,
+                    nonces: self.clone(),
                     nonce,
                 };
             }
@@ -59,7 +57,7 @@ impl Nonces {
 
 /// One registered nonce.
 struct NonceGuard {
-    nonces: &'static Nonces,
+    nonces: Arc<Nonces>,
     nonce: [u8; 32],
 }
 
@@ -78,6 +76,8 @@ pub struct Keys {
     pub auth_key: [u8; 32],
     /// The TCP port we serve on (told to the remote, informational).
     pub listen_port: u16,
+    /// The nonces of this swarm's handshakes in progress.
+    pub nonces: Arc<Nonces>,
 }
 
 /// What the remote said in its Hello.
@@ -120,22 +120,11 @@ impl<'k> Handshake<'k> {
     /// A handshake as `role`, and what to send first (the initiator's
     /// Hello; nothing for the responder).
     pub fn new(keys: &'k Keys, role: Role, remote: SocketAddr) -> (Self, Vec<Message>) {
-        Self::with_nonces(keys, role, remote, nonces())
-    }
-
-    /// [`Handshake::new`] with its nonce kept in `registry` (the process's
-    /// one, except in tests that play both sides).
-    fn with_nonces(
-        keys: &'k Keys,
-        role: Role,
-        remote: SocketAddr,
-        registry: &'static Nonces,
-    ) -> (Self, Vec<Message>) {
         let h = Self {
             keys,
             role,
             remote,
-            mine: registry.fresh(),
+            mine: keys.nonces.fresh(),
             theirs: None,
         };
         let first = match role {
@@ -304,17 +293,12 @@ mod tests {
             swarm_key: swarm_key(&[root; 32]),
             auth_key: peer_auth_key(&[root; 32]),
             listen_port: port,
+            nonces: Arc::default(),
         }
     }
 
     fn addr() -> SocketAddr {
         SocketAddr::from(([10, 0, 0, 1], 7000))
-    }
-
-    /// A handshake with a registry of its own, as in another process.
-    fn side<'k>(keys: &'k Keys, role: Role) -> (Handshake<'k>, Vec<Message>) {
-        let registry = Box::leak(Box::new(Nonces(Mutex::new(HashSet::new()))));
-        Handshake::with_nonces(keys, role, addr(), registry)
     }
 
     /// Delivers `msgs` to `h`: what it sends, whether it is done.
@@ -334,18 +318,19 @@ mod tests {
 
     #[test]
     fn a_nonce_is_ours_while_its_guard_lives() {
-        let guard = nonces().fresh();
+        let nonces = Arc::new(Nonces::default());
+        let guard = nonces.fresh();
         let n = guard.nonce;
-        assert!(nonces().is_ours(&n));
+        assert!(nonces.is_ours(&n));
         drop(guard);
-        assert!(!nonces().is_ours(&n));
+        assert!(!nonces.is_ours(&n));
     }
 
     #[test]
     fn two_ticket_holders_complete_it_in_order() {
         let (ka, kb) = (keys(1, 1111), keys(1, 2222));
-        let (mut a, first) = side(&ka, Role::Initiator);
-        let (mut b, nothing) = side(&kb, Role::Responder);
+        let (mut a, first) = Handshake::new(&ka, Role::Initiator, addr());
+        let (mut b, nothing) = Handshake::new(&kb, Role::Responder, addr());
         assert!(nothing.is_empty(), "the responder speaks second");
         assert!(matches!(first[..], [Message::Hello { .. }]));
         let (to_a, done_b) = feed(&mut b, first).unwrap();
@@ -365,8 +350,8 @@ mod tests {
     #[test]
     fn the_responder_says_nothing_to_another_swarm() {
         let (ka, kb) = (keys(1, 1), keys(2, 2));
-        let (_a, first) = side(&ka, Role::Initiator);
-        let (mut b, _) = side(&kb, Role::Responder);
+        let (_a, first) = Handshake::new(&ka, Role::Initiator, addr());
+        let (mut b, _) = Handshake::new(&kb, Role::Responder, addr());
         let f = feed(&mut b, first).unwrap_err();
         assert!(matches!(f.error, SessionError::OtherSwarm { .. }));
         // A Goodbye only: no Hello naming its swarm, no proof.
@@ -380,8 +365,8 @@ mod tests {
         let ka = keys(1, 1);
         let mut kb = keys(1, 2);
         kb.auth_key = peer_auth_key(&[9; 32]);
-        let (mut a, first) = side(&ka, Role::Initiator);
-        let (mut b, _) = side(&kb, Role::Responder);
+        let (mut a, first) = Handshake::new(&ka, Role::Initiator, addr());
+        let (mut b, _) = Handshake::new(&kb, Role::Responder, addr());
         let (to_a, _) = feed(&mut b, first).unwrap();
         let f = feed(&mut a, to_a).unwrap_err();
         assert!(matches!(f.error, SessionError::BadProof { .. }));
@@ -390,6 +375,7 @@ mod tests {
 
     #[test]
     fn our_own_nonce_coming_back_is_refused_silently() {
+        // The same swarm's keys, hence its nonces: one peer node.
         let k = keys(1, 1);
         let (a, first) = Handshake::new(&k, Role::Initiator, addr());
         // A second connection to us replays our Hello (reflection).
@@ -403,15 +389,15 @@ mod tests {
     #[test]
     fn anything_out_of_order_ends_it() {
         let k = keys(1, 1);
-        let (mut b, _) = side(&k, Role::Responder);
+        let (mut b, _) = Handshake::new(&k, Role::Responder, addr());
         let f = feed(&mut b, vec![Message::Proof { mac: [0; 32] }]).unwrap_err();
         assert!(matches!(f.error, SessionError::Protocol { .. }));
-        let (mut b, _) = side(&k, Role::Responder);
+        let (mut b, _) = Handshake::new(&k, Role::Responder, addr());
         let f = feed(&mut b, vec![Message::ManifestRequest]).unwrap_err();
         assert!(matches!(f.error, SessionError::Protocol { .. }));
-        let (mut a, first) = side(&k, Role::Initiator);
+        let (mut a, first) = Handshake::new(&k, Role::Initiator, addr());
         let k2 = keys(1, 2);
-        let (mut b2, _) = side(&k2, Role::Responder);
+        let (mut b2, _) = Handshake::new(&k2, Role::Responder, addr());
         let (to_a, _) = feed(&mut b2, first).unwrap();
         // A second Hello where the proof is due.
         let f = feed(&mut a, vec![to_a[0].clone(), to_a[0].clone()]).unwrap_err();
@@ -421,7 +407,7 @@ mod tests {
     #[test]
     fn another_version_is_told_so() {
         let k = keys(1, 1);
-        let (b, _) = side(&k, Role::Responder);
+        let (b, _) = Handshake::new(&k, Role::Responder, addr());
         let f = b.on_wire_error(WireError::Frame(PeerWireError::UnsupportedVersion(2)));
         match f.goodbye {
             Some(reason) => assert!(reason.contains("unsupported protocol version"), "{reason}"),

@@ -229,7 +229,7 @@ pub async fn write_loop(
         let next = match content {
             Some(content) if !serves.is_empty() => {
                 let (pieces, buf) = (ctx.pieces.clone(), spare.pop().unwrap_or_default());
-                Some(tokio::task::spawn_blocking(move || {
+                Some(crate::spawn::spawn_blocking("read blocks", move || {
                     read_batch(&pieces, &content, &serves, buf)
                 }))
             }
@@ -411,7 +411,7 @@ mod direct {
                 // A stat of the file, maybe a re-hash of the piece: blocking.
                 let c = content.clone();
                 let base = at - u64::from(offset);
-                tokio::task::spawn_blocking(move || {
+                crate::spawn::spawn_blocking("check a piece", move || {
                     matches!(
                         c.guard.check(piece, &c.manifest, c.storage.as_ref(), base),
                         Check::Good

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 pub use super::content::{Content, VerifiedManifest};
 use super::disk::Disk;
 use super::fatal::{Fatal, FatalSlot};
+use super::handshake::Nonces;
 use super::pieces::{Pieces, SharedPieces};
 use super::rate::RateLimit;
 use crate::storage::Bitfield;
@@ -48,6 +49,8 @@ pub struct Swarm {
     pub pieces: Arc<SharedPieces>,
     /// Block buffers and the writer thread of the download.
     pub disk: Disk,
+    /// The nonces of this swarm's handshakes in progress.
+    pub nonces: Arc<Nonces>,
     /// The first error that makes going on pointless (a full disk...).
     pub fatal: Arc<FatalSlot>,
     /// The first verified manifest a session obtained (getter side).
@@ -89,6 +92,7 @@ impl Swarm {
             uploaded: Arc::new(AtomicU64::new(0)),
             downloaded: Arc::new(AtomicU64::new(0)),
             disk: Disk::new(pieces.clone(), fatal.clone()),
+            nonces: Arc::default(),
             pieces,
             fatal,
             manifest_tx: watch::channel(None).0,

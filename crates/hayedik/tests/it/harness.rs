@@ -345,6 +345,11 @@ pub struct Exit {
 
 /// Runs `hayedik ARGS...` until it exits (it must within 20 s).
 pub fn run_to_exit(args: &[&str]) -> Exit {
+    run_to_exit_within(args, Duration::from_secs(20))
+}
+
+/// [`run_to_exit`] with a deadline of `limit`.
+pub fn run_to_exit_within(args: &[&str], limit: Duration) -> Exit {
     let mut child = Command::new(BIN)
         .args(args)
         .env("RUST_BACKTRACE", "1")
@@ -356,7 +361,7 @@ pub fn run_to_exit(args: &[&str]) -> Exit {
     lock_children().push((thread::current().id(), child.id()));
     let stdout = collect(child.stdout.take().expect("piped stdout"));
     let stderr = collect(child.stderr.take().expect("piped stderr"));
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait().expect("waiting for hayedik") {
             break status;
@@ -364,7 +369,7 @@ pub fn run_to_exit(args: &[&str]) -> Exit {
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("hayedik {args:?} did not exit within 20 s");
+            panic!("hayedik {args:?} did not exit within {limit:?}");
         }
         thread::sleep(Duration::from_millis(10));
     };

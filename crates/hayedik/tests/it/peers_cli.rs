@@ -5,7 +5,7 @@
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use crate::harness::run_to_exit;
+use crate::harness::{run_to_exit, run_to_exit_within};
 use crate::swarm_harness::{scenario, tempdir, Node};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -28,6 +28,23 @@ fn peers_cli_version() {
         assert!(
             line.split(' ').nth(1).is_some_and(|v| v.contains('.')),
             "{out:?}"
+        );
+    });
+}
+
+/// `demo` runs a tracker, a sharer and four getters in one process: they
+/// must talk to each other (each peer node keeps its own handshake nonces)
+/// and it exits 0 with identical copies.
+#[test]
+fn peers_cli_demo_runs_to_the_end() {
+    scenario(Duration::from_secs(150), || {
+        let out = run_to_exit_within(&["demo"], Duration::from_secs(120));
+        assert_no_panic(&out.stderr);
+        assert!(out.status.success(), "{out:?}");
+        let all = format!("{}{}", out.stdout, out.stderr);
+        assert!(
+            all.contains("all 4 copies are identical to the original"),
+            "{all}"
         );
     });
 }

@@ -74,6 +74,7 @@ async fn run_session(
         swarm_key: swarm.swarm_key,
         auth_key: swarm.auth_key,
         listen_port: swarm.listen_port,
+        nonces: swarm.nonces.clone(),
     };
     let handshake = tokio::time::timeout(
         HANDSHAKE_TIMEOUT,
