@@ -93,6 +93,9 @@ pub enum Event {
         uploaded: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         downloaded: Option<u64>,
+        /// `get` only: whether the download was complete when it stopped.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        complete: Option<bool>,
     },
     /// Not emitted by library code: the queue's record that `events`
     /// events were dropped here because the face did not keep up.
@@ -166,10 +169,20 @@ impl Event {
             Event::Stopped {
                 uploaded,
                 downloaded,
-            } => match (uploaded, downloaded) {
-                (Some(u), Some(d)) => format!("stopped ({u} bytes uploaded, {d} downloaded)"),
-                _ => "stopped".to_string(),
-            },
+                complete,
+            } => {
+                let counts = match (uploaded, downloaded) {
+                    (Some(u), Some(d)) => format!(" ({u} bytes uploaded, {d} downloaded)"),
+                    _ => String::new(),
+                };
+                if *complete == Some(false) {
+                    format!(
+                        "stopped before the download was complete{counts}: what was verified is kept; run the same command again to resume"
+                    )
+                } else {
+                    format!("stopped{counts}")
+                }
+            }
             Event::Dropped { events } => {
                 format!("{events} events dropped: they were not read in time")
             }
@@ -494,7 +507,8 @@ mod tests {
         assert_eq!(
             j(Event::Stopped {
                 uploaded: None,
-                downloaded: None
+                downloaded: None,
+                complete: None,
             }),
             serde_json::json!({"event": "stopped"})
         );

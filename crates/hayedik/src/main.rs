@@ -141,6 +141,7 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
             events.emit(Event::Stopped {
                 uploaded: None,
                 downloaded: None,
+                complete: None,
             });
             Ok(ExitCode::SUCCESS)
         }
@@ -168,8 +169,16 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
                 only: a.only,
                 max_peers_per_ip: usize::from(a.max_peers_per_ip),
             };
-            hayedik::peer::get::get(opts, events, cancel).await?;
-            Ok(ExitCode::SUCCESS)
+            match hayedik::peer::get::get(opts, events, cancel).await? {
+                Some(_) => Ok(ExitCode::SUCCESS),
+                // Interrupted before it was complete (DESIGN.md): 128 plus
+                // the signal, its progress kept.
+                None => {
+                    let signal =
+                        hayedik::spawn::received_signal().unwrap_or(hayedik::spawn::SIGINT);
+                    Ok(ExitCode::from(128 + signal))
+                }
+            }
         }
         Command::Demo => {
             hayedik::demo::run(cancel).await?;

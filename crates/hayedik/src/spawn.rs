@@ -241,14 +241,32 @@ fn register(scope: &Scope, id: u64, handle: AbortHandle) {
 pub fn cancel_on_signals(root: CancellationToken) {
     let mut signals = Signals::install();
     spawn("signals", async move {
-        signals.recv().await;
+        let first = signals.recv().await;
+        RECEIVED.store(first, std::sync::atomic::Ordering::Relaxed);
         // Cancel first: nothing the log does may stand between a signal and
         // the shutdown it asks for.
         root.cancel();
         tracing::info!("stopping (send the signal again to exit at once)");
-        signals.recv().await;
-        std::process::exit(130);
+        let second = signals.recv().await;
+        std::process::exit(128 + i32::from(second));
     });
+}
+
+/// The number of the first stopping signal received (0: none yet).
+static RECEIVED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// SIGINT's number (Ctrl-C, also what Windows' Ctrl-C stands for here).
+pub const SIGINT: u8 = 2;
+/// SIGTERM's number.
+pub const SIGTERM: u8 = 15;
+
+/// The first stopping signal this process received ([`SIGINT`] or
+/// [`SIGTERM`]), if any: `get` exits with 128 plus it when interrupted.
+pub fn received_signal() -> Option<u8> {
+    match RECEIVED.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => None,
+        n => Some(n),
+    }
 }
 
 /// Ctrl-C and, on unix, SIGTERM.
@@ -275,7 +293,8 @@ impl Signals {
         }
     }
 
-    async fn recv(&mut self) {
+    /// Waits for the next signal; returns its number.
+    async fn recv(&mut self) -> u8 {
         #[cfg(unix)]
         {
             async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
@@ -287,13 +306,14 @@ impl Signals {
                 }
             }
             tokio::select! {
-                _ = next(&mut self.term) => {}
-                _ = next(&mut self.int) => {}
+                _ = next(&mut self.term) => SIGTERM,
+                _ = next(&mut self.int) => SIGINT,
             }
         }
         #[cfg(not(unix))]
         {
             let _ = tokio::signal::ctrl_c().await;
+            SIGINT
         }
     }
 }

@@ -283,12 +283,12 @@ impl Thread {
             return;
         }
         // What is on disk is what we hashed: this stream was its only writer.
-        match self
+        let mark = || content.mark_verified(piece);
+        let v = self
             .pieces
-            .verified(piece, id, Some(s.listed), Instant::now())
-        {
-            Verified::New => content.mark_verified(piece),
-            Verified::Duplicate => tracing::trace!(piece, "duplicate piece (endgame)"),
+            .verified(piece, id, Some(s.listed), Instant::now(), mark);
+        if v == Verified::Duplicate {
+            tracing::trace!(piece, "duplicate piece (endgame)");
         }
     }
 
@@ -313,13 +313,9 @@ impl Thread {
             self.fatal.fail(write_failed(content, e));
             return;
         }
-        if self
-            .pieces
-            .verified(piece, id, Some(listed), Instant::now())
-            == Verified::New
-        {
-            content.mark_verified(piece);
-        }
+        let mark = || content.mark_verified(piece);
+        self.pieces
+            .verified(piece, id, Some(listed), Instant::now(), mark);
     }
 }
 

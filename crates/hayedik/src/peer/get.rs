@@ -146,7 +146,7 @@ async fn get_scoped(
         progress.finish();
         announcer.leave().await;
         swarm.cancel.cancel();
-        *stop = Some(stopped(&swarm));
+        *stop = Some(stopped(&swarm, false));
         return Ok(None);
     };
     progress.finish();
@@ -176,18 +176,20 @@ async fn get_scoped(
     events.emit(Event::Seeding);
     swarm.cancel.cancelled().await;
     announcer.leave().await;
-    *stop = Some(stopped(&swarm));
+    *stop = Some(stopped(&swarm, true));
     Ok(Some(GetReport {
         uploaded: swarm.uploaded.load(std::sync::atomic::Ordering::Relaxed),
         ..report
     }))
 }
 
-fn stopped(swarm: &Swarm) -> Event {
+/// `complete`: whether the download was done (in place) when it stopped.
+fn stopped(swarm: &Swarm, complete: bool) -> Event {
     use std::sync::atomic::Ordering::Relaxed;
     Event::Stopped {
         uploaded: Some(swarm.uploaded.load(Relaxed)),
         downloaded: Some(swarm.downloaded.load(Relaxed)),
+        complete: Some(complete),
     }
 }
 

@@ -441,13 +441,16 @@ impl SharedPieces {
         }
     }
 
-    /// [`Pieces::verified`], then announces a new piece.
+    /// [`Pieces::verified`]; for a new piece, `on_new` (recording it in
+    /// the resume state...) then the announcements: whoever learns that the
+    /// download is complete finds every piece recorded.
     pub fn verified(
         &self,
         piece: u32,
         id: u64,
         peer: Option<SocketAddr>,
         now: Instant,
+        on_new: impl FnOnce(),
     ) -> Verified {
         let (v, complete) = {
             let mut p = self.lock();
@@ -455,6 +458,7 @@ impl SharedPieces {
             (v, p.is_complete())
         };
         if v == Verified::New {
+            on_new();
             let _ = self.have_tx.send(piece);
             if complete {
                 self.complete_tx.send_replace(true);

@@ -107,7 +107,7 @@ async fn share_scoped(
     let manifest = tokio::select! {
         // Hashing a large file takes a while: an interrupt need not wait.
         _ = cancel.cancelled() => {
-            *stop = Some(Event::Stopped { uploaded: Some(0), downloaded: Some(0) });
+            *stop = Some(Event::Stopped { uploaded: Some(0), downloaded: Some(0), complete: None });
             return Ok(());
         }
         m = build_manifest(&walked, events) => m?,
@@ -196,6 +196,7 @@ async fn share_scoped(
     *stop = Some(Event::Stopped {
         uploaded: Some(swarm.uploaded.load(Ordering::Relaxed)),
         downloaded: Some(0),
+        complete: None,
     });
     if let Some(fatal) = swarm.fatal() {
         bail!("{fatal}");
