@@ -57,153 +57,168 @@ fn local(port: u16) -> SocketAddr {
 
 #[tokio::test]
 async fn create_announce_see_and_leave() {
-    let (central, stop) = tracker(TrackerConfig::default()).await;
-    let mut a = seeder(central).await;
-    assert_eq!(a.swarm_addr().ip(), central.ip());
-    assert_ne!(a.swarm_addr().port(), central.port());
+    within(async {
+        let (central, stop) = tracker(TrackerConfig::default()).await;
+        let mut a = seeder(central).await;
+        assert_eq!(a.swarm_addr().ip(), central.ip());
+        assert_ne!(a.swarm_addr().port(), central.port());
 
-    let mut b = client(a.swarm_addr(), 4002).await;
-    let r = b.announce(PeerState::Downloading, 0).await.unwrap();
-    assert_eq!(r.interval, Duration::from_secs(60));
-    assert_eq!((r.seeders, r.partials), (1, 0));
-    assert_eq!(r.peers.len(), 1);
-    assert_eq!(r.peers[0].addr, local(4001));
-    assert_eq!(r.peers[0].state, PeerState::Complete);
+        let mut b = client(a.swarm_addr(), 4002).await;
+        let r = b.announce(PeerState::Downloading, 0).await.unwrap();
+        assert_eq!(r.interval, Duration::from_secs(60));
+        assert_eq!((r.seeders, r.partials), (1, 0));
+        assert_eq!(r.peers.len(), 1);
+        assert_eq!(r.peers[0].addr, local(4001));
+        assert_eq!(r.peers[0].state, PeerState::Complete);
 
-    let r = a.announce(PeerState::Complete, 0).await.unwrap();
-    assert_eq!((r.seeders, r.partials), (0, 1));
-    assert_eq!(r.peers[0].addr, local(4002));
+        let r = a.announce(PeerState::Complete, 0).await.unwrap();
+        assert_eq!((r.seeders, r.partials), (0, 1));
+        assert_eq!(r.peers[0].addr, local(4002));
 
-    let r = a.announce(PeerState::Leaving, 0).await.unwrap();
-    assert!(r.peers.is_empty());
-    let r = b.announce(PeerState::Downloading, 0).await.unwrap();
-    assert_eq!((r.seeders, r.partials), (0, 0));
-    assert!(r.peers.is_empty());
-    stop.cancel();
+        let r = a.announce(PeerState::Leaving, 0).await.unwrap();
+        assert!(r.peers.is_empty());
+        let r = b.announce(PeerState::Downloading, 0).await.unwrap();
+        assert_eq!((r.seeders, r.partials), (0, 0));
+        assert!(r.peers.is_empty());
+        stop.cancel();
+    })
+    .await
 }
 
 #[tokio::test]
 async fn wrong_key_is_a_clear_error() {
-    let (central, stop) = tracker(TrackerConfig::default()).await;
-    let a = seeder(central).await;
-    let mut other = TrackerClient::bind(a.swarm_addr(), [8; 32], 4003)
-        .await
-        .unwrap();
-    let e = other.announce(PeerState::Downloading, 0).await.unwrap_err();
-    assert_eq!(
-        e,
-        AnnounceError::WrongSwarm {
-            tracker: a.swarm_addr()
-        }
-    );
-    assert!(e.to_string().contains("check the ticket"), "{e}");
-    stop.cancel();
+    within(async {
+        let (central, stop) = tracker(TrackerConfig::default()).await;
+        let a = seeder(central).await;
+        let mut other = TrackerClient::bind(a.swarm_addr(), [8; 32], 4003)
+            .await
+            .unwrap();
+        let e = other.announce(PeerState::Downloading, 0).await.unwrap_err();
+        assert_eq!(
+            e,
+            AnnounceError::WrongSwarm {
+                tracker: a.swarm_addr()
+            }
+        );
+        assert!(e.to_string().contains("check the ticket"), "{e}");
+        stop.cancel();
+    })
+    .await
 }
 
 #[tokio::test]
 async fn bad_connection_id_reconnects() {
-    let (central, stop) = tracker(TrackerConfig::default()).await;
-    let mut a = seeder(central).await;
-    assert_eq!(a.connects, 1);
-    let good = a.conn.unwrap().id;
-    a.conn = Some(ConnId {
-        id: good ^ 1,
-        at: Instant::now(),
-    });
-    a.announce(PeerState::Complete, 0).await.unwrap();
-    assert_eq!(a.connects, 2, "reconnected once");
-    assert_ne!(a.conn.unwrap().id, good ^ 1);
-    // An old id is renewed before use, without an ERROR 3 round trip.
-    a.conn = Some(ConnId {
-        id: good ^ 1,
-        at: Instant::now() - CONN_ID_MAX_AGE,
-    });
-    a.announce(PeerState::Complete, 0).await.unwrap();
-    assert_eq!(a.connects, 3);
-    stop.cancel();
+    within(async {
+        let (central, stop) = tracker(TrackerConfig::default()).await;
+        let mut a = seeder(central).await;
+        assert_eq!(a.connects, 1);
+        let good = a.conn.unwrap().id;
+        a.conn = Some(ConnId {
+            id: good ^ 1,
+            at: Instant::now(),
+        });
+        a.announce(PeerState::Complete, 0).await.unwrap();
+        assert_eq!(a.connects, 2, "reconnected once");
+        assert_ne!(a.conn.unwrap().id, good ^ 1);
+        // An old id is renewed before use, without an ERROR 3 round trip.
+        a.conn = Some(ConnId {
+            id: good ^ 1,
+            at: Instant::now() - CONN_ID_MAX_AGE,
+        });
+        a.announce(PeerState::Complete, 0).await.unwrap();
+        assert_eq!(a.connects, 3);
+        stop.cancel();
+    })
+    .await
 }
 
 #[tokio::test]
 async fn unreachable_tracker_fails_within_the_deadline() {
-    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = silent.local_addr().unwrap();
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let t0 = std::time::Instant::now();
-    let e = create_swarm(&socket, addr, Duration::from_millis(600))
-        .await
-        .unwrap_err();
-    let took = t0.elapsed();
-    assert!(matches!(e, AnnounceError::Unreachable { tracker, .. } if tracker == addr));
-    assert!(took >= Duration::from_millis(600) && took < Duration::from_secs(2));
-    assert!(e.to_string().contains("is the tracker running?"), "{e}");
+    within(async {
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let t0 = std::time::Instant::now();
+        let e = create_swarm(&socket, addr, Duration::from_millis(600))
+            .await
+            .unwrap_err();
+        let took = t0.elapsed();
+        assert!(matches!(e, AnnounceError::Unreachable { tracker, .. } if tracker == addr));
+        assert!(took >= Duration::from_millis(600) && took < Duration::from_secs(2));
+        assert!(e.to_string().contains("is the tracker running?"), "{e}");
 
-    let mut c = client(addr, 4004).await;
-    c.set_deadline(Duration::from_millis(400));
-    let t0 = std::time::Instant::now();
-    let e = c.announce(PeerState::Downloading, 0).await.unwrap_err();
-    assert!(matches!(e, AnnounceError::Unreachable { .. }), "{e}");
-    assert!(t0.elapsed() < Duration::from_secs(2));
-    // The silent socket saw retransmissions of the same CONNECT.
-    let mut buf = [0u8; 64];
-    let (n, _) = silent.recv_from(&mut buf).await.unwrap();
-    let first = Datagram::decode(&buf[..n]).unwrap();
-    let (n, _) = silent.recv_from(&mut buf).await.unwrap();
-    assert_eq!(Datagram::decode(&buf[..n]).unwrap(), first);
+        let mut c = client(addr, 4004).await;
+        c.set_deadline(Duration::from_millis(400));
+        let t0 = std::time::Instant::now();
+        let e = c.announce(PeerState::Downloading, 0).await.unwrap_err();
+        assert!(matches!(e, AnnounceError::Unreachable { .. }), "{e}");
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        // The silent socket saw retransmissions of the same CONNECT.
+        let mut buf = [0u8; 64];
+        let (n, _) = silent.recv_from(&mut buf).await.unwrap();
+        let first = Datagram::decode(&buf[..n]).unwrap();
+        let (n, _) = silent.recv_from(&mut buf).await.unwrap();
+        assert_eq!(Datagram::decode(&buf[..n]).unwrap(), first);
+    })
+    .await
 }
 
 #[tokio::test]
 async fn hostile_datagrams_do_not_derail_the_handshake() {
-    let (central, stop) = tracker(TrackerConfig::default()).await;
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let me = socket.local_addr().unwrap();
-    let hostile = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let junk = |tid: u32| {
-        vec![
-            Vec::new(),
-            b"HYDK".to_vec(),
-            vec![0xff; 40],
-            Datagram::new(
-                tid,
-                Message::Offer {
-                    token: 1,
-                    port: Some(9),
-                },
-            )
-            .to_vec(),
-            Datagram::new(
-                tid,
-                Message::Offer {
-                    token: 1,
-                    port: None,
-                },
-            )
-            .to_vec(),
-            Datagram::new(tid, Message::Challenge { cookie: 5 }).to_vec(),
-            Datagram::new(tid, Message::Confirmed).to_vec(),
-        ]
-    };
-    // Queued before the handshake starts...
-    for d in junk(0) {
-        hostile.send_to(&d, me).await.unwrap();
-    }
-    // ...and sent while it runs.
-    let flood = tokio::spawn(async move {
-        for tid in 0u32.. {
-            for d in junk(tid) {
-                let _ = hostile.send_to(&d, me).await;
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
+    within(async {
+        let (central, stop) = tracker(TrackerConfig::default()).await;
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let me = socket.local_addr().unwrap();
+        let hostile = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let junk = |tid: u32| {
+            vec![
+                Vec::new(),
+                b"HYDK".to_vec(),
+                vec![0xff; 40],
+                Datagram::new(
+                    tid,
+                    Message::Offer {
+                        token: 1,
+                        port: Some(9),
+                    },
+                )
+                .to_vec(),
+                Datagram::new(
+                    tid,
+                    Message::Offer {
+                        token: 1,
+                        port: None,
+                    },
+                )
+                .to_vec(),
+                Datagram::new(tid, Message::Challenge { cookie: 5 }).to_vec(),
+                Datagram::new(tid, Message::Confirmed).to_vec(),
+            ]
+        };
+        // Queued before the handshake starts...
+        for d in junk(0) {
+            hostile.send_to(&d, me).await.unwrap();
         }
-    });
-    let port = create_swarm(&socket, central, Duration::from_secs(5))
-        .await
-        .unwrap();
-    flood.abort();
-    assert_ne!(port, 9);
-    let mut a = TrackerClient::from_socket(socket, local(port), KEY, 4005);
-    a.set_deadline(Duration::from_secs(5));
-    a.announce(PeerState::Complete, 0).await.unwrap();
-    stop.cancel();
+        // ...and sent while it runs.
+        let flood = tokio::spawn(async move {
+            for tid in 0u32.. {
+                for d in junk(tid) {
+                    let _ = hostile.send_to(&d, me).await;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        let port = create_swarm(&socket, central, Duration::from_secs(5))
+            .await
+            .unwrap();
+        flood.abort();
+        assert_ne!(port, 9);
+        let mut a = TrackerClient::from_socket(socket, local(port), KEY, 4005);
+        a.set_deadline(Duration::from_secs(5));
+        a.announce(PeerState::Complete, 0).await.unwrap();
+        stop.cancel();
+    })
+    .await
 }
 
 /// Drops the first JOIN with a cookie, then pretends the cookie expired,
@@ -211,61 +226,64 @@ async fn hostile_datagrams_do_not_derail_the_handshake() {
 /// the swarm port's OFFER).
 #[tokio::test]
 async fn handshake_retransmits_and_follows_a_fresh_cookie() {
-    let central = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let central_addr = central.local_addr().unwrap();
-    let swarm = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let swarm_port = swarm.local_addr().unwrap().port();
-    let fake = tokio::spawn(async move {
-        let mut buf = [0u8; 64];
-        let mut joins = Vec::new();
-        loop {
-            let (n, src) = central.recv_from(&mut buf).await.unwrap();
+    within(async {
+        let central = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let central_addr = central.local_addr().unwrap();
+        let swarm = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let swarm_port = swarm.local_addr().unwrap().port();
+        let fake = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let mut joins = Vec::new();
+            loop {
+                let (n, src) = central.recv_from(&mut buf).await.unwrap();
+                let d = Datagram::decode(&buf[..n]).unwrap();
+                let Message::Join { cookie } = d.message else {
+                    panic!("{d:?}")
+                };
+                joins.push((d.tid, cookie));
+                let reply = match cookie {
+                    0 => Some(Message::Challenge { cookie: 77 }),
+                    77 if joins.iter().filter(|j| j.1 == 77).count() == 1 => None,
+                    77 => Some(Message::Challenge { cookie: 78 }),
+                    78 => Some(Message::Offer {
+                        token: 5,
+                        port: Some(swarm_port),
+                    }),
+                    _ => panic!("{joins:?}"),
+                };
+                if let Some(m) = reply {
+                    central
+                        .send_to(&Datagram::new(d.tid, m).to_vec(), src)
+                        .await
+                        .unwrap();
+                }
+                if cookie == 78 {
+                    break;
+                }
+            }
+            let (n, src) = swarm.recv_from(&mut buf).await.unwrap();
             let d = Datagram::decode(&buf[..n]).unwrap();
-            let Message::Join { cookie } = d.message else {
-                panic!("{d:?}")
-            };
-            joins.push((d.tid, cookie));
-            let reply = match cookie {
-                0 => Some(Message::Challenge { cookie: 77 }),
-                77 if joins.iter().filter(|j| j.1 == 77).count() == 1 => None,
-                77 => Some(Message::Challenge { cookie: 78 }),
-                78 => Some(Message::Offer {
-                    token: 5,
-                    port: Some(swarm_port),
-                }),
-                _ => panic!("{joins:?}"),
-            };
-            if let Some(m) = reply {
-                central
-                    .send_to(&Datagram::new(d.tid, m).to_vec(), src)
-                    .await
-                    .unwrap();
-            }
-            if cookie == 78 {
-                break;
-            }
-        }
-        let (n, src) = swarm.recv_from(&mut buf).await.unwrap();
-        let d = Datagram::decode(&buf[..n]).unwrap();
-        assert_eq!(d.message, Message::Confirm { token: 5 });
-        swarm
-            .send_to(&Datagram::new(d.tid, Message::Confirmed).to_vec(), src)
+            assert_eq!(d.message, Message::Confirm { token: 5 });
+            swarm
+                .send_to(&Datagram::new(d.tid, Message::Confirmed).to_vec(), src)
+                .await
+                .unwrap();
+            joins
+        });
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = create_swarm(&socket, central_addr, Duration::from_secs(5))
             .await
             .unwrap();
-        joins
-    });
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let port = create_swarm(&socket, central_addr, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert_eq!(port, swarm_port);
-    let joins = fake.await.unwrap();
-    let cookies: Vec<u64> = joins.iter().map(|j| j.1).collect();
-    assert_eq!(cookies, [0, 77, 77, 78]);
-    assert!(
-        joins.iter().all(|j| j.0 == joins[0].0),
-        "one tid: {joins:?}"
-    );
+        assert_eq!(port, swarm_port);
+        let joins = fake.await.unwrap();
+        let cookies: Vec<u64> = joins.iter().map(|j| j.1).collect();
+        assert_eq!(cookies, [0, 77, 77, 78]);
+        assert!(
+            joins.iter().all(|j| j.0 == joins[0].0),
+            "one tid: {joins:?}"
+        );
+    })
+    .await
 }
 
 /// A fake swarm tracker that answers CONNECT, then `error` to every
@@ -302,95 +320,104 @@ async fn fake_swarm(error: u16) -> (SocketAddr, Arc<AtomicU32>, JoinHandle<()>) 
 
 #[tokio::test]
 async fn error_codes_map_to_clear_errors() {
-    for (code, expect) in [
-        (6, "not confirmed yet"),
-        (5, "swarm is full"),
-        (4, "serves another swarm on that port: check the ticket"),
-        (1, "protocol version"),
-        (2, "malformed"),
-    ] {
-        let (addr, announces, task) = fake_swarm(code).await;
-        let e = client(addr, 4006)
-            .await
-            .announce(PeerState::Downloading, 0)
-            .await
-            .unwrap_err();
-        let text = e.to_string();
-        assert!(text.contains(expect), "{text}");
-        assert!(!text.contains('\u{1b}'), "control characters: {text}");
-        let tries = if code == 6 { NOT_CONFIRMED_TRIES } else { 1 };
-        assert_eq!(announces.load(Ordering::SeqCst), tries, "{text}");
-        task.abort();
-    }
+    within(async {
+        for (code, expect) in [
+            (6, "not confirmed yet"),
+            (5, "swarm is full"),
+            (4, "serves another swarm on that port: check the ticket"),
+            (1, "protocol version"),
+            (2, "malformed"),
+        ] {
+            let (addr, announces, task) = fake_swarm(code).await;
+            let e = client(addr, 4006)
+                .await
+                .announce(PeerState::Downloading, 0)
+                .await
+                .unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains(expect), "{text}");
+            assert!(!text.contains('\u{1b}'), "control characters: {text}");
+            let tries = if code == 6 { NOT_CONFIRMED_TRIES } else { 1 };
+            assert_eq!(announces.load(Ordering::SeqCst), tries, "{text}");
+            task.abort();
+        }
+    })
+    .await
 }
 
 #[tokio::test]
 async fn announce_loop_publishes_peers_and_leaves() {
-    let (central, stop) = tracker(TrackerConfig::default()).await;
-    let a = seeder(central).await;
-    let swarm = a.swarm_addr();
-    let cancel = CancellationToken::new();
-    let seed = spawn_announcer(a, PeerState::Complete, cancel.clone());
+    within(async {
+        let (central, stop) = tracker(TrackerConfig::default()).await;
+        let a = seeder(central).await;
+        let swarm = a.swarm_addr();
+        let cancel = CancellationToken::new();
+        let seed = spawn_announcer(a, PeerState::Complete, cancel.clone());
 
-    let b = client(swarm, 4007).await;
-    let getter = spawn_announcer(b, PeerState::Downloading, cancel.clone());
-    let mut replies = getter.replies();
-    let r = replies
-        .wait_for(|r| r.is_some())
-        .await
-        .unwrap()
-        .clone()
-        .unwrap();
-    assert_eq!(r.peers.len(), 1);
-    assert_eq!(r.peers[0].addr, local(4001));
-    assert!(getter.last_error().is_none());
+        let b = client(swarm, 4007).await;
+        let getter = spawn_announcer(b, PeerState::Downloading, cancel.clone());
+        let mut replies = getter.replies();
+        let r = replies
+            .wait_for(|r| r.is_some())
+            .await
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert_eq!(r.peers.len(), 1);
+        assert_eq!(r.peers[0].addr, local(4001));
+        assert!(getter.last_error().is_none());
 
-    // "Finished, free to share": announced at once, seen by a newcomer.
-    getter.set_state(PeerState::Complete);
-    let mut probe = client(swarm, 4008).await;
-    let seen = loop {
+        // "Finished, free to share": announced at once, seen by a newcomer.
+        getter.set_state(PeerState::Complete);
+        let mut probe = client(swarm, 4008).await;
+        let seen = loop {
+            let r = probe.announce(PeerState::Asking, 0).await.unwrap();
+            if r.seeders == 2 {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert!(seen.peers.iter().all(|p| p.state == PeerState::Complete));
+
+        // Leaving removes the seeder from the list at once.
+        seed.leave().await;
         let r = probe.announce(PeerState::Asking, 0).await.unwrap();
-        if r.seeders == 2 {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert!(seen.peers.iter().all(|p| p.state == PeerState::Complete));
+        assert_eq!(r.seeders, 1);
+        assert_eq!(r.peers.len(), 1);
+        assert_eq!(r.peers[0].addr, local(4007));
 
-    // Leaving removes the seeder from the list at once.
-    seed.leave().await;
-    let r = probe.announce(PeerState::Asking, 0).await.unwrap();
-    assert_eq!(r.seeders, 1);
-    assert_eq!(r.peers.len(), 1);
-    assert_eq!(r.peers[0].addr, local(4007));
-
-    // Cancelling the parent token stops the other loop the same way.
-    cancel.cancel();
-    getter.leave().await;
-    let r = probe.announce(PeerState::Asking, 0).await.unwrap();
-    assert_eq!((r.seeders, r.partials), (0, 0));
-    stop.cancel();
+        // Cancelling the parent token stops the other loop the same way.
+        cancel.cancel();
+        getter.leave().await;
+        let r = probe.announce(PeerState::Asking, 0).await.unwrap();
+        assert_eq!((r.seeders, r.partials), (0, 0));
+        stop.cancel();
+    })
+    .await
 }
 
 #[tokio::test]
 async fn announce_loop_reports_an_unreachable_tracker() {
-    let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut c = client(silent.local_addr().unwrap(), 4009).await;
-    c.set_deadline(Duration::from_millis(300));
-    let announcer = spawn_announcer(c, PeerState::Downloading, CancellationToken::new());
-    let mut errors = announcer.errors();
-    let e = errors
-        .wait_for(|e| e.is_some())
-        .await
-        .unwrap()
-        .clone()
-        .unwrap();
-    assert!(matches!(e, AnnounceError::Unreachable { .. }));
-    assert!(announcer.latest().is_none());
-    // Nothing was ever listed: leaving is immediate.
-    tokio::time::timeout(Duration::from_millis(200), announcer.leave())
-        .await
-        .unwrap();
+    within(async {
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut c = client(silent.local_addr().unwrap(), 4009).await;
+        c.set_deadline(Duration::from_millis(300));
+        let announcer = spawn_announcer(c, PeerState::Downloading, CancellationToken::new());
+        let mut errors = announcer.errors();
+        let e = errors
+            .wait_for(|e| e.is_some())
+            .await
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert!(matches!(e, AnnounceError::Unreachable { .. }));
+        assert!(announcer.latest().is_none());
+        // Nothing was ever listed: leaving is immediate.
+        tokio::time::timeout(Duration::from_millis(200), announcer.leave())
+            .await
+            .unwrap();
+    })
+    .await
 }
 
 /// Issue 11, item 5: a tracker full of swarms did not answer a JOIN,
@@ -399,66 +426,72 @@ async fn announce_loop_reports_an_unreachable_tracker() {
 /// says the tracker is full, in about a second.
 #[tokio::test]
 async fn a_full_tracker_is_a_clear_error_at_once() {
-    let config = TrackerConfig {
-        limits: crate::tracker::limits::Limits {
-            max_swarms: 1,
-            ..Default::default()
-        },
-        ..TrackerConfig::default()
-    };
-    let (central, stop) = tracker(config).await;
-    let _a = seeder(central).await;
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let t0 = std::time::Instant::now();
-    let e = create_swarm(&socket, central, Duration::from_secs(10))
-        .await
-        .unwrap_err();
-    let took = t0.elapsed();
-    assert!(
-        matches!(e, AnnounceError::TrackerFull { tracker, .. } if tracker == central),
-        "{e}"
-    );
-    assert!(took < Duration::from_secs(4), "took {took:?}");
-    let text = e.to_string();
-    assert!(
-        text.contains("is full") && text.contains("it holds as many swarms"),
-        "{text}"
-    );
-    assert!(!text.contains('\n'), "{text}");
-    stop.cancel();
+    within(async {
+        let config = TrackerConfig {
+            limits: crate::tracker::limits::Limits {
+                max_swarms: 1,
+                ..Default::default()
+            },
+            ..TrackerConfig::default()
+        };
+        let (central, stop) = tracker(config).await;
+        let _a = seeder(central).await;
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let t0 = std::time::Instant::now();
+        let e = create_swarm(&socket, central, Duration::from_secs(10))
+            .await
+            .unwrap_err();
+        let took = t0.elapsed();
+        assert!(
+            matches!(e, AnnounceError::TrackerFull { tracker, .. } if tracker == central),
+            "{e}"
+        );
+        assert!(took < Duration::from_secs(4), "took {took:?}");
+        let text = e.to_string();
+        assert!(
+            text.contains("is full") && text.contains("it holds as many swarms"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
+        stop.cancel();
+    })
+    .await
 }
 
 /// Issue 11, item 4: a getter that the tracker does not list (ERROR 5)
 /// got no peers at all. It now asks with state 0 and gets them.
 #[tokio::test]
 async fn announce_loop_asks_only_when_it_cannot_be_listed() {
-    let config = TrackerConfig {
-        limits: crate::tracker::limits::Limits {
-            max_peers_per_ip: 1,
-            ..Default::default()
-        },
-        ..TrackerConfig::default()
-    };
-    let (central, stop) = tracker(config).await;
-    let a = seeder(central).await;
-    // Same IP as the seeder, whose one slot it holds.
-    let b = client(a.swarm_addr(), 4010).await;
-    let getter = spawn_announcer(b, PeerState::Downloading, CancellationToken::new());
-    let mut replies = getter.replies();
-    let r = tokio::time::timeout(Duration::from_secs(5), replies.wait_for(|r| r.is_some()))
-        .await
-        .expect("no peers for a getter the tracker does not list")
-        .unwrap()
-        .clone()
-        .unwrap();
-    assert_eq!(r.peers.len(), 1);
-    assert_eq!(r.peers[0].addr, local(4001));
-    assert!(matches!(
-        getter.last_error(),
-        Some(AnnounceError::SwarmFull { .. })
-    ));
-    getter.leave().await;
-    stop.cancel();
+    within(async {
+        let config = TrackerConfig {
+            limits: crate::tracker::limits::Limits {
+                max_peers_per_ip: 1,
+                ..Default::default()
+            },
+            ..TrackerConfig::default()
+        };
+        let (central, stop) = tracker(config).await;
+        let a = seeder(central).await;
+        // Same IP as the seeder, whose one slot it holds.
+        let b = client(a.swarm_addr(), 4010).await;
+        let getter = spawn_announcer(b, PeerState::Downloading, CancellationToken::new());
+        let mut replies = getter.replies();
+        let r = tokio::time::timeout(Duration::from_secs(5), replies.wait_for(|r| r.is_some()))
+            .await
+            .expect("no peers for a getter the tracker does not list")
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert_eq!(r.peers.len(), 1);
+        assert_eq!(r.peers[0].addr, local(4001));
+        assert!(matches!(
+            getter.last_error(),
+            Some(AnnounceError::SwarmFull { .. })
+        ));
+        getter.leave().await;
+        stop.cancel();
+    })
+    .await
 }
 
 #[test]
@@ -492,4 +525,12 @@ fn handshake_transitions_ignore_the_unexpected() {
     );
     assert_eq!(confirm.on_reply(central, central, Message::Confirmed), None);
     assert_eq!(join.on_reply(central, swarm, Message::Confirmed), None);
+}
+
+/// Runs a test's body with a deadline: a tracker that never answers fails
+/// the test instead of hanging the run.
+async fn within<T>(body: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), body)
+        .await
+        .expect("the test did not finish within 60 s")
 }
