@@ -154,6 +154,9 @@ pub struct Session {
     /// Pieces handed to the disk thread whole or to their last block, not
     /// concluded yet: not fetched again meanwhile.
     concluding: HashSet<u32>,
+    /// Of those, the endgame copies handed over whole: their buffers count
+    /// toward [`MAX_DUPLICATES`] until the disk thread is done with them.
+    whole_concluding: HashSet<u32>,
     in_flight: usize,
     manifest_asked: bool,
     remote_wants_manifest: bool,
@@ -205,6 +208,7 @@ impl Session {
             jobs: Vec::new(),
             refused: HashSet::new(),
             concluding: HashSet::new(),
+            whole_concluding: HashSet::new(),
             in_flight: 0,
             manifest_asked: false,
             remote_wants_manifest: false,
@@ -584,6 +588,7 @@ impl Session {
             return Ok(());
         }
         self.concluding.insert(piece);
+        self.whole_concluding.insert(piece);
         self.commands.push_back(Command::Disk(Work::Whole {
             content,
             piece,
@@ -615,6 +620,7 @@ impl Session {
             }
             DiskReply::Concluded { piece } => {
                 self.concluding.remove(&piece);
+                self.whole_concluding.remove(&piece);
                 self.refill(now);
                 Ok(())
             }
@@ -679,7 +685,8 @@ impl Session {
             .jobs
             .iter()
             .filter(|j| matches!(j.fetch, Fetch::Duplicate { .. }))
-            .count();
+            .count()
+            + self.whole_concluding.len();
         let busy: Vec<u32> = self.jobs.iter().map(|j| j.piece).collect();
         let mut p = self.pieces.lock();
         let (refused, concluding) = (&self.refused, &self.concluding);

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::state::*;
 use super::SessionError;
 use crate::peer::content::Content;
-use crate::peer::disk::{Disk, DiskReply};
+use crate::peer::disk::{Disk, DiskReply, Work};
 use crate::peer::fatal::FatalSlot;
 use crate::peer::guard::ServeGuard;
 use crate::peer::pieces::SharedPieces;
@@ -501,4 +501,42 @@ fn late_bitfields_and_haves_count_once_the_content_is_known() {
         matches!(e, Err(SessionError::Protocol { .. })),
         "spare bits set"
     );
+}
+
+#[test]
+fn endgame_copies_waiting_for_the_disk_count_toward_the_duplicate_bound() {
+    let sharer = side(4, true);
+    let getter = side(4, false);
+    let now = Instant::now();
+    let (mut a, _rx_a) = session(&getter, 1, true, now);
+    let (mut b, mut rx_b) = session(&getter, 2, true, now);
+    let all = Message::Bitfield { bits: vec![0xF0] };
+    a.on_message(all.clone(), 0, now).unwrap();
+    assert_eq!(requests(&drain(&mut a)).len(), 8, "a fetches every piece");
+    b.on_message(all, 0, now).unwrap();
+    let asked = requests(&drain(&mut b));
+    let pieces: std::collections::BTreeSet<u32> = asked.iter().map(|r| r.0).collect();
+    assert_eq!(
+        pieces.len(),
+        MAX_DUPLICATES,
+        "b duplicates in endgame: {asked:?}"
+    );
+    // b's copies verify; the disk thread has not taken them yet.
+    let mut held_back = Vec::new();
+    for (p, o, l) in asked {
+        b.on_message(block(&sharer, p, o, l), 0, now).unwrap();
+        held_back.extend(drain(&mut b));
+    }
+    let wholes = held_back
+        .iter()
+        .filter(|c| matches!(c, Command::Disk(Work::Whole { .. })))
+        .count();
+    assert_eq!(wholes, MAX_DUPLICATES);
+    assert!(
+        requests(&held_back).is_empty(),
+        "no third copy while two wait in memory"
+    );
+    // Once the disk thread is done with them, b goes on.
+    let rest = run_disk(&getter, &mut b, &mut rx_b, held_back, now).unwrap();
+    assert!(!requests(&rest).is_empty(), "{rest:?}");
 }
