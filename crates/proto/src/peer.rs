@@ -92,8 +92,17 @@
 use crate::codec::{Reader, Short, Writer};
 use crate::manifest::{MAX_MANIFEST_BYTES, MAX_PIECES};
 
-/// The peer protocol version sent in Hello.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The peer protocol version sent in Hello: 2, frames inside TLS 1.3
+/// (version 1 was the same frames in plaintext, and is refused).
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The RFC 8446 exporter label of the channel binding that the proofs
+/// cover (no context; [`EXPORTER_LEN`] bytes).
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-hayedik-peer-v2";
+/// Bytes of the channel binding taken from the TLS exporter.
+pub const EXPORTER_LEN: usize = 32;
+/// The Goodbye a version 2 listener sends, in plaintext, to a version 1
+/// peer's Hello before closing.
+pub const V1_REFUSAL: &str = "this peer speaks protocol version 2 (encrypted); upgrade hayedik";
 /// The first payload bytes of a Hello, so a stray connection is told apart.
 pub const HELLO_MAGIC: [u8; 4] = *b"HYDK";
 /// Largest block a Request may ask for and a Block may carry.
@@ -111,12 +120,12 @@ pub const BLOCK_HEADER_LEN: usize = FRAME_HEADER_LEN + 8;
 pub const MAX_FRAME_LEN: u32 = 1 + MAX_MANIFEST_BYTES as u32;
 /// Largest whole frame, length prefix included.
 pub const MAX_FRAME: usize = 4 + MAX_FRAME_LEN as usize;
-/// Payload length of a version 1 Hello: magic, version, swarm, nonce,
+/// Payload length of a Hello (versions 1 and 2 alike): magic, version, swarm, nonce,
 /// listen port.
 pub const HELLO_LEN: usize = 4 + 1 + 32 + 32 + 2;
 /// Longest Hello of any version: a later version may grow it.
 const MAX_HELLO_LEN: usize = 256;
-const PROOF_DOMAIN: &[u8] = b"hayedik peer proof v1";
+const PROOF_DOMAIN: &[u8] = b"hayedik peer proof v2";
 
 /// The type byte of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -359,7 +368,7 @@ impl Message {
         }
     }
 
-    /// A version 1 Hello.
+    /// A Hello of this version.
     pub fn hello(swarm: [u8; 32], nonce: [u8; 32], listen_port: u16) -> Message {
         Message::Hello {
             version: PROTOCOL_VERSION,
@@ -532,16 +541,20 @@ impl Role {
 }
 
 /// The proof that side `role` sends: `blake3::keyed_hash(auth_key,
-/// "hayedik peer proof v1" || role || their_nonce || my_nonce)`, with
-/// `auth_key = peer_auth_key(root)`.
+/// "hayedik peer proof v2" || binding || role || their_nonce || my_nonce)`,
+/// with `auth_key = peer_auth_key(root)` and `binding` the connection's
+/// TLS exporter value ([`EXPORTER_LABEL`]): a proof is worth something on
+/// its own TLS connection only.
 pub fn handshake_proof(
     auth_key: &[u8; 32],
+    binding: &[u8; EXPORTER_LEN],
     role: Role,
     their_nonce: &[u8; 32],
     my_nonce: &[u8; 32],
 ) -> [u8; 32] {
     let mut h = blake3::Hasher::new_keyed(auth_key);
     h.update(PROOF_DOMAIN);
+    h.update(binding);
     h.update(&[role as u8]);
     h.update(their_nonce);
     h.update(my_nonce);
@@ -549,16 +562,19 @@ pub fn handshake_proof(
 }
 
 /// Checks, in constant time, the proof `mac` that the other side (of role
-/// `their_role`, nonce `their_nonce`) sent in answer to `my_nonce`.
+/// `their_role`, nonce `their_nonce`) sent in answer to `my_nonce` on the
+/// connection whose channel binding is `binding`.
 pub fn verify_proof(
     auth_key: &[u8; 32],
+    binding: &[u8; EXPORTER_LEN],
     their_role: Role,
     my_nonce: &[u8; 32],
     their_nonce: &[u8; 32],
     mac: &[u8; 32],
 ) -> bool {
     // blake3::Hash's equality is constant-time.
-    blake3::Hash::from(handshake_proof(auth_key, their_role, my_nonce, their_nonce)) == *mac
+    let expected = handshake_proof(auth_key, binding, their_role, my_nonce, their_nonce);
+    blake3::Hash::from(expected) == *mac
 }
 
 /// Which pieces a peer holds: bit `i` is bit `7 - i % 8` of byte `i / 8`

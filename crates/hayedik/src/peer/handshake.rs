@@ -1,24 +1,30 @@
-//! The peer handshake (docs/peer-protocol.md, "Handshake"): Hellos, then
-//! proofs that each side holds the ticket's root.
+//! The peer handshake inside the secure channel (docs/peer-protocol.md,
+//! "Handshake"): Hellos, then proofs that each side holds the ticket's
+//! root, bound to the TLS connection they travel on.
 //!
 //! What makes a proof worthless anywhere but on its own connection:
-//! - it covers the prover's role and both nonces (`handshake_proof`);
-//! - every nonce we are using in a handshake is held in [`Nonces`], and a
-//!   Hello that carries one of them is refused: otherwise a peer that knows
-//!   only the swarm key could open a second connection to us with our own
-//!   nonce and carry our proofs from one connection to the other
-//!   (reflection), authenticating both without the root;
+//! - it covers the channel binding (the TLS exporter value, different on
+//!   every connection and known only to its two ends), the prover's role
+//!   and both nonces (`handshake_proof`): a proof carried to another
+//!   connection (reflection, replay, a relay between two honest peers)
+//!   does not verify there;
 //! - the side that accepted the connection says nothing, not even its
 //!   Hello (which names the swarm), before a Hello for a swarm it serves;
 //! - the side that dialled checks the responder's proof before it sends
 //!   its own, so a listener that only knows the swarm key never gets one.
+//!
+//! The nonces of this process's handshakes in progress are still kept in
+//! [`Nonces`]: reflection no longer needs them (the binding stops it), but
+//! a Hello that carries one of our own nonces is how a peer that dialled
+//! itself (its own listed address) finds out, and a session with oneself
+//! would be useless.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Mutex, OnceLock};
 
 use hayedik_proto::peer::{
-    handshake_proof, verify_proof, Message, PeerWireError, Role, PROTOCOL_VERSION,
+    handshake_proof, verify_proof, Message, PeerWireError, Role, EXPORTER_LEN, PROTOCOL_VERSION,
 };
 
 use super::session::SessionError;
@@ -110,6 +116,8 @@ impl Failure {
 /// Hello for its swarm, the initiator proves only after the responder did.
 pub struct Handshake<'k> {
     keys: &'k Keys,
+    /// The channel binding of the connection (TLS exporter).
+    binding: [u8; EXPORTER_LEN],
     role: Role,
     remote: SocketAddr,
     mine: NonceGuard,
@@ -119,20 +127,27 @@ pub struct Handshake<'k> {
 impl<'k> Handshake<'k> {
     /// A handshake as `role`, and what to send first (the initiator's
     /// Hello; nothing for the responder).
-    pub fn new(keys: &'k Keys, role: Role, remote: SocketAddr) -> (Self, Vec<Message>) {
-        Self::with_nonces(keys, role, remote, nonces())
+    pub fn new(
+        keys: &'k Keys,
+        binding: [u8; EXPORTER_LEN],
+        role: Role,
+        remote: SocketAddr,
+    ) -> (Self, Vec<Message>) {
+        Self::with_nonces(keys, binding, role, remote, nonces())
     }
 
     /// [`Handshake::new`] with its nonce kept in `registry` (the process's
     /// one, except in tests that play both sides).
     fn with_nonces(
         keys: &'k Keys,
+        binding: [u8; EXPORTER_LEN],
         role: Role,
         remote: SocketAddr,
         registry: &'static Nonces,
     ) -> (Self, Vec<Message>) {
         let h = Self {
             keys,
+            binding,
             role,
             remote,
             mine: registry.fresh(),
@@ -158,6 +173,7 @@ impl<'k> Handshake<'k> {
         Message::Proof {
             mac: handshake_proof(
                 &self.keys.auth_key,
+                &self.binding,
                 self.role,
                 &theirs.nonce,
                 &self.mine.nonce,
@@ -190,8 +206,8 @@ impl<'k> Handshake<'k> {
                     });
                 }
                 if self.mine.nonces.is_ours(&nonce) {
-                    // Our own nonce coming back: a reflection, or we
-                    // dialled ourselves. Nothing more is said either way.
+                    // Our own nonce coming back: we dialled ourselves (or
+                    // a reflection, which the binding stops anyway).
                     return Err(Failure::silent(SessionError::Protocol {
                         peer: remote,
                         what: "its Hello carries a nonce of ours (a reflected handshake, or ourselves)"
@@ -211,7 +227,9 @@ impl<'k> Handshake<'k> {
             (Message::Proof { mac }, Some(theirs)) => {
                 let role = self.role;
                 let auth = &self.keys.auth_key;
-                if !verify_proof(auth, role.other(), &self.mine.nonce, &theirs.nonce, &mac) {
+                let binding = &self.binding;
+                let mine = &self.mine.nonce;
+                if !verify_proof(auth, binding, role.other(), mine, &theirs.nonce, &mac) {
                     return Err(Failure {
                         error: SessionError::BadProof { peer: remote },
                         goodbye: Some("wrong proof".into()),
@@ -252,10 +270,11 @@ impl<'k> Handshake<'k> {
     }
 }
 
-/// Runs the handshake as `role` on a connection. Returns the port the
-/// remote serves on (0 if it does not say).
+/// Runs the handshake as `role` on a secure channel whose binding is
+/// `binding`. Returns the port the remote serves on (0 if it does not say).
 pub async fn run(
     keys: &Keys,
+    binding: [u8; EXPORTER_LEN],
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
     remote: SocketAddr,
@@ -265,7 +284,7 @@ pub async fn run(
         peer: remote,
         source,
     };
-    let (mut h, first) = Handshake::new(keys, role, remote);
+    let (mut h, first) = Handshake::new(keys, binding, role, remote);
     for m in &first {
         writer.send(m).await.map_err(wire)?;
     }
@@ -307,6 +326,9 @@ mod tests {
         }
     }
 
+    /// The channel binding both sides of one connection see.
+    const TLS: [u8; EXPORTER_LEN] = [0x42; EXPORTER_LEN];
+
     fn addr() -> SocketAddr {
         SocketAddr::from(([10, 0, 0, 1], 7000))
     }
@@ -314,7 +336,7 @@ mod tests {
     /// A handshake with a registry of its own, as in another process.
     fn side<'k>(keys: &'k Keys, role: Role) -> (Handshake<'k>, Vec<Message>) {
         let registry = Box::leak(Box::new(Nonces(Mutex::new(HashSet::new()))));
-        Handshake::with_nonces(keys, role, addr(), registry)
+        Handshake::with_nonces(keys, TLS, role, addr(), registry)
     }
 
     /// Delivers `msgs` to `h`: what it sends, whether it is done.
@@ -391,9 +413,10 @@ mod tests {
     #[test]
     fn our_own_nonce_coming_back_is_refused_silently() {
         let k = keys(1, 1);
-        let (a, first) = Handshake::new(&k, Role::Initiator, addr());
-        // A second connection to us replays our Hello (reflection).
-        let (mut b, _) = Handshake::new(&k, Role::Responder, addr());
+        let (a, first) = Handshake::new(&k, TLS, Role::Initiator, addr());
+        // A second connection to us replays our Hello (we dialled
+        // ourselves).
+        let (mut b, _) = Handshake::new(&k, TLS, Role::Responder, addr());
         let f = feed(&mut b, first).unwrap_err();
         assert!(matches!(f.error, SessionError::Protocol { .. }));
         assert!(f.goodbye.is_none());
@@ -416,6 +439,20 @@ mod tests {
         // A second Hello where the proof is due.
         let f = feed(&mut a, vec![to_a[0].clone(), to_a[0].clone()]).unwrap_err();
         assert!(matches!(f.error, SessionError::Protocol { .. }));
+    }
+
+    #[test]
+    fn a_proof_from_another_connection_does_not_verify() {
+        // The responder's proof made on a connection with another binding
+        // (a relay in the middle terminates two connections).
+        let (ka, kb) = (keys(1, 1), keys(1, 2));
+        let (mut a, first) = side(&ka, Role::Initiator);
+        let registry = Box::leak(Box::new(Nonces(Mutex::new(HashSet::new()))));
+        let (mut b, _) =
+            Handshake::with_nonces(&kb, [0x43; EXPORTER_LEN], Role::Responder, addr(), registry);
+        let (to_a, _) = feed(&mut b, first).unwrap();
+        let f = feed(&mut a, to_a).unwrap_err();
+        assert!(matches!(f.error, SessionError::BadProof { .. }));
     }
 
     #[test]
