@@ -283,11 +283,15 @@ impl Thread {
             return;
         }
         // What is on disk is what we hashed: this stream was its only writer.
+        // Recorded in the download before anyone hears of it (the last
+        // piece wakes the finish, which checks the download's record).
+        let now = Instant::now();
+        let record = || content.mark_verified(piece);
         match self
             .pieces
-            .verified(piece, id, Some(s.listed), Instant::now())
+            .verified_then(piece, id, Some(s.listed), now, record)
         {
-            Verified::New => content.mark_verified(piece),
+            Verified::New => {}
             Verified::Duplicate => tracing::trace!(piece, "duplicate piece (endgame)"),
         }
     }
@@ -313,13 +317,9 @@ impl Thread {
             self.fatal.fail(write_failed(content, e));
             return;
         }
-        if self
-            .pieces
-            .verified(piece, id, Some(listed), Instant::now())
-            == Verified::New
-        {
-            content.mark_verified(piece);
-        }
+        let record = || content.mark_verified(piece);
+        self.pieces
+            .verified_then(piece, id, Some(listed), Instant::now(), record);
     }
 }
 

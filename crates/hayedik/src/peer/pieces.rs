@@ -449,12 +449,27 @@ impl SharedPieces {
         peer: Option<SocketAddr>,
         now: Instant,
     ) -> Verified {
+        self.verified_then(piece, id, peer, now, || {})
+    }
+
+    /// [`SharedPieces::verified`], running `record` for a new piece before
+    /// it is announced: whatever wakes on completion (finishing the
+    /// download checks the resume state) sees it recorded.
+    pub fn verified_then(
+        &self,
+        piece: u32,
+        id: u64,
+        peer: Option<SocketAddr>,
+        now: Instant,
+        record: impl FnOnce(),
+    ) -> Verified {
         let (v, complete) = {
             let mut p = self.lock();
             let v = p.verified(piece, id, peer, now);
             (v, p.is_complete())
         };
         if v == Verified::New {
+            record();
             let _ = self.have_tx.send(piece);
             if complete {
                 self.complete_tx.send_replace(true);

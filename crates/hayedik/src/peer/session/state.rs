@@ -40,7 +40,7 @@ use super::SessionError;
 use crate::peer::content::Content;
 use crate::peer::disk::{DiskReply, PieceStream, Work};
 use crate::peer::fatal::Fatal;
-use crate::peer::pieces::{SharedPieces, Verified};
+use crate::peer::pieces::SharedPieces;
 
 /// Bytes asked for in one request.
 pub const BLOCK_SIZE: u32 = 256 << 10;
@@ -706,9 +706,9 @@ impl Session {
                     return false;
                 }
                 drop(p);
-                if self.pieces.verified(piece, self.id, Some(self.listed), now) == Verified::New {
-                    content.mark_verified(piece);
-                }
+                let record = || content.mark_verified(piece);
+                let (id, listed) = (self.id, Some(self.listed));
+                self.pieces.verified_then(piece, id, listed, now, record);
                 return true;
             }
             self.next_stream += 1;
