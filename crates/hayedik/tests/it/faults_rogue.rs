@@ -104,7 +104,7 @@ impl Swarm {
     }
 
     /// A rogue listed in this swarm as a seeder.
-    fn rogue(&self, act: Act) -> Rogue {
+    pub fn rogue(&self, act: Act) -> Rogue {
         self.rogue_serving(self.served.clone(), act)
     }
 
@@ -161,7 +161,7 @@ pub fn get(ticket: &str, out: &Path, extra: &[&str]) -> Proc {
 }
 
 /// Lines of `text` that say a peer was banned.
-fn ban_lines(text: &str) -> Vec<&str> {
+pub fn ban_lines(text: &str) -> Vec<&str> {
     text.lines().filter(|l| l.contains("banned")).collect()
 }
 

@@ -4,6 +4,7 @@
 mod faults_disk;
 mod faults_fuzz_seeds;
 mod faults_net;
+mod faults_private;
 mod faults_rogue;
 mod faults_wire;
 mod folders;
