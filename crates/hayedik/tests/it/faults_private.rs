@@ -428,9 +428,12 @@ fn capture(stop: Arc<AtomicBool>) -> thread::JoinHandle<Result<Flows, String>> {
         let fd = fd.map_err(|e| format!("an AF_PACKET socket: {e}"))?;
         sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, Some(Duration::from_millis(100)))
             .map_err(|e| e.to_string())?;
+        // Room for bursts (the transfer is capped too, so nothing is lost).
+        let _ = sockopt::set_socket_recv_buffer_size(&fd, 32 << 20);
         let mut flows = Flows::new();
         let mut last: Vec<u8> = Vec::new();
-        let mut buf = vec![0u8; 1 << 16];
+        // Loopback's MTU is 64 KiB: a whole frame, headers included, fits.
+        let mut buf = vec![0u8; 1 << 17];
         while !stop.load(Ordering::Relaxed) {
             let n = match recv(&fd, &mut buf[..], RecvFlags::empty()) {
                 Ok((n, _)) => n.min(buf.len()),
@@ -506,6 +509,9 @@ fn a_capture_shows_nothing_of_the_content() {
                 "--listen",
                 "127.0.0.1:0",
                 "--json",
+                // Slow enough for the capture to keep every packet.
+                "--max-upload",
+                "4M",
             ],
         );
         let sharer_addr = sharer.listening();
