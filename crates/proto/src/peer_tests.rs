@@ -304,14 +304,49 @@ fn handshake_proofs() {
     let tls = [0x7; 32];
     let proof_b = handshake_proof(&key, &tls, Role::Responder, &na, &nb);
     let proof_a = handshake_proof(&key, &tls, Role::Initiator, &nb, &na);
-    assert!(verify_proof(&key, &tls, Role::Responder, &na, &nb, &proof_b));
-    assert!(verify_proof(&key, &tls, Role::Initiator, &nb, &na, &proof_a));
+    assert!(verify_proof(
+        &key,
+        &tls,
+        Role::Responder,
+        &na,
+        &nb,
+        &proof_b
+    ));
+    assert!(verify_proof(
+        &key,
+        &tls,
+        Role::Initiator,
+        &nb,
+        &na,
+        &proof_a
+    ));
     // Reflection: B's own proof sent back to B as A's does not verify.
-    assert!(!verify_proof(&key, &tls, Role::Initiator, &nb, &na, &proof_b));
+    assert!(!verify_proof(
+        &key,
+        &tls,
+        Role::Initiator,
+        &nb,
+        &na,
+        &proof_b
+    ));
     // With nonces swapped, or for another root, or another nonce: refused.
-    assert!(!verify_proof(&key, &tls, Role::Responder, &nb, &na, &proof_b));
+    assert!(!verify_proof(
+        &key,
+        &tls,
+        Role::Responder,
+        &nb,
+        &na,
+        &proof_b
+    ));
     let other = crate::manifest::peer_auth_key(&[8; 32]);
-    assert!(!verify_proof(&other, &tls, Role::Responder, &na, &nb, &proof_b));
+    assert!(!verify_proof(
+        &other,
+        &tls,
+        Role::Responder,
+        &na,
+        &nb,
+        &proof_b
+    ));
     assert!(!verify_proof(
         &key,
         &tls,
@@ -321,7 +356,14 @@ fn handshake_proofs() {
         &proof_b
     ));
     // On another TLS connection (another exporter value): refused.
-    assert!(!verify_proof(&key, &[0x8; 32], Role::Responder, &na, &nb, &proof_b));
+    assert!(!verify_proof(
+        &key,
+        &[0x8; 32],
+        Role::Responder,
+        &na,
+        &nb,
+        &proof_b
+    ));
     assert_eq!(Role::Initiator.other(), Role::Responder);
     // The layout, spelled out.
     let mut input = b"hayedik peer proof v2".to_vec();

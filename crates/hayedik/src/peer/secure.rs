@@ -124,7 +124,12 @@ impl ServerCertVerifier for AnyCertificate {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -194,9 +199,7 @@ pub fn server_name() -> ServerName<'static> {
 }
 
 /// The channel binding of an established TLS connection (either side).
-pub fn binding<D>(
-    conn: &rustls::ConnectionCommon<D>,
-) -> Result<[u8; EXPORTER_LEN], rustls::Error> {
+pub fn binding<D>(conn: &rustls::ConnectionCommon<D>) -> Result<[u8; EXPORTER_LEN], rustls::Error> {
     conn.export_keying_material([0u8; EXPORTER_LEN], EXPORTER_LABEL, None)
 }
 
@@ -243,10 +246,7 @@ where
         return Err(refuse_plaintext(stream).await);
     }
     let acceptor = TlsAcceptor::from(server_config()?);
-    let tls = acceptor
-        .accept(stream)
-        .await
-        .map_err(handshake_error)?;
+    let tls = acceptor.accept(stream).await.map_err(handshake_error)?;
     let binding = binding(tls.get_ref().1).map_err(SecureError::Exporter)?;
     Ok(Channel {
         stream: Box::new(tls),
@@ -271,12 +271,18 @@ where
     };
     let len = header.payload_len as usize;
     frame.resize(FRAME_HEADER_LEN + len, 0);
-    if stream.read_exact(&mut frame[FRAME_HEADER_LEN..]).await.is_err() {
+    if stream
+        .read_exact(&mut frame[FRAME_HEADER_LEN..])
+        .await
+        .is_err()
+    {
         return SecureError::NotHayedik;
     }
     match decode_frame(&frame) {
         Err(PeerWireError::UnsupportedVersion(v)) if v < 2 => {
-            let _ = stream.write_all(&Message::goodbye(V1_REFUSAL).to_vec()).await;
+            let _ = stream
+                .write_all(&Message::goodbye(V1_REFUSAL).to_vec())
+                .await;
             let _ = stream.shutdown().await;
             SecureError::OldPeer
         }
@@ -346,7 +352,11 @@ mod tests {
 
     #[tokio::test]
     async fn anything_else_is_closed_silently() {
-        for junk in [&b"GET / HTTP/1.1\r\n\r\n"[..], &[0, 0, 0, 0, 0][..], &[0xFF; 9][..]] {
+        for junk in [
+            &b"GET / HTTP/1.1\r\n\r\n"[..],
+            &[0, 0, 0, 0, 0][..],
+            &[0xFF; 9][..],
+        ] {
             let (mut a, b) = tokio::io::duplex(64 << 10);
             a.write_all(junk).await.unwrap();
             a.shutdown().await.unwrap();

@@ -173,7 +173,11 @@ fn a_man_in_the_middle_gets_nothing() {
         announce_seeder(s.swarm_addr(), &s.served.root, port);
         let mut g = s.get("out", &["--timeout", "30"]);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while log.lock().map(|l| l.forged_answer.is_empty()).unwrap_or(true) {
+        while log
+            .lock()
+            .map(|l| l.forged_answer.is_empty())
+            .unwrap_or(true)
+        {
             assert!(Instant::now() < deadline, "no relayed handshake: {log:?}");
             thread::sleep(Duration::from_millis(50));
         }
@@ -236,7 +240,9 @@ fn recorder(to: SocketAddr, sent: Arc<Mutex<Vec<u8>>>, got: Arc<Mutex<usize>>) -
         });
         let mut buf = [0u8; 16 << 10];
         while let Ok(n @ 1..) = a.read(&mut buf) {
-            sent.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(&buf[..n]);
+            sent.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend_from_slice(&buf[..n]);
             if b.write_all(&buf[..n]).is_err() {
                 break;
             }
@@ -398,9 +404,15 @@ fn damaged_records_close_the_session_with_a_strike() {
         let log = rogue.log();
         assert!(log.requests >= 1, "the rogue was never asked: {log:?}");
         let rogue_addr = rogue.addr.to_string();
-        assert!(done["from"][&rogue_addr].as_u64().unwrap_or(0) == 0, "{done}");
+        assert!(
+            done["from"][&rogue_addr].as_u64().unwrap_or(0) == 0,
+            "{done}"
+        );
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !ban_lines(&g.stderr()).iter().any(|l| l.contains(&rogue_addr)) {
+        while !ban_lines(&g.stderr())
+            .iter()
+            .any(|l| l.contains(&rogue_addr))
+        {
             if Instant::now() > deadline {
                 // --no-seed: the getter may be done before a second strike.
                 note(&format!(
@@ -426,8 +438,12 @@ fn capture(stop: Arc<AtomicBool>) -> thread::JoinHandle<Result<Flows, String>> {
     let fd = socket(AddressFamily::PACKET, SocketType::RAW, Some(eth::ALL));
     thread::spawn(move || {
         let fd = fd.map_err(|e| format!("an AF_PACKET socket: {e}"))?;
-        sockopt::set_socket_timeout(&fd, sockopt::Timeout::Recv, Some(Duration::from_millis(100)))
-            .map_err(|e| e.to_string())?;
+        sockopt::set_socket_timeout(
+            &fd,
+            sockopt::Timeout::Recv,
+            Some(Duration::from_millis(100)),
+        )
+        .map_err(|e| e.to_string())?;
         // Room for bursts (the transfer is capped too, so nothing is lost).
         let _ = sockopt::set_socket_recv_buffer_size(&fd, 32 << 20);
         let mut flows = Flows::new();
@@ -447,7 +463,10 @@ fn capture(stop: Arc<AtomicBool>) -> thread::JoinHandle<Result<Flows, String>> {
             last = p.to_vec();
             if let Some((from, to, payload)) = tcp_payload(p) {
                 if !payload.is_empty() {
-                    flows.entry((from, to)).or_default().extend_from_slice(payload);
+                    flows
+                        .entry((from, to))
+                        .or_default()
+                        .extend_from_slice(payload);
                 }
             }
         }

@@ -91,7 +91,8 @@ impl Wire {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
         tls.set_buffer_limit(None);
         while tls.is_handshaking() {
-            tls.complete_io(&mut stream).map_err(|e| format!("TLS handshake: {e}"))?;
+            tls.complete_io(&mut stream)
+                .map_err(|e| format!("TLS handshake: {e}"))?;
         }
         let binding = match &tls {
             rustls::Connection::Client(c) => secure::binding(c),
@@ -255,9 +256,14 @@ impl Wire {
         self.send(&Message::Proof { mac })
             .map_err(|e| e.to_string())?;
         match self.recv(limit) {
-            Got::Msg(Message::Proof { mac }) => {
-                Ok(verify_proof(&auth, &tls, role.other(), &mine, &theirs, &mac))
-            }
+            Got::Msg(Message::Proof { mac }) => Ok(verify_proof(
+                &auth,
+                &tls,
+                role.other(),
+                &mine,
+                &theirs,
+                &mac,
+            )),
             // A dialling peer refuses our wrong proof without proving.
             Got::Msg(Message::Goodbye { .. }) if role == Role::Responder && !honest_proof => {
                 Ok(false)
@@ -286,7 +292,12 @@ pub fn plain_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> (Vec<u
         match stream.read(&mut chunk) {
             Ok(0) => return (got, true),
             Ok(n) => got.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 return (got, false)
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
