@@ -21,7 +21,7 @@ use std::io;
 use std::sync::{Arc, OnceLock};
 
 use hayedik_proto::peer::{
-    decode_frame, FrameHeader, Message, PeerWireError, EXPORTER_LABEL, EXPORTER_LEN,
+    decode_frame, FrameHeader, Message, MessageType, PeerWireError, EXPORTER_LABEL, EXPORTER_LEN,
     FRAME_HEADER_LEN, V1_REFUSAL,
 };
 pub use rustls;
@@ -254,9 +254,10 @@ where
     })
 }
 
-/// A plaintext first byte: reads at most one version 1 Hello frame (its
-/// length is bounded by the Hello's bounds before anything is read) and
-/// answers it with [`V1_REFUSAL`].
+/// A plaintext first byte: reads at most one version 1 Hello frame (the
+/// header first: another type, or a length outside a Hello's bounds, is
+/// refused before anything more is read) and answers it with
+/// [`V1_REFUSAL`].
 async fn refuse_plaintext<S>(mut stream: S) -> SecureError
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -265,8 +266,10 @@ where
     if stream.read_exact(&mut frame).await.is_err() {
         return SecureError::NotHayedik;
     }
+    // Only a Hello is read (at most 256 bytes): nothing else is worth an
+    // answer, or a buffer.
     let header = match FrameHeader::decode(&frame) {
-        Ok(Some(h)) => h,
+        Ok(Some(h)) if h.kind == MessageType::Hello => h,
         _ => return SecureError::NotHayedik,
     };
     let len = header.payload_len as usize;
@@ -365,6 +368,16 @@ mod tests {
             a.read_to_end(&mut back).await.unwrap();
             assert!(back.is_empty(), "{junk:?} got {back:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_plaintext_frame_other_than_a_hello_is_refused_at_its_header() {
+        // A Manifest header announcing 4 MiB: refused without waiting for
+        // (or allocating) the payload.
+        let (mut a, b) = tokio::io::duplex(64 << 10);
+        a.write_all(&[0, 0x40, 0, 1, 5]).await.unwrap();
+        let refused = tokio::time::timeout(std::time::Duration::from_secs(5), accept(b)).await;
+        assert!(matches!(refused, Ok(Err(SecureError::NotHayedik))));
     }
 
     #[tokio::test]
