@@ -293,12 +293,16 @@ where
     }
 }
 
-/// Whether an I/O error is the TLS layer refusing what the peer sent (a
+/// Whether an I/O error is our TLS layer refusing what the peer sent (a
 /// record that does not decrypt, is too large, or is out of place), as
-/// opposed to the connection failing.
+/// opposed to the connection failing. An alert the peer sent is not: it
+/// means the peer refused something of ours (or something on the path
+/// damaged our records), which is no proof against the peer.
 pub fn is_tls_violation(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::InvalidData
-        && e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+        && e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            .is_some_and(|tls| !matches!(tls, rustls::Error::AlertReceived(_)))
 }
 
 #[cfg(test)]
@@ -368,6 +372,17 @@ mod tests {
             a.read_to_end(&mut back).await.unwrap();
             assert!(back.is_empty(), "{junk:?} got {back:?}");
         }
+    }
+
+    #[test]
+    fn only_our_own_refusals_are_violations() {
+        let err = |e: rustls::Error| io::Error::new(io::ErrorKind::InvalidData, e);
+        assert!(is_tls_violation(&err(rustls::Error::DecryptError)));
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac);
+        assert!(!is_tls_violation(&err(alert)));
+        assert!(!is_tls_violation(&io::Error::from(
+            io::ErrorKind::UnexpectedEof
+        )));
     }
 
     #[tokio::test]
