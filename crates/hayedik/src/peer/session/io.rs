@@ -72,15 +72,17 @@ where
 {
     let result = run_session(swarm.clone(), stream, remote, dialed, cancel, activity).await;
     if let Err(e) = &result {
-        // An old (version 1) peer is no fault, but it is why nothing comes
-        // from it: the user is told if the download stalls.
-        let old_peer = matches!(
-            e,
-            SessionError::Secure {
-                source: secure::SecureError::ClosedInHandshake | secure::SecureError::OldPeer,
-                ..
-            }
-        );
+        // A peer we dialled that closes at our ClientHello (an old,
+        // version 1 peer) is no fault, but it is why nothing comes from
+        // it: the user is told if the download stalls.
+        let old_peer = dialed.is_some()
+            && matches!(
+                e,
+                SessionError::Secure {
+                    source: secure::SecureError::ClosedInHandshake,
+                    ..
+                }
+            );
         if e.is_peers_fault() || old_peer {
             swarm.peer_failed(e.to_string());
         }
