@@ -1,5 +1,18 @@
-//! The peer wire protocol (TCP): length-prefixed frames, the handshake, and
-//! the messages that move the manifest and pieces between peers.
+//! The peer wire protocol, version 2: length-prefixed frames inside a TLS
+//! 1.3 channel, the handshake, and the messages that move the manifest and
+//! pieces between peers.
+//!
+//! # The channel
+//!
+//! Everything below travels inside TLS 1.3 (hayedik's `peer/secure.rs`:
+//! rustls with ring, an ephemeral self-signed certificate nobody checks, no
+//! client certificate, no resumption). Both ends then read the channel
+//! binding `X`: the RFC 8446 exporter with label [`EXPORTER_LABEL`], no
+//! context, [`EXPORTER_LEN`] bytes. `X` is the same on both ends of one
+//! TLS connection and different on every other, and the proofs cover it.
+//! A version 1 peer (these frames in plaintext) sends a Hello as its first
+//! bytes; the accepting side answers it, in plaintext, with
+//! `Goodbye(`[`V1_REFUSAL`]`)` and closes.
 //!
 //! # Frames
 //!
@@ -12,62 +25,58 @@
 //! [`decode_frame`] tells "need more bytes" (`Ok(None)`) from "invalid"
 //! (`Err`). An I/O loop that wants to read a block's data straight into its
 //! own buffer decodes the [`FrameHeader`] (or [`BlockHeader`]) first, and a
-//! sender writes [`encode_block_header`] then the file bytes, never copying
-//! them into a [`Message`].
+//! sender writes [`encode_block_header`] then the block's bytes, never
+//! copying them into a [`Message`].
 //!
 //! # Handshake
 //!
-//! A is the side that connected (the [`Role::Initiator`]), B the side that
-//! accepted (the [`Role::Responder`]). What follows is what hayedik's
-//! `peer/handshake.rs` does; this crate provides the messages,
-//! [`handshake_proof`] and [`verify_proof`].
+//! A is the side that connected (the [`Role::Initiator`], the TLS client),
+//! B the side that accepted (the [`Role::Responder`], the TLS server).
+//! What follows, inside the channel, is what hayedik's `peer/handshake.rs`
+//! does; this crate provides the messages, [`handshake_proof`] and
+//! [`verify_proof`].
 //!
 //! 1. A -> B `Hello { version, swarm, nonce_a, listen_port }`. `swarm` is
 //!    [`crate::manifest::swarm_key`] of the root: enough for B to pick the
-//!    content it serves, useless for fetching it, so the root never crosses
-//!    the wire in a handshake. B sends nothing at all (not even its Hello,
-//!    which names the swarm) before it has a Hello for a swarm it serves.
-//!    For another swarm B answers `Goodbye("this peer does not serve that
-//!    swarm")` and closes. A Hello of another version does not decode
+//!    content it serves, useless for fetching it. B sends nothing inside
+//!    the channel (not even its Hello, which names the swarm) before it has
+//!    a Hello for a swarm it serves. For another swarm B answers
+//!    `Goodbye("this peer does not serve that swarm")` and closes. A Hello
+//!    of another version does not decode
 //!    ([`PeerWireError::UnsupportedVersion`]): B answers
 //!    `Goodbye("unsupported protocol version: this peer speaks version N")`
 //!    and closes. A Hello whose nonce is the nonce of one of B's own
-//!    handshakes in progress (a reflected handshake, or B dialled itself)
-//!    is refused: B closes without a word.
+//!    handshakes in progress (B dialled itself) is refused: B closes
+//!    without a word.
 //! 2. B -> A `Hello { version, swarm, nonce_b, listen_port }` with the same
 //!    swarm, then B -> A `Proof`, since B now holds both nonces. The listen
 //!    port (the TCP port the sender serves on, 0 for none) is informational:
 //!    it is not covered by the proofs.
-//! 3. A checks B's Hello the same way (another swarm: the same Goodbye; a
-//!    nonce of one of A's own handshakes in progress: A closes), then
-//!    verifies B's proof with [`verify_proof`]: a bad proof gets
-//!    `Goodbye("wrong proof")` and the connection is closed. Only then
-//!    A -> B `Proof`, so a listener that knows only the swarm key never gets
-//!    a proof from A.
+//! 3. A checks B's Hello the same way, then verifies B's proof with
+//!    [`verify_proof`]: a bad proof gets `Goodbye("wrong proof")` and the
+//!    connection is closed. Only then A -> B `Proof`, so a listener that
+//!    knows only the swarm key never gets a proof from A.
 //! 4. B verifies A's proof the same way (`Goodbye("wrong proof")` and close
 //!    when it is bad).
 //!
 //! Until a side has verified the other's proof it sends nothing but its own
 //! Hello and Proof and serves nothing. Any other message where a Hello or a
 //! Proof is expected ends the connection (no Goodbye), and so does a
-//! Goodbye. hayedik gives the whole handshake 10 s.
+//! Goodbye. hayedik gives the whole handshake, TLS included, 10 s.
 //!
 //! A proof is `blake3::keyed_hash(peer_auth_key(root), "hayedik peer proof
-//! v1" || role || verifier's nonce || prover's nonce)`. Why: the swarm key is
-//! known to the tracker and to anyone who reads an ANNOUNCE, so holding it
-//! proves nothing; the proof shows that the prover knows the root (the
-//! ticket) without revealing it. The verifier's fresh nonce makes a proof
-//! useless on any other connection, the prover's own nonce and the role
-//! byte stop a proof from being sent back on its own connection to the side
-//! that made it, the nonce check of steps 1 and 3 stops it from being
-//! carried to a second connection with the same peer (reflection), and B
-//! proves too, so A does not spend its requests (or reveal what it
-//! wants) on a peer that only knows the swarm key. Proofs are compared in
-//! constant time. This is authentication of ticket holders, not a secure
-//! channel: the stream is not encrypted, a passive observer who sees the
-//! manifest go by can hash it to the root, and an active relay between two
-//! different honest peers is not detected (it reads all that crosses, as an
-//! observer would).
+//! v2" || X || role || verifier's nonce || prover's nonce)`. Why: the swarm
+//! key is known to the tracker and to anyone who reads an ANNOUNCE, so
+//! holding it proves nothing; the proof shows that the prover knows the
+//! root (the ticket) without revealing it. `X` makes a proof worthless on
+//! any other TLS connection: a man in the middle terminates two connections
+//! with two different `X` and, without the root, can neither forward nor
+//! make a proof; a reflected or replayed proof does not verify either. The
+//! verifier's fresh nonce and the role byte keep each proof specific to its
+//! handshake and direction, and B proves too, so A does not spend its
+//! requests (or reveal what it wants) on a peer that only knows the swarm
+//! key. Proofs are compared in constant time. Any ticket holder is trusted
+//! with the content: the channel keeps out everyone else.
 //!
 //! # After the handshake
 //!
@@ -92,8 +101,17 @@
 use crate::codec::{Reader, Short, Writer};
 use crate::manifest::{MAX_MANIFEST_BYTES, MAX_PIECES};
 
-/// The peer protocol version sent in Hello.
-pub const PROTOCOL_VERSION: u8 = 1;
+/// The peer protocol version sent in Hello: 2, frames inside TLS 1.3
+/// (version 1 was the same frames in plaintext, and is refused).
+pub const PROTOCOL_VERSION: u8 = 2;
+/// The RFC 8446 exporter label of the channel binding that the proofs
+/// cover (no context; [`EXPORTER_LEN`] bytes).
+pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-hayedik-peer-v2";
+/// Bytes of the channel binding taken from the TLS exporter.
+pub const EXPORTER_LEN: usize = 32;
+/// The Goodbye a version 2 listener sends, in plaintext, to a version 1
+/// peer's Hello before closing.
+pub const V1_REFUSAL: &str = "this peer speaks protocol version 2 (encrypted); upgrade hayedik";
 /// The first payload bytes of a Hello, so a stray connection is told apart.
 pub const HELLO_MAGIC: [u8; 4] = *b"HYDK";
 /// Largest block a Request may ask for and a Block may carry.
@@ -111,12 +129,12 @@ pub const BLOCK_HEADER_LEN: usize = FRAME_HEADER_LEN + 8;
 pub const MAX_FRAME_LEN: u32 = 1 + MAX_MANIFEST_BYTES as u32;
 /// Largest whole frame, length prefix included.
 pub const MAX_FRAME: usize = 4 + MAX_FRAME_LEN as usize;
-/// Payload length of a version 1 Hello: magic, version, swarm, nonce,
+/// Payload length of a Hello (versions 1 and 2 alike): magic, version, swarm, nonce,
 /// listen port.
 pub const HELLO_LEN: usize = 4 + 1 + 32 + 32 + 2;
 /// Longest Hello of any version: a later version may grow it.
 const MAX_HELLO_LEN: usize = 256;
-const PROOF_DOMAIN: &[u8] = b"hayedik peer proof v1";
+const PROOF_DOMAIN: &[u8] = b"hayedik peer proof v2";
 
 /// The type byte of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -359,7 +377,7 @@ impl Message {
         }
     }
 
-    /// A version 1 Hello.
+    /// A Hello of this version.
     pub fn hello(swarm: [u8; 32], nonce: [u8; 32], listen_port: u16) -> Message {
         Message::Hello {
             version: PROTOCOL_VERSION,
@@ -532,16 +550,20 @@ impl Role {
 }
 
 /// The proof that side `role` sends: `blake3::keyed_hash(auth_key,
-/// "hayedik peer proof v1" || role || their_nonce || my_nonce)`, with
-/// `auth_key = peer_auth_key(root)`.
+/// "hayedik peer proof v2" || binding || role || their_nonce || my_nonce)`,
+/// with `auth_key = peer_auth_key(root)` and `binding` the connection's
+/// TLS exporter value ([`EXPORTER_LABEL`]): a proof is worth something on
+/// its own TLS connection only.
 pub fn handshake_proof(
     auth_key: &[u8; 32],
+    binding: &[u8; EXPORTER_LEN],
     role: Role,
     their_nonce: &[u8; 32],
     my_nonce: &[u8; 32],
 ) -> [u8; 32] {
     let mut h = blake3::Hasher::new_keyed(auth_key);
     h.update(PROOF_DOMAIN);
+    h.update(binding);
     h.update(&[role as u8]);
     h.update(their_nonce);
     h.update(my_nonce);
@@ -549,16 +571,19 @@ pub fn handshake_proof(
 }
 
 /// Checks, in constant time, the proof `mac` that the other side (of role
-/// `their_role`, nonce `their_nonce`) sent in answer to `my_nonce`.
+/// `their_role`, nonce `their_nonce`) sent in answer to `my_nonce` on the
+/// connection whose channel binding is `binding`.
 pub fn verify_proof(
     auth_key: &[u8; 32],
+    binding: &[u8; EXPORTER_LEN],
     their_role: Role,
     my_nonce: &[u8; 32],
     their_nonce: &[u8; 32],
     mac: &[u8; 32],
 ) -> bool {
     // blake3::Hash's equality is constant-time.
-    blake3::Hash::from(handshake_proof(auth_key, their_role, my_nonce, their_nonce)) == *mac
+    let expected = handshake_proof(auth_key, binding, their_role, my_nonce, their_nonce);
+    blake3::Hash::from(expected) == *mac
 }
 
 /// Which pieces a peer holds: bit `i` is bit `7 - i % 8` of byte `i / 8`

@@ -22,7 +22,7 @@ fn vectors() {
     check_vector(Message::ManifestRequest, &[0, 0, 0, 1, 4]);
 
     let mut hello = b"HYDK".to_vec();
-    hello.push(1);
+    hello.push(2);
     hello.extend_from_slice(&[0xAA; 32]);
     hello.extend_from_slice(&[0xBB; 32]);
     hello.extend_from_slice(&[0x1F, 0x90]);
@@ -242,18 +242,25 @@ fn hostile_hellos() {
     assert_eq!(decode_frame(&magic), Err(PeerWireError::BadMagic));
     // Another version is reported as such, whatever its length, so the
     // session can answer with a Goodbye that says so.
-    let mut v2 = b"HYDK".to_vec();
-    v2.push(2);
-    v2.extend_from_slice(&[0; 100]);
+    let mut v3 = b"HYDK".to_vec();
+    v3.push(3);
+    v3.extend_from_slice(&[0; 100]);
     assert_eq!(
-        decode_frame(&frame(1, &v2)),
-        Err(PeerWireError::UnsupportedVersion(2))
+        decode_frame(&frame(1, &v3)),
+        Err(PeerWireError::UnsupportedVersion(3))
+    );
+    // A version 1 (plaintext) Hello, as an old peer sends it.
+    let mut v1 = good[FRAME_HEADER_LEN..].to_vec();
+    v1[4] = 1;
+    assert_eq!(
+        decode_frame(&frame(1, &v1)),
+        Err(PeerWireError::UnsupportedVersion(1))
     );
     assert_eq!(
         decode_frame(&frame(1, b"HYDK\x00")),
         Err(PeerWireError::UnsupportedVersion(0))
     );
-    // Version 1 has exactly one length.
+    // Version 2 has exactly one length.
     let mut long = good[FRAME_HEADER_LEN..].to_vec();
     long.push(0);
     assert!(matches!(
@@ -294,26 +301,73 @@ fn handshake_proofs() {
     let key = crate::manifest::peer_auth_key(&root);
     let (na, nb) = ([0xA; 32], [0xB; 32]);
     // B (responder) proves after seeing A's nonce; A proves after B's.
-    let proof_b = handshake_proof(&key, Role::Responder, &na, &nb);
-    let proof_a = handshake_proof(&key, Role::Initiator, &nb, &na);
-    assert!(verify_proof(&key, Role::Responder, &na, &nb, &proof_b));
-    assert!(verify_proof(&key, Role::Initiator, &nb, &na, &proof_a));
+    let tls = [0x7; 32];
+    let proof_b = handshake_proof(&key, &tls, Role::Responder, &na, &nb);
+    let proof_a = handshake_proof(&key, &tls, Role::Initiator, &nb, &na);
+    assert!(verify_proof(
+        &key,
+        &tls,
+        Role::Responder,
+        &na,
+        &nb,
+        &proof_b
+    ));
+    assert!(verify_proof(
+        &key,
+        &tls,
+        Role::Initiator,
+        &nb,
+        &na,
+        &proof_a
+    ));
     // Reflection: B's own proof sent back to B as A's does not verify.
-    assert!(!verify_proof(&key, Role::Initiator, &nb, &na, &proof_b));
-    // With nonces swapped, or for another root, or another nonce: refused.
-    assert!(!verify_proof(&key, Role::Responder, &nb, &na, &proof_b));
-    let other = crate::manifest::peer_auth_key(&[8; 32]);
-    assert!(!verify_proof(&other, Role::Responder, &na, &nb, &proof_b));
     assert!(!verify_proof(
         &key,
+        &tls,
+        Role::Initiator,
+        &nb,
+        &na,
+        &proof_b
+    ));
+    // With nonces swapped, or for another root, or another nonce: refused.
+    assert!(!verify_proof(
+        &key,
+        &tls,
+        Role::Responder,
+        &nb,
+        &na,
+        &proof_b
+    ));
+    let other = crate::manifest::peer_auth_key(&[8; 32]);
+    assert!(!verify_proof(
+        &other,
+        &tls,
+        Role::Responder,
+        &na,
+        &nb,
+        &proof_b
+    ));
+    assert!(!verify_proof(
+        &key,
+        &tls,
         Role::Responder,
         &[0xC; 32],
         &nb,
         &proof_b
     ));
+    // On another TLS connection (another exporter value): refused.
+    assert!(!verify_proof(
+        &key,
+        &[0x8; 32],
+        Role::Responder,
+        &na,
+        &nb,
+        &proof_b
+    ));
     assert_eq!(Role::Initiator.other(), Role::Responder);
     // The layout, spelled out.
-    let mut input = b"hayedik peer proof v1".to_vec();
+    let mut input = b"hayedik peer proof v2".to_vec();
+    input.extend_from_slice(&tls);
     input.push(1);
     input.extend_from_slice(&na);
     input.extend_from_slice(&nb);

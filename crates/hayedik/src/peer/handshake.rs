@@ -1,24 +1,31 @@
-//! The peer handshake (docs/peer-protocol.md, "Handshake"): Hellos, then
-//! proofs that each side holds the ticket's root.
+//! The peer handshake inside the secure channel (docs/peer-protocol.md,
+//! "Handshake"): Hellos, then proofs that each side holds the ticket's
+//! root, bound to the TLS connection they travel on.
 //!
 //! What makes a proof worthless anywhere but on its own connection:
-//! - it covers the prover's role and both nonces (`handshake_proof`);
-//! - every nonce we are using in a handshake is held in [`Nonces`], and a
-//!   Hello that carries one of them is refused: otherwise a peer that knows
-//!   only the swarm key could open a second connection to us with our own
-//!   nonce and carry our proofs from one connection to the other
-//!   (reflection), authenticating both without the root;
+//! - it covers the channel binding (the TLS exporter value, different on
+//!   every connection and known only to its two ends), the prover's role
+//!   and both nonces (`handshake_proof`): a proof carried to another
+//!   connection (reflection, replay, a relay between two honest peers)
+//!   does not verify there;
 //! - the side that accepted the connection says nothing, not even its
 //!   Hello (which names the swarm), before a Hello for a swarm it serves;
 //! - the side that dialled checks the responder's proof before it sends
 //!   its own, so a listener that only knows the swarm key never gets one.
+//!
+//! The nonces of each swarm's handshakes in progress are still kept in
+//! [`Nonces`] (one set per swarm, so the demo's peers in one process do not
+//! take each other for themselves): reflection no longer needs them (the binding stops it), but
+//! a Hello that carries one of our own nonces is how a peer that dialled
+//! itself (its own listed address) finds out, and a session with oneself
+//! would be useless.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use hayedik_proto::peer::{
-    handshake_proof, verify_proof, Message, PeerWireError, Role, PROTOCOL_VERSION,
+    handshake_proof, verify_proof, Message, PeerWireError, Role, EXPORTER_LEN, PROTOCOL_VERSION,
 };
 
 use super::session::SessionError;
@@ -110,6 +117,8 @@ impl Failure {
 /// Hello for its swarm, the initiator proves only after the responder did.
 pub struct Handshake<'k> {
     keys: &'k Keys,
+    /// The channel binding of the connection (TLS exporter).
+    binding: [u8; EXPORTER_LEN],
     role: Role,
     remote: SocketAddr,
     mine: NonceGuard,
@@ -119,9 +128,15 @@ pub struct Handshake<'k> {
 impl<'k> Handshake<'k> {
     /// A handshake as `role`, and what to send first (the initiator's
     /// Hello; nothing for the responder).
-    pub fn new(keys: &'k Keys, role: Role, remote: SocketAddr) -> (Self, Vec<Message>) {
+    pub fn new(
+        keys: &'k Keys,
+        binding: [u8; EXPORTER_LEN],
+        role: Role,
+        remote: SocketAddr,
+    ) -> (Self, Vec<Message>) {
         let h = Self {
             keys,
+            binding,
             role,
             remote,
             mine: keys.nonces.fresh(),
@@ -147,6 +162,7 @@ impl<'k> Handshake<'k> {
         Message::Proof {
             mac: handshake_proof(
                 &self.keys.auth_key,
+                &self.binding,
                 self.role,
                 &theirs.nonce,
                 &self.mine.nonce,
@@ -179,8 +195,8 @@ impl<'k> Handshake<'k> {
                     });
                 }
                 if self.mine.nonces.is_ours(&nonce) {
-                    // Our own nonce coming back: a reflection, or we
-                    // dialled ourselves. Nothing more is said either way.
+                    // Our own nonce coming back: we dialled ourselves (or
+                    // a reflection, which the binding stops anyway).
                     return Err(Failure::silent(SessionError::Protocol {
                         peer: remote,
                         what: "its Hello carries a nonce of ours (a reflected handshake, or ourselves)"
@@ -200,7 +216,9 @@ impl<'k> Handshake<'k> {
             (Message::Proof { mac }, Some(theirs)) => {
                 let role = self.role;
                 let auth = &self.keys.auth_key;
-                if !verify_proof(auth, role.other(), &self.mine.nonce, &theirs.nonce, &mac) {
+                let binding = &self.binding;
+                let mine = &self.mine.nonce;
+                if !verify_proof(auth, binding, role.other(), mine, &theirs.nonce, &mac) {
                     return Err(Failure {
                         error: SessionError::BadProof { peer: remote },
                         goodbye: Some("wrong proof".into()),
@@ -241,10 +259,11 @@ impl<'k> Handshake<'k> {
     }
 }
 
-/// Runs the handshake as `role` on a connection. Returns the port the
-/// remote serves on (0 if it does not say).
+/// Runs the handshake as `role` on a secure channel whose binding is
+/// `binding`. Returns the port the remote serves on (0 if it does not say).
 pub async fn run(
     keys: &Keys,
+    binding: [u8; EXPORTER_LEN],
     reader: &mut FrameReader,
     writer: &mut FrameWriter,
     remote: SocketAddr,
@@ -254,7 +273,7 @@ pub async fn run(
         peer: remote,
         source,
     };
-    let (mut h, first) = Handshake::new(keys, role, remote);
+    let (mut h, first) = Handshake::new(keys, binding, role, remote);
     for m in &first {
         writer.send(m).await.map_err(wire)?;
     }
@@ -297,6 +316,9 @@ mod tests {
         }
     }
 
+    /// The channel binding both sides of one connection see.
+    const TLS: [u8; EXPORTER_LEN] = [0x42; EXPORTER_LEN];
+
     fn addr() -> SocketAddr {
         SocketAddr::from(([10, 0, 0, 1], 7000))
     }
@@ -329,8 +351,8 @@ mod tests {
     #[test]
     fn two_ticket_holders_complete_it_in_order() {
         let (ka, kb) = (keys(1, 1111), keys(1, 2222));
-        let (mut a, first) = Handshake::new(&ka, Role::Initiator, addr());
-        let (mut b, nothing) = Handshake::new(&kb, Role::Responder, addr());
+        let (mut a, first) = Handshake::new(&ka, TLS, Role::Initiator, addr());
+        let (mut b, nothing) = Handshake::new(&kb, TLS, Role::Responder, addr());
         assert!(nothing.is_empty(), "the responder speaks second");
         assert!(matches!(first[..], [Message::Hello { .. }]));
         let (to_a, done_b) = feed(&mut b, first).unwrap();
@@ -350,8 +372,8 @@ mod tests {
     #[test]
     fn the_responder_says_nothing_to_another_swarm() {
         let (ka, kb) = (keys(1, 1), keys(2, 2));
-        let (_a, first) = Handshake::new(&ka, Role::Initiator, addr());
-        let (mut b, _) = Handshake::new(&kb, Role::Responder, addr());
+        let (_a, first) = Handshake::new(&ka, TLS, Role::Initiator, addr());
+        let (mut b, _) = Handshake::new(&kb, TLS, Role::Responder, addr());
         let f = feed(&mut b, first).unwrap_err();
         assert!(matches!(f.error, SessionError::OtherSwarm { .. }));
         // A Goodbye only: no Hello naming its swarm, no proof.
@@ -365,8 +387,8 @@ mod tests {
         let ka = keys(1, 1);
         let mut kb = keys(1, 2);
         kb.auth_key = peer_auth_key(&[9; 32]);
-        let (mut a, first) = Handshake::new(&ka, Role::Initiator, addr());
-        let (mut b, _) = Handshake::new(&kb, Role::Responder, addr());
+        let (mut a, first) = Handshake::new(&ka, TLS, Role::Initiator, addr());
+        let (mut b, _) = Handshake::new(&kb, TLS, Role::Responder, addr());
         let (to_a, _) = feed(&mut b, first).unwrap();
         let f = feed(&mut a, to_a).unwrap_err();
         assert!(matches!(f.error, SessionError::BadProof { .. }));
@@ -377,9 +399,10 @@ mod tests {
     fn our_own_nonce_coming_back_is_refused_silently() {
         // The same swarm's keys, hence its nonces: one peer node.
         let k = keys(1, 1);
-        let (a, first) = Handshake::new(&k, Role::Initiator, addr());
-        // A second connection to us replays our Hello (reflection).
-        let (mut b, _) = Handshake::new(&k, Role::Responder, addr());
+        let (a, first) = Handshake::new(&k, TLS, Role::Initiator, addr());
+        // A second connection to us replays our Hello (we dialled
+        // ourselves).
+        let (mut b, _) = Handshake::new(&k, TLS, Role::Responder, addr());
         let f = feed(&mut b, first).unwrap_err();
         assert!(matches!(f.error, SessionError::Protocol { .. }));
         assert!(f.goodbye.is_none());
@@ -389,15 +412,15 @@ mod tests {
     #[test]
     fn anything_out_of_order_ends_it() {
         let k = keys(1, 1);
-        let (mut b, _) = Handshake::new(&k, Role::Responder, addr());
+        let (mut b, _) = Handshake::new(&k, TLS, Role::Responder, addr());
         let f = feed(&mut b, vec![Message::Proof { mac: [0; 32] }]).unwrap_err();
         assert!(matches!(f.error, SessionError::Protocol { .. }));
-        let (mut b, _) = Handshake::new(&k, Role::Responder, addr());
+        let (mut b, _) = Handshake::new(&k, TLS, Role::Responder, addr());
         let f = feed(&mut b, vec![Message::ManifestRequest]).unwrap_err();
         assert!(matches!(f.error, SessionError::Protocol { .. }));
-        let (mut a, first) = Handshake::new(&k, Role::Initiator, addr());
+        let (mut a, first) = Handshake::new(&k, TLS, Role::Initiator, addr());
         let k2 = keys(1, 2);
-        let (mut b2, _) = Handshake::new(&k2, Role::Responder, addr());
+        let (mut b2, _) = Handshake::new(&k2, TLS, Role::Responder, addr());
         let (to_a, _) = feed(&mut b2, first).unwrap();
         // A second Hello where the proof is due.
         let f = feed(&mut a, vec![to_a[0].clone(), to_a[0].clone()]).unwrap_err();
@@ -405,9 +428,21 @@ mod tests {
     }
 
     #[test]
+    fn a_proof_from_another_connection_does_not_verify() {
+        // The responder's proof made on a connection with another binding
+        // (a relay in the middle terminates two connections).
+        let (ka, kb) = (keys(1, 1), keys(1, 2));
+        let (mut a, first) = Handshake::new(&ka, TLS, Role::Initiator, addr());
+        let (mut b, _) = Handshake::new(&kb, [0x43; EXPORTER_LEN], Role::Responder, addr());
+        let (to_a, _) = feed(&mut b, first).unwrap();
+        let f = feed(&mut a, to_a).unwrap_err();
+        assert!(matches!(f.error, SessionError::BadProof { .. }));
+    }
+
+    #[test]
     fn another_version_is_told_so() {
         let k = keys(1, 1);
-        let (b, _) = Handshake::new(&k, Role::Responder, addr());
+        let (b, _) = Handshake::new(&k, TLS, Role::Responder, addr());
         let f = b.on_wire_error(WireError::Frame(PeerWireError::UnsupportedVersion(2)));
         match f.goodbye {
             Some(reason) => assert!(reason.contains("unsupported protocol version"), "{reason}"),

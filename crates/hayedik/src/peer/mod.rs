@@ -5,7 +5,8 @@
 //! - [`node`]: the TCP listener and the connector that dials listed peers.
 //! - [`session`]: one connection with a remote peer, both directions: its
 //!   protocol state machine and the thin I/O loop that runs it;
-//!   [`handshake`] proves both sides hold the ticket; [`wire`] is the
+//!   [`secure`] is the encrypted channel (TLS 1.3) it runs in,
+//!   [`handshake`] proves inside it that both sides hold the ticket; [`wire`] is the
 //!   framing and the reader task, [`serve`] the writer task; [`disk`] writes and hashes what all
 //!   sessions of a download receive ([`bufpool`] recycles its buffers).
 //! - [`swarm`]: what all sessions of one content share: [`content`] once
@@ -30,6 +31,7 @@ pub mod node;
 pub mod pieces;
 pub mod progress;
 pub mod rate;
+pub mod secure;
 pub mod serve;
 pub mod session;
 pub mod share;

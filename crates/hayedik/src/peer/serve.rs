@@ -114,12 +114,6 @@ pub struct ServeCtx {
     pub uploaded: Arc<AtomicU64>,
 }
 
-impl ServeCtx {
-    fn piece_lost(&self, content: &Content, piece: u32) {
-        content.piece_lost(&self.pieces, piece);
-    }
-}
-
 /// Blocks read from storage in one hand-off to the blocking pool. 2 was
 /// faster in the swarm bench (1 -> 4 x0.85 against x0.93 with 1, same run)
 /// but made a capped sharer upload more with four getters (1.6 to 2.2
@@ -136,14 +130,17 @@ struct Serve {
 }
 
 /// Sends frames and serves blocks until the sender side is dropped or the
-/// socket fails.
+/// channel fails.
 ///
-/// On Linux, content that lives in files is served with `sendfile` (module
-/// `direct`). Otherwise requests queued together are read in one hand-off
-/// to the blocking pool (up to [`SERVE_BATCH`] blocks), and the next batch
-/// is read while the previous one is sent: the socket and the disk work at
-/// the same time. Frames queued meanwhile go out first, several in one
-/// write.
+/// Requests queued together are read in one hand-off to the blocking pool
+/// (up to [`SERVE_BATCH`] blocks) into a reused buffer, each block's header
+/// right before its data, and the next batch is read while the previous
+/// one is encrypted and sent: the disk and the socket work at the same
+/// time. A block goes to TLS in one write (header and data together),
+/// which rustls cuts into full 16 KiB records. Frames queued meanwhile go
+/// out first, several in one write. (Version 1 sent file-backed blocks
+/// with `sendfile`; the encrypted channel cannot: the bytes must pass
+/// through user space to be encrypted.)
 pub async fn write_loop(
     writer: FrameWriter,
     mut rx: mpsc::UnboundedReceiver<Out>,
@@ -157,11 +154,6 @@ pub async fn write_loop(
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut reading: Option<tokio::task::JoinHandle<Batch>> = None;
     let mut open = true;
-    #[cfg(target_os = "linux")]
-    let mut direct = direct::Direct::default();
-    // Whether the content lives in files (decided at the first block).
-    #[cfg(target_os = "linux")]
-    let mut in_files: Option<bool> = None;
     while open || reading.is_some() {
         let mut serves = Vec::new();
         while open && serves.len() < SERVE_BATCH {
@@ -197,35 +189,6 @@ pub async fn write_loop(
             }
         }
         let content = ctx.content.borrow().clone();
-        // Blocks of content that lives in files go straight from the file
-        // to the socket: no read into a buffer, no hand-off per block.
-        #[cfg(target_os = "linux")]
-        if let (Some(content), None) = (&content, &reading) {
-            let direct_ok = serves.first().is_some_and(|s| {
-                *in_files.get_or_insert_with(|| {
-                    content.storage.file_range(s.at, s.len as usize).is_some()
-                })
-            });
-            if direct_ok {
-                if !frames.is_empty() {
-                    if wr.write_all(&frames).await.is_err() {
-                        return;
-                    }
-                    pending.written(frames.len());
-                    frames.clear();
-                }
-                for serve in &serves {
-                    if direct
-                        .serve(&mut wr, &ctx, content, serve, &outbox)
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                continue;
-            }
-        }
         let next = match content {
             Some(content) if !serves.is_empty() => {
                 let (pieces, buf) = (ctx.pieces.clone(), spare.pop().unwrap_or_default());
@@ -358,151 +321,4 @@ fn read_batch(
         }
     }
     Batch { buf, parts }
-}
-
-/// Serving blocks with `sendfile(2)`: the kernel copies the file's pages
-/// (page cache) into the socket; nothing passes through a buffer of ours.
-#[cfg(target_os = "linux")]
-mod direct {
-    use std::fs::File;
-    use std::io;
-    use std::num::NonZeroU64;
-    use std::sync::atomic::Ordering;
-    use std::sync::Arc;
-
-    use hayedik_proto::peer::{encode_block_header, Message};
-    use rustix::net::SendFlags;
-    use tokio::io::{AsyncWriteExt, Interest};
-    use tokio::net::tcp::OwnedWriteHalf;
-    use tokio::net::TcpStream;
-
-    use super::super::content::Content;
-    use super::super::guard::Check;
-    use super::{Outbox, Serve, ServeCtx};
-
-    /// What a session's writer remembers between blocks.
-    #[derive(Debug, Default)]
-    pub(super) struct Direct {
-        /// The piece whose range was last announced to the kernel as needed
-        /// soon (read-ahead), so that a block not in page cache is read
-        /// before `sendfile` needs it rather than while it waits.
-        advised: Option<u32>,
-    }
-
-    impl Direct {
-        /// Sends one requested block (or a Reject). An error means the
-        /// connection is unusable (the socket failed, or a frame could not
-        /// be completed because the file shrank).
-        pub(super) async fn serve(
-            &mut self,
-            wr: &mut OwnedWriteHalf,
-            ctx: &ServeCtx,
-            content: &Arc<Content>,
-            serve: &Serve,
-            outbox: &Outbox,
-        ) -> io::Result<()> {
-            let &Serve {
-                piece,
-                offset,
-                len,
-                at,
-            } = serve;
-            let servable = content.guard.is_fresh(piece) || {
-                // A stat of the file, maybe a re-hash of the piece: blocking.
-                let c = content.clone();
-                let base = at - u64::from(offset);
-                crate::spawn::spawn_blocking("check a piece", move || {
-                    matches!(
-                        c.guard.check(piece, &c.manifest, c.storage.as_ref(), base),
-                        Check::Good
-                    )
-                })
-                .await
-                .unwrap_or(false)
-            };
-            if !servable {
-                ctx.piece_lost(content, piece);
-                return reject(wr, piece, offset, len).await;
-            }
-            let (file, within) = match content.storage.file_range(at, len as usize) {
-                Some(Ok(found)) => found,
-                Some(Err(e)) => {
-                    tracing::warn!(piece, "cannot read a piece to serve: {e}");
-                    return reject(wr, piece, offset, len).await;
-                }
-                None => return reject(wr, piece, offset, len).await,
-            };
-            if self.advised != Some(piece) {
-                self.advised = Some(piece);
-                let piece_len = content.layout.piece_len(piece);
-                // Advice only: a failure changes nothing but speed.
-                let _ = rustix::fs::fadvise(
-                    &*file,
-                    within - u64::from(offset),
-                    NonZeroU64::new(piece_len),
-                    rustix::fs::Advice::WillNeed,
-                );
-            }
-            // Cancelled while it was checked: not sent after all.
-            let skip = outbox.take_cancel(piece, offset);
-            if skip {
-                return Ok(());
-            }
-            ctx.up_limit.acquire(len as usize).await;
-            let stream: &TcpStream = wr.as_ref();
-            send_more(stream, &encode_block_header(piece, offset, len)).await?;
-            if let Err(e) = send_file(stream, &file, within, len as usize).await {
-                if e.kind() == io::ErrorKind::UnexpectedEof {
-                    tracing::warn!(piece, "a file being served got shorter: {e}");
-                    ctx.piece_lost(content, piece);
-                }
-                return Err(e);
-            }
-            ctx.uploaded.fetch_add(u64::from(len), Ordering::Relaxed);
-            Ok(())
-        }
-    }
-
-    async fn reject(wr: &mut OwnedWriteHalf, piece: u32, offset: u32, len: u32) -> io::Result<()> {
-        let mut frame = Vec::new();
-        Message::Reject { piece, offset, len }.encode(&mut frame);
-        wr.write_all(&frame).await
-    }
-
-    /// Writes all of `bytes`, telling the kernel more follows (`MSG_MORE`):
-    /// a block's header leaves in the same segment as its data.
-    async fn send_more(stream: &TcpStream, bytes: &[u8]) -> io::Result<()> {
-        let mut sent = 0;
-        while sent < bytes.len() {
-            let rest = &bytes[sent..];
-            sent += stream
-                .async_io(Interest::WRITABLE, || {
-                    rustix::net::send(stream, rest, SendFlags::MORE).map_err(io::Error::from)
-                })
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Sends `len` bytes of `file` from `at` with `sendfile(2)`.
-    async fn send_file(stream: &TcpStream, file: &File, at: u64, len: usize) -> io::Result<()> {
-        let mut offset = at;
-        let end = at + len as u64;
-        while offset < end {
-            let want = usize::try_from(end - offset).unwrap_or(usize::MAX);
-            let n = stream
-                .async_io(Interest::WRITABLE, || {
-                    rustix::fs::sendfile(stream, file, Some(&mut offset), want)
-                        .map_err(io::Error::from)
-                })
-                .await?;
-            if n == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("the file ends at byte {offset}, before {end}"),
-                ));
-            }
-        }
-        Ok(())
-    }
 }

@@ -1,5 +1,5 @@
-//! The socket halves of a session: frames on top of TCP, and the reader
-//! task. Decoding itself is `hayedik_proto::peer`'s (the functions the
+//! The two halves of a session's secure channel ([`super::secure`]):
+//! frames inside TLS, and the reader task. Decoding itself is `hayedik_proto::peer`'s (the functions the
 //! fuzz targets exercise); the writer task is [`super::serve`].
 
 use std::io;
@@ -10,18 +10,27 @@ use hayedik_proto::peer::{
     decode_frame, BlockHeader, FrameHeader, Message, MessageType, PeerWireError, BLOCK_HEADER_LEN,
     FRAME_HEADER_LEN,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use super::bufpool::BufPool;
 use super::rate::RateLimit;
+use super::secure;
+
+/// The read half of a channel.
+pub type ReadHalf = Box<dyn AsyncRead + Unpin + Send>;
+/// The write half of a channel.
+pub type WriteHalf = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// Why a connection's bytes could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
     #[error("{0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+    /// TLS refused what the peer sent after the handshake: a record that
+    /// does not decrypt (tampered, reordered, truncated), or too large.
+    #[error("bad TLS record: {0}")]
+    Tls(io::Error),
     #[error("bad frame: {0}")]
     Frame(#[from] PeerWireError),
     #[error("connection closed")]
@@ -30,14 +39,24 @@ pub enum WireError {
     Idle(Duration),
 }
 
-/// Reads whole frames from a socket.
+impl From<io::Error> for WireError {
+    fn from(e: io::Error) -> Self {
+        if secure::is_tls_violation(&e) {
+            WireError::Tls(e)
+        } else {
+            WireError::Io(e)
+        }
+    }
+}
+
+/// Reads whole frames from a channel.
 pub struct FrameReader {
-    rd: OwnedReadHalf,
+    rd: ReadHalf,
     pool: BufPool,
 }
 
 impl FrameReader {
-    pub fn new(rd: OwnedReadHalf) -> Self {
+    pub fn new(rd: ReadHalf) -> Self {
         Self {
             rd,
             pool: BufPool::default(),
@@ -100,22 +119,22 @@ impl FrameReader {
     }
 }
 
-/// Writes frames to a socket.
+/// Writes frames to a channel.
 pub struct FrameWriter {
-    wr: OwnedWriteHalf,
+    wr: WriteHalf,
     buf: Vec<u8>,
 }
 
 impl FrameWriter {
-    pub fn new(wr: OwnedWriteHalf) -> Self {
+    pub fn new(wr: WriteHalf) -> Self {
         Self {
             wr,
             buf: Vec::new(),
         }
     }
 
-    /// The socket's write half, for a task that writes more than frames.
-    pub fn into_inner(self) -> OwnedWriteHalf {
+    /// The channel's write half, for a task that writes more than frames.
+    pub fn into_inner(self) -> WriteHalf {
         self.wr
     }
 

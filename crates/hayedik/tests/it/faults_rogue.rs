@@ -11,7 +11,9 @@ use hayedik_proto::peer::{Message, MessageType, Role, MAX_BLOCK};
 
 use crate::harness::{scenario, signal, Tracker};
 use crate::lab::{assert_file_is, random_bytes, ticket_of, ticket_root, Proc};
-use crate::rogue::{announce_seeder, create_swarm, Act, Got, Rogue, Served, Slowloris, Wire};
+use crate::rogue::{
+    announce_seeder, create_swarm, plain_exchange, Act, Got, Rogue, Served, Slowloris, Wire,
+};
 
 const MIB: usize = 1 << 20;
 const NAME: &str = "content.bin";
@@ -102,7 +104,7 @@ impl Swarm {
     }
 
     /// A rogue listed in this swarm as a seeder.
-    fn rogue(&self, act: Act) -> Rogue {
+    pub fn rogue(&self, act: Act) -> Rogue {
         self.rogue_serving(self.served.clone(), act)
     }
 
@@ -159,7 +161,7 @@ pub fn get(ticket: &str, out: &Path, extra: &[&str]) -> Proc {
 }
 
 /// Lines of `text` that say a peer was banned.
-fn ban_lines(text: &str) -> Vec<&str> {
+pub fn ban_lines(text: &str) -> Vec<&str> {
     text.lines().filter(|l| l.contains("banned")).collect()
 }
 
@@ -302,7 +304,12 @@ fn length_prefix_ffffffff() {
         let s = Swarm::start(23, &["--max-upload", "4M"]);
         let huge = [0xFF, 0xFF, 0xFF, 0xFF, MessageType::Block as u8, 0, 0, 0, 0];
 
-        // To the sharer, before the handshake.
+        // To the sharer, in plaintext before TLS (not TLS, not a Hello).
+        let (got, closed) = plain_exchange(s.sharer_addr, &huge, Duration::from_secs(5));
+        assert!(closed, "the sharer kept a connection that sent 0xFFFFFFFF");
+        assert!(got.is_empty(), "the sharer answered garbage with {got:?}");
+
+        // To the sharer, inside TLS, before the handshake.
         let mut w = Wire::connect(s.sharer_addr);
         w.send_raw(&huge).expect("sending");
         let (_, closed) = w.until_closed(Duration::from_secs(5));

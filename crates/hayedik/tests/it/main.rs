@@ -5,6 +5,7 @@ mod events_stall;
 mod faults_disk;
 mod faults_fuzz_seeds;
 mod faults_net;
+mod faults_private;
 mod faults_rogue;
 mod faults_wire;
 mod folders;

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hayedik::peer::announce::{create_swarm, spawn_announcer, Announcer, TrackerClient};
+use hayedik::peer::secure;
 use hayedik::peer::wire::{FrameReader, FrameWriter};
 use hayedik_proto::manifest::{hash_piece, peer_auth_key, swarm_key, FileEntry, Manifest};
 use hayedik_proto::peer::{handshake_proof, Bitfield, Message, Role};
@@ -77,9 +78,11 @@ async fn rogue_session(
     blocks: Arc<AtomicU64>,
     manifests: Arc<AtomicU64>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let (rd, wr) = stream.into_split();
-    let mut reader = FrameReader::new(rd);
-    let mut writer = FrameWriter::new(wr);
+    let channel = secure::accept(stream).await?;
+    let binding = channel.binding;
+    let (rd, wr) = tokio::io::split(channel.stream);
+    let mut reader = FrameReader::new(Box::new(rd));
+    let mut writer = FrameWriter::new(Box::new(wr));
     // We accepted: we are the responder.
     let Message::Hello { nonce: theirs, .. } = reader.next().await? else {
         return Ok(());
@@ -88,7 +91,13 @@ async fn rogue_session(
     writer
         .send(&Message::hello(swarm_key(&root), mine, port))
         .await?;
-    let mac = handshake_proof(&peer_auth_key(&root), Role::Responder, &theirs, &mine);
+    let mac = handshake_proof(
+        &peer_auth_key(&root),
+        &binding,
+        Role::Responder,
+        &theirs,
+        &mine,
+    );
     writer.send(&Message::Proof { mac }).await?;
     let Message::Proof { .. } = reader.next().await? else {
         return Ok(());
@@ -413,14 +422,24 @@ async fn start_scripted(root: [u8; 32], manifest: Option<Vec<u8>>, pieces: u32) 
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
-        let (rd, wr) = stream.into_split();
-        let mut reader = FrameReader::new(rd);
-        let mut writer = FrameWriter::new(wr);
+        let Ok(channel) = secure::accept(stream).await else {
+            return;
+        };
+        let binding = channel.binding;
+        let (rd, wr) = tokio::io::split(channel.stream);
+        let mut reader = FrameReader::new(Box::new(rd));
+        let mut writer = FrameWriter::new(Box::new(wr));
         let Ok(Message::Hello { nonce: theirs, .. }) = reader.next().await else {
             return;
         };
         let mine: [u8; 32] = rand::random();
-        let mac = handshake_proof(&peer_auth_key(&root), Role::Responder, &theirs, &mine);
+        let mac = handshake_proof(
+            &peer_auth_key(&root),
+            &binding,
+            Role::Responder,
+            &theirs,
+            &mine,
+        );
         let mut bits = Bitfield::new(pieces);
         for i in 0..pieces {
             bits.set(i);

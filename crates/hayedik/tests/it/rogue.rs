@@ -2,9 +2,12 @@
 //! `hayedik_proto::peer` and break it on purpose (the tests that set them on
 //! honest peers are in `faults_rogue.rs`).
 //!
-//! - [`Wire`]: one TCP connection, blocking, with frame decoding and
+//! - [`Wire`]: one connection of peer wire version 2 (TLS 1.3, with
+//!   hayedik's own TLS configurations), blocking, with frame decoding and
 //!   receive deadlines; [`Wire::handshake`] runs either side of the
-//!   handshake, with a right or a wrong proof.
+//!   handshake inside the channel, with a right or a wrong proof; raw
+//!   frames go inside the channel ([`Wire::send_raw`]), raw bytes and
+//!   damaged records outside it ([`Wire::send_tcp`], [`Wire::seal`]).
 //! - [`Served`]: content the way a sharer describes it (manifest, root,
 //!   bytes), so a rogue can answer requests with real or damaged data.
 //! - [`Rogue`]: a listening rogue peer with one [`Act`], on threads, logging
@@ -20,6 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use hayedik::peer::announce::TrackerClient;
+use hayedik::peer::secure::{self, rustls};
 use hayedik_proto::manifest::{
     choose_piece_size, hash_piece, peer_auth_key, swarm_key, FileEntry, Manifest,
 };
@@ -32,42 +36,111 @@ use hayedik_proto::tracker::PeerState;
 #[derive(Debug)]
 pub enum Got {
     Msg(Message),
-    /// The other side closed (or reset) the connection.
+    /// The other side closed (or reset) the connection, or ended TLS with
+    /// an alert.
     Closed,
     /// Nothing within the time given.
     Timeout,
-    /// Bytes that are not a valid frame.
+    /// Bytes that are not a valid frame, or TLS records that do not decrypt.
     Invalid(String),
 }
 
-/// One peer connection, blocking.
+/// One peer connection of version 2, blocking: TLS 1.3 with hayedik's own
+/// configurations ([`secure`]) over a TCP stream, driven by hand so that a
+/// test can also write raw TCP bytes ([`Wire::send_tcp`]) or TLS records
+/// it damaged first ([`Wire::seal`]).
 pub struct Wire {
     pub stream: TcpStream,
+    pub tls: rustls::Connection,
+    /// The connection's channel binding (TLS exporter).
+    pub binding: [u8; 32],
     buf: Vec<u8>,
 }
 
 impl Wire {
+    /// A connection to `addr`, TLS set up as the dialling side.
     pub fn connect(addr: SocketAddr) -> Wire {
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
             .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
         Wire::new(stream)
     }
 
+    /// TLS as the dialling side on `stream`; panics if it fails.
     pub fn new(stream: TcpStream) -> Wire {
+        Wire::client(stream).unwrap_or_else(|e| panic!("TLS as a client: {e}"))
+    }
+
+    /// TLS as the dialling side on `stream`.
+    pub fn client(stream: TcpStream) -> Result<Wire, String> {
+        let config = secure::client_config().map_err(|e| e.to_string())?;
+        let conn = rustls::ClientConnection::new(config, secure::server_name())
+            .map_err(|e| e.to_string())?;
+        Wire::start(stream, conn.into())
+    }
+
+    /// TLS as the accepting side on `stream`.
+    pub fn server(stream: TcpStream) -> Result<Wire, String> {
+        let config = secure::server_config().map_err(|e| e.to_string())?;
+        let conn = rustls::ServerConnection::new(config).map_err(|e| e.to_string())?;
+        Wire::start(stream, conn.into())
+    }
+
+    fn start(mut stream: TcpStream, mut tls: rustls::Connection) -> Result<Wire, String> {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
-        Wire {
-            stream,
-            buf: Vec::new(),
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+        tls.set_buffer_limit(None);
+        while tls.is_handshaking() {
+            tls.complete_io(&mut stream)
+                .map_err(|e| format!("TLS handshake: {e}"))?;
         }
+        let binding = match &tls {
+            rustls::Connection::Client(c) => secure::binding(c),
+            rustls::Connection::Server(c) => secure::binding(c),
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(Wire {
+            stream,
+            tls,
+            binding,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Writes out what TLS has ready.
+    fn flush(&mut self) -> io::Result<()> {
+        while self.tls.wants_write() {
+            self.tls.write_tls(&mut self.stream)?;
+        }
+        Ok(())
     }
 
     pub fn send(&mut self, m: &Message) -> io::Result<()> {
-        self.stream.write_all(&m.to_vec())
+        self.send_raw(&m.to_vec())
     }
 
+    /// Any bytes, inside the channel.
     pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.tls.writer().write_all(bytes)?;
+        self.flush()
+    }
+
+    /// Bytes straight onto TCP, outside TLS.
+    pub fn send_tcp(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)
+    }
+
+    /// The TLS records that would carry `bytes`, not sent: to be damaged
+    /// and sent with [`Wire::send_tcp`].
+    pub fn seal(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = self.tls.writer().write_all(bytes);
+        while self.tls.wants_write() {
+            if self.tls.write_tls(&mut out).is_err() {
+                break;
+            }
+        }
+        out
     }
 
     /// The next message within `limit`.
@@ -82,15 +155,31 @@ impl Wire {
                 Ok(None) => {}
                 Err(e) => return Got::Invalid(e.to_string()),
             }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.tls.reader().read(&mut chunk) {
+                Ok(0) => return Got::Closed,
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return Got::Closed,
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Got::Timeout;
             }
             let _ = self.stream.set_read_timeout(Some(left));
-            let mut chunk = [0u8; 64 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Got::Closed,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            match self.tls.read_tls(&mut self.stream) {
+                Ok(_) => {
+                    let processed = self.tls.process_new_packets();
+                    let _ = self.flush();
+                    match processed {
+                        Ok(_) => {}
+                        Err(rustls::Error::AlertReceived(_)) => return Got::Closed,
+                        Err(e) => return Got::Invalid(format!("TLS: {e}")),
+                    }
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
@@ -132,11 +221,11 @@ impl Wire {
         }
     }
 
-    /// Runs the handshake as `role` for the swarm of `root`, announcing
-    /// `listen_port`, with a right proof or (`honest_proof == false`) a
-    /// random one. Returns whether the other side's proof verified (false
-    /// also when, as a responder with a wrong proof, the other side refused
-    /// it with a Goodbye before proving).
+    /// Runs the handshake inside the channel as `role` for the swarm of
+    /// `root`, announcing `listen_port`, with a right proof or
+    /// (`honest_proof == false`) a random one. Returns whether the other
+    /// side's proof verified (false also when, as a responder with a wrong
+    /// proof, the other side refused it with a Goodbye before proving).
     pub fn handshake(
         &mut self,
         root: &[u8; 32],
@@ -145,6 +234,7 @@ impl Wire {
         honest_proof: bool,
     ) -> Result<bool, String> {
         let auth = peer_auth_key(root);
+        let tls = self.binding;
         let mine: [u8; 32] = rand::random();
         let hello = Message::hello(swarm_key(root), mine, listen_port);
         let limit = Duration::from_secs(10);
@@ -159,21 +249,59 @@ impl Wire {
             self.send(&hello).map_err(|e| e.to_string())?;
         }
         let mac = if honest_proof {
-            handshake_proof(&auth, role, &theirs, &mine)
+            handshake_proof(&auth, &tls, role, &theirs, &mine)
         } else {
             rand::random()
         };
         self.send(&Message::Proof { mac })
             .map_err(|e| e.to_string())?;
         match self.recv(limit) {
-            Got::Msg(Message::Proof { mac }) => {
-                Ok(verify_proof(&auth, role.other(), &mine, &theirs, &mac))
-            }
+            Got::Msg(Message::Proof { mac }) => Ok(verify_proof(
+                &auth,
+                &tls,
+                role.other(),
+                &mine,
+                &theirs,
+                &mac,
+            )),
             // A dialling peer refuses our wrong proof without proving.
             Got::Msg(Message::Goodbye { .. }) if role == Role::Responder && !honest_proof => {
                 Ok(false)
             }
             other => Err(format!("expected Proof, got {other:?}")),
+        }
+    }
+}
+
+/// Connects to `addr` over plain TCP (no TLS), sends `bytes`, and reads
+/// what comes back until the connection closes or `limit` passes: the
+/// bytes, and whether it closed.
+pub fn plain_exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> (Vec<u8>, bool) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    let _ = stream.write_all(bytes);
+    let deadline = Instant::now() + limit;
+    let mut got = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (got, false);
+        }
+        let _ = stream.set_read_timeout(Some(left));
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (got, false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return (got, true),
         }
     }
 }
@@ -265,6 +393,9 @@ pub enum Act {
     Manifest,
     /// Sends a wrong proof and records what the other side sends next.
     BadProof,
+    /// Knows the root, but answers every Request with the right Block in a
+    /// TLS record with one bit flipped.
+    FlipRecord,
 }
 
 /// What a rogue saw.
@@ -307,7 +438,10 @@ impl Rogue {
                         let _ = stream.set_nonblocking(false);
                         lock(&l).accepted += 1;
                         let (l, s, served) = (l.clone(), s.clone(), served.clone());
-                        thread::spawn(move || serve(Wire::new(stream), &served, act, addr, &l, &s));
+                        thread::spawn(move || match Wire::server(stream) {
+                            Ok(w) => serve(w, &served, act, addr, &l, &s),
+                            Err(_) => lock(&l).closed.push(Instant::now()),
+                        });
                     }
                     Err(_) => thread::sleep(Duration::from_millis(20)),
                 }
@@ -372,6 +506,9 @@ fn serve(
         Act::MaxLengthPrefix => {
             let _ = w.send_raw(&[0xFF, 0xFF, 0xFF, 0xFF, MessageType::Block as u8, 0, 0]);
         }
+        Act::FlipRecord => {
+            // The Bitfield goes out intact, so that it is asked for blocks.
+        }
         Act::HaveOutOfRange => opening.push(Message::Have { piece: n + 7 }),
         Act::Unrequested => {
             for i in 0..64u32 {
@@ -405,7 +542,17 @@ fn serve(
         lock(log).received.push(m.kind());
         let replies = answer(served, act, &m, log);
         for r in replies {
-            if w.send(&r).is_err() {
+            let sent = if act == Act::FlipRecord && matches!(r, Message::Block { .. }) {
+                let mut records = w.seal(&r.to_vec());
+                let at = records.len() / 2;
+                if let Some(b) = records.get_mut(at) {
+                    *b ^= 0x10;
+                }
+                w.send_tcp(&records)
+            } else {
+                w.send(&r)
+            };
+            if sent.is_err() {
                 lock(log).closed.push(Instant::now());
                 return;
             }

@@ -1,5 +1,5 @@
-//! The I/O loop of a session: the handshake, then the reader and writer
-//! tasks and the loop that feeds the [`Session`] state and carries out
+//! The I/O loop of a session: the secure channel and the handshake inside
+//! it, then the reader and writer tasks and the loop that feeds the [`Session`] state and carries out
 //! its [`Command`]s. Nothing here decides anything about the protocol.
 
 use std::net::SocketAddr;
@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use hayedik_proto::peer::{Message, Role};
 use rand::SeedableRng;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -17,6 +18,7 @@ use super::state::{Command, Peer, Session};
 use super::{SessionError, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
 use crate::peer::disk::DiskReply;
 use crate::peer::handshake::{self, Keys};
+use crate::peer::secure;
 use crate::peer::serve::{self, Out, Outbox, ServeCtx};
 use crate::peer::slots::Activity;
 use crate::peer::swarm::Swarm;
@@ -41,30 +43,64 @@ pub async fn run(
     cancel: CancellationToken,
     activity: Arc<Activity>,
 ) -> Result<(), SessionError> {
-    let result = run_session(swarm.clone(), stream, dialed, cancel, activity).await;
+    let remote = match stream.peer_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            return Err(SessionError::Wire {
+                peer: dialed.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                source: WireError::Io(e),
+            })
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    run_over(swarm, stream, remote, dialed, cancel, activity).await
+}
+
+/// [`run`] over any byte stream (a relayed or hole-punched connection as
+/// well as TCP): the secure channel runs end to end inside it. `remote`
+/// is the address the stream comes from.
+pub async fn run_over<S>(
+    swarm: Arc<Swarm>,
+    stream: S,
+    remote: SocketAddr,
+    dialed: Option<SocketAddr>,
+    cancel: CancellationToken,
+    activity: Arc<Activity>,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let result = run_session(swarm.clone(), stream, remote, dialed, cancel, activity).await;
     if let Err(e) = &result {
-        if e.is_peers_fault() {
+        // A peer we dialled that closes at our ClientHello (an old,
+        // version 1 peer) is no fault, but it is why nothing comes from
+        // it: the user is told if the download stalls.
+        let old_peer = dialed.is_some()
+            && matches!(
+                e,
+                SessionError::Secure {
+                    source: secure::SecureError::ClosedInHandshake,
+                    ..
+                }
+            );
+        if e.is_peers_fault() || old_peer {
             swarm.peer_failed(e.to_string());
         }
     }
     result
 }
 
-async fn run_session(
+async fn run_session<S>(
     swarm: Arc<Swarm>,
-    stream: TcpStream,
+    stream: S,
+    remote: SocketAddr,
     dialed: Option<SocketAddr>,
     cancel: CancellationToken,
     activity: Arc<Activity>,
-) -> Result<(), SessionError> {
-    let remote = stream.peer_addr().map_err(|e| SessionError::Wire {
-        peer: dialed.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
-        source: WireError::Io(e),
-    })?;
-    let _ = stream.set_nodelay(true);
-    let (rd, wr) = stream.into_split();
-    let mut reader = FrameReader::new(rd);
-    let mut writer = FrameWriter::new(wr);
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let role = if dialed.is_some() {
         Role::Initiator
     } else {
@@ -76,11 +112,31 @@ async fn run_session(
         listen_port: swarm.listen_port,
         nonces: swarm.nonces.clone(),
     };
-    let handshake = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        handshake::run(&keys, &mut reader, &mut writer, remote, role),
-    );
-    let listen_port = tokio::select! {
+    // TLS, then the Hellos and proofs inside it, all within the timeout.
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let channel = match role {
+            Role::Initiator => secure::connect(stream).await,
+            Role::Responder => secure::accept(stream).await,
+        }
+        .map_err(|source| SessionError::Secure {
+            peer: remote,
+            source,
+        })?;
+        let (rd, wr) = tokio::io::split(channel.stream);
+        let mut reader = FrameReader::new(Box::new(rd));
+        let mut writer = FrameWriter::new(Box::new(wr));
+        let port = handshake::run(
+            &keys,
+            channel.binding,
+            &mut reader,
+            &mut writer,
+            remote,
+            role,
+        )
+        .await?;
+        Ok::<_, SessionError>((reader, writer, port))
+    });
+    let (reader, mut writer, listen_port) = tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
         r = handshake => r.map_err(|_| SessionError::HandshakeTimeout { peer: remote })??,
     };
@@ -103,9 +159,11 @@ async fn run_session(
         listed,
     };
     let result = serve(&swarm, reader, writer, peer, cancel, activity).await;
-    if let Err(SessionError::Protocol { .. }) = &result {
-        // Breaking the protocol costs a strike, like bad data: a peer that
-        // keeps doing it is banned instead of being dialed again and again.
+    if result.as_ref().is_err_and(SessionError::is_peers_fault) {
+        // Breaking the protocol (a bad message, a bad frame, a TLS record
+        // that does not decrypt) costs a strike, like bad data: a peer
+        // that keeps doing it is banned instead of being dialed again and
+        // again.
         swarm.strike(listed);
     }
     swarm.disconnected(listed);

@@ -22,13 +22,14 @@ mod tests;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-pub use io::run;
+pub use io::{run, run_over};
 pub use state::{BLOCK_SIZE, MAX_REMOTE_QUEUE, PIPELINE_BLOCKS};
 
 use super::fatal::Fatal;
+use super::secure::SecureError;
 use super::wire::WireError;
 
-/// Time allowed for the whole handshake.
+/// Time allowed for the whole handshake (TLS and the proofs inside).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A peer that sends nothing at all for this long is dropped.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -52,6 +53,12 @@ pub enum SessionError {
     Stalled { peer: SocketAddr },
     #[error("connection to {peer}: {source}")]
     Wire { peer: SocketAddr, source: WireError },
+    /// No secure channel (TLS failed, or a version 1 peer).
+    #[error("connection to {peer}: {source}")]
+    Secure {
+        peer: SocketAddr,
+        source: SecureError,
+    },
     /// The download stopped (already recorded in the swarm).
     #[error("{0}")]
     Fatal(Fatal),
@@ -65,7 +72,9 @@ impl SessionError {
             SessionError::BadProof { .. }
             | SessionError::Protocol { .. }
             | SessionError::Banned { .. } => true,
-            SessionError::Wire { source, .. } => matches!(source, WireError::Frame(_)),
+            SessionError::Wire { source, .. } => {
+                matches!(source, WireError::Frame(_) | WireError::Tls(_))
+            }
             _ => false,
         }
     }
