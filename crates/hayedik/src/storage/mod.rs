@@ -18,9 +18,7 @@
 //! verified and synced to disk before the resume file was written. See
 //! `docs/storage.md` for the file formats and the reasoning.
 
-use std::fs::File;
 use std::io;
-use std::sync::Arc;
 
 mod download;
 mod error;
@@ -67,15 +65,6 @@ pub trait Storage: Send + Sync {
 
     /// Makes the written data durable (fdatasync for a file).
     fn sync(&self) -> io::Result<()>;
-
-    /// The open file holding `offset..offset + n`, and where that range
-    /// starts in it: lets a block be served straight from the file
-    /// (`sendfile`) instead of through a buffer. `None` when the content
-    /// does not live in files; an error when the range is not inside one.
-    fn file_range(&self, offset: u64, n: usize) -> Option<io::Result<(Arc<File>, u64)>> {
-        let _ = (offset, n);
-        None
-    }
 }
 
 /// Checks that `offset..offset + n` lies within `0..len`.

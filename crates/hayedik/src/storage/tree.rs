@@ -279,13 +279,6 @@ impl Storage for TreeStorage {
         Ok(())
     }
 
-    fn file_range(&self, offset: u64, n: usize) -> Option<io::Result<(Arc<File>, u64)>> {
-        Some(
-            self.place(offset, n)
-                .and_then(|(index, within)| Ok((self.handle(index, false)?, within))),
-        )
-    }
-
     /// Flushes every file written since the last call: each with
     /// `fdatasync`, or, with many of them on Linux, the file system at once.
     fn sync(&self) -> io::Result<()> {
@@ -458,36 +451,6 @@ mod tests {
         t.mark_final(2);
         t.read_at(12, &mut buf).unwrap();
         assert!(t.write_at(12, b"abcd").is_err());
-    }
-
-    /// `file_range` names the file and in-file offset of a range that lies
-    /// inside one file (what `sendfile` serves from), refuses one across a
-    /// file's end or in the gap, and reports a file not written yet.
-    #[cfg(unix)]
-    #[test]
-    fn file_ranges_name_the_file_and_offset() {
-        use std::os::unix::fs::FileExt;
-        let dir = tempfile::tempdir().unwrap();
-        let t = tree(dir.path(), &[10, 0, 4, 1], 4);
-        t.write_at(4, b"efgh").unwrap();
-        t.write_at(12, b"abcd").unwrap();
-        let (file, at) = t.file_range(5, 3).unwrap().unwrap();
-        assert_eq!(at, 5);
-        let mut buf = [0u8; 3];
-        file.read_exact_at(&mut buf, at).unwrap();
-        assert_eq!(&buf, b"fgh");
-        let (file, at) = t.file_range(13, 2).unwrap().unwrap();
-        assert_eq!(at, 1);
-        let mut buf = [0u8; 2];
-        file.read_exact_at(&mut buf, at).unwrap();
-        assert_eq!(&buf, b"bc");
-        // Across a file's end, in the gap after a short last piece, past the end.
-        assert!(t.file_range(8, 3).unwrap().is_err());
-        assert!(t.file_range(10, 1).unwrap().is_err());
-        assert!(t.file_range(17, 1).unwrap().is_err());
-        // File 3 has not been written: nothing to serve from.
-        let e = t.file_range(16, 1).unwrap().unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::NotFound);
     }
 
     #[test]
