@@ -303,13 +303,19 @@ impl Thread {
         at: u64,
         data: &[u8],
     ) {
-        if !self.pieces.lock().may_write(piece, id, true) {
-            self.pieces.lock().release(piece);
-            tracing::trace!(piece, "duplicate piece (endgame)");
-            return;
+        {
+            let mut p = self.pieces.lock();
+            if !p.may_write(piece, id, true) {
+                p.release(piece);
+                tracing::trace!(piece, "duplicate piece (endgame)");
+                return;
+            }
         }
         if let Err(e) = content.storage.write_at(at, data) {
-            self.pieces.lock().release_writer(piece, id);
+            let mut p = self.pieces.lock();
+            p.release(piece);
+            p.release_writer(piece, id);
+            drop(p);
             self.fatal.fail(write_failed(content, e));
             return;
         }

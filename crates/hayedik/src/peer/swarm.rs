@@ -20,7 +20,7 @@ pub use super::content::{Content, VerifiedManifest};
 use super::disk::Disk;
 use super::fatal::{Fatal, FatalSlot};
 use super::handshake::Nonces;
-use super::pieces::{Pieces, SharedPieces};
+use super::pieces::SharedPieces;
 use super::rate::RateLimit;
 use crate::storage::Bitfield;
 
@@ -147,11 +147,6 @@ impl Swarm {
 
     pub fn have_rx(&self) -> broadcast::Receiver<u32> {
         self.pieces.have_rx()
-    }
-
-    /// Runs `f` on the piece state (locked for the call only).
-    pub fn with_pieces<T>(&self, f: impl FnOnce(&mut Pieces) -> T) -> T {
-        f(&mut self.pieces.lock())
     }
 
     /// Our verified pieces (`None` before the content is known).
