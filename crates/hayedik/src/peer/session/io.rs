@@ -159,13 +159,6 @@ where
         listed,
     };
     let result = serve(&swarm, reader, writer, peer, cancel, activity).await;
-    if result.as_ref().is_err_and(SessionError::is_peers_fault) {
-        // Breaking the protocol (a bad message, a bad frame, a TLS record
-        // that does not decrypt) costs a strike, like bad data: a peer
-        // that keeps doing it is banned instead of being dialed again and
-        // again.
-        swarm.strike(listed);
-    }
     swarm.disconnected(listed);
     result
 }
@@ -186,7 +179,7 @@ async fn serve(
     cancel: CancellationToken,
     activity: Arc<Activity>,
 ) -> Result<(), SessionError> {
-    let remote = peer.remote;
+    let (remote, listed) = (peer.remote, peer.listed);
     // Few messages: blocks beyond these wait in the socket's buffer, which
     // keeps a download's memory bounded however many peers it has.
     let (in_tx, mut in_rx) = mpsc::channel(4);
@@ -228,6 +221,14 @@ async fn serve(
     let result = io
         .main_loop(&mut session, &mut in_rx, &mut disk_rx, &cancel)
         .await;
+    if result.as_ref().is_err_and(SessionError::is_peers_fault) {
+        // Breaking the protocol (a bad message, a bad frame, a TLS record
+        // that does not decrypt) costs a strike, like bad data: a peer
+        // that keeps doing it is banned instead of being dialed again and
+        // again. Struck before the socket closes, so that the peer cannot
+        // come back between its close and the strike.
+        swarm.strike(listed);
+    }
     session.release_all();
     // What the state queued last (a Goodbye...), but no more disk work.
     io.flush(&mut session);
