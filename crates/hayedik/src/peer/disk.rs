@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::bufpool::BufPool;
 use super::content::Content;
@@ -108,6 +108,9 @@ pub enum Work {
         at: u64,
         data: Vec<u8>,
         replies: mpsc::UnboundedSender<DiskReply>,
+        /// The download's leave to hold this copy in memory
+        /// ([`super::pieces::MAX_DUPLICATES`]), given back once written.
+        permit: OwnedSemaphorePermit,
     },
 }
 
@@ -227,8 +230,10 @@ impl Thread {
                     at,
                     data,
                     replies,
+                    permit,
                 } => {
                     self.whole(&content, piece, id, listed, at, &data);
+                    drop((data, permit));
                     let _ = replies.send(DiskReply::Concluded { piece });
                 }
             }

@@ -27,13 +27,20 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use rand::Rng;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::storage::{Bitfield, PieceLayout};
+
+/// Endgame duplicates (whole pieces kept in memory until they verify) one
+/// download holds at once, across all its sessions: this bounds the
+/// endgame's memory (a piece of up to `MAX_DUPLICATE_PIECE` each) whatever
+/// the number of peers. The duplicates go one after another when more
+/// pieces wait on a slow peer; each comes from a fast one.
+pub const MAX_DUPLICATES: usize = 2;
 
 /// Sessions that may fetch the same piece at once in endgame.
 pub const ENDGAME_DUPLICATES: u8 = 3;
@@ -405,6 +412,8 @@ pub struct SharedPieces {
     pieces: Mutex<Pieces>,
     have_tx: broadcast::Sender<u32>,
     complete_tx: watch::Sender<bool>,
+    /// Endgame duplicates held in memory, across the download's sessions.
+    duplicates: Arc<Semaphore>,
 }
 
 impl SharedPieces {
@@ -413,6 +422,7 @@ impl SharedPieces {
             pieces: Mutex::new(Pieces::new(now)),
             have_tx: broadcast::channel(1024).0,
             complete_tx: watch::channel(false).0,
+            duplicates: Arc::new(Semaphore::new(MAX_DUPLICATES)),
         }
     }
 
@@ -478,6 +488,13 @@ impl SharedPieces {
             tracing::warn!(%peer, "peer banned after {MAX_STRIKES} bad pieces or protocol errors");
         }
         banned
+    }
+
+    /// Leave to hold one more endgame duplicate in memory, if fewer than
+    /// [`MAX_DUPLICATES`] are held across the download; the duplicate's
+    /// buffer is held as long as the permit is.
+    pub fn duplicate_permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.duplicates.clone().try_acquire_owned().ok()
     }
 
     /// [`Pieces::strike`], logged when it bans.

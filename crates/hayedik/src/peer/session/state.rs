@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 
 use hayedik_proto::manifest::Manifest;
 use hayedik_proto::peer::{Bitfield as WireBitfield, Message, MAX_BLOCK};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::SessionError;
 use crate::peer::content::Content;
@@ -65,8 +65,6 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(20);
 /// Largest piece fetched as an in-memory endgame duplicate.
 pub const MAX_DUPLICATE_PIECE: u32 = 4 << 20;
-/// Endgame duplicates one session holds at once (bounds memory).
-pub const MAX_DUPLICATES: usize = 2;
 /// Unrequested or duplicate blocks tolerated before disconnecting.
 pub const MAX_JUNK_BLOCKS: u32 = 32;
 
@@ -117,6 +115,9 @@ enum Fetch {
     Duplicate {
         hasher: Box<blake3::Hasher>,
         buffer: Vec<u8>,
+        /// One of the download's [`MAX_DUPLICATES`]: held with the buffer,
+        /// into the disk thread's hands.
+        permit: OwnedSemaphorePermit,
     },
 }
 
@@ -154,9 +155,6 @@ pub struct Session {
     /// Pieces handed to the disk thread whole or to their last block, not
     /// concluded yet: not fetched again meanwhile.
     concluding: HashSet<u32>,
-    /// Of those, the endgame copies handed over whole: their buffers count
-    /// toward [`MAX_DUPLICATES`] until the disk thread is done with them.
-    whole_concluding: HashSet<u32>,
     in_flight: usize,
     manifest_asked: bool,
     remote_wants_manifest: bool,
@@ -208,7 +206,6 @@ impl Session {
             jobs: Vec::new(),
             refused: HashSet::new(),
             concluding: HashSet::new(),
-            whole_concluding: HashSet::new(),
             in_flight: 0,
             manifest_asked: false,
             remote_wants_manifest: false,
@@ -565,7 +562,7 @@ impl Session {
             }));
             return Ok(());
         }
-        if let Fetch::Duplicate { hasher, buffer } = &mut job.fetch {
+        if let Fetch::Duplicate { hasher, buffer, .. } = &mut job.fetch {
             // Endgame duplicate: memory only, until it verifies.
             hasher.update(&data);
             buffer.extend_from_slice(&data);
@@ -576,7 +573,12 @@ impl Session {
             return Ok(());
         }
         let job = self.jobs.swap_remove(i);
-        let Fetch::Duplicate { hasher, buffer } = job.fetch else {
+        let Fetch::Duplicate {
+            hasher,
+            buffer,
+            permit,
+        } = job.fetch
+        else {
             return Ok(());
         };
         let good = Some(hasher.finalize().as_bytes()) == content.manifest.piece_hash(piece);
@@ -588,7 +590,6 @@ impl Session {
             return Ok(());
         }
         self.concluding.insert(piece);
-        self.whole_concluding.insert(piece);
         self.commands.push_back(Command::Disk(Work::Whole {
             content,
             piece,
@@ -597,6 +598,7 @@ impl Session {
             at: job.base,
             data: buffer,
             replies: self.disk_tx.clone(),
+            permit,
         }));
         self.refill(now);
         Ok(())
@@ -620,7 +622,6 @@ impl Session {
             }
             DiskReply::Concluded { piece } => {
                 self.concluding.remove(&piece);
-                self.whole_concluding.remove(&piece);
                 self.refill(now);
                 Ok(())
             }
@@ -681,12 +682,6 @@ impl Session {
 
     /// Picks a piece for a new job; false when there is none to pick.
     fn add_job(&mut self, content: &Content, remote: &WireBitfield, now: Instant) -> bool {
-        let duplicates = self
-            .jobs
-            .iter()
-            .filter(|j| matches!(j.fetch, Fetch::Duplicate { .. }))
-            .count()
-            + self.whole_concluding.len();
         let busy: Vec<u32> = self.jobs.iter().map(|j| j.piece).collect();
         let mut p = self.pieces.lock();
         let (refused, concluding) = (&self.refused, &self.concluding);
@@ -724,10 +719,14 @@ impl Session {
                 self.listed,
                 self.disk_tx.clone(),
             ))
-        } else if len > 0 && len <= MAX_DUPLICATE_PIECE && duplicates < MAX_DUPLICATES {
+        } else if let Some(permit) = (len > 0 && len <= MAX_DUPLICATE_PIECE)
+            .then(|| self.pieces.duplicate_permit())
+            .flatten()
+        {
             Fetch::Duplicate {
                 hasher: Box::default(),
                 buffer: Vec::with_capacity(len as usize),
+                permit,
             }
         } else {
             // Someone else writes it and we may not duplicate it.

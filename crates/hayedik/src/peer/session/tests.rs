@@ -18,6 +18,7 @@ use crate::peer::disk::{Disk, DiskReply, Work};
 use crate::peer::fatal::FatalSlot;
 use crate::peer::guard::ServeGuard;
 use crate::peer::pieces::SharedPieces;
+use crate::peer::pieces::MAX_DUPLICATES;
 use crate::storage::{Bitfield, MemoryStorage, PieceLayout, Storage};
 
 /// Two blocks per piece.
@@ -539,4 +540,42 @@ fn endgame_copies_waiting_for_the_disk_count_toward_the_duplicate_bound() {
     // Once the disk thread is done with them, b goes on.
     let rest = run_disk(&getter, &mut b, &mut rx_b, held_back, now).unwrap();
     assert!(!requests(&rest).is_empty(), "{rest:?}");
+}
+
+#[test]
+fn endgame_duplicates_are_bounded_per_download_not_per_session() {
+    let getter = side(4, false);
+    let now = Instant::now();
+    let (mut a, _rx_a) = session(&getter, 1, true, now);
+    let (mut b, _rx_b) = session(&getter, 2, true, now);
+    let (mut c, _rx_c) = session(&getter, 3, true, now);
+    let all = Message::Bitfield { bits: vec![0xF0] };
+    a.on_message(all.clone(), 0, now).unwrap();
+    assert_eq!(requests(&drain(&mut a)).len(), 8, "a fetches every piece");
+    b.on_message(all.clone(), 0, now).unwrap();
+    c.on_message(all, 0, now).unwrap();
+    let pieces = |asked: Vec<(u32, u32, u32)>| {
+        asked
+            .into_iter()
+            .map(|r| r.0)
+            .collect::<std::collections::BTreeSet<u32>>()
+    };
+    let (from_b, from_c) = (
+        pieces(requests(&drain(&mut b))),
+        pieces(requests(&drain(&mut c))),
+    );
+    assert_eq!(
+        from_b.len() + from_c.len(),
+        MAX_DUPLICATES,
+        "whole copies in memory across the download: b {from_b:?}, c {from_c:?}"
+    );
+    // b gives its copies up (its peer left): c may take their place.
+    b.release_all();
+    c.on_tick(0, now + Duration::from_secs(1)).unwrap();
+    let more = pieces(requests(&drain(&mut c)));
+    assert_eq!(
+        from_c.len() + more.len(),
+        MAX_DUPLICATES,
+        "c after b left: {from_c:?} then {more:?}"
+    );
 }
