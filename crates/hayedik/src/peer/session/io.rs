@@ -171,6 +171,9 @@ struct Io<'a> {
     activity: Arc<Activity>,
 }
 
+/// Messages read from the peer and not yet taken by the session's loop.
+const IN_MESSAGES: usize = 2;
+
 async fn serve(
     swarm: &Arc<Swarm>,
     mut reader: FrameReader,
@@ -181,8 +184,11 @@ async fn serve(
 ) -> Result<(), SessionError> {
     let (remote, listed) = (peer.remote, peer.listed);
     // Few messages: blocks beyond these wait in the socket's buffer, which
-    // keeps a download's memory bounded however many peers it has.
-    let (in_tx, mut in_rx) = mpsc::channel(4);
+    // keeps a download's memory bounded however many peers it has. 2
+    // rather than 4: a 1 -> 1 getter's peak RSS 10.1 -> 9.1 MB (medians
+    // of 5, 256 MiB); the disk thread's queue, not this one, is what
+    // keeps the disk busy.
+    let (in_tx, mut in_rx) = mpsc::channel(IN_MESSAGES);
     // Unbounded in count, bounded in bytes: the loop stops reading from the
     // peer while `outbox` holds more than MAX_UNSENT bytes of frames, and
     // the peer may have MAX_REMOTE_QUEUE blocks queued.
