@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use hayedik_proto::manifest::{hash_piece, Manifest};
+use hayedik_proto::manifest::Manifest;
 use hayedik_proto::ticket::Ticket;
 use hayedik_proto::tracker::PeerState;
 use tokio_util::sync::CancellationToken;
@@ -240,7 +240,7 @@ async fn download(
         tokio::task::spawn_blocking(move || {
             Download::open(
                 &target,
-                &|i, data| m.piece_hash(i) == Some(&hash_piece(data)),
+                &|i, hash| m.piece_hash(i) == Some(hash),
                 &|done, total| p.checking(done, total),
             )
         })

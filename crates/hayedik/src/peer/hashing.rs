@@ -8,8 +8,6 @@
 use std::io;
 use std::sync::Mutex;
 
-use hayedik_proto::manifest::hash_piece;
-
 use crate::storage::{verify_pieces, Bitfield, PieceLayout, Storage};
 
 /// The hash of every piece of `layout` read from `storage`, calling
@@ -22,14 +20,13 @@ pub fn hash_pieces(
     let count = layout.piece_count() as usize;
     let hashes = Mutex::new(vec![[0u8; 32]; count]);
     let all = Bitfield::full(layout.piece_count());
-    let record = |i: u32, data: &[u8]| {
-        let h = hash_piece(data);
+    let record = |i: u32, h: &[u8; 32]| {
         if let Some(slot) = hashes
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get_mut(i as usize)
         {
-            *slot = h;
+            *slot = *h;
         }
         true
     };
@@ -42,6 +39,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::storage::{MemoryStorage, TreeStorage};
+    use hayedik_proto::manifest::hash_piece;
     use std::sync::atomic::{AtomicU64, Ordering};
 
     #[test]

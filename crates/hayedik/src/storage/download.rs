@@ -114,7 +114,7 @@ impl Download {
     /// was found is saved before returning.
     pub fn open<V, P>(target: &Target, verify: &V, progress: &P) -> Result<Opened, StorageError>
     where
-        V: Fn(u32, &[u8]) -> bool + Sync,
+        V: Fn(u32, &[u8; 32]) -> bool + Sync,
         P: Fn(u64, u64) + Sync,
     {
         let plan = Plan::new(target)?;

@@ -160,11 +160,6 @@ impl PieceLayout {
         let start = u64::from(index - self.starts[file]) * self.piece_size;
         (self.sizes[file] - start).min(self.piece_size)
     }
-
-    /// `piece_len` as a `usize` (it is at most `MAX_PIECE_SIZE`).
-    pub(crate) fn piece_len_usize(&self, index: u32) -> usize {
-        usize::try_from(self.piece_len(index)).unwrap_or(0)
-    }
 }
 
 /// A set of piece indices `0..len`, stored as bits, most significant bit of

@@ -52,8 +52,12 @@ impl Content {
         self_piece(&self.data, &self.layout, i)
     }
 
-    fn verify(&self) -> impl Fn(u32, &[u8]) -> bool + Sync + '_ {
-        move |i, bytes| self.hashes.get(i as usize) == Some(&blake3::hash(bytes))
+    fn verify(&self) -> impl Fn(u32, &[u8; 32]) -> bool + Sync + '_ {
+        move |i, hash| {
+            self.hashes
+                .get(i as usize)
+                .is_some_and(|h| h.as_bytes() == hash)
+        }
     }
 
     fn target(&self, dir: &Path) -> Target {
@@ -108,7 +112,7 @@ impl Pieces for Download {
     }
 
     fn read_piece(&self, index: u32, layout: &PieceLayout) -> Vec<u8> {
-        let mut buf = vec![0; layout.piece_len_usize(index)];
+        let mut buf = vec![0; layout.piece_len(index) as usize];
         self.storage()
             .read_at(layout.piece_offset(index), &mut buf)
             .expect("read");
