@@ -2,13 +2,17 @@
 # Windows smoke test under Wine: the Windows build of hayedik (hayedik.exe)
 # and the Linux build play tracker, sharer and getter against each other on
 # loopback, in every combination that involves Windows, with a file and with
-# a folder; every download is compared byte for byte with its source. Then a
-# Windows `get` is interrupted (Ctrl-C) and resumed.
+# a folder; every download is compared byte for byte with its source, and
+# the --json events of both builds are compared. Then a Windows `get` is
+# interrupted (Ctrl-C) and resumed, and stopped by Ctrl-Break; a Windows
+# `share` meets a file another program holds; a Windows `get` meets two
+# names that differ only in case.
 #
 #   .ci/wine-smoke.sh LINUX_HAYEDIK WINDOWS_HAYEDIK_EXE
 #
 # Needs wine64 (Debian's `wine64`), x86_64-w64-mingw32-gcc (for the
-# bcryptprimitives.dll stand-in, see .ci/wine/bcryptprimitives.c) and jq.
+# bcryptprimitives.dll stand-in, see .ci/wine/bcryptprimitives.c, and the
+# helpers .ci/wine/ctrlbreak.c and hold.c) and jq.
 # Each part prints PASS, FAIL or SKIP; a part Wine cannot run is SKIP, never
 # PASS. Exit status: 1 when a part failed, else 0 (skips are listed at the
 # end). Everything runs in a temporary directory (its own WINEPREFIX) that is
@@ -64,6 +68,10 @@ else
   cp "$WIN_EXE" "$WORK/bin/hayedik.exe"
   x86_64-w64-mingw32-gcc -shared -O2 -Wall -Wextra -Werror \
     -o "$WORK/bin/bcryptprimitives.dll" "$HERE/wine/bcryptprimitives.c" -ladvapi32
+  for helper in ctrlbreak hold; do
+    x86_64-w64-mingw32-gcc -municode -O2 -Wall -Wextra -Werror \
+      -o "$WORK/bin/$helper.exe" "$HERE/wine/$helper.c"
+  done
   if ! timeout 120 "$WINE64" wineboot --init >"$WORK/wineboot.log" 2>&1; then
     WINE_OK=0; why_not="wineboot failed or timed out: $(tail -n 3 "$WORK/wineboot.log" | tr '\n' ' ')"
   elif ! version=$(cd "$WORK" && timeout 60 "$WINE64" "$WORK/bin/hayedik.exe" --version 2>&1); then
@@ -141,6 +149,8 @@ long=$tree
 for i in 1 2 3 4 5; do long=$long/$(printf 'long-folder-name-%02d-%040d' "$i" 0); done
 mkdir -p "$long"
 head -c 70000 /dev/urandom >"$long/at-the-end-of-a-long-path.bin"
+# Large enough that a rate-capped download can be interrupted midway.
+head -c 24000000 /dev/urandom >"$WORK/src/big.bin"
 # Two names that differ in case only, for the case-folding check.
 mkdir -p "$WORK/src/cases"
 echo upper >"$WORK/src/cases/Name.txt"
@@ -237,7 +247,6 @@ echo "== a Windows get interrupted by Ctrl-C, then resumed"
 interrupt_resume() {
   local label="Windows get: Ctrl-C keeps the progress, the same command resumes"
   if [ "$WINE_OK" = 0 ]; then skip "$label" "$why_not"; return; fi
-  head -c 24000000 /dev/urandom >"$WORK/src/big.bin"
   run lin share-big share "$WORK/src/big.bin" --listen 127.0.0.1:0 --public-host 127.0.0.1 --json
   local spid=$PID ticket
   if ! ticket=$(wait_event "$WORK/share-big.out" ticket ticket "$spid"); then
@@ -284,6 +293,78 @@ interrupt_resume() {
   fi
 }
 interrupt_resume
+
+echo "== a Windows get stopped by Ctrl-Break (SIGTERM's counterpart)"
+ctrl_break() {
+  local label="Windows get: Ctrl-Break stops it with status 143, progress kept"
+  if [ "$WINE_OK" = 0 ]; then skip "$label" "$why_not"; return; fi
+  run lin share-brk share "$WORK/src/big.bin" --listen 127.0.0.1:0 --public-host 127.0.0.1 --json
+  local spid=$PID ticket
+  if ! ticket=$(wait_event "$WORK/share-brk.out" ticket ticket "$spid"); then
+    fail "$label" "no ticket: $(cat "$WORK/share-brk.err")"; stop lin "$spid"; return
+  fi
+  mkdir -p "$WORK/dl-brk"
+  (cd "$WORK/dl-brk" && exec timeout 150 "$WINE64" "$WORK/bin/ctrlbreak.exe" "$WORK/brk-now" \
+    "$WORK/bin/hayedik.exe" get "$ticket" --no-seed --timeout 60 --max-download 4M \
+    --listen 127.0.0.1:0 --json >"$WORK/get-brk.out" 2>"$WORK/get-brk.err") &
+  local gpid=$!
+  PIDS+=("$gpid")
+  local i
+  for i in $(seq 300); do
+    [ "$(event "$WORK/get-brk.out" progress bytes_done)" -gt 0 ] 2>/dev/null && break
+    kill -0 "$gpid" 2>/dev/null || break
+    sleep 0.1
+  done
+  touch "$WORK/brk-now"
+  local status=0
+  wait "$gpid" || status=$?
+  stop lin "$spid"
+  local complete
+  complete=$(event "$WORK/get-brk.out" stopped complete)
+  if [ "$status" = 200 ] && grep -q GenerateConsoleCtrlEvent "$WORK/get-brk.err"; then
+    skip "$label" "Wine cannot send Ctrl-Break here: $(grep ctrlbreak: "$WORK/get-brk.err")"
+  elif [ "$status" != 143 ] || [ "$complete" != false ]; then
+    fail "$label" "status $status (want 143), complete=$complete: $(tail -n 2 "$WORK/get-brk.err")"
+  else
+    pass "$label"
+  fi
+}
+ctrl_break
+
+echo "== a Windows share of a file another process holds"
+held_file() {
+  local label="Windows share: a file held open by another program gives a clear error"
+  if [ "$WINE_OK" = 0 ]; then skip "$label" "$why_not"; return; fi
+  cp "$WORK/src/one file.bin" "$WORK/held.bin"
+  (cd "$WORK" && exec "$WINE64" "$WORK/bin/hold.exe" held.bin held-ready >"$WORK/hold.out" 2>&1) &
+  local hpid=$!
+  PIDS+=("$hpid")
+  local i
+  for i in $(seq 300); do
+    [ -e "$WORK/held-ready" ] && break
+    kill -0 "$hpid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ ! -e "$WORK/held-ready" ]; then
+    skip "$label" "the helper could not hold the file: $(cat "$WORK/hold.out")"
+    kill -KILL "$hpid" 2>/dev/null || true
+    return
+  fi
+  local status=0
+  (cd "$WORK" && timeout 60 "$WINE64" "$WORK/bin/hayedik.exe" share held.bin \
+    --listen 127.0.0.1:0 --public-host 127.0.0.1 --json >"$WORK/share-held.out" 2>"$WORK/share-held.err") \
+    || status=$?
+  kill -KILL "$hpid" 2>/dev/null || true
+  wait "$hpid" 2>/dev/null || true
+  local message
+  message=$(event "$WORK/share-held.out" error message)
+  if [ "$status" != 1 ] || [ -z "$message" ] || grep -q panicked "$WORK/share-held.err"; then
+    fail "$label" "status $status (want 1), error event '$message': $(tail -n 2 "$WORK/share-held.err")"
+  else
+    pass "$label ($message)"
+  fi
+}
+held_file
 
 echo "== a Windows get refuses names that differ only in case"
 case_collision() {
