@@ -40,9 +40,11 @@ export WINEDLLOVERRIDES="mscoree,mshtml=;bcryptprimitives=n"
 export WINEDEBUG=-all
 export WINELOADER=$WINE64
 
-PIDS=()
 cleanup() {
-  for pid in "${PIDS[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  # Only this shell's own background jobs still running (never a PID that
+  # may have been reused by another process).
+  local pid
+  for pid in $(jobs -p); do kill -KILL "$pid" 2>/dev/null || true; done
   if [ -n "$WINE64" ] && [ -d "$WINEPREFIX" ]; then
     timeout 20 "$(dirname "$WINE64")/wineserver64" -k 2>/dev/null \
       || timeout 20 wineserver -k 2>/dev/null || true
@@ -50,6 +52,7 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 PASSED=()
 FAILED=()
@@ -92,7 +95,6 @@ run() {
     "$LIN" "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
   fi
   PID=$!
-  PIDS+=("$PID")
 }
 
 # event FILE EVENT FIELD: FIELD of the last EVENT line in FILE (empty if none).
@@ -227,7 +229,7 @@ shapes() {
     share) files=("$WORK"/share-???-"$2"-*.out) ;;
     get) files=("$WORK"/get-???-???-"$2"-*.out) ;;
   esac
-  jq -c '[.event, (keys_unsorted | sort)]' "${files[@]}" 2>/dev/null | sort -u
+  jq -c '[.event, (keys_unsorted | sort)]' "${files[@]}" 2>/dev/null | sort -u || true
 }
 for role in tracker share get; do
   label="--json events of $role: Windows = Linux"
@@ -257,7 +259,6 @@ interrupt_resume() {
   (cd "$WORK/dl-big" && exec "$WINE64" "$WORK/bin/hayedik.exe" get "$ticket" --no-seed \
     --timeout 60 --max-download 4M --listen 127.0.0.1:0 --json >"$WORK/get-big1.out" 2>"$WORK/get-big1.err") &
   local gpid=$!
-  PIDS+=("$gpid")
   local i done_bytes=0
   for i in $(seq 300); do
     done_bytes=$(event "$WORK/get-big1.out" progress bytes_done)
@@ -308,7 +309,6 @@ ctrl_break() {
     "$WORK/bin/hayedik.exe" get "$ticket" --no-seed --timeout 60 --max-download 4M \
     --listen 127.0.0.1:0 --json >"$WORK/get-brk.out" 2>"$WORK/get-brk.err") &
   local gpid=$!
-  PIDS+=("$gpid")
   local i
   for i in $(seq 300); do
     [ "$(event "$WORK/get-brk.out" progress bytes_done)" -gt 0 ] 2>/dev/null && break
@@ -338,7 +338,6 @@ held_file() {
   cp "$WORK/src/one file.bin" "$WORK/held.bin"
   (cd "$WORK" && exec "$WINE64" "$WORK/bin/hold.exe" held.bin held-ready >"$WORK/hold.out" 2>&1) &
   local hpid=$!
-  PIDS+=("$hpid")
   local i
   for i in $(seq 300); do
     [ -e "$WORK/held-ready" ] && break
