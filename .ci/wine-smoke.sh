@@ -198,6 +198,8 @@ transfer() {
     fail "$label" "no done event"
   elif ! same "$src" "$got"; then
     fail "$label" "the download differs from its source"
+  elif [ "$(ls -A "$WORK/dl-$id")" != "$(basename "$src")" ]; then
+    fail "$label" "side files left: $(ls -A "$WORK/dl-$id" | tr '\n' ' ')"
   elif [ "$sstatus" != 0 ] || [ "$(event "$WORK/share-$id.out" stopped uploaded)" = "" ]; then
     fail "$label" "share did not stop cleanly on Ctrl-C (status $sstatus)"
   elif [ "$tstatus" != 0 ] || ! grep -q '"event":"stopped"' "$WORK/tracker-$id.out"; then
@@ -289,6 +291,8 @@ interrupt_resume() {
     fail "$label" "the resumed get reused nothing (reused=$reused)"
   elif ! cmp -s "$WORK/src/big.bin" "$WORK/dl-big/big.bin"; then
     fail "$label" "the resumed download differs from its source"
+  elif [ "$(ls -A "$WORK/dl-big")" != big.bin ]; then
+    fail "$label" "side files left: $(ls -A "$WORK/dl-big" | tr '\n' ' ')"
   else
     pass "$label (reused $reused of 24000000 bytes)"
   fi
