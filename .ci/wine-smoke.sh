@@ -4,9 +4,10 @@
 # loopback, in every combination that involves Windows, with a file and with
 # a folder; every download is compared byte for byte with its source, and
 # the --json events of both builds are compared. Then a Windows `get` is
-# interrupted (Ctrl-C) and resumed, and stopped by Ctrl-Break; a Windows
-# `share` meets a file another program holds; a Windows `get` meets two
-# names that differ only in case.
+# interrupted (Ctrl-C), meets its part file held by another program, and
+# is resumed, and another is stopped by Ctrl-Break; a Windows `share` meets
+# a file another program holds; a Windows `get` meets two names that differ
+# only in case.
 #
 #   .ci/wine-smoke.sh LINUX_HAYEDIK WINDOWS_HAYEDIK_EXE
 #
@@ -278,6 +279,35 @@ interrupt_resume() {
   if [ -e "$WORK/dl-big/big.bin" ]; then
     fail "$label" "an interrupted download left a file under the final name"
     stop lin "$spid"; return
+  fi
+  # While another program holds the part file, the same command fails
+  # with a clear error and keeps the progress.
+  local held=0 hold_status=not-run
+  (cd "$WORK/dl-big" && exec "$WINE64" "$WORK/bin/hold.exe" .big.bin.hayedik-part \
+    "$WORK/part-held" >"$WORK/hold-part.out" 2>&1) &
+  local hpid=$!
+  for i in $(seq 300); do
+    [ -e "$WORK/part-held" ] && break
+    kill -0 "$hpid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [ -e "$WORK/part-held" ]; then
+    held=1
+    hold_status=0
+    (cd "$WORK/dl-big" && timeout 120 "$WINE64" "$WORK/bin/hayedik.exe" get "$ticket" --no-seed \
+      --timeout 60 --listen 127.0.0.1:0 --json >"$WORK/get-held.out" 2>"$WORK/get-held.err") \
+      || hold_status=$?
+  fi
+  kill -KILL "$hpid" 2>/dev/null || true
+  wait "$hpid" 2>/dev/null || true
+  local held_label="Windows get: a part file another program holds gives a clear error, progress kept"
+  if [ "$held" = 0 ]; then
+    skip "$held_label" "the helper could not hold the file: $(cat "$WORK/hold-part.out")"
+  elif [ "$hold_status" != 1 ] || [ -z "$(event "$WORK/get-held.out" error message)" ] \
+    || grep -q panicked "$WORK/get-held.err" || [ ! -e "$WORK/dl-big/.big.bin.hayedik-part" ]; then
+    fail "$held_label" "status $hold_status (want 1): $(tail -n 2 "$WORK/get-held.err")"
+  else
+    pass "$held_label ($(event "$WORK/get-held.out" error message))"
   fi
   local second=0
   (cd "$WORK/dl-big" && timeout 120 "$WINE64" "$WORK/bin/hayedik.exe" get "$ticket" --no-seed \
