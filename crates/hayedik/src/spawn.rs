@@ -234,10 +234,12 @@ fn register(scope: &Scope, id: u64, handle: AbortHandle) {
     scope.register(id, handle);
 }
 
-/// Cancels `root` on the first Ctrl-C or SIGTERM; exits the process with
-/// status 130 on the second. The handlers are installed before this returns
-/// (a SIGTERM right after start is not fatal), and once: a listener created
-/// after a signal could see that same signal again.
+/// Cancels `root` on the first Ctrl-C or SIGTERM (on Windows also
+/// Ctrl-Break or the console closing); exits the process with status 128
+/// plus the second signal's number on the second. The handlers are
+/// installed before this returns (a SIGTERM right after start is not
+/// fatal), and once: a listener created after a signal could see that
+/// same signal again.
 pub fn cancel_on_signals(root: CancellationToken) {
     let mut signals = Signals::install();
     spawn("signals", async move {
@@ -257,7 +259,8 @@ static RECEIVED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(
 
 /// SIGINT's number (Ctrl-C, also what Windows' Ctrl-C stands for here).
 pub const SIGINT: u8 = 2;
-/// SIGTERM's number.
+/// SIGTERM's number (also what Windows' Ctrl-Break, console close and
+/// shutdown stand for here).
 pub const SIGTERM: u8 = 15;
 
 /// The first stopping signal this process received ([`SIGINT`] or
@@ -269,12 +272,23 @@ pub fn received_signal() -> Option<u8> {
     }
 }
 
-/// Ctrl-C and, on unix, SIGTERM.
+/// Ctrl-C and SIGTERM. On Windows, SIGTERM's counterparts: Ctrl-Break,
+/// the console window closing, and the system shutting down. Windows ends
+/// the process a few seconds after a close or a shutdown (tokio's handler
+/// holds it until then), which leaves the shutdown that much time.
 struct Signals {
     #[cfg(unix)]
     term: Option<tokio::signal::unix::Signal>,
     #[cfg(unix)]
     int: Option<tokio::signal::unix::Signal>,
+    #[cfg(windows)]
+    c: Option<tokio::signal::windows::CtrlC>,
+    #[cfg(windows)]
+    brk: Option<tokio::signal::windows::CtrlBreak>,
+    #[cfg(windows)]
+    close: Option<tokio::signal::windows::CtrlClose>,
+    #[cfg(windows)]
+    shutdown: Option<tokio::signal::windows::CtrlShutdown>,
 }
 
 impl Signals {
@@ -287,7 +301,17 @@ impl Signals {
                 int: signal(SignalKind::interrupt()).ok(),
             }
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
+        {
+            use tokio::signal::windows::{ctrl_break, ctrl_c, ctrl_close, ctrl_shutdown};
+            Self {
+                c: ctrl_c().ok(),
+                brk: ctrl_break().ok(),
+                close: ctrl_close().ok(),
+                shutdown: ctrl_shutdown().ok(),
+            }
+        }
+        #[cfg(not(any(unix, windows)))]
         {
             Self {}
         }
@@ -295,22 +319,43 @@ impl Signals {
 
     /// Waits for the next signal; returns its number.
     async fn recv(&mut self) -> u8 {
+        /// Waits for `s`'s next notification; forever when there is no `s`.
+        macro_rules! next {
+            ($s:expr) => {
+                async {
+                    match $s {
+                        Some(s) => {
+                            s.recv().await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+            };
+        }
         #[cfg(unix)]
         {
-            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
-                match s {
-                    Some(s) => {
-                        s.recv().await;
-                    }
-                    None => std::future::pending::<()>().await,
-                }
-            }
+            let Self { term, int } = self;
             tokio::select! {
-                _ = next(&mut self.term) => SIGTERM,
-                _ = next(&mut self.int) => SIGINT,
+                _ = next!(term) => SIGTERM,
+                _ = next!(int) => SIGINT,
             }
         }
-        #[cfg(not(unix))]
+        #[cfg(windows)]
+        {
+            let Self {
+                c,
+                brk,
+                close,
+                shutdown,
+            } = self;
+            tokio::select! {
+                _ = next!(brk) => SIGTERM,
+                _ = next!(close) => SIGTERM,
+                _ = next!(shutdown) => SIGTERM,
+                _ = next!(c) => SIGINT,
+            }
+        }
+        #[cfg(not(any(unix, windows)))]
         {
             let _ = tokio::signal::ctrl_c().await;
             SIGINT

@@ -163,12 +163,20 @@ fn is_not_writable(err: &io::Error) -> bool {
 mod tests {
     use super::*;
 
+    /// Disk full, read-only, and a plain I/O error, as this system numbers
+    /// them.
+    #[cfg(unix)]
+    const CODES: (i32, i32, i32) = (libc::ENOSPC, libc::EROFS, libc::EIO);
+    /// ERROR_DISK_FULL, ERROR_ACCESS_DENIED, ERROR_IO_DEVICE.
+    #[cfg(windows)]
+    const CODES: (i32, i32, i32) = (112, 5, 1117);
+
     #[test]
     fn messages_name_the_operation_and_path() {
         let e = StorageError::io(
             Op::Writing,
             Path::new("/x/.f.hayedik-part"),
-            io::Error::from_raw_os_error(28),
+            io::Error::from_raw_os_error(CODES.0),
         );
         assert!(e.is_disk_full());
         let msg = e.to_string();
@@ -176,13 +184,13 @@ mod tests {
             msg.starts_with("disk full: writing /x/.f.hayedik-part: "),
             "{msg}"
         );
-        assert!(msg.contains("os error 28"), "{msg}");
+        assert!(msg.contains(&format!("os error {}", CODES.0)), "{msg}");
         assert!(msg.ends_with("free space and rerun the same command to resume"));
 
         let e = StorageError::io(
             Op::Creating,
             Path::new("/ro/.f.hayedik-part"),
-            io::Error::from_raw_os_error(30),
+            io::Error::from_raw_os_error(CODES.1),
         );
         assert!(matches!(e, StorageError::NotWritable { .. }));
         assert!(e
@@ -192,7 +200,7 @@ mod tests {
         let e = StorageError::io(
             Op::Reading,
             Path::new("/x/f"),
-            io::Error::from_raw_os_error(5),
+            io::Error::from_raw_os_error(CODES.2),
         );
         assert!(matches!(e, StorageError::Io { .. }));
         assert!(e.io_error().is_some());

@@ -315,7 +315,8 @@ fn sync_files(tree: &TreeStorage, dirty: &BTreeSet<usize>) -> io::Result<()> {
 /// name, and gives its length; `create` makes it when missing (mode 0o755
 /// when `executable`, on Unix, before the umask). A file with other hard
 /// links is refused: its data belongs to another name, maybe outside the
-/// download directory, and must never be written.
+/// download directory, and must never be written (on Unix only: Windows'
+/// link count has no stable API in std).
 fn open_part(path: &Path, create: bool, executable: bool) -> io::Result<(File, u64)> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(create);
@@ -324,6 +325,15 @@ fn open_part(path: &Path, create: bool, executable: bool) -> io::Result<(File, u
         use std::os::unix::fs::OpenOptionsExt;
         options.custom_flags(libc::O_NOFOLLOW);
         options.mode(if executable { 0o777 } else { 0o666 });
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        // FILE_FLAG_OPEN_REPARSE_POINT, O_NOFOLLOW's counterpart: a symbolic
+        // link or junction at the name is opened itself, never its target,
+        // and is then refused below as not a regular file.
+        const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+        options.custom_flags(FILE_FLAG_OPEN_REPARSE_POINT);
     }
     #[cfg(not(unix))]
     let _ = executable;
