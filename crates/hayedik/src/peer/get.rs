@@ -139,12 +139,9 @@ async fn get_scoped(
     );
 
     let result = download(&opts, &swarm, &announcer, &progress, events, started).await;
-    if matches!(result, Ok(Some(_))) {
-        // Complete and in place: nothing left to guard.
-        lock.remove();
-    } else {
-        drop(lock);
-    }
+    // Complete and in place, or stopped with the resume state saved:
+    // nothing left to guard.
+    drop(lock);
     let report = match result {
         Ok(r) => r,
         Err(e) => {
@@ -412,7 +409,7 @@ fn warn<W: std::fmt::Display>(events: &Events, warnings: &[W]) {
 /// An advisory lock on a download's side files: held by the `get` that
 /// writes them, so a second `get` of the same content into the same folder
 /// stops before touching anything. The lock file (`.ROOT16.hayedik-lock`,
-/// beside the side files) is removed once the download is complete.
+/// beside the side files) is removed when the lock is released.
 #[derive(Debug)]
 pub struct DirLock {
     file: Option<std::fs::File>,
@@ -502,9 +499,12 @@ impl DirLock {
         }
         Err(busy())
     }
+}
 
-    /// Removes the lock file, then releases the lock.
-    pub fn remove(mut self) {
+impl Drop for DirLock {
+    /// Removes the lock file, then releases the lock (a `get` that opened
+    /// the file meanwhile sees it is gone and takes a new one).
+    fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
         self.file.take();
     }
