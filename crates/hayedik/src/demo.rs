@@ -100,7 +100,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         .saturating_add(SPARE_BYTES);
     if let Ok(free) = fs4::available_space(&base) {
         if free < needed {
-            return Err(crate::events::Failure::new(
+            return Err(crate::events::Failure::error(
                 crate::events::ErrorKind::Disk,
                 format!(
                     "the demo needs {} in {} ({} copies of {}), and {} is free: choose a smaller --size or another --dir",

@@ -184,7 +184,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn new(kind: ErrorKind, message: impl Into<String>) -> anyhow::Error {
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> anyhow::Error {
         anyhow::Error::new(Failure {
             kind,
             message: message.into(),

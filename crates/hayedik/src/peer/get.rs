@@ -431,7 +431,7 @@ impl DirLock {
         use crate::events::{ErrorKind, Failure};
         match std::fs::metadata(dir) {
             Ok(m) if !m.is_dir() => {
-                return Err(Failure::new(
+                return Err(Failure::error(
                     ErrorKind::Destination,
                     format!(
                         "{} is a file, not a folder: -o names the folder to download into",
@@ -441,7 +441,7 @@ impl DirLock {
             }
             Ok(_) => {}
             Err(_) => std::fs::create_dir_all(dir).map_err(|e| {
-                Failure::new(
+                Failure::error(
                     ErrorKind::Destination,
                     format!(
                         "cannot create {}: {e}; choose another -o DIR",
@@ -453,7 +453,7 @@ impl DirLock {
         let hex = hayedik_proto::hex::encode(root);
         let path = dir.join(format!(".{}{LOCK_SUFFIX}", &hex[..16]));
         let busy = || {
-            Failure::new(
+            Failure::error(
                 ErrorKind::Locked,
                 format!(
                     "another hayedik is already downloading this into {}: wait for it to finish, or stop it first",
@@ -470,7 +470,7 @@ impl DirLock {
                 .write(true)
                 .open(&path)
                 .map_err(|e| {
-                    Failure::new(
+                    Failure::error(
                         ErrorKind::Destination,
                         format!(
                             "cannot write to {}: {e}; choose a writable -o DIR",

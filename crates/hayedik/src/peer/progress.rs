@@ -195,7 +195,7 @@ impl Progress {
         let error = announcer.last_error();
         if let Some(e) = &error {
             if is_final(e) && swarm.peer_count() == 0 {
-                return Err(Failure::new(ErrorKind::UnknownSwarm, e.to_string()));
+                return Err(Failure::error(ErrorKind::UnknownSwarm, e.to_string()));
             }
         }
         if self.with(|s| s.bar.is_none()) {
@@ -214,22 +214,22 @@ impl Progress {
                 AnnounceError::Unreachable { .. } => ErrorKind::TrackerUnreachable,
                 _ => ErrorKind::TrackerRefused,
             };
-            return Err(Failure::new(
+            return Err(Failure::error(
                 kind,
                 format!("no progress for {secs} s: {err}"),
             ));
         }
         if swarm.peer_count() == 0 {
             if let Some(why) = swarm.last_peer_error() {
-                return Err(Failure::new(ErrorKind::NoPeers, format!(
+                return Err(Failure::error(ErrorKind::NoPeers, format!(
                     "no progress for {secs} s: the peers reached were dropped for breaking the protocol (last: {why})"
                 )));
             }
-            return Err(Failure::new(ErrorKind::NoPeers, format!(
+            return Err(Failure::error(ErrorKind::NoPeers, format!(
                 "no progress for {secs} s: no peer with this content could be reached (is the sharer still running?)"
             )));
         }
-        Err(Failure::new(ErrorKind::Stalled, format!(
+        Err(Failure::error(ErrorKind::Stalled, format!(
             "no progress for {secs} s from {}: they lack the missing pieces or stalled; try again later or raise --timeout",
             plural(swarm.peer_count() as u64, "connected peer")
         )))

@@ -93,7 +93,7 @@ pub fn select(manifest: &Manifest, only: &[String]) -> anyhow::Result<Vec<bool>>
         })
         .collect();
     if let Some(i) = used.iter().position(|u| !u) {
-        return Err(Failure::new(
+        return Err(Failure::error(
             ErrorKind::Input,
             format!(
                 "--only '{}' matches nothing in this share; {}",

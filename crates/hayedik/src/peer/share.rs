@@ -105,7 +105,7 @@ async fn share_scoped(
             .await
             .map_err(|e| anyhow!("reading {}: {e}", path.display()))?
             .map_err(|e| {
-                crate::events::Failure::new(crate::events::ErrorKind::Input, format!("{e:#}"))
+                crate::events::Failure::error(crate::events::ErrorKind::Input, format!("{e:#}"))
             })?
     };
     for w in &walked.skipped {
