@@ -361,7 +361,9 @@ mod tests {
                 let m = bar_message(41 << 20, 100 << 20, 12 << 20, 3, stalled, width);
                 let line = width / 4 + 1 + width / 10 + 1 + m.chars().count();
                 assert!(line <= width, "{width}: {m}");
-                assert_eq!(m.contains("stalled"), stalled, "{m}");
+                if width >= 40 {
+                    assert_eq!(m.contains("stalled"), stalled, "{m}");
+                }
             }
         }
         assert_eq!(fit("abcdef", 4), "abc…");
