@@ -580,3 +580,100 @@ fn peers_cli_face_demo_size_and_dir() {
         assert!(names_in(dir.path()).is_empty());
     });
 }
+
+/// Text drawn on a terminal, cut into what each `\r` or `\n` starts, with
+/// the escape sequences (colours, clearing, cursor moves) taken out.
+fn drawn_lines(raw: &str) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => {
+                if chars.peek() == Some(&'[') {
+                    chars.next();
+                    // Parameters, then one final byte in @..~.
+                    for f in chars.by_ref() {
+                        if ('@'..='~').contains(&f) {
+                            break;
+                        }
+                    }
+                }
+            }
+            '\r' | '\n' => lines.push(String::new()),
+            c => lines.last_mut().unwrap().push(c),
+        }
+    }
+    lines.retain(|l| !l.trim().is_empty());
+    lines
+}
+
+/// On a terminal of 50 columns (a pseudo-terminal from util-linux's
+/// `script`), the bar and every line fit: nothing wraps; and while the
+/// sharer is stopped (SIGSTOP), the bar says "stalled".
+#[cfg(target_os = "linux")]
+#[test]
+fn peers_cli_face_the_bar_fits_a_50_column_terminal() {
+    scenario(LIMIT, || {
+        let dir = tempdir();
+        let (src, data) = write_random(
+            dir.path(),
+            "a-rather-long-file-name-for-a-narrow-terminal.bin",
+            8 * MIB,
+            4,
+        );
+        let mut sharer = Node::share("sharer", &src, &["--max-upload", "2M"]);
+        let ticket = sharer.ticket()["ticket"].as_str().unwrap().to_string();
+        let out = dir.path().join("out");
+        let command = format!(
+            "stty cols 50 rows 20; exec '{BIN}' get '{ticket}' -o '{}' --no-seed --listen 127.0.0.1:0",
+            out.display()
+        );
+        let child = Command::new("script")
+            .args(["-q", "-e", "-c", &command, "/dev/null"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("running script (util-linux) for a pseudo-terminal");
+        adopt(child.id());
+        // Mid-download (8 MiB at 2 MiB/s), nothing arrives for a while.
+        thread::sleep(Duration::from_millis(1200));
+        signal(sharer.pid(), "STOP").unwrap();
+        thread::sleep(Duration::from_millis(4500));
+        signal(sharer.pid(), "CONT").unwrap();
+        let pid = child.id();
+        let ran = child.wait_with_output().unwrap();
+        disown(pid);
+        let raw = String::from_utf8_lossy(&ran.stdout).into_owned();
+        assert!(ran.status.success(), "{:?}\n{raw}", ran.status);
+        assert_same_file(
+            &out.join("a-rather-long-file-name-for-a-narrow-terminal.bin"),
+            &data,
+        );
+        let lines = drawn_lines(&raw);
+        let bars: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.starts_with("a-rather-lo") && (l.contains('%') || l.contains("MiB")))
+            .collect();
+        assert!(!bars.is_empty(), "no bar drawn:\n{lines:#?}");
+        assert!(
+            bars.iter().any(|l| l.contains("/s")),
+            "no rate:\n{lines:#?}"
+        );
+        for l in &lines {
+            // The last one on the terminal: "done: PATH (...)" may be longer
+            // than the terminal (a path is a path); every drawn line fits.
+            if l.starts_with("done: ") || l.starts_with("writing ") {
+                continue;
+            }
+            assert!(
+                l.chars().count() <= 50,
+                "{} columns: {l:?}",
+                l.chars().count()
+            );
+        }
+        assert!(lines.iter().any(|l| l.starts_with("done: ")), "{lines:#?}");
+        assert!(bars.iter().any(|l| l.contains("stalled")), "{lines:#?}");
+        sharer.stop();
+    });
+}
