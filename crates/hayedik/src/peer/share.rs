@@ -173,7 +173,11 @@ async fn share_scoped(
             manifest_bytes,
             storage,
             download: None,
-            guard: ServeGuard::verified(layout, walked.sources.clone()),
+            guard: {
+                let guard = ServeGuard::verified(layout, walked.sources.clone());
+                guard.tell(events.clone());
+                guard
+            },
         },
         Bitfield::full(pieces),
         None,

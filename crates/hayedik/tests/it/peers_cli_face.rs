@@ -677,3 +677,59 @@ fn peers_cli_face_the_bar_fits_a_50_column_terminal() {
         sharer.stop();
     });
 }
+
+/// A shared file that grows is reported once, plainly, with what to do;
+/// what the ticket names is still served.
+#[test]
+fn peers_cli_face_a_shared_file_that_changes_is_reported_once() {
+    scenario(LIMIT, || {
+        let dir = tempdir();
+        let (src, data) = write_random(dir.path(), "grows.log", 300_000, 8);
+        let mut share = Human::spawn(&[
+            "share",
+            src.to_str().unwrap(),
+            "--public-host",
+            "127.0.0.1",
+            "--listen",
+            "127.0.0.1:0",
+        ]);
+        let ticket = human_ticket(&share);
+        // Its size and modification time move.
+        thread::sleep(Duration::from_millis(20));
+        {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new().append(true).open(&src).unwrap();
+            f.write_all(b"one more line\n").unwrap();
+        }
+        // The sharer looks at a file's size and time at most every 100 ms.
+        thread::sleep(Duration::from_millis(300));
+        for i in 0..2 {
+            let out = dir.path().join(format!("out{i}"));
+            let got = run_to_exit(&[
+                "get",
+                &ticket,
+                "-o",
+                out.to_str().unwrap(),
+                "--no-seed",
+                "--listen",
+                "127.0.0.1:0",
+            ]);
+            assert_eq!(got.status.code(), Some(0), "{got:?}");
+            assert_same_file(&out.join("grows.log"), &data);
+            thread::sleep(Duration::from_millis(300));
+        }
+        let told: Vec<String> = share
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("changed while shared"))
+            .map(str::to_string)
+            .collect();
+        assert_eq!(told.len(), 1, "{}", share.stderr());
+        assert!(
+            told[0].starts_with("warning: ") && told[0].contains("share it again"),
+            "{told:?}"
+        );
+        signal(share.child.id(), "TERM").unwrap();
+        assert_eq!(share.wait_exit(Duration::from_secs(15)), Some(0));
+    });
+}
