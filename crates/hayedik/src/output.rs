@@ -141,6 +141,10 @@ pub fn write_events_for(
 /// Writes one event; an error means stdout's reader is gone.
 fn render(event: &Event, json: bool, show_listening: bool, qr: bool) -> std::io::Result<()> {
     let line = if json {
+        if let Event::Warning { .. } = event {
+            // As an error's line: on stderr too, for whoever reads it.
+            stderr(event.human() + "\n", Priority::Essential);
+        }
         match serde_json::to_string(event) {
             Ok(line) => line + "\n",
             Err(_) => return Ok(()),

@@ -105,9 +105,8 @@ async fn get_scoped(
     (stop, swarm_out): (&mut Option<Event>, &mut Option<Arc<Swarm>>),
 ) -> anyhow::Result<Option<GetReport>> {
     let started = Instant::now();
-    // Before any traffic: a destination that cannot take the download, or
-    // another hayedik downloading the same content into it.
-    let lock = DirLock::take(&opts.out_dir, &opts.ticket.root)?;
+    // Before any traffic: a destination that cannot take the download.
+    check_destination(&opts.out_dir)?;
     let (listener, local) = node::bind_listener(opts.listen, events).await?;
     let tracker = resolve(&opts.ticket.host, opts.ticket.port).await?;
     let swarm = Swarm::new(
@@ -139,9 +138,6 @@ async fn get_scoped(
     );
 
     let result = download(&opts, &swarm, &announcer, &progress, events, started).await;
-    // Complete and in place, or stopped with the resume state saved:
-    // nothing left to guard.
-    drop(lock);
     let report = match result {
         Ok(r) => r,
         Err(e) => {
@@ -256,6 +252,10 @@ async fn download(
         root: opts.ticket.root,
         wanted,
     };
+    // Before anything is written: another hayedik downloading the same
+    // content into the same folder. Held until this returns (complete and
+    // in place, or stopped with the resume state saved).
+    let _lock = DirLock::take(&opts.out_dir, &opts.ticket.root)?;
     let opened = {
         let m = manifest.clone();
         let p = progress.clone();
@@ -424,21 +424,29 @@ pub fn is_lock_name(name: &str) -> bool {
     name.starts_with('.') && name.ends_with(LOCK_SUFFIX)
 }
 
+/// Fails when `dir` exists and is not a folder (checked before any
+/// traffic; a missing one is created when the download starts).
+pub fn check_destination(dir: &std::path::Path) -> anyhow::Result<()> {
+    use crate::events::{ErrorKind, Failure};
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(Failure::error(
+            ErrorKind::Destination,
+            format!(
+                "{} is a file, not a folder: -o names the folder to download into",
+                dir.display()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl DirLock {
     /// Checks that `dir` can be a destination (creating it if missing),
     /// then takes the lock for content `root` in it.
     pub fn take(dir: &std::path::Path, root: &[u8; 32]) -> anyhow::Result<DirLock> {
         use crate::events::{ErrorKind, Failure};
+        check_destination(dir)?;
         match std::fs::metadata(dir) {
-            Ok(m) if !m.is_dir() => {
-                return Err(Failure::error(
-                    ErrorKind::Destination,
-                    format!(
-                        "{} is a file, not a folder: -o names the folder to download into",
-                        dir.display()
-                    ),
-                ))
-            }
             Ok(_) => {}
             Err(_) => std::fs::create_dir_all(dir).map_err(|e| {
                 Failure::error(

@@ -209,7 +209,7 @@ impl ServeGuard {
             if let (true, Some(events)) = (first, events.as_ref()) {
                 events.emit(crate::events::Event::Warning {
                     message: format!(
-                        "{} changed while shared: pieces that no longer match are not served (a ticket names fixed content); to share the new version, stop and share it again for a new ticket",
+                        "{} changed on disk while shared: pieces that no longer match are not served (a ticket names fixed content); to share the new version, stop and share it again for a new ticket",
                         path.display()
                     ),
                 });

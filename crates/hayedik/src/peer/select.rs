@@ -96,7 +96,7 @@ pub fn select(manifest: &Manifest, only: &[String]) -> anyhow::Result<Vec<bool>>
         return Err(Failure::error(
             ErrorKind::Input,
             format!(
-                "--only '{}' matches nothing in this share; {}",
+                "--only {:?} matches nothing in this share; {}",
                 only[i],
                 hint(manifest)
             ),

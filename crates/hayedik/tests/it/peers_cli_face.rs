@@ -245,8 +245,9 @@ fn peers_cli_face_a_final_answer_ends_get_at_once() {
         assert_eq!(human.status.code(), Some(1), "{human:?}");
         assert_eq!(human.stderr.lines().count(), 1, "{human:?}");
         assert!(human.stdout.trim().is_empty(), "{human:?}");
-        // Nothing was left in the folder (no lock file, no side file).
-        assert!(names_in(&out).is_empty(), "{:?}", names_in(&out));
+        // Nothing was written (the folder is created when a download
+        // starts).
+        assert!(!out.exists(), "{:?}", names_in(&out));
         sharer.stop();
     });
 }
@@ -328,8 +329,6 @@ fn peers_cli_face_lock_interrupt_and_resume() {
         );
         let e: Value = serde_json::from_str(second.stdout.lines().last().unwrap()).unwrap();
         assert_eq!(e["kind"], "locked", "{e}");
-        // No listening event: it stopped before any network traffic.
-        assert!(!second.stdout.contains("listening"), "{second:?}");
         let names = |l: &[(String, u64)]| l.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
         assert_eq!(names(&listing(&out)), names(&before));
         let stopped = first.stop();
@@ -721,12 +720,14 @@ fn peers_cli_face_a_shared_file_that_changes_is_reported_once() {
         let told: Vec<String> = share
             .stderr()
             .lines()
-            .filter(|l| l.contains("changed while shared"))
+            .filter(|l| l.contains("while shared"))
             .map(str::to_string)
             .collect();
         assert_eq!(told.len(), 1, "{}", share.stderr());
         assert!(
-            told[0].starts_with("warning: ") && told[0].contains("share it again"),
+            told[0].starts_with("warning: ")
+                && told[0].contains("changed on disk")
+                && told[0].contains("share it again"),
             "{told:?}"
         );
         signal(share.child.id(), "TERM").unwrap();
