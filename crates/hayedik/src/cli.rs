@@ -19,6 +19,9 @@ use crate::tracker::TrackerConfig;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Also print logs on stderr (-v: info, -vv: debug; RUST_LOG overrides).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
 }
 
 #[derive(Debug, Subcommand)]
@@ -29,8 +32,19 @@ pub enum Command {
     Share(ShareArgs),
     /// Download what a ticket names from every peer that has it, then seed it.
     Get(GetArgs),
+    /// List what a ticket shares (files and sizes, from its verified
+    /// manifest) without downloading it.
+    Ls(LsArgs),
     /// Show the whole system on loopback: a tracker, a sharer, several downloaders.
-    Demo,
+    Demo(DemoArgs),
+    /// Print a shell completion script on stdout (e.g. `hayedik completions
+    /// bash > /etc/bash_completion.d/hayedik`).
+    Completions {
+        /// The shell: bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout (e.g. `hayedik man | man -l -`).
+    Man,
 }
 
 impl Command {
@@ -40,7 +54,8 @@ impl Command {
             Command::Tracker(a) => a.json,
             Command::Share(a) => a.json,
             Command::Get(a) => a.json,
-            Command::Demo => false,
+            Command::Ls(a) => a.json,
+            Command::Demo(_) | Command::Completions { .. } | Command::Man => false,
         }
     }
 }
@@ -49,8 +64,32 @@ fn parse_rate(s: &str) -> Result<u64, String> {
     crate::peer::rate::parse_rate(s)
 }
 
-fn parse_ticket(s: &str) -> Result<hayedik_proto::ticket::Ticket, String> {
-    s.trim().parse().map_err(|e| format!("{e}"))
+/// A size in bytes, K, M, G suffixes (powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    crate::peer::rate::parse_rate(s)
+        .map_err(|_| format!("'{s}' is not a size: use bytes such as 500K, 64M or 1G"))
+}
+
+/// A ticket, forgiving what a chat or a sentence puts around it: spaces,
+/// quotes, brackets, and a trailing `.`, `,` or `/` (a ticket ends in hex
+/// digits and starts with its scheme, so none of these is ambiguous).
+pub fn parse_ticket(s: &str) -> Result<hayedik_proto::ticket::Ticket, String> {
+    let trimmed = s
+        .trim()
+        .trim_start_matches(|c: char| c.is_whitespace() || "\"'`<([{".contains(c))
+        .trim_end_matches(|c: char| c.is_whitespace() || "\"'`>)]}.,;:!?/".contains(c));
+    trimmed.parse().map_err(|e| format!("{e}"))
+}
+
+/// `IP:PORT`, or a bare `PORT` for every address (`0.0.0.0:PORT`).
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    s.parse().map_err(|_| {
+        format!("'{s}' is not an address: use IP:PORT (e.g. 0.0.0.0:7777, [::]:7777) or a port number alone")
+    })
 }
 
 #[derive(Debug, Args)]
@@ -58,14 +97,27 @@ pub struct ShareArgs {
     /// The file or folder to share. A folder is shared whole, under one
     /// ticket (its files and empty folders; symbolic links are not followed).
     pub path: PathBuf,
+    /// Exit 0 once N other peers hold a verified copy (counted when they
+    /// tell the tracker or finish downloading from this sharer, whether or
+    /// not they stay online).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub until_replicated: Option<u32>,
+    /// Also show the ticket as a QR code.
+    #[arg(long)]
+    pub qr: bool,
+    /// Share a folder even when some names in it could not be written on
+    /// other systems (`a:b.txt`, `CON`...): leave those out, and say which.
+    #[arg(long)]
+    pub skip_unportable: bool,
     /// Central tracker HOST:PORT; without it a tracker runs inside this process.
     #[arg(long, value_name = "HOST:PORT")]
     pub tracker: Option<String>,
     /// Host name or address to put in the ticket (default: this machine's address).
     #[arg(long, value_name = "HOST")]
     pub public_host: Option<String>,
-    /// TCP address to serve pieces on (port 0: any).
-    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR")]
+    /// TCP address to serve pieces on: IP:PORT, or PORT for every address
+    /// (port 0: any).
+    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Upload cap in bytes per second (K, M, G suffixes), e.g. 20M.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
@@ -87,8 +139,9 @@ pub struct GetArgs {
     /// Directory to write into (created if missing).
     #[arg(short = 'o', long = "output", default_value = ".", value_name = "DIR")]
     pub out: PathBuf,
-    /// TCP address to serve pieces on (port 0: any).
-    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR")]
+    /// TCP address to serve pieces on: IP:PORT, or PORT for every address
+    /// (port 0: any).
+    #[arg(long, default_value = "0.0.0.0:0", value_name = "ADDR", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Exit when done instead of seeding.
     #[arg(long)]
@@ -102,9 +155,12 @@ pub struct GetArgs {
     /// Download cap in bytes per second (K, M, G suffixes).
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub max_download: Option<u64>,
-    /// Of a shared folder, download only the files matching GLOB (a path
-    /// inside the folder: 'docs/*.md', 'src/**', or a folder's name for all
-    /// of it). Repeatable; a later get without it completes the rest.
+    /// Of a shared folder, download only the files matching GLOB, as
+    /// gitignore matches: against paths inside the folder (as `ls` prints
+    /// them); without a '/' at any depth ('*.txt' takes docs/readme.txt),
+    /// with one from the top ('docs/*.md'); '**' crosses folders; a folder
+    /// matched is taken whole. Repeatable; a later get without it completes
+    /// the rest.
     #[arg(long, value_name = "GLOB", value_parser = parse_glob)]
     pub only: Vec<String>,
     /// Incoming sessions allowed from one IPv4 address or IPv6 /64 (when
@@ -118,12 +174,33 @@ pub struct GetArgs {
 
 /// Checks a `--only` pattern.
 fn parse_glob(s: &str) -> Result<String, String> {
-    if s.is_empty() {
-        return Err("the pattern is empty".to_string());
-    }
-    glob::Pattern::new(s)
+    crate::peer::select::compile(s)
         .map(|_| s.to_string())
-        .map_err(|e| format!("'{s}' is not a valid pattern: {e}"))
+        .map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// The ticket: hayedik://HOST:PORT/ROOT
+    #[arg(value_parser = parse_ticket)]
+    pub ticket: hayedik_proto::ticket::Ticket,
+    /// Give up when no peer gave the manifest within SECS (0: wait forever).
+    #[arg(long, default_value = "60", value_name = "SECS", value_parser = parse_secs)]
+    pub timeout: Duration,
+    /// One JSON object per line on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Size of the demo file in bytes (K, M, G suffixes).
+    #[arg(long, default_value = "64M", value_name = "BYTES", value_parser = parse_size)]
+    pub size: u64,
+    /// Where to write the demo's files (default: a temporary folder, removed
+    /// at the end).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }
 
 /// Parses `LOW-HIGH` into an inclusive port range.
@@ -162,7 +239,7 @@ pub fn parse_secs(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Args)]
 pub struct TrackerArgs {
     /// UDP address of the central tracker.
-    #[arg(long, default_value = "0.0.0.0:7410", value_name = "ADDR")]
+    #[arg(long, default_value = "0.0.0.0:7410", value_name = "ADDR", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Keep confirmed swarms in DIR so they survive a restart (same ports, same keys).
     #[arg(long, value_name = "DIR")]

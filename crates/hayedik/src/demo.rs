@@ -27,8 +27,8 @@ macro_rules! say {
     };
 }
 
-/// Size of the generated file.
-const FILE_BYTES: usize = 256 << 20;
+/// Free space kept beyond the demo's files.
+const SPARE_BYTES: u64 = 64 << 20;
 /// Downloaders, and when each starts after the first.
 const GETTERS: usize = 4;
 const STAGGER: Duration = Duration::from_millis(700);
@@ -53,28 +53,83 @@ struct Getter {
     finished: Option<Duration>,
 }
 
-pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
+/// What `demo` was asked for: the file's size, and where to write (a
+/// temporary folder inside `dir`, or the system's, removed at the end).
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub size: u64,
+    pub dir: Option<std::path::PathBuf>,
+}
+
+/// Writes `len` pseudo-random bytes to `path`, a chunk at a time.
+fn generate(path: &std::path::Path, len: u64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = len;
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    while left > 0 {
+        let n = left.min(chunk.len() as u64) as usize;
+        fill(&mut chunk[..n], seed);
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1) | 1;
+        out.write_all(&chunk[..n])?;
+        left -= n as u64;
+    }
+    out.flush()
+}
+
+/// blake3 of a file, read a chunk at a time.
+fn hash_file(path: &std::path::Path) -> std::io::Result<blake3::Hash> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(hasher.finalize())
+}
+
+pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result<()> {
+    let file_bytes = opts.size;
+    let base = match &opts.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.clone()
+        }
+        None => std::env::temp_dir(),
+    };
+    // The original and a copy per downloader (and their side files).
+    let needed = file_bytes
+        .saturating_mul(GETTERS as u64 + 1)
+        .saturating_add(SPARE_BYTES);
+    if let Ok(free) = fs4::available_space(&base) {
+        if free < needed {
+            return Err(crate::events::Failure::error(
+                crate::events::ErrorKind::Disk,
+                format!(
+                    "the demo needs {} in {} ({} copies of {}), and {} is free: choose a smaller --size or another --dir",
+                    crate::events::human_bytes(needed),
+                    base.display(),
+                    GETTERS + 1,
+                    crate::events::human_bytes(file_bytes),
+                    crate::events::human_bytes(free)
+                ),
+            ));
+        }
+    }
     let dir = tempfile::Builder::new()
         .prefix("hayedik-demo-")
-        .tempdir()
-        .context("creating a temporary directory")?;
+        .tempdir_in(&base)
+        .with_context(|| format!("creating a folder in {}", base.display()))?;
     let src = dir.path().join("demo.bin");
     say!("hayedik demo: a tracker, a sharer and {GETTERS} downloaders on 127.0.0.1");
     say!(
-        "generating a {} MiB file in {}",
-        FILE_BYTES >> 20,
+        "generating a {} file in {} (removed at the end)",
+        crate::events::human_bytes(file_bytes),
         dir.path().display()
     );
     {
         let src = src.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut data = vec![0u8; FILE_BYTES];
-            fill(&mut data, 0x9E37_79B9_7F4A_7C15);
-            std::fs::write(&src, &data)
-        })
-        .await
-        .map_err(|e| anyhow!("generating: {e}"))?
-        .context("writing the demo file")?;
+        tokio::task::spawn_blocking(move || generate(&src, file_bytes))
+            .await
+            .map_err(|e| anyhow!("generating: {e}"))?
+            .context("writing the demo file")?;
     }
 
     let stop = cancel.child_token();
@@ -98,6 +153,8 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
         listen: "127.0.0.1:0".parse()?,
         max_upload: Some(SHARER_CAP),
         max_peers_per_ip: crate::peer::slots::DEFAULT_PER_ADDRESS,
+        until_replicated: None,
+        skip_unportable: false,
     };
     let s = stop.clone();
     let sharer = crate::spawn::spawn("demo sharer", async move {
@@ -163,7 +220,7 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
         let swarm = rx
             .await
             .map_err(|_| anyhow!("getter {} did not start", i + 1))?;
-        let bar = multi.add(ProgressBar::new(FILE_BYTES as u64));
+        let bar = multi.add(ProgressBar::new(file_bytes));
         bar.set_style(style.clone());
         bar.set_prefix(format!("getter {}", i + 1));
         bars.push(bar);
@@ -219,7 +276,7 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
     for (i, g) in getters.iter().enumerate() {
         let t = g.finished.unwrap_or_default().as_secs_f64();
         let rate = if t > 0.0 {
-            FILE_BYTES as f64 / t / 1_048_576.0
+            file_bytes as f64 / t / 1_048_576.0
         } else {
             0.0
         };
@@ -246,7 +303,7 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
         .load(std::sync::atomic::Ordering::Relaxed);
     say!(
         "sharer uploaded {:.2} copies of the file for {GETTERS} downloaders; all done in {:.2} s",
-        up as f64 / FILE_BYTES as f64,
+        up as f64 / file_bytes.max(1) as f64,
         total_wall.as_secs_f64()
     );
     stop.cancel();
@@ -260,16 +317,18 @@ pub async fn run(cancel: CancellationToken) -> anyhow::Result<()> {
     sharer.await.map_err(|e| anyhow!("sharer task: {e}"))??;
     tracker.await.map_err(|e| anyhow!("tracker task: {e}"))??;
     // Every copy is verified piece by piece already; compare once more.
-    let original = blake3::hash(&std::fs::read(&src)?);
+    let original = hash_file(&src).context("reading the demo file")?;
     for i in 0..GETTERS {
         let copy = dir.path().join(format!("getter{}", i + 1)).join("demo.bin");
-        let h = blake3::hash(
-            &std::fs::read(&copy).with_context(|| format!("reading {}", copy.display()))?,
-        );
+        let h = hash_file(&copy).with_context(|| format!("reading {}", copy.display()))?;
         if h != original {
             return Err(anyhow!("{} differs from the original", copy.display()));
         }
     }
     say!("all {GETTERS} copies are identical to the original");
+    say!("");
+    say!("now try it between two machines:");
+    say!("  hayedik share FILE      # on the one that has FILE: prints a ticket");
+    say!("  hayedik get TICKET      # on the other, with that ticket");
     Ok(())
 }

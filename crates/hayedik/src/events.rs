@@ -38,6 +38,9 @@ pub const QUEUE_EVENTS: usize = 16_384;
 pub enum Event {
     Error {
         message: String,
+        /// A short machine-readable word: see [`ErrorKind`] (README lists
+        /// them).
+        kind: ErrorKind,
     },
     Listening {
         addr: String,
@@ -73,6 +76,12 @@ pub enum Event {
         name: String,
         bytes: u64,
         pieces: u64,
+        /// Entries (files and empty folders) in the share.
+        files: u64,
+        /// Where it is written (the folder or file under DIR).
+        path: String,
+        /// Bytes selected by `--only` (all of them without it).
+        selected: u64,
     },
     Progress {
         bytes_done: u64,
@@ -96,6 +105,33 @@ pub enum Event {
         /// `get` only: whether the download was complete when it stopped.
         #[serde(skip_serializing_if = "Option::is_none")]
         complete: Option<bool>,
+        /// `get` only: verified bytes of the content in DIR when it
+        /// stopped (what a rerun resumes from).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        kept: Option<u64>,
+    },
+    /// `get`: an earlier run's verified data is reused.
+    Resuming {
+        /// Verified bytes already on disk.
+        bytes: u64,
+        bytes_total: u64,
+    },
+    /// Something the user should know that does not stop the work (a file
+    /// left out of a share, a shared file that changed).
+    Warning {
+        message: String,
+    },
+    /// `share`: another peer now holds a verified copy.
+    PeerDone {
+        addr: String,
+        /// Other peers known to hold a verified copy.
+        copies: u64,
+    },
+    /// `ls`: one entry of the share's manifest.
+    Entry {
+        path: String,
+        bytes: u64,
+        folder: bool,
     },
     /// Not emitted by library code: the queue's record that `events`
     /// events were dropped here because the face did not keep up.
@@ -104,11 +140,144 @@ pub enum Event {
     },
 }
 
+/// What an `error` event's `kind` says (README lists them): scripts act on
+/// it without parsing the message.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// A command line that does not parse (exit 2).
+    Usage,
+    /// The tracker did not answer.
+    TrackerUnreachable,
+    /// The tracker answered that it serves no such swarm: the ticket is
+    /// wrong or its swarm is gone.
+    UnknownSwarm,
+    /// The tracker refused (full, rate limited, another protocol).
+    TrackerRefused,
+    /// No peer with the content could be reached in time.
+    NoPeers,
+    /// Peers were connected but nothing arrived in time.
+    Stalled,
+    /// The destination cannot take the download (not a folder, a
+    /// different file in the way, not writable).
+    Destination,
+    /// Another hayedik downloads the same content into the same folder.
+    Locked,
+    /// Reading or writing the disk failed.
+    Disk,
+    /// What was given to share or select cannot be used (a missing path,
+    /// a pattern that matches nothing).
+    Input,
+    /// A network address cannot be used (bind failed, unresolvable host).
+    Network,
+    /// Anything else.
+    Other,
+}
+
+/// An error that says its [`ErrorKind`]: library code returns it (inside
+/// an `anyhow::Error`) where the kind is not clear from the error's type.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> anyhow::Error {
+        anyhow::Error::new(Failure {
+            kind,
+            message: message.into(),
+        })
+    }
+}
+
+/// The kind of `e`: the first [`Failure`] in its chain, else what its
+/// type says.
+pub fn kind_of(e: &anyhow::Error) -> ErrorKind {
+    use crate::peer::announce::{AnnounceError, CreateError};
+    use crate::storage::StorageError;
+    for cause in e.chain() {
+        if let Some(f) = cause.downcast_ref::<Failure>() {
+            return f.kind;
+        }
+        let announce = cause.downcast_ref::<AnnounceError>().or_else(|| {
+            match cause.downcast_ref::<CreateError>() {
+                Some(CreateError::Tracker(a)) => Some(a),
+                _ => None,
+            }
+        });
+        if let Some(a) = announce {
+            return match a {
+                AnnounceError::Unreachable { .. } => ErrorKind::TrackerUnreachable,
+                AnnounceError::WrongSwarm { .. } | AnnounceError::NotConfirmed { .. } => {
+                    ErrorKind::UnknownSwarm
+                }
+                _ => ErrorKind::TrackerRefused,
+            };
+        }
+        if let Some(s) = cause.downcast_ref::<StorageError>() {
+            return match s {
+                StorageError::DestinationExists { .. } | StorageError::NotWritable { .. } => {
+                    ErrorKind::Destination
+                }
+                _ => ErrorKind::Disk,
+            };
+        }
+        if cause.downcast_ref::<std::io::Error>().is_some() {
+            return ErrorKind::Disk;
+        }
+    }
+    ErrorKind::Other
+}
+
+/// `n` bytes for people: `512 B`, `1.5 KiB`, `40.0 MiB`, `1.0 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// `n` and `word`, plural when `n` is not 1: `1 peer`, `3 peers`.
+pub fn plural(n: u64, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
+/// A rate for people: `12.5 MiB/s`.
+pub fn human_rate(bytes_per_sec: f64) -> String {
+    let b = if bytes_per_sec.is_finite() && bytes_per_sec > 0.0 {
+        bytes_per_sec as u64
+    } else {
+        0
+    };
+    format!("{}/s", human_bytes(b))
+}
+
 impl Event {
-    /// A one-line human rendering.
+    /// The `error` event for `message`, of `kind`.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Event {
+        Event::Error {
+            message: message.into(),
+            kind,
+        }
+    }
+
+    /// The human rendering (one line, two for a ticket).
     pub fn human(&self) -> String {
         match self {
-            Event::Error { message } => format!("error: {message}"),
+            Event::Error { message, .. } => format!("error: {message}"),
             Event::Listening { addr } => format!("listening on {addr}"),
             Event::SwarmCreated { port } => format!("swarm created on port {port}"),
             Event::SwarmConfirmed { port } => format!("swarm confirmed on port {port}"),
@@ -122,32 +291,61 @@ impl Event {
             Event::Ticket {
                 ticket,
                 bytes,
-                pieces,
                 name,
                 files,
                 folder,
                 ..
             } => {
                 let what = if *folder {
-                    format!("{name}/: {files} files, ")
+                    format!(
+                        "{name}/ ({}, {})",
+                        plural(*files, "file"),
+                        human_bytes(*bytes)
+                    )
                 } else {
-                    format!("{name}: ")
+                    format!("{name} ({})", human_bytes(*bytes))
                 };
-                format!("sharing {what}{bytes} bytes in {pieces} pieces\nticket: {ticket}")
+                format!(
+                    "sharing {what}\nticket: {ticket}\non the other machine, run:\n  hayedik get {ticket}"
+                )
             }
             Event::Manifest {
-                name,
+                path,
                 bytes,
-                pieces,
+                files,
+                selected,
+                ..
             } => {
-                format!("{name}: {bytes} bytes in {pieces} pieces")
+                let what = if *selected < *bytes {
+                    format!(
+                        "{} of {} selected",
+                        human_bytes(*selected),
+                        human_bytes(*bytes)
+                    )
+                } else {
+                    human_bytes(*bytes)
+                };
+                if *files > 1 {
+                    format!(
+                        "writing {path} ({}, {what})",
+                        plural(*files, "entry").replace("entrys", "entries")
+                    )
+                } else {
+                    format!("writing {path} ({what})")
+                }
             }
             Event::Progress {
                 bytes_done,
                 bytes_total,
                 peers,
                 rate,
-            } => format!("{bytes_done}/{bytes_total} bytes from {peers} peers at {rate} B/s"),
+            } => format!(
+                "{}/{} from {} at {}",
+                human_bytes(*bytes_done),
+                human_bytes(*bytes_total),
+                plural(*peers as u64, "peer"),
+                human_rate(*rate as f64)
+            ),
             Event::Done {
                 path,
                 bytes,
@@ -155,47 +353,88 @@ impl Event {
                 reused,
                 from,
             } => {
-                let rate = if *seconds > 0.0 {
-                    *bytes as f64 / seconds / 1_048_576.0
+                let received = bytes.saturating_sub(*reused);
+                if received == 0 {
+                    format!(
+                        "done: {path} ({}, already here and verified)",
+                        human_bytes(*bytes)
+                    )
                 } else {
-                    0.0
-                };
-                format!(
-                    "done: {path} ({bytes} bytes in {seconds:.2} s, {rate:.1} MiB/s, {reused} reused, from {} peers)",
-                    from.len()
-                )
+                    let rate = if *seconds > 0.0 {
+                        received as f64 / seconds
+                    } else {
+                        0.0
+                    };
+                    let kept = if *reused > 0 {
+                        format!(", {} was already here", human_bytes(*reused))
+                    } else {
+                        String::new()
+                    };
+                    format!(
+                        "done: {path} ({} received in {seconds:.1} s at {} from {}{kept})",
+                        human_bytes(received),
+                        human_rate(rate),
+                        plural(from.len() as u64, "peer")
+                    )
+                }
             }
-            Event::Seeding => "seeding: press Ctrl-C to stop".to_string(),
+            Event::Seeding => {
+                "seeding: others can download from this machine; press Ctrl-C to stop".to_string()
+            }
             Event::Stopped {
                 uploaded,
                 downloaded,
                 complete,
+                kept,
             } => {
                 let counts = match (uploaded, downloaded) {
-                    (Some(u), Some(d)) => format!(" ({u} bytes uploaded, {d} downloaded)"),
+                    (Some(u), Some(d)) if *d > 0 => {
+                        format!(
+                            " ({} uploaded, {} downloaded)",
+                            human_bytes(*u),
+                            human_bytes(*d)
+                        )
+                    }
+                    (Some(u), Some(_)) => format!(" ({} uploaded)", human_bytes(*u)),
                     _ => String::new(),
                 };
                 if *complete == Some(false) {
+                    let kept = kept
+                        .map(|k| format!(" ({} verified)", human_bytes(k)))
+                        .unwrap_or_default();
                     format!(
-                        "stopped before the download was complete{counts}: what was verified is kept; run the same command again to resume"
+                        "stopped before the download was complete{counts}: what arrived is kept{kept}; run the same command again to resume"
                     )
                 } else {
                     format!("stopped{counts}")
+                }
+            }
+            Event::Resuming { bytes, bytes_total } => format!(
+                "resuming: {} of {} already here and verified",
+                human_bytes(*bytes),
+                human_bytes(*bytes_total)
+            ),
+            Event::Warning { message } => format!("warning: {message}"),
+            Event::PeerDone { addr, copies } => format!(
+                "{addr} has the whole share ({} {} a verified copy)",
+                plural(*copies, "peer"),
+                if *copies == 1 { "has" } else { "have" }
+            ),
+            Event::Entry {
+                path,
+                bytes,
+                folder,
+            } => {
+                if *folder {
+                    format!("{:>10}  {path}/", "")
+                } else {
+                    format!("{:>10}  {path}", human_bytes(*bytes))
                 }
             }
             Event::Dropped { events } => {
                 format!("{events} events dropped: they were not read in time")
             }
         }
-    }
-
-    /// Whether a human face prints it on stdout (what the user acts on) or
-    /// only in the log.
-    pub fn human_on_stdout(&self) -> bool {
-        matches!(
-            self,
-            Event::Ticket { .. } | Event::Done { .. } | Event::Listening { .. }
-        )
     }
 }
 
@@ -509,6 +748,7 @@ mod tests {
                 uploaded: None,
                 downloaded: None,
                 complete: None,
+                kept: None,
             }),
             serde_json::json!({"event": "stopped"})
         );

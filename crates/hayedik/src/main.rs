@@ -53,17 +53,22 @@ fn parse_and_run() -> ExitCode {
                     .unwrap_or(message);
                 let (sink, stream) = events::channel(1, false);
                 let writer = output::write_events(stream, true);
-                sink.emit(Event::Error { message: first });
+                sink.emit(Event::error(events::ErrorKind::Usage, first));
                 writer.flush(EXIT_FLUSH);
             }
             output::flush(EXIT_FLUSH);
             e.exit()
         }
     };
-    init_logs();
+    init_logs(cli.verbose);
     let json = cli.command.json();
-    let (events, stream) = events::channel(events::QUEUE_EVENTS, !json);
-    let writer = output::write_events(stream, json);
+    use std::io::IsTerminal;
+    let bars = !json && std::io::stderr().is_terminal();
+    let (events, stream) = events::channel(events::QUEUE_EVENTS, bars);
+    // The address a peer serves on matters to a tracker's user only.
+    let show_listening = matches!(cli.command, Command::Tracker(_));
+    let qr = matches!(&cli.command, Command::Share(a) if a.qr);
+    let writer = output::write_events_for(stream, json, show_listening, qr);
     let code = match tokio::runtime::Runtime::new() {
         Ok(runtime) => match runtime.block_on(run_scoped(cli, events.clone())) {
             Ok(code) => code,
@@ -94,19 +99,57 @@ async fn run_scoped(cli: Cli, events: EventSink) -> anyhow::Result<ExitCode> {
     result
 }
 
-fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Logs are for whoever asks (`-v`, `RUST_LOG`): by default only errors
+/// no event reports reach stderr, and everything meant for the user is an
+/// event printed by the face. `-v` and `-vvv` print `LEVEL: message`;
+/// `-vv` and up, or `RUST_LOG`, the full format with times and the tasks'
+/// spans.
+fn init_logs(verbose: u8) {
+    let from_env = tracing_subscriber::EnvFilter::try_from_default_env().ok();
+    let detailed = from_env.is_some() || verbose >= 2;
+    let filter = from_env.unwrap_or_else(|| {
+        tracing_subscriber::EnvFilter::new(match verbose {
+            0 => "error",
+            1 => "info",
+            2 => "debug",
+            _ => "trace",
+        })
+    });
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(output::LogWriter::default)
         // Its own report of a failed write is an `eprintln!`, which panics
         // on a closed stderr (in whichever task logged).
         .log_internal_errors(false)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if detailed {
+        builder.init();
+    } else {
+        builder.event_format(PlainLog).init();
+    }
+}
+
+/// A log line without time nor spans: `warn: message key=value`.
+struct PlainLog;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for PlainLog
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let level = event.metadata().level().as_str().to_ascii_lowercase();
+        write!(writer, "{level}: ")?;
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
 }
 
 /// One clear line on stderr (and an `error` event with `--json`), exit 1.
@@ -114,9 +157,16 @@ fn fail(events: &EventSink, json: bool, e: anyhow::Error) -> ExitCode {
     let message = format!("{e:#}");
     output::stderr(format!("error: {message}\n"), Priority::Essential);
     if json {
-        events.emit(Event::Error { message });
+        events.emit(Event::error(events::kind_of(&e), message));
     }
     ExitCode::from(1)
+}
+
+/// 128 plus the signal that stopped the command (SIGINT when none was
+/// seen): an interrupted `get` or `ls`.
+fn interrupted() -> ExitCode {
+    let signal = hayedik::spawn::received_signal().unwrap_or(hayedik::spawn::SIGINT);
+    ExitCode::from(128 + signal)
 }
 
 async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::Result<ExitCode> {
@@ -142,6 +192,7 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
                 uploaded: None,
                 downloaded: None,
                 complete: None,
+                kept: None,
             });
             Ok(ExitCode::SUCCESS)
         }
@@ -153,6 +204,8 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
                 listen: a.listen,
                 max_upload: a.max_upload,
                 max_peers_per_ip: usize::from(a.max_peers_per_ip),
+                until_replicated: a.until_replicated,
+                skip_unportable: a.skip_unportable,
             };
             hayedik::peer::share::share(opts, events, cancel, |_| {}).await?;
             Ok(ExitCode::SUCCESS)
@@ -173,15 +226,45 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
                 Some(_) => Ok(ExitCode::SUCCESS),
                 // Interrupted before it was complete (DESIGN.md): 128 plus
                 // the signal, its progress kept.
-                None => {
-                    let signal =
-                        hayedik::spawn::received_signal().unwrap_or(hayedik::spawn::SIGINT);
-                    Ok(ExitCode::from(128 + signal))
-                }
+                None => Ok(interrupted()),
             }
         }
-        Command::Demo => {
-            hayedik::demo::run(cancel).await?;
+        Command::Ls(a) => {
+            let timeout = (!a.timeout.is_zero()).then_some(a.timeout);
+            if hayedik::peer::ls::ls(a.ticket, timeout, events, cancel).await? {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(interrupted())
+            }
+        }
+        Command::Demo(a) => {
+            let opts = hayedik::demo::DemoOptions {
+                size: a.size,
+                dir: a.dir,
+            };
+            hayedik::demo::run(opts, cancel).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "hayedik", &mut buf);
+            output::stdout(
+                String::from_utf8_lossy(&buf).into_owned(),
+                Priority::Essential,
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            let mut buf = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut buf)
+                .context("rendering the manual page")?;
+            output::stdout(
+                String::from_utf8_lossy(&buf).into_owned(),
+                Priority::Essential,
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -62,18 +62,63 @@ pub fn flush(limit: Duration) {
     STDERR.flush_until(deadline);
 }
 
+/// The terminal's bars and status lines (on stderr): every line the
+/// process writes goes around them (see [`bars`]), so a line never breaks
+/// into a bar.
+static BARS: std::sync::LazyLock<indicatif::MultiProgress> =
+    std::sync::LazyLock::new(indicatif::MultiProgress::new);
+
+/// Whether a bar was ever shown: only then do writes go around them (a
+/// pipe's writers never wait for each other).
+static BARS_SHOWN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Shows `bar` on stderr, among the others; lines printed meanwhile go
+/// above the bars.
+pub fn show_bar(bar: indicatif::ProgressBar) -> indicatif::ProgressBar {
+    BARS_SHOWN.store(true, std::sync::atomic::Ordering::Relaxed);
+    BARS.add(bar)
+}
+
+/// Runs `f` (a write) with the bars cleared, then draws them again.
+fn around_bars<R>(f: impl FnOnce() -> R) -> R {
+    if BARS_SHOWN.load(std::sync::atomic::Ordering::Relaxed) {
+        BARS.suspend(f)
+    } else {
+        f()
+    }
+}
+
+/// The width of the terminal on stderr, if it is one.
+pub fn term_width() -> Option<usize> {
+    console::Term::stderr()
+        .size_checked()
+        .map(|(_, cols)| usize::from(cols))
+}
+
 /// The CLI's face: a thread that writes the events of `stream` to stdout,
-/// as JSON lines when `json`, else as human lines (on stdout for what the
-/// user acts on, in the log for the rest; `error` is left to the caller,
-/// who prints it on stderr).
+/// as JSON lines when `json`, else as human lines (on stdout what the user
+/// acts on and the results, on stderr warnings and notes; `error` is left
+/// to the caller, who prints it on stderr). `listening`, whose address
+/// matters to a tracker's user only, is printed when `show_listening`.
 pub fn write_events(stream: EventStream, json: bool) -> EventWriter {
+    write_events_for(stream, json, true, false)
+}
+
+/// [`write_events`], choosing whether `listening` is shown to people, and
+/// whether a ticket is also drawn as a QR code (`share --qr`).
+pub fn write_events_for(
+    stream: EventStream,
+    json: bool,
+    show_listening: bool,
+    qr: bool,
+) -> EventWriter {
     let waiter = stream.handled_waiter();
     let spawned = std::thread::Builder::new()
         .name("events".into())
         .spawn(move || loop {
             match stream.recv_blocking(Duration::from_secs(3600)) {
                 Ok(Some(event)) => {
-                    if render(&event, json).is_err() {
+                    if render(&event, json, show_listening, qr).is_err() {
                         // The reader is gone: dropping the stream tells
                         // the sinks.
                         return;
@@ -94,8 +139,12 @@ pub fn write_events(stream: EventStream, json: bool) -> EventWriter {
 }
 
 /// Writes one event; an error means stdout's reader is gone.
-fn render(event: &Event, json: bool) -> std::io::Result<()> {
+fn render(event: &Event, json: bool, show_listening: bool, qr: bool) -> std::io::Result<()> {
     let line = if json {
+        if let Event::Warning { .. } = event {
+            // As an error's line: on stderr too, for whoever reads it.
+            stderr(event.human() + "\n", Priority::Essential);
+        }
         match serde_json::to_string(event) {
             Ok(line) => line + "\n",
             Err(_) => return Ok(()),
@@ -103,18 +152,43 @@ fn render(event: &Event, json: bool) -> std::io::Result<()> {
     } else {
         match event {
             Event::Error { .. } => return Ok(()),
+            // Progress is the bar's (drawn on a terminal only).
+            Event::Progress { .. } => return Ok(()),
+            Event::Listening { .. } if !show_listening => {
+                tracing::info!("{}", event.human());
+                return Ok(());
+            }
             Event::Dropped { .. } => {
                 stderr(format!("hayedik: {}\n", event.human()), Priority::Essential);
                 return Ok(());
             }
-            e if e.human_on_stdout() => e.human() + "\n",
-            e => {
-                tracing::info!("{}", e.human());
+            Event::Warning { .. } | Event::Resuming { .. } => {
+                stderr(event.human() + "\n", Priority::Essential);
                 return Ok(());
             }
+            Event::Ticket { ticket, .. } if qr => event.human() + "\n" + &qr_code(ticket),
+            e => e.human() + "\n",
         }
     };
-    write_all(&mut std::io::stdout().lock(), &[line.into_bytes()])
+    let mut out = std::io::stdout().lock();
+    around_bars(|| write_all(&mut out, &[line.into_bytes()]))
+}
+
+/// `text` as a QR code drawn with half blocks (two rows a line), light on
+/// dark as phone cameras expect from a terminal.
+fn qr_code(text: &str) -> String {
+    use qrcode::render::unicode::Dense1x2;
+    match qrcode::QrCode::new(text.as_bytes()) {
+        Ok(code) => {
+            code.render::<Dense1x2>()
+                .dark_color(Dense1x2::Light)
+                .light_color(Dense1x2::Dark)
+                .quiet_zone(true)
+                .build()
+                + "\n"
+        }
+        Err(e) => format!("(no QR code: {e})\n"),
+    }
 }
 
 /// Waits for [`write_events`]'s thread at exit.
@@ -278,10 +352,10 @@ impl Stream {
 
     /// Writes `batch`; an error means the reader is gone.
     fn write(&self, batch: &[Vec<u8>]) -> std::io::Result<()> {
-        match self.fd {
+        around_bars(|| match self.fd {
             Fd::Stdout => write_all(&mut std::io::stdout().lock(), batch),
             Fd::Stderr => write_all(&mut std::io::stderr().lock(), batch),
-        }
+        })
     }
 
     fn flush_until(&self, deadline: Instant) {

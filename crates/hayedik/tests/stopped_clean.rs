@@ -194,6 +194,8 @@ fn run() {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 max_upload: None,
                 max_peers_per_ip: 8,
+                until_replicated: None,
+                skip_unportable: false,
             },
             sink,
             cancel.clone(),

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail};
-use hayedik_proto::manifest::Manifest;
 use hayedik_proto::ticket::Ticket;
 use hayedik_proto::tracker::PeerState;
 use tokio_util::sync::CancellationToken;
@@ -105,6 +104,8 @@ async fn get_scoped(
     (stop, swarm_out): (&mut Option<Event>, &mut Option<Arc<Swarm>>),
 ) -> anyhow::Result<Option<GetReport>> {
     let started = Instant::now();
+    // Before any traffic: a destination that cannot take the download.
+    check_destination(&opts.out_dir)?;
     let (listener, local) = node::bind_listener(opts.listen, events).await?;
     let tracker = resolve(&opts.ticket.host, opts.ticket.port).await?;
     let swarm = Swarm::new(
@@ -129,7 +130,11 @@ async fn get_scoped(
     node::spawn_connector(swarm.clone(), announcer.replies());
     let s = swarm.clone();
     announcer.spawn_lonely_reannounce(super::share::LONELY_REANNOUNCE, move || s.peer_count() == 0);
-    let progress = Progress::new(events.clone(), opts.timeout);
+    let progress = Progress::new(
+        events.clone(),
+        opts.timeout,
+        format!("{}:{}", opts.ticket.host, opts.ticket.port),
+    );
 
     let result = download(&opts, &swarm, &announcer, &progress, events, started).await;
     let report = match result {
@@ -190,6 +195,7 @@ fn stopped(swarm: &Swarm, complete: bool) -> Event {
         uploaded: Some(swarm.uploaded.load(Relaxed)),
         downloaded: Some(swarm.downloaded.load(Relaxed)),
         complete: Some(complete),
+        kept: (!complete).then(|| swarm.bytes_verified()),
     }
 }
 
@@ -218,12 +224,23 @@ async fn download(
     };
     let name = manifest.top_name().to_owned();
     let total = manifest.total_bytes();
+    let wanted = select(&manifest, &opts.only)?;
+    let selected = manifest
+        .files
+        .iter()
+        .zip(&wanted)
+        .filter(|(_, w)| **w)
+        .map(|(f, _)| f.size)
+        .sum();
+    progress.clear_status();
     events.emit(Event::Manifest {
         name: name.clone(),
         bytes: total,
         pieces: u64::from(manifest.piece_count()),
+        files: manifest.files.len() as u64,
+        path: opts.out_dir.join(&name).display().to_string(),
+        selected,
     });
-    let wanted = select(&manifest, &opts.only)?;
     let sizes: Vec<u64> = manifest.files.iter().map(|f| f.size).collect();
     let layout = PieceLayout::from_sizes(&sizes, u64::from(manifest.piece_size))
         .map_err(|e| anyhow!("the manifest's piece layout is unusable: {e}"))?;
@@ -234,6 +251,10 @@ async fn download(
         root: opts.ticket.root,
         wanted,
     };
+    // Before anything is written: another hayedik downloading the same
+    // content into the same folder. Held until this returns (complete and
+    // in place, or stopped with the resume state saved).
+    let _lock = DirLock::take(&opts.out_dir, &opts.ticket.root)?;
     let opened = {
         let m = manifest.clone();
         let p = progress.clone();
@@ -255,9 +276,7 @@ async fn download(
     };
     match opened {
         Opened::Complete(file) => {
-            for w in &file.warnings {
-                tracing::warn!("{w}");
-            }
+            warn(events, &file.warnings);
             let bytes = held_bytes(&layout, &file.have);
             swarm.set_content(
                 Content {
@@ -281,12 +300,16 @@ async fn download(
             }))
         }
         Opened::Partial(d) => {
-            for w in d.warnings() {
-                tracing::warn!("{w}");
-            }
+            warn(events, d.warnings());
             let d = Arc::new(d);
             let have = d.have();
             let reused = d.reused_bytes();
+            if reused > 0 {
+                events.emit(Event::Resuming {
+                    bytes: reused,
+                    bytes_total: total,
+                });
+            }
             let wanted = d.wanted();
             let picker_wanted = (0..wanted.len()).map(|i| wanted.get(i)).collect();
             // What this download holds when done: the wanted pieces, and any
@@ -350,9 +373,7 @@ async fn download(
                     .map_err(|e| anyhow!("finishing: {e}"))?
                     .map_err(anyhow::Error::new)?
             };
-            for w in &file.warnings {
-                tracing::warn!("{w}");
-            }
+            warn(events, &file.warnings);
             if let Some(c) = swarm.content() {
                 c.guard.watch(final_paths(&file.storage));
             }
@@ -373,74 +394,143 @@ fn held_bytes(layout: &PieceLayout, pieces: &Bitfield) -> u64 {
     pieces.ones().map(|p| layout.piece_len(p)).sum()
 }
 
-/// Per manifest entry, whether `--only` selects it (every entry when no
-/// pattern is given). A pattern matches a path inside the shared folder
-/// (`docs/*.md`; `*` stays within a folder, `**` crosses folders) or the
-/// whole path with the folder's name (`photos/2024/**`); a pattern that
-/// matches a folder selects everything in it. For a single shared file, the
-/// pattern is matched against its name. A pattern that matches nothing is an
-/// error, so a typo does not silently download nothing.
-pub fn select(manifest: &Manifest, only: &[String]) -> anyhow::Result<Vec<bool>> {
-    if only.is_empty() {
-        return Ok(vec![true; manifest.files.len()]);
+pub use super::select::select;
+
+/// Says each of `warnings` to the user.
+fn warn<W: std::fmt::Display>(events: &Events, warnings: &[W]) {
+    for w in warnings {
+        events.emit(Event::Warning {
+            message: w.to_string(),
+        });
     }
-    let options = glob::MatchOptions {
-        case_sensitive: true,
-        require_literal_separator: true,
-        require_literal_leading_dot: false,
-    };
-    let patterns = only
-        .iter()
-        .map(|p| {
-            glob::Pattern::new(p).map_err(|e| anyhow!("--only {p:?} is not a valid pattern: {e}"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let mut used = vec![false; patterns.len()];
-    let top = manifest.top_name();
-    let wanted = manifest
-        .files
-        .iter()
-        .map(|f| {
-            let inner = f
-                .path
-                .strip_prefix(top)
-                .and_then(|r| r.strip_prefix('/'))
-                .unwrap_or(&f.path);
-            // The path and each folder above it, with and without the top.
-            let mut candidates = vec![f.path.as_str(), inner];
-            let mut p = f.path.as_str();
-            while let Some((parent, _)) = p.rsplit_once('/') {
-                candidates.push(parent);
-                if let Some(inner) = parent.strip_prefix(top).and_then(|r| r.strip_prefix('/')) {
-                    candidates.push(inner);
-                }
-                p = parent;
-            }
-            let mut hit = false;
-            for (i, pattern) in patterns.iter().enumerate() {
-                if candidates.iter().any(|c| pattern.matches_with(c, options)) {
-                    used[i] = true;
-                    hit = true;
-                }
-            }
-            hit
-        })
-        .collect();
-    if let Some(i) = used.iter().position(|u| !u) {
-        let sample: Vec<&str> = manifest
-            .files
-            .iter()
-            .take(5)
-            .map(|f| f.path.as_str())
-            .collect();
-        bail!(
-            "--only {:?} matches nothing in this share ({} entries, such as {}); patterns match paths inside {top:?}, e.g. 'docs/*.md' or 'docs/**'",
-            only[i],
-            manifest.files.len(),
-            sample.join(", ")
-        );
+}
+
+/// An advisory lock on a download's side files: held by the `get` that
+/// writes them, so a second `get` of the same content into the same folder
+/// stops before touching anything. The lock file (`.ROOT16.hayedik-lock`,
+/// beside the side files) is removed when the lock is released.
+#[derive(Debug)]
+pub struct DirLock {
+    file: Option<std::fs::File>,
+    path: PathBuf,
+}
+
+/// The suffix of [`DirLock`]'s file: `share` never shares such a file.
+pub const LOCK_SUFFIX: &str = ".hayedik-lock";
+
+/// Whether `name` is a [`DirLock`] file's name.
+pub fn is_lock_name(name: &str) -> bool {
+    name.starts_with('.') && name.ends_with(LOCK_SUFFIX)
+}
+
+/// Fails when `dir` exists and is not a folder (checked before any
+/// traffic; a missing one is created when the download starts).
+pub fn check_destination(dir: &std::path::Path) -> anyhow::Result<()> {
+    use crate::events::{ErrorKind, Failure};
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(Failure::error(
+            ErrorKind::Destination,
+            format!(
+                "{} is a file, not a folder: -o names the folder to download into",
+                dir.display()
+            ),
+        )),
+        _ => Ok(()),
     }
-    Ok(wanted)
+}
+
+impl DirLock {
+    /// Checks that `dir` can be a destination (creating it if missing),
+    /// then takes the lock for content `root` in it.
+    pub fn take(dir: &std::path::Path, root: &[u8; 32]) -> anyhow::Result<DirLock> {
+        use crate::events::{ErrorKind, Failure};
+        check_destination(dir)?;
+        match std::fs::metadata(dir) {
+            Ok(_) => {}
+            Err(_) => std::fs::create_dir_all(dir).map_err(|e| {
+                Failure::error(
+                    ErrorKind::Destination,
+                    format!(
+                        "cannot create {}: {e}; choose another -o DIR",
+                        dir.display()
+                    ),
+                )
+            })?,
+        }
+        let hex = hayedik_proto::hex::encode(root);
+        let path = dir.join(format!(".{}{LOCK_SUFFIX}", &hex[..16]));
+        let busy = || {
+            Failure::error(
+                ErrorKind::Locked,
+                format!(
+                    "another hayedik is already downloading this into {}: wait for it to finish, or stop it first",
+                    dir.display()
+                ),
+            )
+        };
+        // A lock file removed by its finishing holder between our open and
+        // our lock is a file nobody else locks: open it again.
+        for _ in 0..3 {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|e| {
+                    Failure::error(
+                        ErrorKind::Destination,
+                        format!(
+                            "cannot write to {}: {e}; choose a writable -o DIR",
+                            dir.display()
+                        ),
+                    )
+                })?;
+            match fs4::FileExt::try_lock(&file) {
+                Ok(()) => {}
+                Err(fs4::TryLockError::WouldBlock) => return Err(busy()),
+                Err(fs4::TryLockError::Error(e)) => {
+                    // A file system without locks: go on unguarded.
+                    tracing::debug!("cannot lock {}: {e}", path.display());
+                    return Ok(DirLock {
+                        file: Some(file),
+                        path,
+                    });
+                }
+            }
+            if still_named(&file, &path) {
+                return Ok(DirLock {
+                    file: Some(file),
+                    path,
+                });
+            }
+        }
+        Err(busy())
+    }
+}
+
+impl Drop for DirLock {
+    /// Removes the lock file, then releases the lock (a `get` that opened
+    /// the file meanwhile sees it is gone and takes a new one).
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        self.file.take();
+    }
+}
+
+/// Whether `path` still names the open `file`.
+#[cfg(unix)]
+fn still_named(file: &std::fs::File, path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Windows does not remove a file another process holds open.
+#[cfg(not(unix))]
+fn still_named(_file: &std::fs::File, path: &std::path::Path) -> bool {
+    path.exists()
 }
 
 fn interrupted(swarm: &Swarm) -> anyhow::Result<Option<GetReport>> {

@@ -30,6 +30,8 @@ struct Watch {
     path: Option<PathBuf>,
     stamp: Option<(SystemTime, u64)>,
     last_stat: Option<Instant>,
+    /// Its change was told to the user (once per file).
+    told: bool,
 }
 
 #[derive(Debug)]
@@ -47,6 +49,8 @@ struct State {
 pub struct ServeGuard {
     layout: PieceLayout,
     state: Mutex<State>,
+    /// Where a change is told to the user (`share`), once per file.
+    events: Mutex<Option<crate::events::EventSink>>,
 }
 
 /// What [`ServeGuard::check`] concluded.
@@ -67,7 +71,13 @@ impl ServeGuard {
         Self {
             layout,
             state: Mutex::new(State { files, checked }),
+            events: Mutex::new(None),
         }
+    }
+
+    /// Tells the user through `events` when a watched file changes.
+    pub fn tell(&self, events: crate::events::EventSink) {
+        *self.events.lock().unwrap_or_else(|e| e.into_inner()) = Some(events);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -95,6 +105,7 @@ impl ServeGuard {
                 stamp: stamp(&p),
                 path: Some(p),
                 last_stat: Some(now),
+                told: false,
             })
             .collect();
         let mut s = self.lock();
@@ -178,20 +189,31 @@ impl ServeGuard {
         };
         let now = stamp(&path);
         let mut s = self.lock();
-        let changed = match s.files.get_mut(file) {
+        let (changed, first) = match s.files.get_mut(file) {
             Some(w) => {
                 w.last_stat = Some(Instant::now());
                 let changed = now != w.stamp;
                 w.stamp = now;
-                changed
+                let first = changed && !w.told;
+                w.told |= changed;
+                (changed, first)
             }
-            None => false,
+            None => (false, false),
         };
         if changed {
             tracing::warn!(
                 "{} changed on disk: re-verifying its pieces before serving them",
                 path.display()
             );
+            let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+            if let (true, Some(events)) = (first, events.as_ref()) {
+                events.emit(crate::events::Event::Warning {
+                    message: format!(
+                        "{} changed on disk while shared: pieces that no longer match are not served (a ticket names fixed content); to share the new version, stop and share it again for a new ticket",
+                        path.display()
+                    ),
+                });
+            }
             for p in self.layout.file_pieces(file) {
                 if let Some(c) = s.checked.get_mut(p as usize) {
                     *c = None;

@@ -414,7 +414,13 @@ pub struct SharedPieces {
     complete_tx: watch::Sender<bool>,
     /// Endgame duplicates held in memory, across the download's sessions.
     duplicates: Arc<Semaphore>,
+    /// Listed addresses of the peers seen holding every piece (at most
+    /// [`MAX_COMPLETE_PEERS`]), in the order seen.
+    complete_peers: watch::Sender<Vec<SocketAddr>>,
 }
+
+/// Peers with a whole copy remembered by [`SharedPieces::peer_complete`].
+pub const MAX_COMPLETE_PEERS: usize = 4096;
 
 impl SharedPieces {
     pub fn new(now: Instant) -> Self {
@@ -423,6 +429,7 @@ impl SharedPieces {
             have_tx: broadcast::channel(1024).0,
             complete_tx: watch::channel(false).0,
             duplicates: Arc::new(Semaphore::new(MAX_DUPLICATES)),
+            complete_peers: watch::channel(Vec::new()).0,
         }
     }
 
@@ -517,6 +524,22 @@ impl SharedPieces {
     /// Becomes true when every wanted piece is held.
     pub fn complete_rx(&self) -> watch::Receiver<bool> {
         self.complete_tx.subscribe()
+    }
+
+    /// A session's peer (by its listed address) says it holds every piece.
+    pub fn peer_complete(&self, peer: SocketAddr) {
+        self.complete_peers.send_if_modified(|v| {
+            if v.len() >= MAX_COMPLETE_PEERS || v.contains(&peer) {
+                return false;
+            }
+            v.push(peer);
+            true
+        });
+    }
+
+    /// The peers seen holding every piece, in the order seen.
+    pub fn complete_peers_rx(&self) -> watch::Receiver<Vec<SocketAddr>> {
+        self.complete_peers.subscribe()
     }
 }
 

@@ -2,6 +2,7 @@
 //! the tracker (an embedded one unless `--tracker` is given), print the
 //! ticket, and serve until interrupted.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -24,7 +25,7 @@ use super::guard::ServeGuard;
 use super::hashing::hash_pieces;
 use super::swarm::{Content, Swarm, SwarmOptions};
 use super::{node, resolve, udp_socket_for};
-use crate::events::{Event, Events};
+use crate::events::{human_bytes, human_rate, plural, Event, Events};
 use crate::spawn::{Scope, SHUTDOWN_WAIT};
 use crate::storage::{Bitfield, PieceLayout, TreeStorage};
 use crate::tracker::TrackerConfig;
@@ -47,6 +48,10 @@ pub struct ShareOptions {
     pub max_upload: Option<u64>,
     /// Incoming sessions from one address (see `slots.rs`).
     pub max_peers_per_ip: usize,
+    /// Stop once this many other peers hold a verified copy.
+    pub until_replicated: Option<u32>,
+    /// Leave out names other systems could not write instead of refusing.
+    pub skip_unportable: bool,
 }
 
 /// A running share (for the demo and tests): its ticket and counters.
@@ -95,19 +100,23 @@ async fn share_scoped(
     let path = opts.path.clone();
     let walked = {
         let p = path.clone();
-        tokio::task::spawn_blocking(move || walk(&p))
+        let skip = opts.skip_unportable;
+        tokio::task::spawn_blocking(move || walk_with(&p, skip))
             .await
-            .map_err(|e| anyhow!("reading {}: {e}", path.display()))??
+            .map_err(|e| anyhow!("reading {}: {e}", path.display()))?
+            .map_err(|e| {
+                crate::events::Failure::error(crate::events::ErrorKind::Input, format!("{e:#}"))
+            })?
     };
     for w in &walked.skipped {
-        tracing::warn!("{w}");
+        events.emit(Event::Warning { message: w.clone() });
     }
     let (listener, local) = node::bind_listener(opts.listen, events).await?;
 
     let manifest = tokio::select! {
         // Hashing a large file takes a while: an interrupt need not wait.
         _ = cancel.cancelled() => {
-            *stop = Some(Event::Stopped { uploaded: Some(0), downloaded: Some(0), complete: None });
+            *stop = Some(Event::Stopped { uploaded: Some(0), downloaded: Some(0), complete: None, kept: None });
             return Ok(());
         }
         m = build_manifest(&walked, events) => m?,
@@ -129,10 +138,18 @@ async fn share_scoped(
         None => embedded_tracker(&opts, &cancel).await?,
     };
     let socket = udp_socket_for(central).await?;
-    let swarm_port = tokio::select! {
+    let waiting = status_line(events);
+    if let Some(w) = &waiting {
+        w.set_message(format!("contacting tracker {central} ..."));
+    }
+    let created = tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
-        r = create_swarm(&socket, central, CREATE_DEADLINE) => r.map_err(|e| anyhow!("creating the swarm: {e}"))?,
+        r = create_swarm(&socket, central, CREATE_DEADLINE) => r,
     };
+    if let Some(w) = waiting {
+        w.finish_and_clear();
+    }
+    let swarm_port = created.map_err(|e| anyhow::Error::new(e).context("creating the swarm"))?;
     let ticket = Ticket {
         host: ticket_host,
         port: swarm_port,
@@ -156,7 +173,11 @@ async fn share_scoped(
             manifest_bytes,
             storage,
             download: None,
-            guard: ServeGuard::verified(layout, walked.sources.clone()),
+            guard: {
+                let guard = ServeGuard::verified(layout, walked.sources.clone());
+                guard.tell(events.clone());
+                guard
+            },
         },
         Bitfield::full(pieces),
         None,
@@ -169,7 +190,7 @@ async fn share_scoped(
     tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
         r = client.announce(PeerState::Complete, 0) => if let Err(e) = r {
-            tracing::warn!("first announce to the swarm tracker: {e}; retrying in the background");
+            events.emit(Event::Warning { message: format!("first announce to the swarm tracker: {e}; retrying in the background") });
         },
     }
     let announcer = spawn_announcer(client, PeerState::Complete, swarm.cancel.clone());
@@ -191,17 +212,117 @@ async fn share_scoped(
         ticket,
         swarm: swarm.clone(),
     });
-    swarm.cancel.cancelled().await;
+    watch_swarm(&swarm, &announcer, events, opts.until_replicated).await;
+    swarm.cancel.cancel();
     announcer.leave().await;
     *stop = Some(Event::Stopped {
         uploaded: Some(swarm.uploaded.load(Ordering::Relaxed)),
         downloaded: Some(0),
         complete: None,
+        kept: None,
     });
     if let Some(fatal) = swarm.fatal() {
         bail!("{fatal}");
     }
     Ok(())
+}
+
+/// Until `swarm` is cancelled, or `until` other peers hold a verified copy:
+/// counts those copies (peers that told the tracker they are complete, and
+/// peers whose sessions with us show every piece), emits `peer_done` for
+/// each, and keeps the status line (on a terminal) up to date.
+async fn watch_swarm(
+    swarm: &Arc<Swarm>,
+    announcer: &super::announce::Announcer,
+    events: &Events,
+    until: Option<u32>,
+) {
+    let mut sessions = swarm.pieces.complete_peers_rx();
+    let mut replies = announcer.replies();
+    let mut copies: BTreeSet<SocketAddr> = BTreeSet::new();
+    let add = |addr: SocketAddr, copies: &mut BTreeSet<SocketAddr>| {
+        if copies.len() < super::pieces::MAX_COMPLETE_PEERS && copies.insert(addr) {
+            events.emit(Event::PeerDone {
+                addr: addr.to_string(),
+                copies: copies.len() as u64,
+            });
+        }
+    };
+    let line = status_line(events);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut rate = Vec::<(std::time::Instant, u64)>::new();
+    let (mut sessions_open, mut replies_open) = (true, true);
+    loop {
+        if until.is_some_and(|n| copies.len() >= n as usize) {
+            break;
+        }
+        tokio::select! {
+            _ = swarm.cancel.cancelled() => break,
+            r = sessions.changed(), if sessions_open => {
+                if r.is_err() {
+                    sessions_open = false;
+                    continue;
+                }
+                let seen = sessions.borrow_and_update().clone();
+                for a in seen {
+                    add(a, &mut copies);
+                }
+            }
+            r = replies.changed(), if replies_open => {
+                if r.is_err() {
+                    replies_open = false;
+                    continue;
+                }
+                let reply = replies.borrow_and_update().clone();
+                for p in reply.iter().flat_map(|r| &r.peers) {
+                    if p.state == PeerState::Complete {
+                        add(p.addr, &mut copies);
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                if let Some(line) = &line {
+                    let now = std::time::Instant::now();
+                    let up = swarm.uploaded.load(Ordering::Relaxed);
+                    rate.push((now, up));
+                    while rate.len() > 2 && now.duration_since(rate[0].0) > Duration::from_secs(3) {
+                        rate.remove(0);
+                    }
+                    let (t0, u0) = rate[0];
+                    let secs = now.duration_since(t0).as_secs_f64();
+                    let per_sec = if secs > 0.0 { up.saturating_sub(u0) as f64 / secs } else { 0.0 };
+                    let copies = copies.len() as u64;
+                    let text = format!(
+                        "{} connected, {} uploaded ({}), {} {} a whole copy",
+                        plural(swarm.peer_count() as u64, "peer"),
+                        human_bytes(up),
+                        human_rate(per_sec),
+                        plural(copies, "peer"),
+                        if copies == 1 { "has" } else { "have" },
+                    );
+                    let width = crate::output::term_width().unwrap_or(80);
+                    line.set_message(text.chars().take(width.saturating_sub(3)).collect::<String>());
+                }
+            }
+        }
+    }
+    if let Some(line) = line {
+        line.finish_and_clear();
+    }
+}
+
+/// A status line on the terminal (on stderr), if the face draws them.
+fn status_line(events: &Events) -> Option<ProgressBar> {
+    if !events.draws_bars() {
+        return None;
+    }
+    let b = ProgressBar::new_spinner();
+    if let Ok(style) = ProgressStyle::with_template("{spinner} {wide_msg}") {
+        b.set_style(style);
+    }
+    let b = crate::output::show_bar(b);
+    b.enable_steady_tick(Duration::from_millis(120));
+    Some(b)
 }
 
 /// Splits `HOST:PORT` (IPv6 in brackets).
@@ -240,6 +361,13 @@ pub struct Walked {
 /// link. A name that is not UTF-8 or not portable is an error: the receiver
 /// could not write it.
 pub fn walk(path: &Path) -> anyhow::Result<Walked> {
+    walk_with(path, false)
+}
+
+/// [`walk`]; with `skip_unportable`, a name inside the folder that other
+/// systems could not write is left out (and said in `skipped`) instead of
+/// refusing the share.
+pub fn walk_with(path: &Path, skip_unportable: bool) -> anyhow::Result<Walked> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("cannot share {}: check the path", path.display()))?;
     let name = match path.file_name() {
@@ -265,7 +393,7 @@ pub fn walk(path: &Path) -> anyhow::Result<Walked> {
         walked.sources.push(path.to_path_buf());
     } else if meta.is_dir() {
         walked.folder = true;
-        walk_folder(path, &name, 1, &mut walked)?;
+        walk_folder(path, &name, 1, skip_unportable, &mut walked)?;
     } else {
         bail!("{} is not a regular file or a folder", path.display());
     }
@@ -280,7 +408,13 @@ pub fn walk(path: &Path) -> anyhow::Result<Walked> {
 
 /// Adds the contents of folder `dir` (shared as `rel`); an empty folder (or
 /// one that holds only what is not shared) becomes a folder entry.
-fn walk_folder(dir: &Path, rel: &str, depth: usize, out: &mut Walked) -> anyhow::Result<()> {
+fn walk_folder(
+    dir: &Path,
+    rel: &str,
+    depth: usize,
+    skip_unportable: bool,
+    out: &mut Walked,
+) -> anyhow::Result<()> {
     if depth > MAX_PATH_DEPTH {
         bail!(
             "{} is more than {MAX_PATH_DEPTH} folders deep",
@@ -297,12 +431,19 @@ fn walk_folder(dir: &Path, rel: &str, depth: usize, out: &mut Walked) -> anyhow:
     for child in children {
         let source = dir.join(&child);
         let Some(name) = child.to_str() else {
+            if skip_unportable {
+                out.skipped.push(format!(
+                    "not sharing {}: the name is not UTF-8",
+                    source.display()
+                ));
+                continue;
+            }
             bail!(
-                "cannot share {}: the name is not UTF-8; rename it",
+                "cannot share {}: the name is not UTF-8; rename it, or leave such names out with --skip-unportable",
                 source.display()
             );
         };
-        if crate::storage::is_side_name(name) {
+        if crate::storage::is_side_name(name) || super::get::is_lock_name(name) {
             out.skipped.push(format!(
                 "not sharing {}: a hayedik download's side file",
                 source.display()
@@ -311,8 +452,15 @@ fn walk_folder(dir: &Path, rel: &str, depth: usize, out: &mut Walked) -> anyhow:
         }
         let path = format!("{rel}/{name}");
         if let Err(e) = validate_path(&path) {
+            if skip_unportable {
+                out.skipped.push(format!(
+                    "not sharing {}: {e} (other systems could not write it)",
+                    source.display()
+                ));
+                continue;
+            }
             bail!(
-                "cannot share {}: {e}; rename it (other systems could not write it)",
+                "cannot share {}: {e}; rename it (other systems could not write it), or leave such names out with --skip-unportable",
                 source.display()
             );
         }
@@ -328,7 +476,7 @@ fn walk_folder(dir: &Path, rel: &str, depth: usize, out: &mut Walked) -> anyhow:
                 source.display()
             ));
         } else if kind.is_dir() {
-            walk_folder(&source, &path, depth + 1, out)?;
+            walk_folder(&source, &path, depth + 1, skip_unportable, out)?;
         } else if kind.is_file() {
             out.entries
                 .push(FileEntry::file(path, meta.len(), is_executable(&meta)));

@@ -259,11 +259,10 @@ fn restore(
                         tracing::error!(
                             "cannot restore swarm on port {port}: {e}; another process holds it? retrying every 5 s"
                         );
-                        shared.events.emit(Event::Error {
-                            message: format!(
-                                "cannot restore swarm on port {port}: {e}; retrying every 5 s"
-                            ),
-                        });
+                        shared.events.emit(Event::error(
+                            crate::events::ErrorKind::Network,
+                            format!("cannot restore swarm on port {port}: {e}; retrying every 5 s"),
+                        ));
                         warned = true;
                     }
                     tokio::select! {

@@ -367,6 +367,11 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with piped output.
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        // The tests read diagnostic log lines (bans, changes on disk):
+        // logs are opt-in since issue 17.
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
         cmd.env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -13,6 +13,7 @@ mod harness;
 mod lab;
 mod peers;
 mod peers_cli;
+mod peers_cli_face;
 mod peers_cli_output;
 mod peers_disk;
 mod peers_faults;

@@ -330,8 +330,24 @@ impl Session {
         }
         if !self.remote_have.as_ref().is_some_and(|h| h.get(piece)) {
             self.send(Message::Have { piece }, now);
+        } else if self.pieces.lock().have().is_full() {
+            // The remote gets no HAVE for a piece it holds: our whole
+            // bitfield tells it we now hold a whole copy (a sharer counts
+            // its copies so).
+            self.send_bitfield(now);
         }
         self.refill(now);
+    }
+
+    /// Tells the swarm when the remote holds every piece.
+    fn note_remote_complete(&self) {
+        let (Some(content), Some(field)) = (&self.content, &self.remote_have) else {
+            return;
+        };
+        let n = content.manifest.piece_count();
+        if n > 0 && field.count() == n {
+            self.pieces.peer_complete(self.listed);
+        }
     }
 
     /// A message from the peer. `queued`: blocks the peer asked for that
@@ -454,6 +470,7 @@ impl Session {
                 }
             }
         }
+        self.note_remote_complete();
         self.refill(now);
         Ok(())
     }
@@ -470,6 +487,7 @@ impl Session {
         if !field.get(piece) {
             field.set(piece);
             self.pieces.lock().add_availability(piece);
+            self.note_remote_complete();
         }
         self.refill(now);
         Ok(())
