@@ -31,6 +31,7 @@ pub mod node;
 pub mod pieces;
 pub mod progress;
 pub mod rate;
+pub mod reach;
 pub mod secure;
 pub mod serve;
 pub mod session;

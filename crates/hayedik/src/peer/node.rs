@@ -34,6 +34,53 @@ pub const REDIAL_AFTER: Duration = Duration::from_secs(2);
 /// this, those absent from the tracker's latest list are forgotten.
 pub const MAX_KNOWN: usize = 1024;
 
+/// A listed peer that the tracker marks as reachable only through the
+/// relay is still tried directly first, for this long (peers prefer direct
+/// paths: a NAT that allows it, or a LAN, costs nobody the relay).
+pub const RELAYED_DIRECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How a session with a listed peer was reached (`done`'s `via`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Direct,
+    Relay,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Relay => "relay",
+        }
+    }
+}
+
+/// The path of the latest session we dialed to each listed peer; a peer
+/// absent (it dialed us) was reached directly. Bounded like the
+/// connector's list ([`MAX_KNOWN`]).
+#[derive(Debug, Default)]
+pub struct Paths(Mutex<HashMap<SocketAddr, Via>>);
+
+impl Paths {
+    fn set(&self, addr: SocketAddr, via: Via) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_KNOWN && !map.contains_key(&addr) {
+            // Forget direct paths first: they are the default.
+            map.retain(|_, v| *v != Via::Direct);
+            if map.len() >= MAX_KNOWN {
+                return;
+            }
+        }
+        map.insert(addr, via);
+    }
+
+    /// How `addr` was reached.
+    pub fn via(&self, addr: &SocketAddr) -> Via {
+        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(addr).copied().unwrap_or(Via::Direct)
+    }
+}
+
 /// Binds the TCP address pieces are served on and reports it (`listening`).
 pub async fn bind_listener(
     addr: SocketAddr,
@@ -104,8 +151,20 @@ struct DialState {
 /// Dials listed peers until the swarm is cancelled: every peer list
 /// published on `peers`, and every few seconds for peers whose session
 /// ended (with backoff per address).
-pub fn spawn_connector(swarm: Arc<Swarm>, mut peers: watch::Receiver<Option<AnnounceReply>>) {
+///
+/// A peer listed as relayed is tried directly for
+/// [`RELAYED_DIRECT_TIMEOUT`], then through the relay the tracker named.
+/// The returned [`Paths`] say which path each dialed session took.
+pub fn spawn_connector(
+    swarm: Arc<Swarm>,
+    mut peers: watch::Receiver<Option<AnnounceReply>>,
+) -> Arc<Paths> {
+    let paths = Arc::new(Paths::default());
+    let out = paths.clone();
+    let relay_key = crate::relay::relay_key(&swarm.root);
     crate::spawn::spawn("connector", async move {
+        // Listed peers reachable only through a relay, and that relay.
+        let mut relayed: HashMap<SocketAddr, SocketAddr> = HashMap::new();
         let slots = Arc::new(Semaphore::new(MAX_OUTGOING));
         let cancel = swarm.cancel.clone();
         let mut known: HashMap<SocketAddr, DialState> = HashMap::new();
@@ -119,7 +178,22 @@ pub fn spawn_connector(swarm: Arc<Swarm>, mut peers: watch::Receiver<Option<Anno
                     if r.is_err() {
                         return;
                     }
-                    let list = peers.borrow_and_update().as_ref().map(|r| r.peers.clone()).unwrap_or_default();
+                    let (list, relay) = {
+                        let latest = peers.borrow_and_update();
+                        let list = latest.as_ref().map(|r| r.peers.clone()).unwrap_or_default();
+                        let relay = latest.as_ref().and_then(|r| {
+                            let relay = r.ext?.relay?;
+                            Some((relay, r.relayed.clone()))
+                        });
+                        (list, relay)
+                    };
+                    if let Some((relay, addrs)) = relay {
+                        for a in addrs {
+                            if relayed.len() < MAX_KNOWN || relayed.contains_key(&a) {
+                                relayed.insert(a, relay);
+                            }
+                        }
+                    }
                     for e in &list {
                         known.entry(e.addr).or_insert(DialState { next_try: Instant::now(), backoff: REDIAL_AFTER });
                     }
@@ -129,6 +203,7 @@ pub fn spawn_connector(swarm: Arc<Swarm>, mut peers: watch::Receiver<Option<Anno
                         known.retain(|a, _| {
                             listed.contains(a) || dialing.contains(a) || swarm.is_connected(a)
                         });
+                        relayed.retain(|a, _| known.contains_key(a));
                     }
                 }
                 Some((addr, ok)) = done_rx.recv() => {
@@ -159,14 +234,17 @@ pub fn spawn_connector(swarm: Arc<Swarm>, mut peers: watch::Receiver<Option<Anno
                 };
                 dialing.insert(*addr);
                 let (swarm, addr, done) = (swarm.clone(), *addr, done_tx.clone());
+                let relay = relayed.get(&addr).map(|r| (*r, relay_key));
+                let paths = paths.clone();
                 crate::spawn::spawn(&format!("dial {addr}"), async move {
-                    let ok = dial(swarm, addr).await;
+                    let ok = dial(swarm, addr, relay, &paths).await;
                     drop(permit);
                     let _ = done.send((addr, ok));
                 });
             }
         }
     });
+    out
 }
 
 /// Whether `addr` is our own listening address (the tracker excludes us,
@@ -175,24 +253,53 @@ fn is_self(swarm: &Swarm, addr: &SocketAddr) -> bool {
     addr.port() == swarm.listen_port && (addr.ip().is_loopback() || addr.ip().is_unspecified())
 }
 
-/// Connects and runs a session; true if the session got going.
-async fn dial(swarm: Arc<Swarm>, addr: SocketAddr) -> bool {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
+/// Connects (directly, then through `relay` if given) and runs a session;
+/// true if the session got going.
+async fn dial(
+    swarm: Arc<Swarm>,
+    addr: SocketAddr,
+    relay: Option<(SocketAddr, [u8; 32])>,
+    paths: &Paths,
+) -> bool {
+    let timeout = if relay.is_some() {
+        RELAYED_DIRECT_TIMEOUT
+    } else {
+        CONNECT_TIMEOUT
+    };
+    let direct = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => Some(s),
         Ok(Err(e)) => {
             tracing::debug!("connecting to {addr}: {e}");
-            return false;
+            None
         }
         Err(_) => {
             tracing::debug!("connecting to {addr}: timed out");
-            return false;
+            None
         }
     };
     let (cancel, activity) = (
         swarm.cancel.child_token(),
         Arc::new(Activity::new(Instant::now())),
     );
-    match session::run(swarm, stream, Some(addr), cancel, activity).await {
+    let result = match (direct, relay) {
+        (Some(stream), _) => {
+            paths.set(addr, Via::Direct);
+            session::run(swarm, stream, Some(addr), cancel, activity).await
+        }
+        (None, Some((relay, key))) => match crate::relay::client::dial(relay, key, addr).await {
+            Ok(stream) => {
+                tracing::debug!("reaching {addr} through the relay at {relay}");
+                paths.set(addr, Via::Relay);
+                session::run_over(swarm, stream, addr, Some(addr), cancel, activity).await
+            }
+            Err(e) => {
+                tracing::debug!("reaching {addr} through the relay: {e}");
+                return false;
+            }
+        },
+        (None, None) => return false,
+    };
+    match result {
         Ok(()) => true,
         Err(e) => {
             tracing::debug!("session with {addr} ended: {e}");

@@ -18,6 +18,7 @@ mod peers_disk;
 mod peers_faults;
 mod peers_hostile;
 mod peers_part_file;
+mod relay;
 mod rogue;
 mod swarm_harness;
 mod tracker;
