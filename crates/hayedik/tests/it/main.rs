@@ -11,6 +11,7 @@ mod faults_wire;
 mod folders;
 mod harness;
 mod lab;
+mod lab_nat;
 mod peers;
 mod peers_cli;
 mod peers_cli_output;
