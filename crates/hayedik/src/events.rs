@@ -215,7 +215,7 @@ impl Event {
                     "not reachable directly: others reach you at {addr} through the tracker's relay"
                 ),
                 _ => format!(
-                    "others cannot connect to you at {addr}: you can download from peers others can reach, but nobody can download from you; forward that TCP port on your router, try --port-mapping, or use a tracker run with --relay"
+                    "others cannot connect to you at {addr}: you can download from peers others can reach, but nobody can download from you; forward that TCP port on your router to this machine, or use a tracker run with --relay"
                 ),
             },
             Event::Relay {

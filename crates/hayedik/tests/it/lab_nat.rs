@@ -101,7 +101,11 @@ fn relayed_between_routers(test: &'static str, sharer_symmetric: bool) {
 
         let (mut sharer, ticket) = start_share(&a, th.addr(7410), &lab.path(NAME), &[]);
         let r = reachability(&mut sharer);
-        assert_eq!((&r["how"], &r["reachable"]), (&"relay".into(), &true.into()), "{r}");
+        assert_eq!(
+            (&r["how"], &r["reachable"]),
+            (&"relay".into(), &true.into()),
+            "{r}"
+        );
         let listed: SocketAddr = r["addr"].as_str().unwrap().parse().unwrap();
         assert_eq!(listed.ip(), ra.ip, "listed under its router's address: {r}");
 

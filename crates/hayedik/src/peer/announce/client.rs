@@ -136,6 +136,8 @@ pub struct TrackerClient {
     /// CONNECTs answered so far (diagnostics and tests).
     pub(super) connects: u64,
     pub(super) ext: ExtMode,
+    /// ANNOUNCE_Xs sent in a row without an answer (across calls).
+    ext_misses: u32,
     /// What ANNOUNCE_X asks for.
     pub(super) flags: ExtFlags,
     buf: Vec<u8>,
@@ -159,6 +161,7 @@ impl TrackerClient {
             maybe_listed: false,
             connects: 0,
             ext: ExtMode::Off,
+            ext_misses: 0,
             flags: ExtFlags::default(),
             buf: vec![0u8; RECV_BUF],
         }
@@ -270,7 +273,7 @@ impl TrackerClient {
         let end = start + self.deadline;
         let mut backoff = Backoff::new(FIRST_RTO, MAX_RTO);
         let (connect_tid, announce_tid): (u32, u32) = (rand::random(), rand::random());
-        let (mut not_confirmed, mut bad_ids, mut ext_unanswered) = (0u32, 0u32, 0u32);
+        let (mut not_confirmed, mut bad_ids) = (0u32, 0u32);
         loop {
             let now = Instant::now();
             if now >= end {
@@ -293,7 +296,7 @@ impl TrackerClient {
                         wanted,
                     };
                     let connection_id = c.id;
-                    if self.ext != ExtMode::Off && ext_unanswered >= EXT_TRIES {
+                    if self.ext != ExtMode::Off && self.ext_misses >= EXT_TRIES {
                         if self.ext == ExtMode::Try {
                             tracing::debug!(
                                 "tracker at {tracker} does not answer ANNOUNCE_X: plain ANNOUNCE"
@@ -307,7 +310,7 @@ impl TrackerClient {
                             announce,
                         }
                     } else {
-                        ext_unanswered += u32::from(self.ext == ExtMode::Try);
+                        self.ext_misses += u32::from(self.ext == ExtMode::Try);
                         // A listed state is needed for a port to probe.
                         let mut flags = self.flags;
                         flags.probe &= announce.port != 0 && state.is_listed();
@@ -332,7 +335,12 @@ impl TrackerClient {
                     self.connects += 1;
                     backoff.reset();
                 }
-                Some(Message::Peers(p)) => return Ok(AnnounceReply::from(p)),
+                Some(Message::Peers(p)) => {
+                    if conn.is_some() {
+                        self.ext_misses = 0;
+                    }
+                    return Ok(AnnounceReply::from(p));
+                }
                 Some(Message::PeersX(p)) => {
                     self.ext = ExtMode::On;
                     return Ok(AnnounceReply::from_x(p, tracker));
@@ -340,7 +348,7 @@ impl TrackerClient {
                 Some(Message::Error { code, message }) => {
                     if conn.is_some() {
                         // Any answer to ANNOUNCE_X shows the tracker knows it.
-                        ext_unanswered = 0;
+                        self.ext_misses = 0;
                     }
                     match code {
                         ErrorCode::BadConnectionId => {
