@@ -35,9 +35,11 @@ pub const REDIAL_AFTER: Duration = Duration::from_secs(2);
 pub const MAX_KNOWN: usize = 1024;
 
 /// A listed peer that the tracker marks as reachable only through the
-/// relay is still tried directly first, for this long (peers prefer direct
-/// paths: a NAT that allows it, or a LAN, costs nobody the relay).
+/// relay is still tried directly, for this long (peers prefer direct
+/// paths: a NAT that allows it, or a LAN, costs nobody the relay)...
 pub const RELAYED_DIRECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// ... and alone for this long before the relay is tried alongside.
+pub const RELAY_HEAD_START: Duration = Duration::from_millis(250);
 
 /// How a session with a listed peer was reached (`done`'s `via`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,8 +154,8 @@ struct DialState {
 /// published on `peers`, and every few seconds for peers whose session
 /// ended (with backoff per address).
 ///
-/// A peer listed as relayed is tried directly for
-/// [`RELAYED_DIRECT_TIMEOUT`], then through the relay the tracker named.
+/// A peer listed as relayed is tried directly, and after
+/// [`RELAY_HEAD_START`] through the relay the tracker named too.
 /// The returned [`Paths`] say which path each dialed session took.
 pub fn spawn_connector(
     swarm: Arc<Swarm>,
@@ -253,51 +255,89 @@ fn is_self(swarm: &Swarm, addr: &SocketAddr) -> bool {
     addr.port() == swarm.listen_port && (addr.ip().is_loopback() || addr.ip().is_unspecified())
 }
 
-/// Connects (directly, then through `relay` if given) and runs a session;
-/// true if the session got going.
+/// A connection to a listed peer, and how it was made.
+enum Reached {
+    Direct(TcpStream),
+    Relayed(TcpStream),
+}
+
+/// Connects to `addr`: directly, or, for a peer listed as relayed, directly
+/// with a head start of [`RELAY_HEAD_START`] and then through the relay
+/// alongside, taking whichever connects first (a refusal or a success on a
+/// LAN comes within the head start, so a direct path wins where there is
+/// one).
+async fn connect(addr: SocketAddr, relay: Option<(SocketAddr, [u8; 32])>) -> Option<Reached> {
+    let Some((relay, key)) = relay else {
+        return match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => Some(Reached::Direct(s)),
+            Ok(Err(e)) => {
+                tracing::debug!("connecting to {addr}: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("connecting to {addr}: timed out");
+                None
+            }
+        };
+    };
+    let direct = tokio::time::timeout(RELAYED_DIRECT_TIMEOUT, TcpStream::connect(addr));
+    tokio::pin!(direct);
+    let mut direct_over = false;
+    tokio::select! {
+        r = &mut direct => match r {
+            Ok(Ok(s)) => return Some(Reached::Direct(s)),
+            _ => direct_over = true,
+        },
+        _ = tokio::time::sleep(RELAY_HEAD_START) => {}
+    }
+    let relayed = crate::relay::client::dial(relay, key, addr);
+    tokio::pin!(relayed);
+    let mut relay_over = false;
+    while !(direct_over && relay_over) {
+        tokio::select! {
+            r = &mut direct, if !direct_over => match r {
+                Ok(Ok(s)) => return Some(Reached::Direct(s)),
+                _ => direct_over = true,
+            },
+            r = &mut relayed, if !relay_over => match r {
+                Ok(s) => {
+                    tracing::debug!("reaching {addr} through the relay at {relay}");
+                    return Some(Reached::Relayed(s));
+                }
+                Err(e) => {
+                    tracing::debug!("reaching {addr} through the relay: {e}");
+                    relay_over = true;
+                }
+            },
+        }
+    }
+    None
+}
+
+/// Connects (see [`connect`]) and runs a session; true if the session got
+/// going.
 async fn dial(
     swarm: Arc<Swarm>,
     addr: SocketAddr,
     relay: Option<(SocketAddr, [u8; 32])>,
     paths: &Paths,
 ) -> bool {
-    let timeout = if relay.is_some() {
-        RELAYED_DIRECT_TIMEOUT
-    } else {
-        CONNECT_TIMEOUT
-    };
-    let direct = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => Some(s),
-        Ok(Err(e)) => {
-            tracing::debug!("connecting to {addr}: {e}");
-            None
-        }
-        Err(_) => {
-            tracing::debug!("connecting to {addr}: timed out");
-            None
-        }
+    let Some(reached) = connect(addr, relay).await else {
+        return false;
     };
     let (cancel, activity) = (
         swarm.cancel.child_token(),
         Arc::new(Activity::new(Instant::now())),
     );
-    let result = match (direct, relay) {
-        (Some(stream), _) => {
+    let result = match reached {
+        Reached::Direct(stream) => {
             paths.set(addr, Via::Direct);
             session::run(swarm, stream, Some(addr), cancel, activity).await
         }
-        (None, Some((relay, key))) => match crate::relay::client::dial(relay, key, addr).await {
-            Ok(stream) => {
-                tracing::debug!("reaching {addr} through the relay at {relay}");
-                paths.set(addr, Via::Relay);
-                session::run_over(swarm, stream, addr, Some(addr), cancel, activity).await
-            }
-            Err(e) => {
-                tracing::debug!("reaching {addr} through the relay: {e}");
-                return false;
-            }
-        },
-        (None, None) => return false,
+        Reached::Relayed(stream) => {
+            paths.set(addr, Via::Relay);
+            session::run_over(swarm, stream, addr, Some(addr), cancel, activity).await
+        }
     };
     match result {
         Ok(()) => true,

@@ -195,3 +195,37 @@ fn lab_nat_relayed_sharer_vanishes() {
         }
     });
 }
+
+/// A public sharer and a getter behind a home router: the sharer is told
+/// it is reachable directly, and the getter is served directly (the relay
+/// stays unused).
+#[test]
+#[ignore = "needs root: network namespaces, nftables"]
+fn lab_nat_public_sharer_direct() {
+    scenario(Duration::from_secs(120), || {
+        let mut lab = Lab::new("lab_nat::lab_nat_public_sharer_direct");
+        let th = lab.host("trk");
+        let (public, rb) = (lab.host("pub"), lab.host("rb"));
+        rb.home_router(false);
+        let b = lab.behind(&rb, "b");
+        let tracker = start_relay_tracker(&th);
+        let data = random_file(&lab.path(NAME), 6 * MIB, 23);
+        let (mut sharer, ticket) = start_share(&public, th.addr(7410), &lab.path(NAME), &[]);
+        let r = reachability(&mut sharer);
+        assert_eq!(
+            (&r["how"], &r["reachable"]),
+            (&"direct".into(), &true.into()),
+            "{r}"
+        );
+        let listed: SocketAddr = r["addr"].as_str().unwrap().parse().unwrap();
+        let start = Instant::now();
+        let mut g = start_get(&b, &ticket, &lab.path("out"), &["--no-seed"]);
+        let v = done_after(&mut g, start, "public -> home, direct");
+        g.expect_success(Duration::from_secs(15));
+        assert_eq!(v["via"][listed.to_string()], "direct", "{v}");
+        assert_file_is(&lab.path("out").join(NAME), &data);
+        for p in [&tracker, &sharer, &g] {
+            p.assert_no_panic();
+        }
+    });
+}
