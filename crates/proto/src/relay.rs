@@ -18,8 +18,9 @@ pub const MAX_HELLO: usize = 4 + 1 + 1 + 32 + 1 + 16 + 2;
 pub const FRAME_INCOMING: u8 = 1;
 /// Control frame, either way: keepalive.
 pub const FRAME_PING: u8 = 0;
-/// Length of an INCOMING frame: type and session id.
-pub const INCOMING_LEN: usize = 9;
+/// Length of an INCOMING frame before the dialer's address: type, session
+/// id, family (then 4 or 16 address bytes).
+pub const INCOMING_FIXED_LEN: usize = 10;
 
 /// `BLAKE3::derive_key` context of the relay key: what a peer registers
 /// under and a getter dials, derived from the content root so that only

@@ -128,7 +128,7 @@ async fn get_scoped(
     client.use_extensions();
     let announcer = spawn_announcer(client, PeerState::Downloading, swarm.cancel.clone());
     let paths = node::spawn_connector(swarm.clone(), announcer.replies());
-    super::reach::spawn_reach(swarm.clone(), &announcer, events.clone());
+    super::reach::spawn_reach(swarm.clone(), &announcer, events.clone(), paths.clone());
     let s = swarm.clone();
     announcer.spawn_lonely_reannounce(super::share::LONELY_REANNOUNCE, move || s.peer_count() == 0);
     let progress = Progress::new(events.clone(), opts.timeout);

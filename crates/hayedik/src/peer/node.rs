@@ -57,15 +57,47 @@ impl Via {
     }
 }
 
-/// The path of the latest session we dialed to each listed peer; a peer
-/// absent (it dialed us) was reached directly. Bounded like the
-/// connector's list ([`MAX_KNOWN`]).
+/// The path of the latest session we dialed to each listed peer, and the
+/// IPs of peers that reached us through the relay (we learn their port
+/// only in the session's handshake); any other peer was reached directly.
+/// Both bounded like the connector's list ([`MAX_KNOWN`]).
 #[derive(Debug, Default)]
-pub struct Paths(Mutex<HashMap<SocketAddr, Via>>);
+pub struct Paths {
+    dialed: Mutex<HashMap<SocketAddr, Via>>,
+    relayed_ips: Mutex<std::collections::HashSet<std::net::IpAddr>>,
+    /// What the tracker's probe said about us: 0 not known yet, 1 others
+    /// reach us directly, 2 they do not.
+    reachable: std::sync::atomic::AtomicU8,
+}
 
 impl Paths {
+    /// Records the probe's verdict (see [`Paths::may_relay_to_downloader`]).
+    pub fn set_reachable(&self, direct: bool) {
+        self.reachable.store(
+            if direct { 1 } else { 2 },
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Whether we dial a relayed *downloader* through the relay: only once
+    /// we know others cannot reach us directly. A downloader dials the
+    /// peers it needs itself, so a peer others reach directly lets it (the
+    /// path then is direct); a relayed seeder is always dialed through the
+    /// relay, since it has nothing to fetch from us.
+    fn may_relay_to_downloader(&self) -> bool {
+        self.reachable.load(std::sync::atomic::Ordering::Relaxed) == 2
+    }
+
+    /// A session from `ip` came through the relay.
+    pub fn relayed_from(&self, ip: std::net::IpAddr) {
+        let mut set = self.relayed_ips.lock().unwrap_or_else(|e| e.into_inner());
+        if set.len() < MAX_KNOWN {
+            set.insert(ip);
+        }
+    }
+
     fn set(&self, addr: SocketAddr, via: Via) {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.dialed.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_KNOWN && !map.contains_key(&addr) {
             // Forget direct paths first: they are the default.
             map.retain(|_, v| *v != Via::Direct);
@@ -78,8 +110,16 @@ impl Paths {
 
     /// How `addr` was reached.
     pub fn via(&self, addr: &SocketAddr) -> Via {
-        let map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(addr).copied().unwrap_or(Via::Direct)
+        let map = self.dialed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = map.get(addr) {
+            return *v;
+        }
+        let relayed = self.relayed_ips.lock().unwrap_or_else(|e| e.into_inner());
+        if relayed.contains(&addr.ip()) {
+            Via::Relay
+        } else {
+            Via::Direct
+        }
     }
 }
 
@@ -166,7 +206,8 @@ pub fn spawn_connector(
     let relay_key = crate::relay::relay_key(&swarm.root);
     crate::spawn::spawn("connector", async move {
         // Listed peers reachable only through a relay, and that relay.
-        let mut relayed: HashMap<SocketAddr, SocketAddr> = HashMap::new();
+        // (relay, whether the peer is a seeder).
+        let mut relayed: HashMap<SocketAddr, (SocketAddr, bool)> = HashMap::new();
         let slots = Arc::new(Semaphore::new(MAX_OUTGOING));
         let cancel = swarm.cancel.clone();
         let mut known: HashMap<SocketAddr, DialState> = HashMap::new();
@@ -192,7 +233,10 @@ pub fn spawn_connector(
                     if let Some((relay, addrs)) = relay {
                         for a in addrs {
                             if relayed.len() < MAX_KNOWN || relayed.contains_key(&a) {
-                                relayed.insert(a, relay);
+                                let seeder = list.iter().any(|e| {
+                                    e.addr == a && e.state == hayedik_proto::tracker::PeerState::Complete
+                                });
+                                relayed.insert(a, (relay, seeder));
                             }
                         }
                     }
@@ -236,7 +280,10 @@ pub fn spawn_connector(
                 };
                 dialing.insert(*addr);
                 let (swarm, addr, done) = (swarm.clone(), *addr, done_tx.clone());
-                let relay = relayed.get(&addr).map(|r| (*r, relay_key));
+                let relay = relayed
+                    .get(&addr)
+                    .filter(|(_, seeder)| *seeder || paths.may_relay_to_downloader())
+                    .map(|(r, _)| (*r, relay_key));
                 let paths = paths.clone();
                 crate::spawn::spawn(&format!("dial {addr}"), async move {
                     let ok = dial(swarm, addr, relay, &paths).await;

@@ -27,7 +27,12 @@ pub const PROBE_PATIENCE: Duration = Duration::from_secs(20);
 const REFUSED_RETRY: Duration = Duration::from_secs(10);
 
 /// Starts finding out whether others reach us, and acting on it.
-pub fn spawn_reach(swarm: Arc<Swarm>, announcer: &Announcer, events: Events) {
+pub fn spawn_reach(
+    swarm: Arc<Swarm>,
+    announcer: &Announcer,
+    events: Events,
+    paths: Arc<super::node::Paths>,
+) {
     let mut replies = announcer.replies();
     let ctl = announcer.flags_handle();
     ctl.set(ExtFlags {
@@ -52,6 +57,7 @@ pub fn spawn_reach(swarm: Arc<Swarm>, announcer: &Announcer, events: Events) {
             // The announcer stopped (we are leaving): nothing to say.
             Verdict::Gone => return,
         };
+        paths.set_reachable(ext.probe == Probe::Reachable);
         if ext.probe == Probe::Reachable {
             emit(&events, true, ext.observed, "direct");
             return;
@@ -66,6 +72,7 @@ pub fn spawn_reach(swarm: Arc<Swarm>, announcer: &Announcer, events: Events) {
             relay,
             crate::relay::relay_key(&swarm.root),
             tx,
+            paths.clone(),
         );
         let mut said: Option<bool> = None;
         let patience = tokio::time::sleep(PROBE_PATIENCE);

@@ -181,9 +181,9 @@ async fn share_scoped(
     let announcer = spawn_announcer(client, PeerState::Complete, swarm.cancel.clone());
     // Dial the downloaders the tracker lists too: a sharer behind a firewall
     // or NAT serves over connections it opens itself.
-    node::spawn_connector(swarm.clone(), announcer.replies());
+    let paths = node::spawn_connector(swarm.clone(), announcer.replies());
     if probe {
-        super::reach::spawn_reach(swarm.clone(), &announcer, events.clone());
+        super::reach::spawn_reach(swarm.clone(), &announcer, events.clone(), paths);
     }
     let s = swarm.clone();
     announcer.spawn_lonely_reannounce(LONELY_REANNOUNCE, move || s.peer_count() == 0);

@@ -64,8 +64,9 @@ pub type RegKey = ([u8; 32], IpAddr, u16);
 #[derive(Debug)]
 struct Registration {
     id: u64,
-    /// INCOMING session ids for the control connection's task.
-    incoming: mpsc::Sender<u64>,
+    /// INCOMING session ids, with the dialer's IP, for the control
+    /// connection's task.
+    incoming: mpsc::Sender<Incoming>,
 }
 
 #[derive(Debug)]
@@ -80,6 +81,10 @@ struct Bucket {
     tokens: f64,
     at: Instant,
 }
+
+/// A session waiting for the registered peer: its id and the IP of the
+/// getter that dialed (the peer keys the session by it).
+pub type Incoming = (u64, IpAddr);
 
 /// Why the relay refused something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -189,7 +194,7 @@ impl Book {
     /// Registers the peer at `key`; a registration at the same key is
     /// replaced (the peer reconnected). Returns its id and the receiver of
     /// INCOMING session ids.
-    pub fn register(&mut self, key: RegKey) -> Result<(u64, mpsc::Receiver<u64>), Refusal> {
+    pub fn register(&mut self, key: RegKey) -> Result<(u64, mpsc::Receiver<Incoming>), Refusal> {
         let ip = key.1;
         if !self.regs.contains_key(&key) {
             if self.regs.len() >= self.limits.max_peers
@@ -235,7 +240,7 @@ impl Book {
         };
         let incoming = reg.incoming.clone();
         let id = self.fresh_id();
-        if incoming.try_send(id).is_err() {
+        if incoming.try_send((id, from)).is_err() {
             return Err(self.refuse(Refusal::Busy));
         }
         let (tx, rx) = oneshot::channel();
@@ -334,9 +339,9 @@ mod tests {
         assert_eq!(b.dial(ip(9), key).unwrap_err(), Refusal::Busy);
         let (s3, _rx3) = b.dial(ip(8), key).unwrap();
         assert_eq!(b.dial(ip(7), key).unwrap_err(), Refusal::Busy);
-        assert_eq!(incoming.try_recv().unwrap(), s1);
-        assert_eq!(incoming.try_recv().unwrap(), s2);
-        assert_eq!(incoming.try_recv().unwrap(), s3);
+        assert_eq!(incoming.try_recv().unwrap(), (s1, ip(9)));
+        assert_eq!(incoming.try_recv().unwrap(), (s2, ip(9)));
+        assert_eq!(incoming.try_recv().unwrap(), (s3, ip(8)));
         // Another IP cannot take the session; the peer can, once.
         assert_eq!(b.accept(ip(9), s1).unwrap_err(), Refusal::NotFound);
         assert!(b.accept(ip(1), s1).is_ok());

@@ -3,7 +3,7 @@
 //! sessions the relay announces on it. Both hand the spliced stream to the
 //! peer session (`run_over`), whose TLS runs end to end through the relay.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{watch, Semaphore};
 
+use crate::peer::node::Paths;
 use crate::peer::session;
 use crate::peer::slots::Activity;
 use crate::peer::swarm::Swarm;
@@ -82,6 +83,7 @@ pub fn spawn_registration(
     relay: SocketAddr,
     key: [u8; 32],
     registered: watch::Sender<bool>,
+    paths: Arc<Paths>,
 ) {
     let port = swarm.listen_port;
     crate::spawn::spawn(&format!("relay registration {relay}"), async move {
@@ -99,7 +101,7 @@ pub fn spawn_registration(
                     registered.send_replace(true);
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        r = serve_control(&swarm, relay, control, &sessions) => {
+                        r = serve_control(&swarm, relay, control, &sessions, &paths) => {
                             tracing::info!("relay at {relay}: control connection ended: {r:?}");
                         }
                     }
@@ -121,6 +123,7 @@ async fn serve_control(
     relay: SocketAddr,
     control: TcpStream,
     sessions: &Arc<Semaphore>,
+    paths: &Arc<Paths>,
 ) -> std::io::Result<()> {
     let (mut rd, mut wr) = control.into_split();
     let mut keepalive = tokio::time::interval(KEEPALIVE);
@@ -131,13 +134,27 @@ async fn serve_control(
                 FRAME_PING => {}
                 FRAME_INCOMING => {
                     let id = rd.read_u64().await?;
+                    let dialer = match rd.read_u8().await? {
+                        4 => {
+                            let mut a = [0u8; 4];
+                            rd.read_exact(&mut a).await?;
+                            IpAddr::from(a)
+                        }
+                        6 => {
+                            let mut a = [0u8; 16];
+                            rd.read_exact(&mut a).await?;
+                            IpAddr::from(a)
+                        }
+                        f => return Err(std::io::Error::other(format!("relay sent family {f}"))),
+                    };
                     let Ok(permit) = sessions.clone().try_acquire_owned() else {
                         tracing::debug!("relay session {id}: too many relayed sessions, ignored");
                         continue;
                     };
                     let swarm = swarm.clone();
+                    let paths = paths.clone();
                     crate::spawn::spawn(&format!("relayed session {id}"), async move {
-                        take_session(swarm, relay, id).await;
+                        take_session(swarm, relay, id, dialer, &paths).await;
                         drop(permit);
                     });
                 }
@@ -149,7 +166,16 @@ async fn serve_control(
     }
 }
 
-async fn take_session(swarm: Arc<Swarm>, relay: SocketAddr, id: u64) {
+/// Takes session `id`, dialed by a getter at `dialer`: the session is
+/// keyed by that IP and the port the getter's handshake names (its listed
+/// address when its NAT keeps one public IP), and counted as relayed.
+async fn take_session(
+    swarm: Arc<Swarm>,
+    relay: SocketAddr,
+    id: u64,
+    dialer: IpAddr,
+    paths: &Paths,
+) {
     let stream = match open(relay, Hello::Accept { id }).await {
         Ok(s) => s,
         Err(e) => {
@@ -159,7 +185,9 @@ async fn take_session(swarm: Arc<Swarm>, relay: SocketAddr, id: u64) {
     };
     let cancel = swarm.cancel.child_token();
     let activity = Arc::new(Activity::new(Instant::now()));
-    if let Err(e) = session::run_over(swarm, stream, relay, None, cancel, activity).await {
+    paths.relayed_from(dialer);
+    let remote = SocketAddr::new(dialer, relay.port());
+    if let Err(e) = session::run_over(swarm, stream, remote, None, cancel, activity).await {
         tracing::debug!("relayed session {id} ended: {e}");
     }
 }

@@ -183,11 +183,8 @@ async fn control(
         loop {
             tokio::select! {
                 s = incoming.recv() => {
-                    let Some(s) = s else { return Ok(()) };
-                    let mut frame = [0u8; 9];
-                    frame[0] = FRAME_INCOMING;
-                    frame[1..].copy_from_slice(&s.to_be_bytes());
-                    wr.write_all(&frame).await?;
+                    let Some((id, dialer)) = s else { return Ok(()) };
+                    wr.write_all(&incoming_frame(id, dialer)).await?;
                 }
                 _ = ping.tick() => wr.write_all(&[FRAME_PING]).await?,
                 r = rd.read(&mut byte) => match r? {
@@ -204,6 +201,24 @@ async fn control(
     .await;
     lock(&book).unregister(key, id);
     result
+}
+
+/// INCOMING: type, session id, the dialer's IP (family 4 or 6, address).
+fn incoming_frame(id: u64, dialer: IpAddr) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(26);
+    frame.push(FRAME_INCOMING);
+    frame.extend_from_slice(&id.to_be_bytes());
+    match dialer.to_canonical() {
+        IpAddr::V4(ip) => {
+            frame.push(4);
+            frame.extend_from_slice(&ip.octets());
+        }
+        IpAddr::V6(ip) => {
+            frame.push(6);
+            frame.extend_from_slice(&ip.octets());
+        }
+    }
+    frame
 }
 
 /// A getter's session: tell the peer, wait for it, splice.
