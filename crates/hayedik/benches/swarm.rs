@@ -8,6 +8,9 @@
 //! machine is doing:
 //!
 //! - **1 -> 1**: one `share`, one `get --no-seed`;
+//! - **1 -> 1 relayed**: the same through `tracker --relay`: the sharer
+//!   listens on 127.0.0.2 but is listed at 127.0.0.1, so nobody can dial it
+//!   and it registers at the relay; also the relay's CPU seconds per GiB;
 //! - **3 -> 1**: one `share` and two seeders, then a fresh `get --no-seed`.
 //!   The seeders are `get`s into directories that already hold a complete
 //!   copy (made once, before the first round, and kept): they verify it and
@@ -35,7 +38,7 @@
 //! peak RSS; `HAYEDIK_BENCH_BIG_BYTES` changes its size),
 //! `HAYEDIK_BENCH_DIR` (where the temporary files go, default the system's
 //! temporary directory), `HAYEDIK_BENCH_ONLY` (comma-separated subset of
-//! `1-1,3-1,1-4,share`), `HAYEDIK_BENCH_BINS` (`LABEL=PATH,LABEL=PATH`: run
+//! `1-1,1-1r,3-1,1-4,share`), `HAYEDIK_BENCH_BINS` (`LABEL=PATH,LABEL=PATH`: run
 //! every scenario with each of these `hayedik` binaries in turn, the order
 //! rotating from round to round, and print each one's wall time relative to
 //! the first's: an A/B comparison in the same run; default: this build's).
@@ -293,14 +296,16 @@ fn load_average() -> String {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Scenario {
     OneToOne,
+    Relayed,
     ThreeToOne,
     OneToFour,
     Share,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 4] = [
+    const ALL: [Scenario; 5] = [
         Scenario::OneToOne,
+        Scenario::Relayed,
         Scenario::ThreeToOne,
         Scenario::OneToFour,
         Scenario::Share,
@@ -309,6 +314,7 @@ impl Scenario {
     fn key(self) -> &'static str {
         match self {
             Scenario::OneToOne => "1-1",
+            Scenario::Relayed => "1-1r",
             Scenario::ThreeToOne => "3-1",
             Scenario::OneToFour => "1-4",
             Scenario::Share => "share",
@@ -318,6 +324,7 @@ impl Scenario {
     fn title(self) -> &'static str {
         match self {
             Scenario::OneToOne => "1 -> 1",
+            Scenario::Relayed => "1 -> 1 relayed",
             Scenario::ThreeToOne => "3 -> 1",
             Scenario::OneToFour => "1 -> 4",
             Scenario::Share => "share",
@@ -327,6 +334,9 @@ impl Scenario {
     fn description(self) -> &'static str {
         match self {
             Scenario::OneToOne => "1 -> 1: one sharer, one getter",
+            Scenario::Relayed => {
+                "1 -> 1 relayed: a sharer nobody can dial, reached through `tracker --relay`"
+            }
             Scenario::ThreeToOne => "3 -> 1: sharer + 2 seeders, one fresh getter",
             Scenario::OneToFour => "1 -> 4: one sharer, four getters started together",
             Scenario::Share => "share: hashing the manifest (start -> ticket)",
@@ -336,6 +346,7 @@ impl Scenario {
     fn run(self, lab: &Lab, run: &Path, file: &Path, bytes: u64) -> Result<Sample, String> {
         match self {
             Scenario::OneToOne => one_to_one(lab, run, file, bytes),
+            Scenario::Relayed => relayed(lab, run, file, bytes),
             Scenario::ThreeToOne => three_to_one(lab, run, file, bytes),
             Scenario::OneToFour => one_to_four(lab, run, file, bytes),
             Scenario::Share => share_only(lab, run, file, bytes),
@@ -375,6 +386,85 @@ fn one_to_one(lab: &Lab, run: &Path, file: &Path, bytes: u64) -> Result<Sample, 
         Unit::Copies,
         uploaded / bytes as f64,
     );
+    Ok(out)
+}
+
+/// 1 -> 1 through the relay: a tracker with `--relay`, a sharer that
+/// listens on 127.0.0.2 but announces from 127.0.0.1 (so the tracker's probe
+/// fails and it registers at the relay), a getter that reaches it only
+/// through the relay. The tracker process's CPU during the get is the
+/// relay's (its UDP work is a few datagrams).
+fn relayed(lab: &Lab, run: &Path, file: &Path, bytes: u64) -> Result<Sample, String> {
+    let deadline = Instant::now() + lab.limit(bytes, 1.0);
+    let bin = lab.bin.borrow().clone();
+    let mut tracker = Proc::spawn(
+        &bin,
+        "tracker",
+        &["tracker", "--listen", "127.0.0.1:0", "--relay", "--json"],
+        run,
+    )?;
+    let (_, l) = tracker.wait_event("listening", deadline)?;
+    let central = l["addr"]
+        .as_str()
+        .ok_or("tracker: listening without addr")?
+        .to_string();
+    let file = file.to_string_lossy().into_owned();
+    let mut sharer = Proc::spawn(
+        &bin,
+        "sharer",
+        &[
+            "share",
+            &file,
+            "--tracker",
+            &central,
+            "--listen",
+            "127.0.0.2:0",
+            "--json",
+        ],
+        run,
+    )?;
+    let (_, t) = sharer.wait_event("ticket", deadline)?;
+    let ticket = t["ticket"]
+        .as_str()
+        .ok_or("sharer: ticket event without a ticket")?
+        .to_string();
+    let (_, r) = sharer.wait_event("reachability", deadline)?;
+    if r["how"] != "relay" {
+        return Err(format!("the sharer is not relayed: {r}"));
+    }
+    let listed = r["addr"].as_str().unwrap_or("").to_string();
+    let (tracker_cpu0, sharer_cpu0) = (tracker.cpu_now(), sharer.cpu_now());
+    let started = Instant::now();
+    let mut getter = lab.get(run, "getter", &ticket, false)?;
+    let (done_at, done) = getter.wait_event("done", deadline)?;
+    let g = getter.finish(deadline)?;
+    let s = sharer.terminate()?;
+    let tr = tracker.terminate()?;
+    if done["via"][&listed] != "relay" {
+        return Err(format!("not received through the relay: {done}"));
+    }
+    let wall = done_at.duration_since(started).as_secs_f64();
+    let relay_cpu = tr.cpu - tracker_cpu0;
+    let mut out = Sample::default();
+    out.push("wall s (get start -> done)", Unit::Secs, wall);
+    out.push("MiB/s", Unit::Rate, bytes as f64 / MIB / wall);
+    out.push("getter CPU s", Unit::Secs, g.cpu);
+    out.push(
+        "sharer CPU s (during the get)",
+        Unit::Secs,
+        s.cpu - sharer_cpu0,
+    );
+    out.push(
+        "relay (tracker) CPU s (during the get)",
+        Unit::Secs,
+        relay_cpu,
+    );
+    out.push(
+        "relay CPU s per GiB",
+        Unit::Secs,
+        relay_cpu / (bytes as f64 / (1024.0 * MIB)),
+    );
+    out.push("relay peak RSS MiB", Unit::Mib, tr.maxrss_mib());
     Ok(out)
 }
 

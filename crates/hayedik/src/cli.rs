@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::relay::RelayLimits;
 use crate::tracker::limits::Limits;
 use crate::tracker::TrackerConfig;
 
@@ -290,9 +291,79 @@ pub struct TrackerArgs {
     /// Peers (TCP ports) listed in one swarm from one IPv4 address or IPv6 /64.
     #[arg(long, default_value_t = Limits::default().max_peers_per_ip, value_name = "N")]
     pub max_peers_per_ip: usize,
+    /// Also serve a relay on TCP for peers that others cannot reach (see docs/relay.md).
+    #[arg(long)]
+    pub relay: bool,
+    #[command(flatten)]
+    pub relay_limits: RelayArgs,
     /// One JSON object per line on stdout instead of logs.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The relay's address and limits (`tracker --relay`).
+#[derive(Debug, Args)]
+pub struct RelayArgs {
+    /// TCP address of the relay [default: the central tracker's IP and port number].
+    #[arg(long, value_name = "ADDR", requires = "relay")]
+    pub relay_listen: Option<SocketAddr>,
+    /// Relay: peers registered (reachable through the relay), in total.
+    #[arg(long, default_value_t = RelayLimits::default().max_peers, value_name = "N")]
+    pub relay_max_peers: usize,
+    /// Relay: peers registered from one IP.
+    #[arg(long, default_value_t = RelayLimits::default().max_peers_per_ip, value_name = "N")]
+    pub relay_max_peers_per_ip: usize,
+    /// Relay: sessions (waiting or spliced), in total.
+    #[arg(long, default_value_t = RelayLimits::default().max_sessions, value_name = "N")]
+    pub relay_max_sessions: usize,
+    /// Relay: sessions dialed from one IP.
+    #[arg(long, default_value_t = RelayLimits::default().max_sessions_per_ip, value_name = "N")]
+    pub relay_max_sessions_per_ip: usize,
+    /// Relay: bytes one session may carry, both ways (K/M/G suffixes).
+    #[arg(long, default_value = "16G", value_name = "BYTES", value_parser = parse_rate)]
+    pub relay_session_bytes: u64,
+    /// Relay: seconds one session may last.
+    #[arg(long, default_value = "21600", value_name = "SECS", value_parser = parse_secs)]
+    pub relay_session_time: Duration,
+    /// Relay: close a session or a registration silent for SECS (at least 20).
+    #[arg(long, default_value = "60", value_name = "SECS", value_parser = parse_secs)]
+    pub relay_idle: Duration,
+    /// Relay: new connections accepted per second from one IP.
+    #[arg(long, default_value_t = RelayLimits::default().conns_per_ip_per_sec, value_name = "N")]
+    pub relay_conns_per_ip_per_sec: f64,
+    /// Relay: burst of new connections from one IP.
+    #[arg(long, default_value_t = RelayLimits::default().conn_burst, value_name = "N")]
+    pub relay_conn_burst: u32,
+}
+
+impl RelayArgs {
+    fn limits(&self) -> Result<RelayLimits, String> {
+        if self.relay_idle < Duration::from_secs(20) {
+            return Err(
+                "--relay-idle must be at least 20 seconds (peers send a keepalive every 15 s)"
+                    .into(),
+            );
+        }
+        if self.relay_conns_per_ip_per_sec.is_nan()
+            || self.relay_conns_per_ip_per_sec <= 0.0
+            || self.relay_conn_burst == 0
+        {
+            return Err(
+                "--relay-conns-per-ip-per-sec and --relay-conn-burst must be above 0".into(),
+            );
+        }
+        Ok(RelayLimits {
+            max_peers: self.relay_max_peers,
+            max_peers_per_ip: self.relay_max_peers_per_ip,
+            max_sessions: self.relay_max_sessions,
+            max_sessions_per_ip: self.relay_max_sessions_per_ip,
+            session_bytes: self.relay_session_bytes,
+            session_time: self.relay_session_time,
+            idle: self.relay_idle,
+            conns_per_ip_per_sec: self.relay_conns_per_ip_per_sec,
+            conn_burst: self.relay_conn_burst,
+        })
+    }
 }
 
 impl TrackerArgs {
@@ -315,6 +386,13 @@ impl TrackerArgs {
             retire_after: self.retire_after,
             retire_unannounced: self.retire_unannounced,
             state_dir: self.state.clone(),
+            relay: match self.relay {
+                true => Some(crate::tracker::RelayConfig {
+                    listen: self.relay_limits.relay_listen,
+                    limits: self.relay_limits.limits()?,
+                }),
+                false => None,
+            },
             limits: Limits {
                 joins_per_ip_per_sec: self.max_joins_per_ip_per_sec,
                 join_burst: self.join_burst,

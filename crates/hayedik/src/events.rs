@@ -95,8 +95,33 @@ pub enum Event {
         seconds: f64,
         reused: u64,
         from: BTreeMap<String, u64>,
+        /// The same keys as `from` -> `direct`, `mapped`, `relay` or `punched`.
+        via: BTreeMap<String, String>,
     },
     Seeding,
+    /// share, get: whether others can reach our TCP port, and how.
+    Reachability {
+        reachable: bool,
+        /// The address others use (as the tracker lists us).
+        addr: String,
+        /// `direct`, `mapped`, `relay` or `none`.
+        how: String,
+    },
+    /// tracker --relay: the relay's address and counters (at start, then
+    /// every 15 s when they changed).
+    Relay {
+        addr: String,
+        /// Peers registered (reachable through the relay) now.
+        peers: usize,
+        /// Sessions pending or spliced now.
+        sessions: usize,
+        /// Sessions admitted since start.
+        sessions_total: u64,
+        /// Connections, registrations and sessions refused (caps, rate).
+        refused: u64,
+        /// Bytes carried by ended sessions.
+        bytes: u64,
+    },
     Stopped {
         #[serde(skip_serializing_if = "Option::is_none")]
         uploaded: Option<u64>,
@@ -352,7 +377,19 @@ impl Event {
                 seconds,
                 reused,
                 from,
+                via,
             } => {
+                let mut paths: BTreeMap<&str, usize> = BTreeMap::new();
+                for v in via.values() {
+                    *paths.entry(v.as_str()).or_insert(0) += 1;
+                }
+                let paths = if paths.is_empty() {
+                    String::new()
+                } else {
+                    let list: Vec<String> =
+                        paths.iter().map(|(v, n)| format!("{n} {v}")).collect();
+                    format!(": {}", list.join(", "))
+                };
                 let received = bytes.saturating_sub(*reused);
                 if received == 0 {
                     format!(
@@ -371,13 +408,42 @@ impl Event {
                         String::new()
                     };
                     format!(
-                        "done: {path} ({} received in {seconds:.1} s at {} from {}{kept})",
+                        "done: {path} ({} received in {seconds:.1} s at {} from {}{paths}{kept})",
                         human_bytes(received),
                         human_rate(rate),
                         plural(from.len() as u64, "peer")
                     )
                 }
             }
+            Event::Reachability {
+                reachable: _,
+                addr,
+                how,
+            } => match how.as_str() {
+                "direct" => format!("reachable at {addr}: others connect to you directly"),
+                "mapped" => format!(
+                    "reachable at {addr} through a port mapped on your router: others connect to you directly"
+                ),
+                "relay" => format!(
+                    "not reachable directly: others reach you at {addr} through the tracker's relay"
+                ),
+                _ => format!(
+                    "others cannot connect to you at {addr}: you can download from peers others can reach, but nobody can download from you; forward that TCP port on your router to this machine, or use a tracker run with --relay"
+                ),
+            },
+            Event::Relay {
+                addr,
+                peers,
+                sessions,
+                sessions_total,
+                refused,
+                bytes,
+            } => format!(
+                "relay on {addr}: {} registered, {} now ({sessions_total} in all), {refused} refused, {} carried",
+                plural(*peers as u64, "peer"),
+                plural(*sessions as u64, "session"),
+                human_bytes(*bytes)
+            ),
             Event::Seeding => {
                 "seeding: others can download from this machine; press Ctrl-C to stop".to_string()
             }
@@ -759,9 +825,19 @@ mod tests {
             seconds: 0.5,
             reused: 0,
             from: [("127.0.0.1:5".to_string(), 1)].into(),
+            via: [("127.0.0.1:5".to_string(), "relay".to_string())].into(),
         });
         assert_eq!(done["from"]["127.0.0.1:5"], 1);
+        assert_eq!(done["via"]["127.0.0.1:5"], "relay");
         assert_eq!(done["event"], "done");
+        assert_eq!(
+            j(Event::Reachability {
+                reachable: true,
+                addr: "192.0.2.1:5".into(),
+                how: "relay".into(),
+            }),
+            serde_json::json!({"event": "reachability", "reachable": true, "addr": "192.0.2.1:5", "how": "relay"})
+        );
         assert_eq!(
             j(Event::Dropped { events: 3 }),
             serde_json::json!({"event": "dropped", "events": 3})

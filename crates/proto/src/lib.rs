@@ -9,5 +9,6 @@ pub mod codec;
 pub mod hex;
 pub mod manifest;
 pub mod peer;
+pub mod relay;
 pub mod ticket;
 pub mod tracker;

@@ -27,6 +27,15 @@ pub const PEERS_FIXED_LEN: usize = HEADER_LEN + 2 + 4 + 4;
 pub const ANNOUNCE_BODY_LEN: usize = 32 + 2 + 1 + 2;
 /// Length of an ERROR datagram with an empty message.
 pub const ERROR_MIN_LEN: usize = HEADER_LEN + 2;
+/// Length of an ANNOUNCE_X body without padding: the ANNOUNCE body and flags.
+pub const ANNOUNCE_X_BODY_LEN: usize = ANNOUNCE_BODY_LEN + 1;
+/// Zero bytes an ANNOUNCE_X that asks for a probe carries after its flags,
+/// so that the probe (at most a SYN, an ACK and a RST) never sends more
+/// bytes than the request brought in.
+pub const PROBE_PADDING: usize = 218;
+/// Bytes of a PEERS_X datagram before its relay field: header, interval,
+/// counts, probe result.
+pub const PEERS_X_FIXED_LEN: usize = HEADER_LEN + 2 + 4 + 4 + 1;
 
 /// The datagram type, byte 5 of the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -41,6 +50,10 @@ pub enum Kind {
     Peers = 7,
     Challenge = 8,
     Error = 15,
+    /// Extension: ANNOUNCE with flags (docs/protocol.md, "Extensions").
+    AnnounceX = 16,
+    /// Extension: the reply to ANNOUNCE_X.
+    PeersX = 17,
 }
 
 impl Kind {
@@ -56,6 +69,8 @@ impl Kind {
             7 => Kind::Peers,
             8 => Kind::Challenge,
             15 => Kind::Error,
+            16 => Kind::AnnounceX,
+            17 => Kind::PeersX,
             _ => return None,
         })
     }
@@ -186,6 +201,130 @@ pub struct Peers {
     pub peers: Vec<PeerEntry>,
 }
 
+/// What an ANNOUNCE_X asks for besides an ANNOUNCE's work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ExtFlags {
+    /// Try a TCP connection back to my source IP and announced port.
+    pub probe: bool,
+    /// List me as reachable through this tracker's relay (I hold a
+    /// registration there).
+    pub relayed: bool,
+}
+
+impl ExtFlags {
+    const PROBE: u8 = 0x01;
+    const RELAYED: u8 = 0x02;
+
+    pub fn to_u8(self) -> u8 {
+        (if self.probe { Self::PROBE } else { 0 }) | (if self.relayed { Self::RELAYED } else { 0 })
+    }
+
+    /// Unknown bits are refused, so that a later bit is never ignored.
+    pub fn from_u8(v: u8) -> Option<ExtFlags> {
+        if v & !(Self::PROBE | Self::RELAYED) != 0 {
+            return None;
+        }
+        Some(ExtFlags {
+            probe: v & Self::PROBE != 0,
+            relayed: v & Self::RELAYED != 0,
+        })
+    }
+}
+
+/// The answer to a probe, in PEERS_X.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// The ANNOUNCE_X did not ask.
+    NotAsked = 0,
+    /// A TCP connection to the source IP and announced port succeeded.
+    Reachable = 1,
+    /// It failed or timed out.
+    Unreachable = 2,
+    /// Under way: ask again in a second.
+    Pending = 3,
+    /// Not tried: too many probes now (ask again later).
+    Refused = 4,
+}
+
+impl Probe {
+    pub fn from_u8(v: u8) -> Option<Probe> {
+        Some(match v {
+            0 => Probe::NotAsked,
+            1 => Probe::Reachable,
+            2 => Probe::Unreachable,
+            3 => Probe::Pending,
+            4 => Probe::Refused,
+            _ => return None,
+        })
+    }
+}
+
+/// Where the swarm's relay is, in PEERS_X.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayAddr {
+    /// This tracker runs no relay.
+    None,
+    /// At the IP the requester sent its ANNOUNCE_X to, on this TCP port.
+    SameHost(u16),
+    /// At this address.
+    At(SocketAddr),
+}
+
+impl RelayAddr {
+    fn encoded_len(&self) -> usize {
+        match self {
+            RelayAddr::None => 1,
+            RelayAddr::SameHost(_) => 3,
+            RelayAddr::At(a) if a.is_ipv4() => 7,
+            RelayAddr::At(_) => 19,
+        }
+    }
+}
+
+/// One listed peer in a PEERS_X body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PeerEntryX {
+    pub entry: PeerEntry,
+    /// Reachable only through the relay: dial the relay and ask for this
+    /// address (the peer's source IP as the tracker saw it, announced port).
+    pub relayed: bool,
+}
+
+impl PeerEntryX {
+    /// Encoded length: a PEERS entry and a flags byte.
+    pub fn encoded_len(&self) -> usize {
+        self.entry.encoded_len() + 1
+    }
+}
+
+/// The body of a PEERS_X reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeersX {
+    pub interval: u16,
+    pub seeders: u32,
+    pub partials: u32,
+    pub probe: Probe,
+    /// The requester as the tracker lists it: source IP, announced port.
+    pub observed: SocketAddr,
+    pub relay: RelayAddr,
+    pub peers: Vec<PeerEntryX>,
+}
+
+impl PeersX {
+    /// Bytes before the entries.
+    pub fn fixed_len(observed: &SocketAddr, relay: &RelayAddr) -> usize {
+        PEERS_X_FIXED_LEN + addr_len(observed) + relay.encoded_len()
+    }
+}
+
+fn addr_len(a: &SocketAddr) -> usize {
+    if a.is_ipv4() {
+        1 + 4 + 2
+    } else {
+        1 + 16 + 2
+    }
+}
+
 /// ERROR codes of PROTOCOL.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorCode {
@@ -250,6 +389,14 @@ pub enum Message {
     },
     /// swarm -> peer.
     Peers(Peers),
+    /// peer -> swarm port (extension).
+    AnnounceX {
+        connection_id: u64,
+        announce: Announce,
+        flags: ExtFlags,
+    },
+    /// swarm -> peer (extension), only in reply to ANNOUNCE_X.
+    PeersX(PeersX),
     /// either way.
     Error { code: ErrorCode, message: String },
 }
@@ -266,6 +413,8 @@ impl Message {
             Message::Connected { .. } => Kind::Connected,
             Message::Announce { .. } => Kind::Announce,
             Message::Peers(_) => Kind::Peers,
+            Message::AnnounceX { .. } => Kind::AnnounceX,
+            Message::PeersX(_) => Kind::PeersX,
             Message::Error { .. } => Kind::Error,
         }
     }
@@ -274,9 +423,9 @@ impl Message {
         match *self {
             Message::Join { cookie } | Message::Challenge { cookie } => cookie,
             Message::Offer { token, .. } | Message::Confirm { token } => token,
-            Message::Connected { connection_id } | Message::Announce { connection_id, .. } => {
-                connection_id
-            }
+            Message::Connected { connection_id }
+            | Message::Announce { connection_id, .. }
+            | Message::AnnounceX { connection_id, .. } => connection_id,
             _ => 0,
         }
     }
@@ -309,11 +458,34 @@ impl Datagram {
                     out.put_u16(*port);
                 }
             }
-            Message::Announce { announce, .. } => {
-                out.put_bytes(&announce.swarm_key);
-                out.put_u16(announce.port);
-                out.put_u8(announce.state as u8);
-                out.put_u16(announce.wanted);
+            Message::Announce { announce, .. } => encode_announce(out, announce),
+            Message::AnnounceX {
+                announce, flags, ..
+            } => {
+                encode_announce(out, announce);
+                out.put_u8(flags.to_u8());
+                if flags.probe {
+                    out.put_bytes(&[0u8; PROBE_PADDING]);
+                }
+            }
+            Message::PeersX(p) => {
+                out.put_u16(p.interval);
+                out.put_u32(p.seeders);
+                out.put_u32(p.partials);
+                out.put_u8(p.probe as u8);
+                encode_addr(out, &p.observed);
+                match p.relay {
+                    RelayAddr::None => out.put_u8(0),
+                    RelayAddr::SameHost(port) => {
+                        out.put_u8(1);
+                        out.put_u16(port);
+                    }
+                    RelayAddr::At(a) => encode_addr(out, &a),
+                }
+                for e in &p.peers {
+                    encode_peer_entry(out, &e.entry);
+                    out.put_u8(u8::from(e.relayed));
+                }
             }
             Message::Peers(p) => {
                 out.put_u16(p.interval);
@@ -360,8 +532,16 @@ pub fn encode_header(out: &mut Vec<u8>, kind: Kind, tid: u32, token: u64) {
     out.put_u64(token);
 }
 
-fn encode_peer_entry(out: &mut Vec<u8>, e: &PeerEntry) {
-    match e.addr.ip() {
+fn encode_announce(out: &mut Vec<u8>, announce: &Announce) {
+    out.put_bytes(&announce.swarm_key);
+    out.put_u16(announce.port);
+    out.put_u8(announce.state as u8);
+    out.put_u16(announce.wanted);
+}
+
+/// Family (4 or 6), address, port.
+fn encode_addr(out: &mut Vec<u8>, a: &SocketAddr) {
+    match a.ip() {
         IpAddr::V4(ip) => {
             out.put_u8(4);
             out.put_bytes(&ip.octets());
@@ -371,7 +551,11 @@ fn encode_peer_entry(out: &mut Vec<u8>, e: &PeerEntry) {
             out.put_bytes(&ip.octets());
         }
     }
-    out.put_u16(e.addr.port());
+    out.put_u16(a.port());
+}
+
+fn encode_peer_entry(out: &mut Vec<u8>, e: &PeerEntry) {
+    encode_addr(out, &e.addr);
     out.put_u8(e.state as u8);
 }
 
@@ -413,6 +597,20 @@ pub fn decode_body(header: &Header, body: &[u8]) -> Result<Message, Malformed> {
             announce: decode_announce(&mut r).ok_or(bad)?,
         },
         Kind::Peers => Message::Peers(decode_peers(&mut r).ok_or(bad)?),
+        Kind::AnnounceX => {
+            let announce = decode_announce(&mut r).ok_or(bad)?;
+            let flags = ExtFlags::from_u8(r.u8().map_err(|_| bad)?).ok_or(bad)?;
+            if flags.probe {
+                // Padding: zero on send, ignored on receive, exact length.
+                r.bytes(PROBE_PADDING).map_err(|_| bad)?;
+            }
+            Message::AnnounceX {
+                connection_id: header.token,
+                announce,
+                flags,
+            }
+        }
+        Kind::PeersX => Message::PeersX(decode_peers_x(&mut r).ok_or(bad)?),
         Kind::Error => {
             let code = ErrorCode::from_u16(r.u16().map_err(|_| bad)?);
             // A sender may cut a message mid-character to fit the size rule.
@@ -439,6 +637,54 @@ fn decode_announce(r: &mut Reader<'_>) -> Option<Announce> {
         port,
         state,
         wanted,
+    })
+}
+
+fn decode_addr(r: &mut Reader<'_>, family: u8) -> Option<SocketAddr> {
+    let ip = match family {
+        4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>().ok()?)),
+        6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>().ok()?)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, r.u16().ok()?))
+}
+
+fn decode_peers_x(r: &mut Reader<'_>) -> Option<PeersX> {
+    let interval = r.u16().ok()?;
+    let seeders = r.u32().ok()?;
+    let partials = r.u32().ok()?;
+    let probe = Probe::from_u8(r.u8().ok()?)?;
+    let family = r.u8().ok()?;
+    let observed = decode_addr(r, family)?;
+    let relay = match r.u8().ok()? {
+        0 => RelayAddr::None,
+        1 => RelayAddr::SameHost(r.u16().ok()?),
+        family => RelayAddr::At(decode_addr(r, family)?),
+    };
+    // At most one entry per 9 bytes: bounded by the datagram itself.
+    let mut peers = Vec::with_capacity(r.remaining() / 9);
+    while !r.is_empty() {
+        let family = r.u8().ok()?;
+        let addr = decode_addr(r, family)?;
+        let state = PeerState::from_u8(r.u8().ok()?).filter(|s| s.is_listed())?;
+        let relayed = match r.u8().ok()? {
+            0 => false,
+            1 => true,
+            _ => return None,
+        };
+        peers.push(PeerEntryX {
+            entry: PeerEntry { addr, state },
+            relayed,
+        });
+    }
+    Some(PeersX {
+        interval,
+        seeders,
+        partials,
+        probe,
+        observed,
+        relay,
+        peers,
     })
 }
 

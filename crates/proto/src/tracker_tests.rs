@@ -245,6 +245,157 @@ fn bodies_of_empty_types_must_be_empty() {
     }
 }
 
+#[test]
+fn announce_x_vectors() {
+    let announce = Announce {
+        swarm_key: [0xAB; 32],
+        port: 0x1F90,
+        state: PeerState::Complete,
+        wanted: 0,
+    };
+    let plain = Datagram::new(
+        5,
+        Message::AnnounceX {
+            connection_id: 0x0102,
+            announce,
+            flags: ExtFlags {
+                probe: false,
+                relayed: true,
+            },
+        },
+    );
+    let mut bytes = hdr(16, 5, 0x0102);
+    bytes.extend_from_slice(&[0xAB; 32]);
+    bytes.extend_from_slice(&[0x1F, 0x90, 2, 0, 0, 0x02]);
+    roundtrip_bytes(&plain, &bytes);
+    assert_eq!(bytes.len(), HEADER_LEN + ANNOUNCE_X_BODY_LEN);
+    // Asking for a probe: flags 0x01 and 218 zero bytes of padding.
+    let probe = Datagram::new(
+        5,
+        Message::AnnounceX {
+            connection_id: 0x0102,
+            announce,
+            flags: ExtFlags {
+                probe: true,
+                relayed: false,
+            },
+        },
+    );
+    let mut bytes = hdr(16, 5, 0x0102);
+    bytes.extend_from_slice(&[0xAB; 32]);
+    bytes.extend_from_slice(&[0x1F, 0x90, 2, 0, 0, 0x01]);
+    bytes.extend_from_slice(&[0; PROBE_PADDING]);
+    roundtrip_bytes(&probe, &bytes);
+    assert_eq!(bytes.len(), 276);
+    // Padding of another length, unknown flag bits, a missing flags byte
+    // or a listed state with port 0: malformed.
+    let mut short = bytes.clone();
+    short.pop();
+    let mut long = bytes.clone();
+    long.push(0);
+    let mut unknown = hdr(16, 5, 1);
+    unknown.extend_from_slice(&[0xAB; 32]);
+    unknown.extend_from_slice(&[0x1F, 0x90, 2, 0, 0, 0x04]);
+    let mut no_flags = hdr(16, 5, 1);
+    no_flags.extend_from_slice(&[0xAB; 32]);
+    no_flags.extend_from_slice(&[0x1F, 0x90, 2, 0, 0]);
+    let mut port0 = hdr(16, 5, 1);
+    port0.extend_from_slice(&[0xAB; 32]);
+    port0.extend_from_slice(&[0, 0, 1, 0, 0, 0]);
+    for bad in [short, long, unknown, no_flags, port0] {
+        assert!(matches!(
+            Datagram::decode(&bad),
+            Err(DecodeError::Body {
+                source: Malformed {
+                    kind: Kind::AnnounceX
+                },
+                ..
+            })
+        ));
+    }
+}
+
+#[test]
+fn peers_x_vector() {
+    let p = Datagram::new(
+        9,
+        Message::PeersX(PeersX {
+            interval: 60,
+            seeders: 1,
+            partials: 2,
+            probe: Probe::Unreachable,
+            observed: "203.0.113.7:8080".parse().unwrap(),
+            relay: RelayAddr::SameHost(7410),
+            peers: vec![
+                PeerEntryX {
+                    entry: PeerEntry {
+                        addr: "10.0.0.1:6881".parse().unwrap(),
+                        state: PeerState::Complete,
+                    },
+                    relayed: false,
+                },
+                PeerEntryX {
+                    entry: PeerEntry {
+                        addr: "[2001:db8::1]:80".parse().unwrap(),
+                        state: PeerState::Downloading,
+                    },
+                    relayed: true,
+                },
+            ],
+        }),
+    );
+    let mut bytes = hdr(17, 9, 0);
+    bytes.extend_from_slice(&[0, 60, 0, 0, 0, 1, 0, 0, 0, 2, 2]);
+    bytes.extend_from_slice(&[4, 203, 0, 113, 7, 0x1F, 0x90]);
+    bytes.extend_from_slice(&[1, 0x1C, 0xF2]);
+    bytes.extend_from_slice(&[4, 10, 0, 0, 1, 0x1A, 0xE1, 2, 0]);
+    bytes.push(6);
+    bytes.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
+    bytes.extend_from_slice(&[0, 80, 1, 1]);
+    roundtrip_bytes(&p, &bytes);
+    // A relay at an explicit address, no relay, no entries.
+    for (relay, tail) in [
+        (RelayAddr::None, vec![0u8]),
+        (
+            RelayAddr::At("192.0.2.1:7410".parse().unwrap()),
+            vec![4, 192, 0, 2, 1, 0x1C, 0xF2],
+        ),
+    ] {
+        let d = Datagram::new(
+            1,
+            Message::PeersX(PeersX {
+                interval: 1,
+                seeders: 0,
+                partials: 0,
+                probe: Probe::NotAsked,
+                observed: "192.0.2.9:1".parse().unwrap(),
+                relay,
+                peers: vec![],
+            }),
+        );
+        let mut bytes = hdr(17, 1, 0);
+        bytes.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        bytes.extend_from_slice(&[4, 192, 0, 2, 9, 0, 1]);
+        bytes.extend_from_slice(&tail);
+        roundtrip_bytes(&d, &bytes);
+    }
+    // A relayed flag other than 0 or 1, a probe result above 4, a relay
+    // family of 5: malformed.
+    let mut bad_flag = bytes_of(&p);
+    *bad_flag.last_mut().unwrap() = 2;
+    let mut bad_probe = bytes_of(&p);
+    bad_probe[HEADER_LEN + 10] = 5;
+    let mut bad_relay = bytes_of(&p);
+    bad_relay[HEADER_LEN + 11 + 7] = 5;
+    for bad in [bad_flag, bad_probe, bad_relay] {
+        assert!(Datagram::decode(&bad).is_err());
+    }
+}
+
+fn bytes_of(d: &Datagram) -> Vec<u8> {
+    d.to_vec()
+}
+
 fn arb_state() -> impl Strategy<Value = PeerState> {
     prop_oneof![
         Just(PeerState::Asking),
@@ -314,6 +465,54 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     peers
                 })
             ),
+        (
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            1u16..,
+            arb_state(),
+            any::<u16>(),
+            any::<bool>(),
+            any::<bool>()
+        )
+            .prop_map(
+                |(connection_id, swarm_key, port, state, wanted, probe, relayed)| {
+                    Message::AnnounceX {
+                        connection_id,
+                        announce: Announce {
+                            swarm_key,
+                            port,
+                            state,
+                            wanted,
+                        },
+                        flags: ExtFlags { probe, relayed },
+                    }
+                }
+            ),
+        (
+            (any::<u16>(), any::<u32>(), any::<u32>()),
+            0u8..5,
+            arb_entry(),
+            prop_oneof![
+                Just(RelayAddr::None),
+                any::<u16>().prop_map(RelayAddr::SameHost),
+                arb_entry().prop_map(|e| RelayAddr::At(e.addr)),
+            ],
+            proptest::collection::vec((arb_entry(), any::<bool>()), 0..60)
+        )
+            .prop_map(|((interval, seeders, partials), probe, me, relay, peers)| {
+                Message::PeersX(PeersX {
+                    interval,
+                    seeders,
+                    partials,
+                    probe: Probe::from_u8(probe).unwrap(),
+                    observed: me.addr,
+                    relay,
+                    peers: peers
+                        .into_iter()
+                        .map(|(entry, relayed)| PeerEntryX { entry, relayed })
+                        .collect(),
+                })
+            }),
         (any::<u16>(), ".{0,40}").prop_map(|(code, message)| Message::Error {
             code: ErrorCode::from_u16(code),
             message

@@ -126,8 +126,10 @@ async fn get_scoped(
         // An unreachable tracker must show as such before --timeout ends.
         client.set_deadline(client.deadline().min(t / 2).max(Duration::from_millis(500)));
     }
+    client.use_extensions();
     let announcer = spawn_announcer(client, PeerState::Downloading, swarm.cancel.clone());
-    node::spawn_connector(swarm.clone(), announcer.replies());
+    let paths = node::spawn_connector(swarm.clone(), announcer.replies());
+    super::reach::spawn_reach(swarm.clone(), &announcer, events.clone(), paths.clone());
     let s = swarm.clone();
     announcer.spawn_lonely_reannounce(super::share::LONELY_REANNOUNCE, move || s.peer_count() == 0);
     let progress = Progress::new(
@@ -164,6 +166,11 @@ async fn get_scoped(
             .from
             .iter()
             .map(|(a, n)| (a.to_string(), *n))
+            .collect(),
+        via: report
+            .from
+            .keys()
+            .map(|a| (a.to_string(), paths.via(a).as_str().to_string()))
             .collect(),
     });
     // With --only, what is held is a part of the content: say so.

@@ -32,6 +32,7 @@ pub mod node;
 pub mod pieces;
 pub mod progress;
 pub mod rate;
+pub mod reach;
 pub mod secure;
 pub mod select;
 pub mod serve;

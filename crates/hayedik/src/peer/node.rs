@@ -34,6 +34,95 @@ pub const REDIAL_AFTER: Duration = Duration::from_secs(2);
 /// this, those absent from the tracker's latest list are forgotten.
 pub const MAX_KNOWN: usize = 1024;
 
+/// A listed peer that the tracker marks as reachable only through the
+/// relay is still tried directly, for this long (peers prefer direct
+/// paths: a NAT that allows it, or a LAN, costs nobody the relay)...
+pub const RELAYED_DIRECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// ... and alone for this long before the relay is tried alongside.
+pub const RELAY_HEAD_START: Duration = Duration::from_millis(250);
+
+/// How a session with a listed peer was reached (`done`'s `via`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    Direct,
+    Relay,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::Direct => "direct",
+            Via::Relay => "relay",
+        }
+    }
+}
+
+/// The path of the latest session we dialed to each listed peer, and the
+/// IPs of peers that reached us through the relay (we learn their port
+/// only in the session's handshake); any other peer was reached directly.
+/// Both bounded like the connector's list ([`MAX_KNOWN`]).
+#[derive(Debug, Default)]
+pub struct Paths {
+    dialed: Mutex<HashMap<SocketAddr, Via>>,
+    relayed_ips: Mutex<std::collections::HashSet<std::net::IpAddr>>,
+    /// What the tracker's probe said about us: 0 not known yet, 1 others
+    /// reach us directly, 2 they do not.
+    reachable: std::sync::atomic::AtomicU8,
+}
+
+impl Paths {
+    /// Records the probe's verdict (see [`Paths::may_relay_to_downloader`]).
+    pub fn set_reachable(&self, direct: bool) {
+        self.reachable.store(
+            if direct { 1 } else { 2 },
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Whether we dial a relayed *downloader* through the relay: only once
+    /// we know others cannot reach us directly. A downloader dials the
+    /// peers it needs itself, so a peer others reach directly lets it (the
+    /// path then is direct); a relayed seeder is always dialed through the
+    /// relay, since it has nothing to fetch from us.
+    fn may_relay_to_downloader(&self) -> bool {
+        self.reachable.load(std::sync::atomic::Ordering::Relaxed) == 2
+    }
+
+    /// A session from `ip` came through the relay.
+    pub fn relayed_from(&self, ip: std::net::IpAddr) {
+        let mut set = self.relayed_ips.lock().unwrap_or_else(|e| e.into_inner());
+        if set.len() < MAX_KNOWN {
+            set.insert(ip);
+        }
+    }
+
+    fn set(&self, addr: SocketAddr, via: Via) {
+        let mut map = self.dialed.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_KNOWN && !map.contains_key(&addr) {
+            // Forget direct paths first: they are the default.
+            map.retain(|_, v| *v != Via::Direct);
+            if map.len() >= MAX_KNOWN {
+                return;
+            }
+        }
+        map.insert(addr, via);
+    }
+
+    /// How `addr` was reached.
+    pub fn via(&self, addr: &SocketAddr) -> Via {
+        let map = self.dialed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = map.get(addr) {
+            return *v;
+        }
+        let relayed = self.relayed_ips.lock().unwrap_or_else(|e| e.into_inner());
+        if relayed.contains(&addr.ip()) {
+            Via::Relay
+        } else {
+            Via::Direct
+        }
+    }
+}
+
 /// Binds the TCP address pieces are served on and reports it (`listening`).
 pub async fn bind_listener(
     addr: SocketAddr,
@@ -104,8 +193,21 @@ struct DialState {
 /// Dials listed peers until the swarm is cancelled: every peer list
 /// published on `peers`, and every few seconds for peers whose session
 /// ended (with backoff per address).
-pub fn spawn_connector(swarm: Arc<Swarm>, mut peers: watch::Receiver<Option<AnnounceReply>>) {
+///
+/// A peer listed as relayed is tried directly, and after
+/// [`RELAY_HEAD_START`] through the relay the tracker named too.
+/// The returned [`Paths`] say which path each dialed session took.
+pub fn spawn_connector(
+    swarm: Arc<Swarm>,
+    mut peers: watch::Receiver<Option<AnnounceReply>>,
+) -> Arc<Paths> {
+    let paths = Arc::new(Paths::default());
+    let out = paths.clone();
+    let relay_key = crate::relay::relay_key(&swarm.root);
     crate::spawn::spawn("connector", async move {
+        // Listed peers reachable only through a relay, and that relay.
+        // (relay, whether the peer is a seeder).
+        let mut relayed: HashMap<SocketAddr, (SocketAddr, bool)> = HashMap::new();
         let slots = Arc::new(Semaphore::new(MAX_OUTGOING));
         let cancel = swarm.cancel.clone();
         let mut known: HashMap<SocketAddr, DialState> = HashMap::new();
@@ -119,7 +221,25 @@ pub fn spawn_connector(swarm: Arc<Swarm>, mut peers: watch::Receiver<Option<Anno
                     if r.is_err() {
                         return;
                     }
-                    let list = peers.borrow_and_update().as_ref().map(|r| r.peers.clone()).unwrap_or_default();
+                    let (list, relay) = {
+                        let latest = peers.borrow_and_update();
+                        let list = latest.as_ref().map(|r| r.peers.clone()).unwrap_or_default();
+                        let relay = latest.as_ref().and_then(|r| {
+                            let relay = r.ext?.relay?;
+                            Some((relay, r.relayed.clone()))
+                        });
+                        (list, relay)
+                    };
+                    if let Some((relay, addrs)) = relay {
+                        for a in addrs {
+                            if relayed.len() < MAX_KNOWN || relayed.contains_key(&a) {
+                                let seeder = list.iter().any(|e| {
+                                    e.addr == a && e.state == hayedik_proto::tracker::PeerState::Complete
+                                });
+                                relayed.insert(a, (relay, seeder));
+                            }
+                        }
+                    }
                     for e in &list {
                         known.entry(e.addr).or_insert(DialState { next_try: Instant::now(), backoff: REDIAL_AFTER });
                     }
@@ -129,6 +249,7 @@ pub fn spawn_connector(swarm: Arc<Swarm>, mut peers: watch::Receiver<Option<Anno
                         known.retain(|a, _| {
                             listed.contains(a) || dialing.contains(a) || swarm.is_connected(a)
                         });
+                        relayed.retain(|a, _| known.contains_key(a));
                     }
                 }
                 Some((addr, ok)) = done_rx.recv() => {
@@ -159,14 +280,20 @@ pub fn spawn_connector(swarm: Arc<Swarm>, mut peers: watch::Receiver<Option<Anno
                 };
                 dialing.insert(*addr);
                 let (swarm, addr, done) = (swarm.clone(), *addr, done_tx.clone());
+                let relay = relayed
+                    .get(&addr)
+                    .filter(|(_, seeder)| *seeder || paths.may_relay_to_downloader())
+                    .map(|(r, _)| (*r, relay_key));
+                let paths = paths.clone();
                 crate::spawn::spawn(&format!("dial {addr}"), async move {
-                    let ok = dial(swarm, addr).await;
+                    let ok = dial(swarm, addr, relay, &paths).await;
                     drop(permit);
                     let _ = done.send((addr, ok));
                 });
             }
         }
     });
+    out
 }
 
 /// Whether `addr` is our own listening address (the tracker excludes us,
@@ -175,24 +302,91 @@ fn is_self(swarm: &Swarm, addr: &SocketAddr) -> bool {
     addr.port() == swarm.listen_port && (addr.ip().is_loopback() || addr.ip().is_unspecified())
 }
 
-/// Connects and runs a session; true if the session got going.
-async fn dial(swarm: Arc<Swarm>, addr: SocketAddr) -> bool {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!("connecting to {addr}: {e}");
-            return false;
+/// A connection to a listed peer, and how it was made.
+enum Reached {
+    Direct(TcpStream),
+    Relayed(TcpStream),
+}
+
+/// Connects to `addr`: directly, or, for a peer listed as relayed, directly
+/// with a head start of [`RELAY_HEAD_START`] and then through the relay
+/// alongside, taking whichever connects first (a refusal or a success on a
+/// LAN comes within the head start, so a direct path wins where there is
+/// one).
+async fn connect(addr: SocketAddr, relay: Option<(SocketAddr, [u8; 32])>) -> Option<Reached> {
+    let Some((relay, key)) = relay else {
+        return match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => Some(Reached::Direct(s)),
+            Ok(Err(e)) => {
+                tracing::debug!("connecting to {addr}: {e}");
+                None
+            }
+            Err(_) => {
+                tracing::debug!("connecting to {addr}: timed out");
+                None
+            }
+        };
+    };
+    let direct = tokio::time::timeout(RELAYED_DIRECT_TIMEOUT, TcpStream::connect(addr));
+    tokio::pin!(direct);
+    let mut direct_over = false;
+    tokio::select! {
+        r = &mut direct => match r {
+            Ok(Ok(s)) => return Some(Reached::Direct(s)),
+            _ => direct_over = true,
+        },
+        _ = tokio::time::sleep(RELAY_HEAD_START) => {}
+    }
+    let relayed = crate::relay::client::dial(relay, key, addr);
+    tokio::pin!(relayed);
+    let mut relay_over = false;
+    while !(direct_over && relay_over) {
+        tokio::select! {
+            r = &mut direct, if !direct_over => match r {
+                Ok(Ok(s)) => return Some(Reached::Direct(s)),
+                _ => direct_over = true,
+            },
+            r = &mut relayed, if !relay_over => match r {
+                Ok(s) => {
+                    tracing::debug!("reaching {addr} through the relay at {relay}");
+                    return Some(Reached::Relayed(s));
+                }
+                Err(e) => {
+                    tracing::debug!("reaching {addr} through the relay: {e}");
+                    relay_over = true;
+                }
+            },
         }
-        Err(_) => {
-            tracing::debug!("connecting to {addr}: timed out");
-            return false;
-        }
+    }
+    None
+}
+
+/// Connects (see [`connect`]) and runs a session; true if the session got
+/// going.
+async fn dial(
+    swarm: Arc<Swarm>,
+    addr: SocketAddr,
+    relay: Option<(SocketAddr, [u8; 32])>,
+    paths: &Paths,
+) -> bool {
+    let Some(reached) = connect(addr, relay).await else {
+        return false;
     };
     let (cancel, activity) = (
         swarm.cancel.child_token(),
         Arc::new(Activity::new(Instant::now())),
     );
-    match session::run(swarm, stream, Some(addr), cancel, activity).await {
+    let result = match reached {
+        Reached::Direct(stream) => {
+            paths.set(addr, Via::Direct);
+            session::run(swarm, stream, Some(addr), cancel, activity).await
+        }
+        Reached::Relayed(stream) => {
+            paths.set(addr, Via::Relay);
+            session::run_over(swarm, stream, addr, Some(addr), cancel, activity).await
+        }
+    };
+    match result {
         Ok(()) => true,
         Err(e) => {
             tracing::debug!("session with {addr} ended: {e}");

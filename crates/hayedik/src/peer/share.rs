@@ -193,10 +193,19 @@ async fn share_scoped(
             events.emit(Event::Warning { message: format!("first announce to the swarm tracker: {e}; retrying in the background") });
         },
     }
+    // An embedded tracker would probe us from our own host: only a
+    // tracker elsewhere can tell whether others reach us.
+    let probe = opts.tracker.is_some();
+    if probe {
+        client.use_extensions();
+    }
     let announcer = spawn_announcer(client, PeerState::Complete, swarm.cancel.clone());
     // Dial the downloaders the tracker lists too: a sharer behind a firewall
     // or NAT serves over connections it opens itself.
-    node::spawn_connector(swarm.clone(), announcer.replies());
+    let paths = node::spawn_connector(swarm.clone(), announcer.replies());
+    if probe {
+        super::reach::spawn_reach(swarm.clone(), &announcer, events.clone(), paths);
+    }
     let s = swarm.clone();
     announcer.spawn_lonely_reannounce(LONELY_REANNOUNCE, move || s.peer_count() == 0);
     events.emit(Event::Ticket {

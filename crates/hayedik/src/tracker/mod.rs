@@ -12,6 +12,7 @@ pub mod central;
 pub mod cookie;
 pub mod limits;
 pub mod peers;
+pub mod probe;
 pub mod state;
 pub mod swarm;
 pub mod swarm_task;
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use hayedik_proto::tracker::RelayAddr;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -48,7 +50,20 @@ pub struct TrackerConfig {
     pub retire_unannounced: Duration,
     pub state_dir: Option<PathBuf>,
     pub limits: Limits,
+    /// `--relay`: serve a relay on TCP too.
+    pub relay: Option<RelayConfig>,
 }
+
+/// Where and how the relay runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RelayConfig {
+    /// TCP address; `None`: the central tracker's IP and port number.
+    pub listen: Option<SocketAddr>,
+    pub limits: crate::relay::RelayLimits,
+}
+
+/// Reachability probes running at once, over all swarms of a tracker.
+pub const MAX_PROBES: usize = 64;
 
 impl Default for TrackerConfig {
     fn default() -> Self {
@@ -60,6 +75,7 @@ impl Default for TrackerConfig {
             retire_unannounced: Duration::from_secs(600),
             state_dir: None,
             limits: Limits::default(),
+            relay: None,
         }
     }
 }
@@ -72,6 +88,8 @@ pub struct Shared {
     pub confirm_timeout: Duration,
     pub retire: swarm::Retire,
     pub swarm_settings: SwarmSettings,
+    /// Probe slots shared by every swarm ([`MAX_PROBES`]).
+    pub probes: Arc<tokio::sync::Semaphore>,
 }
 
 /// Binds swarm sockets: on the central tracker's IP, from a port range or an
@@ -190,6 +208,32 @@ async fn run_scoped(
         }
         None => None,
     };
+    let relay = match &config.relay {
+        Some(relay) => {
+            let at = relay.listen.unwrap_or(local);
+            let listener = tokio::net::TcpListener::bind(at).await.with_context(|| {
+                format!("cannot serve the relay on TCP {at}: choose another address with --relay-listen")
+            })?;
+            let bound = listener
+                .local_addr()
+                .context("reading the relay's address")?;
+            crate::spawn::spawn(
+                "relay",
+                crate::relay::serve(
+                    listener,
+                    relay.limits.clone(),
+                    events.clone(),
+                    cancel.clone(),
+                ),
+            );
+            if bound.ip().is_unspecified() {
+                RelayAddr::SameHost(bound.port())
+            } else {
+                RelayAddr::At(bound)
+            }
+        }
+        None => RelayAddr::None,
+    };
     let shared = Arc::new(Shared {
         events,
         store,
@@ -203,7 +247,9 @@ async fn run_scoped(
             interval: config.announce_interval,
             max_peers: config.limits.max_peers_per_swarm,
             max_peers_per_source: config.limits.max_peers_per_ip,
+            relay,
         },
+        probes: Arc::new(tokio::sync::Semaphore::new(MAX_PROBES)),
     });
     let binder = Binder::new(local.ip(), config.swarm_ports);
     let epoch = Instant::now();

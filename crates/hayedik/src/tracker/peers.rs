@@ -58,6 +58,9 @@ struct Record {
     seq: u64,
     /// UDP source port of the announce that listed the entry.
     owner_port: u16,
+    /// Reachable only through the tracker's relay (its latest ANNOUNCE_X
+    /// said so).
+    relayed: bool,
 }
 
 /// What an announce did to the table.
@@ -192,6 +195,7 @@ impl PeerTable {
             last_seen: now,
             seq,
             owner_port: src.port(),
+            relayed: false,
         });
         self.place(at);
         // Keep the list in random order: swap the newcomer to a random place.
@@ -230,6 +234,18 @@ impl PeerTable {
         if i < self.list.len() {
             self.place(i);
         }
+    }
+
+    /// Marks a listed peer as reachable only through the relay, or not.
+    pub fn set_relayed(&mut self, key: PeerKey, relayed: bool) {
+        if let Some(&i) = self.index.get(&key) {
+            self.list[i].relayed = relayed;
+        }
+    }
+
+    /// Whether a listed peer is reachable only through the relay.
+    pub fn is_relayed(&self, key: PeerKey) -> bool {
+        self.index.get(&key).is_some_and(|&i| self.list[i].relayed)
     }
 
     /// Drops every peer not seen since `now - max_age`; returns how many.

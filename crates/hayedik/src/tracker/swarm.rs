@@ -11,12 +11,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hayedik_proto::tracker::{
-    decode_body, decode_header, encode_error_capped, Datagram, ErrorCode, HeaderError, Kind,
-    Message, PeerEntry, Peers, MAX_PEERS_DATAGRAM, PEERS_FIXED_LEN,
+    decode_body, decode_header, encode_error_capped, Datagram, ErrorCode, ExtFlags, HeaderError,
+    Kind, Message, PeerEntry, PeerEntryX, Peers, PeersX, Probe, RelayAddr, MAX_PEERS_DATAGRAM,
+    PEERS_FIXED_LEN,
 };
 
 use super::cookie::{ct_eq, Purpose, Stamp};
 use super::peers::{PeerTable, Update};
+use super::probe::Probes;
 
 /// Peers sent when an ANNOUNCE asks for 0 (the tracker's default).
 pub const DEFAULT_WANTED: usize = 50;
@@ -31,6 +33,8 @@ pub struct SwarmSettings {
     pub max_peers: usize,
     /// Peers listed from one IPv4 address or IPv6 /64.
     pub max_peers_per_source: usize,
+    /// The relay told to peers in PEERS_X (`--relay`), or none.
+    pub relay: RelayAddr,
 }
 
 /// When a confirmed swarm is retired.
@@ -88,6 +92,9 @@ pub struct SwarmTracker {
     epoch: Instant,
     rng: rand::rngs::SmallRng,
     scratch: Vec<PeerEntry>,
+    probes: Probes,
+    /// A probe the last datagram asked the task to start.
+    probe_to_start: Option<SocketAddr>,
 }
 
 impl SwarmTracker {
@@ -109,6 +116,8 @@ impl SwarmTracker {
             epoch,
             rng: rand::rngs::SmallRng::from_entropy(),
             scratch: Vec::new(),
+            probes: Probes::default(),
+            probe_to_start: None,
         }
     }
 
@@ -142,9 +151,22 @@ impl SwarmTracker {
         self.peers.len()
     }
 
-    /// Drops peers silent for more than twice the announce interval.
+    /// Drops peers silent for more than twice the announce interval, and
+    /// old probe results.
     pub fn expire(&mut self, now: Instant) -> usize {
+        self.probes.expire(now);
         self.peers.expire(now, self.settings.interval * 2)
+    }
+
+    /// The probe the last [`SwarmTracker::handle`] asked for, if any: the
+    /// task runs it and reports with [`SwarmTracker::probe_finished`].
+    pub fn take_probe(&mut self) -> Option<SocketAddr> {
+        self.probe_to_start.take()
+    }
+
+    /// A probe ended (`None`: it could not be run).
+    pub fn probe_finished(&mut self, addr: SocketAddr, reached: Option<bool>, now: Instant) {
+        self.probes.finished(addr, reached, now);
     }
 
     fn secs(&self, now: Instant) -> u64 {
@@ -228,7 +250,7 @@ impl SwarmTracker {
                 Datagram::new(tid, Message::Connected { connection_id }).encode(out);
                 Effect::Nothing
             }
-            Kind::Announce => self.announce(src, &header, body, now, out),
+            Kind::Announce | Kind::AnnounceX => self.announce(src, &header, body, now, out),
             _ => Effect::Nothing,
         }
     }
@@ -272,8 +294,11 @@ impl SwarmTracker {
             return Effect::Nothing;
         }
         // From here on the source has proved its address: no size cap.
-        let announce = match decode_body(header, body) {
-            Ok(Message::Announce { announce, .. }) => announce,
+        let (announce, ext) = match decode_body(header, body) {
+            Ok(Message::Announce { announce, .. }) => (announce, None),
+            Ok(Message::AnnounceX {
+                announce, flags, ..
+            }) => (announce, Some(flags)),
             _ => {
                 encode_error_capped(
                     out,
@@ -319,7 +344,11 @@ impl SwarmTracker {
             Update::SourceFull => Some("swarm is full for your address: too many ports listed"),
             // Another socket may not delist or downgrade an entry: answered
             // as usual, the entry left as it was.
-            Update::Listed | Update::NotListed | Update::NotOwner => None,
+            Update::Listed => {
+                self.peers.set_relayed(me, ext.is_some_and(|f| f.relayed));
+                None
+            }
+            Update::NotListed | Update::NotOwner => None,
         };
         if let Some(message) = refusal {
             encode_error_capped(out, tid, ErrorCode::RateLimited, message, usize::MAX);
@@ -330,8 +359,24 @@ impl SwarmTracker {
             0 => DEFAULT_WANTED,
             n => usize::from(n),
         };
+        let interval = u16::try_from(self.settings.interval.as_secs()).unwrap_or(u16::MAX);
         let mut entries = std::mem::take(&mut self.scratch);
         entries.clear();
+        if let Some(flags) = ext {
+            let observed = SocketAddr::new(src.ip(), announce.port);
+            self.reply_x(
+                tid,
+                flags,
+                observed,
+                announce,
+                wanted,
+                (seeders, partials),
+                now,
+                out,
+            );
+            self.scratch = entries;
+            return effect;
+        }
         if announce.state != hayedik_proto::tracker::PeerState::Leaving {
             let mut room = MAX_PEERS_DATAGRAM - PEERS_FIXED_LEN;
             self.peers
@@ -343,7 +388,7 @@ impl SwarmTracker {
                 });
         }
         let peers = Peers {
-            interval: u16::try_from(self.settings.interval.as_secs()).unwrap_or(u16::MAX),
+            interval,
             seeders,
             partials,
             peers: entries,
@@ -354,6 +399,62 @@ impl SwarmTracker {
             self.scratch = p.peers;
         }
         effect
+    }
+}
+
+impl SwarmTracker {
+    /// The PEERS_X answer to an ANNOUNCE_X already applied to the table.
+    #[allow(clippy::too_many_arguments)]
+    fn reply_x(
+        &mut self,
+        tid: u32,
+        flags: ExtFlags,
+        observed: SocketAddr,
+        announce: hayedik_proto::tracker::Announce,
+        wanted: usize,
+        (seeders, partials): (u32, u32),
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) {
+        let probe = if flags.probe && announce.port != 0 {
+            let (result, start) = self.probes.ask(observed, now);
+            if start {
+                self.probe_to_start = Some(observed);
+            }
+            result
+        } else {
+            Probe::NotAsked
+        };
+        let relay = self.settings.relay;
+        let mut sample = Vec::new();
+        if announce.state != hayedik_proto::tracker::PeerState::Leaving {
+            let mut room = MAX_PEERS_DATAGRAM - PeersX::fixed_len(&observed, &relay);
+            let me = (observed.ip(), observed.port());
+            self.peers
+                .sample(Some(me), wanted, &mut self.rng, &mut sample, |e| {
+                    let len = e.encoded_len() + 1;
+                    let fits = len <= room;
+                    room = room.saturating_sub(len);
+                    fits
+                });
+        }
+        let peers = sample
+            .into_iter()
+            .map(|entry| PeerEntryX {
+                relayed: self.peers.is_relayed((entry.addr.ip(), entry.addr.port())),
+                entry,
+            })
+            .collect();
+        let reply = PeersX {
+            interval: u16::try_from(self.settings.interval.as_secs()).unwrap_or(u16::MAX),
+            seeders,
+            partials,
+            probe,
+            observed,
+            relay,
+            peers,
+        };
+        Datagram::new(tid, Message::PeersX(reply)).encode(out);
     }
 }
 

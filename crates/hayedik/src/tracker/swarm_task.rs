@@ -5,13 +5,14 @@
 //! peers, and retires the swarm when nobody announced for too long, or when
 //! nobody announced at all soon after its confirmation ([`SwarmTracker::retire_due`]).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
+use super::probe::PROBE_TIMEOUT;
 use super::swarm::{Effect, SwarmRecord, SwarmTracker};
 use super::Shared;
 use crate::events::Event;
@@ -69,8 +70,13 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
     // still refused as malformed (a reply is never larger than this).
     let mut buf = vec![0u8; 512];
     let mut out = Vec::new();
+    // Probe results; bounded by the probes a swarm runs at once.
+    let (probed_tx, mut probed) = mpsc::unbounded_channel::<(SocketAddr, Option<bool>)>();
     loop {
         tokio::select! {
+            Some((addr, reached)) = probed.recv() => {
+                swarm.probe_finished(addr, reached, Instant::now());
+            }
             _ = shared.cancel.cancelled() => break,
             _ = tokio::time::sleep_until(confirm_deadline), if !swarm.is_confirmed() => {
                 // The central tracker reports it once the port is free.
@@ -136,8 +142,51 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
                 if !out.is_empty() {
                     let _ = socket.send_to(&out, src).await;
                 }
+                if let Some(addr) = swarm.take_probe() {
+                    start_probe(shared, addr, probed_tx.clone());
+                }
             }
         }
+    }
+}
+
+/// Runs one reachability probe on its own task, if a tracker-wide slot is
+/// free: a TCP connection to `addr`, closed at once with a reset and
+/// without a byte sent, given up after [`PROBE_TIMEOUT`] (one SYN).
+fn start_probe(
+    shared: &Shared,
+    addr: SocketAddr,
+    done: mpsc::UnboundedSender<(SocketAddr, Option<bool>)>,
+) {
+    let Ok(permit) = shared.probes.clone().try_acquire_owned() else {
+        let _ = done.send((addr, None));
+        return;
+    };
+    let cancel = shared.cancel.clone();
+    crate::spawn::spawn(&format!("probe {addr}"), async move {
+        let reached = tokio::select! {
+            _ = cancel.cancelled() => None,
+            r = probe(addr) => Some(r),
+        };
+        drop(permit);
+        let _ = done.send((addr, reached));
+    });
+}
+
+async fn probe(addr: SocketAddr) -> bool {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+    };
+    let Ok(socket) = socket else { return false };
+    // Close with a RST: no FIN exchange, nothing but SYN, ACK and RST.
+    let _ = socket.set_zero_linger();
+    match tokio::time::timeout(PROBE_TIMEOUT, socket.connect(addr)).await {
+        Ok(Ok(stream)) => {
+            drop(stream);
+            true
+        }
+        _ => false,
     }
 }
 

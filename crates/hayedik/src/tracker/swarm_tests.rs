@@ -8,6 +8,7 @@ fn settings() -> SwarmSettings {
         interval: Duration::from_secs(60),
         max_peers: 1000,
         max_peers_per_source: 32,
+        relay: hayedik_proto::tracker::RelayAddr::SameHost(7410),
     }
 }
 
@@ -417,4 +418,192 @@ fn a_swarm_never_announced_to_is_retired_soon() {
     let s = SwarmTracker::new(record, true, settings(), restored_at);
     assert!(!s.retire_due(restored_at + Duration::from_secs(599), unix, retire));
     assert!(s.retire_due(restored_at + Duration::from_secs(601), unix, retire));
+}
+
+fn announce_x(cid: u64, key: [u8; 32], port: u16, state: PeerState, flags: ExtFlags) -> Datagram {
+    Datagram::new(
+        2,
+        Message::AnnounceX {
+            connection_id: cid,
+            announce: Announce {
+                swarm_key: key,
+                port,
+                state,
+                wanted: 0,
+            },
+            flags,
+        },
+    )
+}
+
+/// A confirmed swarm whose key [9; 32] was bound by `sharer`.
+fn keyed_swarm(now: Instant, sharer: SocketAddr) -> SwarmTracker {
+    let mut s = new_swarm(now);
+    reply(
+        &mut s,
+        sharer,
+        &Datagram::new(1, Message::Confirm { token: 77 }),
+        now,
+    );
+    let cid = s.connection_id(sharer, now);
+    reply(
+        &mut s,
+        sharer,
+        &announce(cid, [9; 32], 8000, PeerState::Complete),
+        now,
+    );
+    s
+}
+
+#[test]
+fn announce_x_lists_relayed_peers_and_tells_the_relay() {
+    let now = Instant::now();
+    let sharer: SocketAddr = "192.0.2.1:9000".parse().unwrap();
+    let mut s = keyed_swarm(now, sharer);
+    // The sharer says it is reachable through the relay.
+    let cid = s.connection_id(sharer, now);
+    let flags = ExtFlags {
+        probe: false,
+        relayed: true,
+    };
+    let Some(Message::PeersX(p)) = reply(
+        &mut s,
+        sharer,
+        &announce_x(cid, [9; 32], 8000, PeerState::Complete, flags),
+        now,
+    ) else {
+        panic!("no PEERS_X");
+    };
+    assert_eq!(p.observed, "192.0.2.1:8000".parse().unwrap());
+    assert_eq!(p.relay, RelayAddr::SameHost(7410));
+    assert_eq!(p.probe, Probe::NotAsked);
+    // A getter asking with ANNOUNCE_X sees the sharer flagged relayed.
+    let getter: SocketAddr = "198.51.100.2:4000".parse().unwrap();
+    let cid = s.connection_id(getter, now);
+    let Some(Message::PeersX(p)) = reply(
+        &mut s,
+        getter,
+        &announce_x(
+            cid,
+            [9; 32],
+            7000,
+            PeerState::Downloading,
+            ExtFlags::default(),
+        ),
+        now,
+    ) else {
+        panic!("no PEERS_X");
+    };
+    assert_eq!(p.peers.len(), 1);
+    assert!(p.peers[0].relayed);
+    assert_eq!(p.peers[0].entry.addr, "192.0.2.1:8000".parse().unwrap());
+    // A plain ANNOUNCE still gets a plain PEERS with the same entry.
+    let Some(Message::Peers(p)) = reply(
+        &mut s,
+        getter,
+        &announce(cid, [9; 32], 7000, PeerState::Downloading),
+        now,
+    ) else {
+        panic!("no PEERS");
+    };
+    assert_eq!(p.peers.len(), 1);
+    // A plain ANNOUNCE from the sharer clears the flag.
+    let cid = s.connection_id(sharer, now);
+    reply(
+        &mut s,
+        sharer,
+        &announce(cid, [9; 32], 8000, PeerState::Complete),
+        now,
+    );
+    let cid = s.connection_id(getter, now);
+    let Some(Message::PeersX(p)) = reply(
+        &mut s,
+        getter,
+        &announce_x(
+            cid,
+            [9; 32],
+            7000,
+            PeerState::Downloading,
+            ExtFlags::default(),
+        ),
+        now,
+    ) else {
+        panic!("no PEERS_X");
+    };
+    assert!(!p.peers[0].relayed);
+}
+
+#[test]
+fn announce_x_keeps_the_order_of_checks() {
+    let now = Instant::now();
+    let sharer: SocketAddr = "192.0.2.1:9000".parse().unwrap();
+    let mut s = keyed_swarm(now, sharer);
+    // Bad connection id: ERROR 3, no larger than the request.
+    let d = announce_x(1, [9; 32], 8000, PeerState::Complete, ExtFlags::default());
+    let mut out = Vec::new();
+    s.handle(sharer, &d.to_vec(), now, &mut out);
+    assert!(out.len() <= d.to_vec().len());
+    assert!(matches!(
+        Datagram::decode(&out).unwrap().message,
+        Message::Error {
+            code: ErrorCode::BadConnectionId,
+            ..
+        }
+    ));
+    // Wrong key: ERROR 4.
+    let cid = s.connection_id(sharer, now);
+    let m = reply(
+        &mut s,
+        sharer,
+        &announce_x(cid, [8; 32], 8000, PeerState::Complete, ExtFlags::default()),
+        now,
+    );
+    assert!(matches!(
+        m,
+        Some(Message::Error {
+            code: ErrorCode::WrongSwarmKey,
+            ..
+        })
+    ));
+    // Unknown flag bits: ERROR 2.
+    let mut bytes =
+        announce_x(cid, [9; 32], 8000, PeerState::Complete, ExtFlags::default()).to_vec();
+    *bytes.last_mut().unwrap() = 0x80;
+    let mut out = Vec::new();
+    s.handle(sharer, &bytes, now, &mut out);
+    assert!(matches!(
+        Datagram::decode(&out).unwrap().message,
+        Message::Error {
+            code: ErrorCode::Malformed,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn probes_start_once_and_report_their_result() {
+    let now = Instant::now();
+    let sharer: SocketAddr = "192.0.2.1:9000".parse().unwrap();
+    let mut s = keyed_swarm(now, sharer);
+    let cid = s.connection_id(sharer, now);
+    let flags = ExtFlags {
+        probe: true,
+        relayed: false,
+    };
+    let ask = announce_x(cid, [9; 32], 8000, PeerState::Complete, flags);
+    let probe_of = |m: Option<Message>| match m {
+        Some(Message::PeersX(p)) => p.probe,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(probe_of(reply(&mut s, sharer, &ask, now)), Probe::Pending);
+    // Only the requester's own IP and announced port are probed.
+    assert_eq!(s.take_probe(), Some("192.0.2.1:8000".parse().unwrap()));
+    assert_eq!(probe_of(reply(&mut s, sharer, &ask, now)), Probe::Pending);
+    assert_eq!(s.take_probe(), None);
+    s.probe_finished("192.0.2.1:8000".parse().unwrap(), Some(false), now);
+    assert_eq!(
+        probe_of(reply(&mut s, sharer, &ask, now)),
+        Probe::Unreachable
+    );
+    assert_eq!(s.take_probe(), None);
 }

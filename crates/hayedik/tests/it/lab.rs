@@ -255,6 +255,46 @@ impl Lab {
         Host { ns, ip: addr }
     }
 
+    /// Adds a host named `role` on a LAN of its own behind `router` (a
+    /// host of this lab, made a router with [`Host::home_router`]): the
+    /// router's `lan0` is 10.0.N.1/24 and the new host's `eth0` 10.0.N.2/24,
+    /// N being the router's last octet, with a default route via the
+    /// router. Nothing on this LAN has any other link.
+    pub fn behind(&mut self, router: &Host, role: &str) -> Host {
+        let n = router.ip.octets()[3];
+        let ns = format!("{}-{role}", self.name);
+        ip(&["netns", "add", &ns]);
+        self.hosts.push(ns.clone());
+        ip(&[
+            "link", "add", "eth0", "netns", &ns, "type", "veth", "peer", "name", "lan0", "netns",
+            &router.ns,
+        ]);
+        let (gw, addr) = (Ipv4Addr::new(10, 0, n, 1), Ipv4Addr::new(10, 0, n, 2));
+        ip(&[
+            "-n",
+            &router.ns,
+            "addr",
+            "add",
+            &format!("{gw}/24"),
+            "dev",
+            "lan0",
+        ]);
+        ip(&["-n", &router.ns, "link", "set", "lan0", "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+        ip(&["-n", &ns, "route", "add", "default", "via", &gw.to_string()]);
+        Host { ns, ip: addr }
+    }
+
     /// A path in the scratch directory.
     pub fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
@@ -301,6 +341,56 @@ impl Host {
             Some(&script),
         ) {
             panic!("nftables in {}: {e}\n{script}", self.ns);
+        }
+    }
+
+    /// Makes this host a home router for the LAN [`Lab::behind`] puts
+    /// behind it: forwarding on, its `eth0` (on the lab's "internet"
+    /// bridge) masqueraded, only established or related traffic let in from
+    /// `eth0` (forwarded or to the router itself: unsolicited packets are
+    /// dropped, as NAT-LAB.md found real routers need). `symmetric` maps
+    /// every new flow to a random port (`masquerade fully-random`), as a
+    /// symmetric NAT does.
+    pub fn home_router(&self, symmetric: bool) {
+        if let Err(e) = run(
+            "ip",
+            // Through sh, not sysctl: nothing beyond iproute2 and nftables.
+            &[
+                "netns",
+                "exec",
+                &self.ns,
+                "sh",
+                "-c",
+                "echo 1 > /proc/sys/net/ipv4/ip_forward",
+            ],
+        ) {
+            panic!("lab set-up: {e}");
+        }
+        let random = if symmetric { " fully-random" } else { "" };
+        let script = format!(
+            "table ip nat {{
+               chain postrouting {{ type nat hook postrouting priority srcnat; policy accept;
+                 oifname \"eth0\" masquerade{random}
+               }}
+             }}
+             table ip filter {{
+               chain forward {{ type filter hook forward priority 0; policy accept;
+                 iifname \"eth0\" ct state established,related accept
+                 iifname \"eth0\" drop
+               }}
+               chain input {{ type filter hook input priority 0; policy accept;
+                 iifname \"eth0\" ct state established,related accept
+                 iifname \"eth0\" meta l4proto icmp accept
+                 iifname \"eth0\" drop
+               }}
+             }}\n"
+        );
+        if let Err(e) = run_with_input(
+            "ip",
+            &["netns", "exec", &self.ns, "nft", "-f", "-"],
+            Some(&script),
+        ) {
+            panic!("router nftables in {}: {e}\n{script}", self.ns);
         }
     }
 

@@ -56,10 +56,10 @@ fn unexpected_on_central() -> Vec<u8> {
     (1..=255).collect()
 }
 
-/// Types a swarm tracker does not expect: everything but CONFIRM, CONNECT
-/// and ANNOUNCE.
+/// Types a swarm tracker does not expect: everything but CONFIRM, CONNECT,
+/// ANNOUNCE and the extension ANNOUNCE_X (16, docs/protocol.md).
 fn unexpected_on_swarm() -> Vec<u8> {
-    (0..=255).filter(|t| ![2, 4, 6].contains(t)).collect()
+    (0..=255).filter(|t| ![2, 4, 6, 16].contains(t)).collect()
 }
 
 fn seeded_rng() -> StdRng {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use hayedik_proto::tracker::PeerState;
+use hayedik_proto::tracker::{ExtFlags, PeerState, Probe};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -22,7 +22,12 @@ use super::{
 struct Wish {
     state: PeerState,
     wanted: u16,
+    /// What ANNOUNCE_X asks for (when the client uses extensions).
+    flags: ExtFlags,
 }
+
+/// While a probe is under way, the loop asks again this often.
+pub const PROBE_POLL: Duration = Duration::from_secs(1);
 
 /// Handle to an announce loop started by [`spawn_announcer`].
 ///
@@ -37,6 +42,26 @@ pub struct Announcer {
     task: Option<JoinHandle<()>>,
 }
 
+/// Sets what ANNOUNCE_X asks for (a probe, listing us as relayed) from a
+/// task other than the [`Announcer`]'s owner.
+#[derive(Debug, Clone)]
+pub struct FlagsHandle {
+    wish: watch::Sender<Wish>,
+}
+
+impl FlagsHandle {
+    /// Asks for `flags` from now on; announces at once when they changed.
+    /// Without extensions (see [`TrackerClient::use_extensions`]), nothing
+    /// changes.
+    pub fn set(&self, flags: ExtFlags) {
+        self.wish.send_if_modified(|w| {
+            let changed = w.flags != flags;
+            w.flags = flags;
+            changed
+        });
+    }
+}
+
 /// Announces `initial_state` at once with `client`, then again every interval
 /// the tracker gives or as soon as the owner changes the state; on
 /// [`Announcer::leave`], on drop or when `cancel` fires, announces state 3
@@ -49,6 +74,7 @@ pub fn spawn_announcer(
     let (wish_tx, wish_rx) = watch::channel(Wish {
         state: initial_state,
         wanted: 0,
+        flags: ExtFlags::default(),
     });
     let (replies_tx, replies) = watch::channel(None);
     let (errors_tx, errors) = watch::channel(None);
@@ -82,6 +108,13 @@ impl Announcer {
     /// Peers asked for from now on (0: the tracker's default); announces at once.
     pub fn set_wanted(&self, wanted: u16) {
         self.wish.send_modify(|w| w.wanted = wanted);
+    }
+
+    /// A handle that sets what ANNOUNCE_X asks for.
+    pub fn flags_handle(&self) -> FlagsHandle {
+        FlagsHandle {
+            wish: self.wish.clone(),
+        }
     }
 
     /// Announces at once (e.g. when short of peers), without waiting for the
@@ -177,6 +210,7 @@ async fn announce_loop(
         if w.state == PeerState::Leaving {
             break;
         }
+        client.flags = w.flags;
         let mut result = tokio::select! {
             biased;
             _ = stop.cancelled() => break,
@@ -207,6 +241,9 @@ async fn announce_loop(
                     w.state
                 );
                 next = Instant::now() + reply.interval;
+                if reply.ext.is_some_and(|e| e.probe == Probe::Pending) {
+                    next = Instant::now() + PROBE_POLL;
+                }
                 if let Some(e) = &not_listed {
                     tracing::warn!("{e}; not listed, asking for peers only");
                 }

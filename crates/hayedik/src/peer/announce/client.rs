@@ -5,7 +5,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use hayedik_proto::tracker::{Announce, Datagram, ErrorCode, Message, PeerEntry, PeerState, Peers};
+use hayedik_proto::tracker::{
+    Announce, Datagram, ErrorCode, ExtFlags, Message, PeerEntry, PeerState, Peers, PeersX, Probe,
+    RelayAddr,
+};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
 
@@ -28,7 +31,72 @@ pub struct AnnounceReply {
     /// A sample of the swarm's peers (never us); entries that cannot be
     /// connected to (port 0, unspecified address) are left out.
     pub peers: Vec<PeerEntry>,
+    /// Of `peers`, those reachable only through the relay.
+    pub relayed: Vec<SocketAddr>,
+    /// What the tracker said about the extensions, when it was asked
+    /// (ANNOUNCE_X) and answered PEERS_X.
+    pub ext: Option<ExtReply>,
 }
+
+/// The extension part of a PEERS_X answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtReply {
+    pub probe: Probe,
+    /// Us, as the tracker lists us: our source IP, our announced port.
+    pub observed: SocketAddr,
+    /// The relay of this swarm's tracker, if it runs one.
+    pub relay: Option<SocketAddr>,
+}
+
+impl AnnounceReply {
+    fn from_x(p: PeersX, tracker: SocketAddr) -> Self {
+        let relay = match p.relay {
+            RelayAddr::None => None,
+            RelayAddr::SameHost(port) => Some(SocketAddr::new(tracker.ip(), port)),
+            RelayAddr::At(a) => Some(a),
+        };
+        let usable = |a: &SocketAddr| a.port() != 0 && !a.ip().is_unspecified();
+        let relayed = p
+            .peers
+            .iter()
+            .filter(|e| e.relayed && usable(&e.entry.addr))
+            .map(|e| e.entry.addr)
+            .collect();
+        let peers = p
+            .peers
+            .iter()
+            .map(|e| e.entry)
+            .filter(|e| usable(&e.addr))
+            .collect();
+        Self {
+            interval: Duration::from_secs(u64::from(p.interval)).max(MIN_INTERVAL),
+            seeders: p.seeders,
+            partials: p.partials,
+            peers,
+            relayed,
+            ext: Some(ExtReply {
+                probe: p.probe,
+                observed: p.observed,
+                relay,
+            }),
+        }
+    }
+}
+
+/// Whether this client asks with ANNOUNCE_X.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ExtMode {
+    /// Plain ANNOUNCE only.
+    Off,
+    /// ANNOUNCE_X until the tracker shows it does not know it.
+    Try,
+    /// The tracker answers ANNOUNCE_X.
+    On,
+}
+
+/// ANNOUNCE_Xs sent unanswered (with a valid connection id) before the
+/// client decides the tracker predates the extension and falls back.
+const EXT_TRIES: u32 = 3;
 
 impl From<Peers> for AnnounceReply {
     fn from(p: Peers) -> Self {
@@ -39,6 +107,8 @@ impl From<Peers> for AnnounceReply {
             seeders: p.seeders,
             partials: p.partials,
             peers,
+            relayed: Vec::new(),
+            ext: None,
         }
     }
 }
@@ -65,6 +135,11 @@ pub struct TrackerClient {
     pub(super) maybe_listed: bool,
     /// CONNECTs answered so far (diagnostics and tests).
     pub(super) connects: u64,
+    pub(super) ext: ExtMode,
+    /// ANNOUNCE_Xs sent in a row without an answer (across calls).
+    ext_misses: u32,
+    /// What ANNOUNCE_X asks for.
+    pub(super) flags: ExtFlags,
     buf: Vec<u8>,
 }
 
@@ -85,6 +160,9 @@ impl TrackerClient {
             deadline: DEFAULT_CALL_DEADLINE,
             maybe_listed: false,
             connects: 0,
+            ext: ExtMode::Off,
+            ext_misses: 0,
+            flags: ExtFlags::default(),
             buf: vec![0u8; RECV_BUF],
         }
     }
@@ -137,6 +215,19 @@ impl TrackerClient {
         self.deadline = deadline;
     }
 
+    /// Asks with ANNOUNCE_X (docs/protocol.md, "Extensions") from now on,
+    /// falling back to ANNOUNCE for good if the tracker never answers it.
+    pub fn use_extensions(&mut self) {
+        if self.ext == ExtMode::Off {
+            self.ext = ExtMode::Try;
+        }
+    }
+
+    /// Whether the tracker answered ANNOUNCE_X.
+    pub fn extensions_on(&self) -> bool {
+        self.ext == ExtMode::On
+    }
+
     async fn send(&mut self, tid: u32, message: Message) {
         let bytes = Datagram::new(tid, message).to_vec();
         let sent = if self.connected {
@@ -159,7 +250,7 @@ impl TrackerClient {
             }
             match d.message {
                 Message::Connected { .. } if connecting => return Some(d.message),
-                Message::Peers(_) if !connecting => return Some(d.message),
+                Message::Peers(_) | Message::PeersX(_) if !connecting => return Some(d.message),
                 Message::Error { .. } => return Some(d.message),
                 _ => {}
             }
@@ -205,13 +296,31 @@ impl TrackerClient {
                         wanted,
                     };
                     let connection_id = c.id;
-                    (
-                        announce_tid,
+                    if self.ext != ExtMode::Off && self.ext_misses >= EXT_TRIES {
+                        if self.ext == ExtMode::Try {
+                            tracing::debug!(
+                                "tracker at {tracker} does not answer ANNOUNCE_X: plain ANNOUNCE"
+                            );
+                        }
+                        self.ext = ExtMode::Off;
+                    }
+                    let message = if self.ext == ExtMode::Off {
                         Message::Announce {
                             connection_id,
                             announce,
-                        },
-                    )
+                        }
+                    } else {
+                        self.ext_misses += u32::from(self.ext == ExtMode::Try);
+                        // A listed state is needed for a port to probe.
+                        let mut flags = self.flags;
+                        flags.probe &= announce.port != 0 && state.is_listed();
+                        Message::AnnounceX {
+                            connection_id,
+                            announce,
+                            flags,
+                        }
+                    };
+                    (announce_tid, message)
                 }
             };
             self.send(tid, message).await;
@@ -226,27 +335,42 @@ impl TrackerClient {
                     self.connects += 1;
                     backoff.reset();
                 }
-                Some(Message::Peers(p)) => return Ok(AnnounceReply::from(p)),
-                Some(Message::Error { code, message }) => match code {
-                    ErrorCode::BadConnectionId => {
-                        tracing::debug!("tracker at {tracker} refused our connection id");
-                        self.conn = None;
-                        bad_ids += 1;
-                        if bad_ids > BAD_ID_TRIES {
-                            return Err(error_for(tracker, code, &message));
-                        }
-                        backoff.reset();
+                Some(Message::Peers(p)) => {
+                    if conn.is_some() {
+                        self.ext_misses = 0;
                     }
-                    ErrorCode::NotConfirmed => {
-                        not_confirmed += 1;
-                        if not_confirmed >= NOT_CONFIRMED_TRIES {
-                            return Err(error_for(tracker, code, &message));
-                        }
-                        // Give the swarm the rest of this attempt's time.
-                        tokio::time::sleep_until(until).await;
+                    return Ok(AnnounceReply::from(p));
+                }
+                Some(Message::PeersX(p)) => {
+                    self.ext = ExtMode::On;
+                    return Ok(AnnounceReply::from_x(p, tracker));
+                }
+                Some(Message::Error { code, message }) => {
+                    if conn.is_some() {
+                        // Any answer to ANNOUNCE_X shows the tracker knows it.
+                        self.ext_misses = 0;
                     }
-                    code => return Err(error_for(tracker, code, &message)),
-                },
+                    match code {
+                        ErrorCode::BadConnectionId => {
+                            tracing::debug!("tracker at {tracker} refused our connection id");
+                            self.conn = None;
+                            bad_ids += 1;
+                            if bad_ids > BAD_ID_TRIES {
+                                return Err(error_for(tracker, code, &message));
+                            }
+                            backoff.reset();
+                        }
+                        ErrorCode::NotConfirmed => {
+                            not_confirmed += 1;
+                            if not_confirmed >= NOT_CONFIRMED_TRIES {
+                                return Err(error_for(tracker, code, &message));
+                            }
+                            // Give the swarm the rest of this attempt's time.
+                            tokio::time::sleep_until(until).await;
+                        }
+                        code => return Err(error_for(tracker, code, &message)),
+                    }
+                }
                 Some(_) => {}
             }
         }

@@ -49,8 +49,8 @@ mod transport;
 #[cfg(test)]
 mod tests;
 
-pub use announcer::{spawn_announcer, Announcer};
-pub use client::{AnnounceReply, TrackerClient};
+pub use announcer::{spawn_announcer, Announcer, FlagsHandle};
+pub use client::{AnnounceReply, ExtReply, TrackerClient};
 pub use create::create_swarm;
 pub use error::{AnnounceError, CreateError};
 

@@ -534,3 +534,109 @@ async fn within<T>(body: impl std::future::Future<Output = T>) -> T {
         .await
         .expect("the test did not finish within 60 s")
 }
+
+/// A tracker that predates the extensions drops ANNOUNCE_X: a client that
+/// uses them falls back to ANNOUNCE within its first call, for good.
+#[tokio::test]
+async fn extensions_fall_back_on_an_older_tracker() {
+    within(async {
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = s.local_addr().unwrap();
+        let dropped = Arc::new(AtomicU32::new(0));
+        let count = dropped.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            loop {
+                let (n, src) = s.recv_from(&mut buf).await.unwrap();
+                let d = Datagram::decode(&buf[..n]).unwrap();
+                let m = match d.message {
+                    Message::Connect => Message::Connected { connection_id: 42 },
+                    Message::Announce { .. } => Message::Peers(hayedik_proto::tracker::Peers {
+                        interval: 60,
+                        seeders: 0,
+                        partials: 0,
+                        peers: vec![],
+                    }),
+                    // An unknown type: silence, as PROTOCOL.md requires.
+                    _ => {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
+                };
+                s.send_to(&Datagram::new(d.tid, m).to_vec(), src)
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut c = client(addr, 4100).await;
+        c.use_extensions();
+        c.flags = hayedik_proto::tracker::ExtFlags {
+            probe: true,
+            relayed: false,
+        };
+        let r = c.announce(PeerState::Complete, 0).await.unwrap();
+        assert_eq!(r.ext, None);
+        assert_eq!(dropped.load(Ordering::SeqCst), 3);
+        assert!(!c.extensions_on());
+        c.announce(PeerState::Complete, 0).await.unwrap();
+        assert_eq!(dropped.load(Ordering::SeqCst), 3, "no second try");
+        task.abort();
+    })
+    .await;
+}
+
+/// Against our tracker, ANNOUNCE_X gets PEERS_X: a probe of a closed port
+/// is pending, then "not reachable"; relayed peers are marked.
+#[tokio::test]
+async fn extensions_probe_and_relayed_entries() {
+    within(async {
+        let (central, stop) = tracker(TrackerConfig::default()).await;
+        let mut sharer = seeder(central).await;
+        sharer.use_extensions();
+        sharer.flags = hayedik_proto::tracker::ExtFlags {
+            probe: false,
+            relayed: true,
+        };
+        let r = sharer.announce(PeerState::Complete, 0).await.unwrap();
+        let ext = r.ext.unwrap();
+        assert_eq!(ext.relay, None, "no --relay");
+        assert_eq!(ext.observed, local(4001));
+        // A port nobody listens on (bound, then closed).
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let mut g = client(sharer.swarm_addr(), port).await;
+        g.use_extensions();
+        g.flags = hayedik_proto::tracker::ExtFlags {
+            probe: true,
+            relayed: false,
+        };
+        let mut probe = hayedik_proto::tracker::Probe::Pending;
+        for _ in 0..50 {
+            let r = g.announce(PeerState::Downloading, 0).await.unwrap();
+            assert_eq!(r.relayed, vec![local(4001)]);
+            probe = r.ext.unwrap().probe;
+            if probe != hayedik_proto::tracker::Probe::Pending {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(probe, hayedik_proto::tracker::Probe::Unreachable);
+        // An open port is reachable.
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut g2 = client(sharer.swarm_addr(), open.local_addr().unwrap().port()).await;
+        g2.use_extensions();
+        g2.flags = g.flags;
+        for _ in 0..50 {
+            let r = g2.announce(PeerState::Downloading, 0).await.unwrap();
+            probe = r.ext.unwrap().probe;
+            if probe != hayedik_proto::tracker::Probe::Pending {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(probe, hayedik_proto::tracker::Probe::Reachable);
+        stop.cancel();
+    })
+    .await;
+}

@@ -1,0 +1,231 @@
+//! The NAT lab (see `lab.rs`): hosts behind "home routers" (network
+//! namespaces doing nftables masquerade, letting in only established or
+//! related traffic, dropping unsolicited packets to the router itself) and
+//! "symmetric" ones (`masquerade fully-random`), all on an isolated
+//! "internet" bridge with a tracker that runs `--relay`. Nothing here has a
+//! link to this machine's network.
+//!
+//! ```text
+//!   trk 198.18.0.1 (tracker --relay)          pub 198.18.0.N (public seeder)
+//!   rX 198.18.0.N (eth0) | 10.0.N.1 (lan0) -- host 10.0.N.2 behind it
+//! ```
+//!
+//! Every test needs root, `ip` and `nft`: each is `#[ignore]`d, so a plain
+//! `cargo test` reports it as ignored; README's command (as root, with
+//! `-- --include-ignored`) runs it, and fails it when the lab cannot run.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::scenario;
+use crate::lab::{assert_file_is, note, place_copy, random_file, ticket_of, Host, Lab, Proc};
+
+const MIB: usize = 1 << 20;
+const NAME: &str = "content.bin";
+
+/// `hayedik tracker --relay` on `host`:7410 (UDP, and TCP for the relay).
+fn start_relay_tracker(host: &Host) -> Proc {
+    let listen = host.addr(7410).to_string();
+    let args = [
+        "tracker",
+        "--listen",
+        &listen,
+        "--relay",
+        "--json",
+        "--announce-interval",
+        "2",
+    ];
+    let mut t = host.spawn("tracker", &args);
+    t.wait_event("listening", Duration::from_secs(10));
+    t
+}
+
+fn start_share(host: &Host, tracker: SocketAddr, file: &Path, extra: &[&str]) -> (Proc, String) {
+    let (tracker, listen) = (tracker.to_string(), host.addr(0).to_string());
+    let mut args = vec![
+        "share",
+        file.to_str().expect("a UTF-8 path"),
+        "--tracker",
+        &tracker,
+        "--listen",
+        &listen,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let mut s = host.spawn(&format!("share on {}", host.ip), &args);
+    let ticket = ticket_of(&mut s);
+    (s, ticket)
+}
+
+fn start_get(host: &Host, ticket: &str, out: &Path, extra: &[&str]) -> Proc {
+    let (listen, out) = (host.addr(0).to_string(), out.to_str().expect("UTF-8"));
+    let mut args = vec!["get", ticket, "-o", out, "--listen", &listen, "--json"];
+    args.extend_from_slice(extra);
+    host.spawn(&format!("get on {}", host.ip), &args)
+}
+
+/// The `reachability` event of `p`.
+fn reachability(p: &mut Proc) -> Value {
+    p.wait_event("reachability", Duration::from_secs(40))
+}
+
+/// Waits for `done`, and notes how long the first byte took since `start`.
+fn done_after(g: &mut Proc, start: Instant, what: &str) -> Value {
+    let first = g.wait_progress(1, Duration::from_secs(60));
+    note(&format!(
+        "lab_nat {what}: first byte {:.2} s after get started",
+        start.elapsed().as_secs_f64()
+    ));
+    if first["event"] == "done" {
+        return first;
+    }
+    g.wait_event("done", Duration::from_secs(90))
+}
+
+/// A sharer behind router `ra` (symmetric or not) and a getter behind a
+/// home router `rb`: neither can reach the other; both complete through
+/// the relay, byte-identical.
+fn relayed_between_routers(test: &'static str, sharer_symmetric: bool) {
+    scenario(Duration::from_secs(150), move || {
+        let mut lab = Lab::new(test);
+        let th = lab.host("trk");
+        let (ra, rb) = (lab.host("ra"), lab.host("rb"));
+        ra.home_router(sharer_symmetric);
+        rb.home_router(false);
+        let (a, b) = (lab.behind(&ra, "a"), lab.behind(&rb, "b"));
+        let tracker = start_relay_tracker(&th);
+        let data = random_file(&lab.path(NAME), 6 * MIB, 21);
+
+        let (mut sharer, ticket) = start_share(&a, th.addr(7410), &lab.path(NAME), &[]);
+        let r = reachability(&mut sharer);
+        assert_eq!(
+            (&r["how"], &r["reachable"]),
+            (&"relay".into(), &true.into()),
+            "{r}"
+        );
+        let listed: SocketAddr = r["addr"].as_str().unwrap().parse().unwrap();
+        assert_eq!(listed.ip(), ra.ip, "listed under its router's address: {r}");
+
+        let start = Instant::now();
+        let mut g = start_get(&b, &ticket, &lab.path("out"), &[]);
+        let v = done_after(
+            &mut g,
+            start,
+            if sharer_symmetric {
+                "symmetric -> home, relay"
+            } else {
+                "home -> home, relay"
+            },
+        );
+        assert_eq!(v["via"][listed.to_string()], "relay", "{v}");
+        assert_file_is(&lab.path("out").join(NAME), &data);
+        let gr = reachability(&mut g);
+        assert_eq!(gr["how"], "relay", "{gr}");
+        for p in [&tracker, &sharer, &g] {
+            p.assert_no_panic();
+        }
+    });
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, nftables"]
+fn lab_nat_two_home_routers_relay() {
+    relayed_between_routers("lab_nat::lab_nat_two_home_routers_relay", false);
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, nftables"]
+fn lab_nat_symmetric_sharer_relay() {
+    relayed_between_routers("lab_nat::lab_nat_symmetric_sharer_relay", true);
+}
+
+/// A relayed sharer (behind a home router, upload capped) vanishes while
+/// two getters behind different routers download from it; a public seeder
+/// joins, everyone completes, and the public seeder is reached directly.
+#[test]
+#[ignore = "needs root: network namespaces, nftables"]
+fn lab_nat_relayed_sharer_vanishes() {
+    scenario(Duration::from_secs(180), || {
+        let mut lab = Lab::new("lab_nat::lab_nat_relayed_sharer_vanishes");
+        let th = lab.host("trk");
+        let (ra, rb, rc) = (lab.host("ra"), lab.host("rb"), lab.host("rc"));
+        let public = lab.host("pub");
+        ra.home_router(false);
+        rb.home_router(false);
+        rc.home_router(true);
+        let (a, b, c) = (
+            lab.behind(&ra, "a"),
+            lab.behind(&rb, "b"),
+            lab.behind(&rc, "c"),
+        );
+        let tracker = start_relay_tracker(&th);
+        let data = random_file(&lab.path(NAME), 8 * MIB, 22);
+        let (mut sharer, ticket) =
+            start_share(&a, th.addr(7410), &lab.path(NAME), &["--max-upload", "1M"]);
+        let r = reachability(&mut sharer);
+        assert_eq!(r["how"], "relay", "{r}");
+        let hidden: SocketAddr = r["addr"].as_str().unwrap().parse().unwrap();
+
+        let no_seed = ["--no-seed", "--timeout", "60"];
+        let mut g1 = start_get(&b, &ticket, &lab.path("out1"), &no_seed);
+        let mut g2 = start_get(&c, &ticket, &lab.path("out2"), &no_seed);
+        g1.wait_progress(1, Duration::from_secs(60));
+        sharer.kill();
+
+        place_copy(&lab.path("seed"), NAME, &data);
+        let mut seeder = start_get(&public, &ticket, &lab.path("seed"), &[]);
+        let seeder_addr = seeder.listening();
+        seeder.wait_event("seeding", Duration::from_secs(30));
+        let sr = reachability(&mut seeder);
+        assert_eq!(sr["how"], "direct", "{sr}");
+        for (g, out) in [(&mut g1, "out1"), (&mut g2, "out2")] {
+            let v = g.wait_event("done", Duration::from_secs(90));
+            g.expect_success(Duration::from_secs(15));
+            assert_file_is(&lab.path(out).join(NAME), &data);
+            assert_eq!(v["via"][seeder_addr.to_string()], "direct", "{v}");
+            if v["from"][hidden.to_string()].as_u64().unwrap_or(0) > 0 {
+                assert_eq!(v["via"][hidden.to_string()], "relay", "{v}");
+            }
+        }
+        for p in [&tracker, &seeder, &g1, &g2] {
+            p.assert_no_panic();
+        }
+    });
+}
+
+/// A public sharer and a getter behind a home router: the sharer is told
+/// it is reachable directly, and the getter is served directly (the relay
+/// stays unused).
+#[test]
+#[ignore = "needs root: network namespaces, nftables"]
+fn lab_nat_public_sharer_direct() {
+    scenario(Duration::from_secs(120), || {
+        let mut lab = Lab::new("lab_nat::lab_nat_public_sharer_direct");
+        let th = lab.host("trk");
+        let (public, rb) = (lab.host("pub"), lab.host("rb"));
+        rb.home_router(false);
+        let b = lab.behind(&rb, "b");
+        let tracker = start_relay_tracker(&th);
+        let data = random_file(&lab.path(NAME), 6 * MIB, 23);
+        let (mut sharer, ticket) = start_share(&public, th.addr(7410), &lab.path(NAME), &[]);
+        let r = reachability(&mut sharer);
+        assert_eq!(
+            (&r["how"], &r["reachable"]),
+            (&"direct".into(), &true.into()),
+            "{r}"
+        );
+        let listed: SocketAddr = r["addr"].as_str().unwrap().parse().unwrap();
+        let start = Instant::now();
+        let mut g = start_get(&b, &ticket, &lab.path("out"), &["--no-seed"]);
+        let v = done_after(&mut g, start, "public -> home, direct");
+        g.expect_success(Duration::from_secs(15));
+        assert_eq!(v["via"][listed.to_string()], "direct", "{v}");
+        assert_file_is(&lab.path("out").join(NAME), &data);
+        for p in [&tracker, &sharer, &g] {
+            p.assert_no_panic();
+        }
+    });
+}
