@@ -250,7 +250,9 @@ fn altered_file_is_refused_by_its_seeder() {
             "the seeder served altered pieces as good:\n{}",
             g.stderr()
         );
-        let err = s.sharer.stderr();
+        let err = s
+            .sharer
+            .stderr_when(Duration::from_secs(5), |e| e.contains("changed on disk"));
         assert!(
             err.contains("changed on disk"),
             "the seeder did not notice its file changed:\n{err}"
@@ -348,7 +350,9 @@ fn shared_file_cut_short_while_served() {
             "the sharer ended:\n{}",
             sharer.stderr()
         );
-        let err = sharer.stderr();
+        let err = sharer.stderr_when(Duration::from_secs(5), |e| {
+            e.contains("changed on disk") || e.contains("got shorter")
+        });
         assert!(
             err.contains("changed on disk") || err.contains("got shorter"),
             "the sharer did not say its file changed:\n{err}"

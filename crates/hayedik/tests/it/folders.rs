@@ -146,7 +146,9 @@ fn folders_round_trip() {
             .filter(|i| matches!(i, Item::File { .. }))
             .count();
         assert_eq!(t["files"], files as u64, "{t}");
-        let err = sharer.stderr();
+        let err = sharer.stderr_when(Duration::from_secs(5), |e| {
+            e.contains("link-inside") && e.contains("link-out")
+        });
         assert!(
             err.contains("link-inside") && err.contains("link-out"),
             "{err}"

@@ -513,6 +513,19 @@ impl Proc {
             .clone()
     }
 
+    /// Stderr once `pred` holds of it, or as it is after `limit`: the
+    /// thread collecting it may trail the events on stdout.
+    pub fn stderr_when(&self, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let err = self.stderr();
+            if pred(&err) || Instant::now() >= deadline {
+                return err;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn context(&self) -> String {
         let err = self.stderr();
         let start = err.len().saturating_sub(3000);

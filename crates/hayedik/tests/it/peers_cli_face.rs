@@ -71,6 +71,19 @@ impl Human {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Stderr once `pred` holds of it, or as it is after `limit`: the
+    /// thread collecting it may trail stdout.
+    fn stderr_when(&self, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let err = self.stderr();
+            if pred(&err) || Instant::now() >= deadline {
+                return err;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until stdout holds a line for which `pred` holds; returns it.
     fn wait_line(&self, what: &str, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + limit;
@@ -501,10 +514,12 @@ fn peers_cli_face_skip_unportable() {
             "127.0.0.1:0",
         ]);
         let ticket = human_ticket(&share);
+        let err = share.stderr_when(Duration::from_secs(5), |e| {
+            e.contains("warning: not sharing") && e.contains("a:b.txt")
+        });
         assert!(
-            share.stderr().contains("warning: not sharing") && share.stderr().contains("a:b.txt"),
-            "{}",
-            share.stderr()
+            err.contains("warning: not sharing") && err.contains("a:b.txt"),
+            "{err}"
         );
         let ls = run_to_exit(&["ls", &ticket]);
         assert!(
