@@ -280,6 +280,15 @@ pub fn plural(n: u64, word: &str) -> String {
     }
 }
 
+/// `1 entry`, `3 entries`: for words whose plural is not `word` + `s`.
+pub fn count(n: u64, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
 /// A rate for people: `12.5 MiB/s`.
 pub fn human_rate(bytes_per_sec: f64) -> String {
     let b = if bytes_per_sec.is_finite() && bytes_per_sec > 0.0 {
@@ -353,7 +362,7 @@ impl Event {
                 if *files > 1 {
                     format!(
                         "writing {path} ({}, {what})",
-                        plural(*files, "entry").replace("entrys", "entries")
+                        count(*files, "entry", "entries")
                     )
                 } else {
                     format!("writing {path} ({what})")

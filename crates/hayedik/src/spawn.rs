@@ -249,6 +249,14 @@ pub fn cancel_on_signals(root: CancellationToken) {
         // the shutdown it asks for.
         root.cancel();
         tracing::info!("stopping (send the signal again to exit at once)");
+        // Whoever pressed Ctrl-C at a terminal is told what happens now,
+        // whatever the log level; scripts reading a pipe are not.
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            crate::output::stderr(
+                "stopping... (press Ctrl-C again to exit at once)\n".to_string(),
+                crate::output::Priority::Essential,
+            );
+        }
         let second = signals.recv().await;
         std::process::exit(128 + i32::from(second));
     });
