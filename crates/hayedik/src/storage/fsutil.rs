@@ -105,17 +105,55 @@ pub(crate) fn sync_dirs(dirs: &[&Path]) -> Result<(), StorageError> {
     Ok(())
 }
 
-/// How many names (hard links) the file of `meta` has; 1 where the
-/// platform does not tell.
-pub(crate) fn links(meta: &fs::Metadata) -> u64 {
+/// How many names (hard links) the open `file` has; 1 where the platform
+/// does not tell.
+pub(crate) fn file_links(file: &File) -> io::Result<u64> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::MetadataExt;
+        Ok(file.metadata()?.nlink())
+    }
+    #[cfg(windows)]
+    {
+        Ok(winapi_util::file::information(file)?.number_of_links())
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = file;
+        Ok(1)
+    }
+}
+
+/// How many names (hard links) the regular file at `path` has, `meta`
+/// being what `symlink_metadata` said of it. Windows tells only through a
+/// handle: the file is opened for its attributes alone, sharing everything,
+/// without following a link at the name; one it cannot open counts as 1
+/// (opening it to write then says what is wrong).
+pub(crate) fn links(path: &Path, meta: &fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let _ = path;
         meta.nlink()
     }
-    #[cfg(not(unix))]
+    #[cfg(windows)]
     {
+        use std::os::windows::fs::OpenOptionsExt;
+        const FILE_READ_ATTRIBUTES: u32 = 0x80;
+        const FILE_SHARE_ALL: u32 = 0x7;
+        const FILE_FLAG_OPEN_REPARSE_POINT: u32 = 0x0020_0000;
         let _ = meta;
+        OpenOptions::new()
+            .access_mode(FILE_READ_ATTRIBUTES)
+            .share_mode(FILE_SHARE_ALL)
+            .custom_flags(FILE_FLAG_OPEN_REPARSE_POINT)
+            .open(path)
+            .and_then(|f| file_links(&f))
+            .unwrap_or(1)
+    }
+    #[cfg(not(any(unix, windows)))]
+    {
+        let _ = (path, meta);
         1
     }
 }

@@ -261,8 +261,8 @@ impl Plan {
                 None if f.directory || f.size == 0 => Found::Nothing,
                 None => match lstat(part)? {
                     None => Found::Nothing,
-                    Some(m) if m.is_file() && fsutil::links(&m) > 1 => {
-                        Found::Linked(fsutil::links(&m))
+                    Some(m) if m.is_file() && fsutil::links(part, &m) > 1 => {
+                        Found::Linked(fsutil::links(part, &m))
                     }
                     Some(m) if m.is_file() => Found::Part {
                         modified: m.modified().ok(),

@@ -342,7 +342,7 @@ fn open_part(path: &Path, create: bool, executable: bool) -> io::Result<(File, u
     if !meta.is_file() {
         return Err(at(path, invalid("not a regular file")));
     }
-    let links = super::fsutil::links(&meta);
+    let links = super::fsutil::file_links(&file).map_err(|e| at(path, e))?;
     if links > 1 {
         return Err(at(
             path,
