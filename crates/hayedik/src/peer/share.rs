@@ -537,7 +537,7 @@ async fn build_manifest(
     })
     .await
     .map_err(|e| anyhow!("hashing: {e}"))?
-    .map_err(|e| anyhow!("reading the files to share: {e} (did a file change or vanish?)"))?;
+    .map_err(|e| anyhow!("reading the files to share: {e} ({})", read_hint(&e)))?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -617,6 +617,22 @@ pub fn this_host_ip() -> IpAddr {
         .unwrap_or(IpAddr::from([127, 0, 0, 1]))
 }
 
+/// What to do about an error reading the files while hashing them.
+fn read_hint(e: &std::io::Error) -> &'static str {
+    // Windows' ERROR_SHARING_VIOLATION and ERROR_LOCK_VIOLATION: another
+    // program holds the file open without sharing it.
+    if cfg!(windows) && matches!(e.raw_os_error(), Some(32 | 33)) {
+        return "another program holds it open: close that program and try again";
+    }
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => "check that you may read it",
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof => {
+            "did a file change or vanish while it was read?"
+        }
+        _ => "did a file change or vanish?",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -630,5 +646,16 @@ mod tests {
         assert!(split_host_port("host").is_err());
         assert!(split_host_port("host:0").is_err());
         assert!(split_host_port(":80").is_err());
+    }
+
+    #[test]
+    fn read_errors_say_what_to_do() {
+        use std::io::{Error, ErrorKind};
+        let hint = |kind| read_hint(&Error::from(kind));
+        assert!(hint(ErrorKind::PermissionDenied).contains("may read"));
+        assert!(hint(ErrorKind::NotFound).contains("vanish"));
+        assert!(hint(ErrorKind::UnexpectedEof).contains("change"));
+        let held = read_hint(&Error::from_raw_os_error(32));
+        assert_eq!(held.contains("another program"), cfg!(windows), "{held}");
     }
 }
