@@ -621,7 +621,7 @@ pub fn this_host_ip() -> IpAddr {
 fn read_hint(e: &std::io::Error) -> &'static str {
     // Windows' ERROR_SHARING_VIOLATION and ERROR_LOCK_VIOLATION: another
     // program holds the file open without sharing it.
-    if cfg!(windows) && matches!(e.raw_os_error(), Some(32 | 33)) {
+    if cfg!(windows) && matches!(crate::storage::raw_os_error(e), Some(32 | 33)) {
         return "another program holds it open: close that program and try again";
     }
     match e.kind() {

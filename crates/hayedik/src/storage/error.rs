@@ -138,7 +138,7 @@ fn is_disk_full(err: &io::Error) -> bool {
     matches!(
         err.kind(),
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-    ) || is_disk_full_code(err.raw_os_error())
+    ) || is_disk_full_code(super::tree::raw_os_error(err))
 }
 
 #[cfg(unix)]

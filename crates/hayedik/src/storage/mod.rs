@@ -42,7 +42,7 @@ pub use layout::{Bitfield, PieceLayout, MAX_PIECE_SIZE};
 pub use memory::MemoryStorage;
 pub use plan::Target;
 pub use resume::{ResumeError, ResumeState};
-pub use tree::{FileState, TreeFile, TreeStorage};
+pub use tree::{raw_os_error, FileState, TreeFile, TreeStorage};
 pub use verify::verify_pieces;
 
 /// Positional I/O over a content's byte space `0..len()`. Storage has a fixed

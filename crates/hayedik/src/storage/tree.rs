@@ -360,7 +360,36 @@ fn invalid(msg: &str) -> io::Error {
 
 /// `e`, its message prefixed with `path` (kind kept).
 fn at(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+    io::Error::new(
+        e.kind(),
+        AtPath {
+            path: path.to_path_buf(),
+            error: e,
+        },
+    )
+}
+
+/// An I/O error with the path it happened on (`PATH: ERROR`). The original
+/// error is kept for [`raw_os_error`], not as a source: a chain would then
+/// print it twice.
+#[derive(Debug)]
+struct AtPath {
+    path: PathBuf,
+    error: io::Error,
+}
+
+impl std::fmt::Display for AtPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.error)
+    }
+}
+
+impl std::error::Error for AtPath {}
+
+/// The system's error code of `e`, also when a path was added to it here.
+pub fn raw_os_error(e: &io::Error) -> Option<i32> {
+    e.raw_os_error()
+        .or_else(|| e.get_ref()?.downcast_ref::<AtPath>()?.error.raw_os_error())
 }
 
 #[cfg(unix)]
@@ -490,6 +519,16 @@ mod tests {
         let t = tree(dir.path(), &[4], 4);
         assert!(t.write_at(0, b"evil").is_err());
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+    }
+
+    /// A path added to an error keeps the system's code under it.
+    #[test]
+    fn errors_with_a_path_keep_their_code() {
+        let e = at(Path::new("dir/f"), io::Error::from_raw_os_error(2));
+        assert_eq!(raw_os_error(&e), Some(2));
+        assert_eq!(e.kind(), io::ErrorKind::NotFound);
+        assert!(e.to_string().starts_with("dir/f: "), "{e}");
+        assert_eq!(raw_os_error(&io::Error::other("no code")), None);
     }
 
     /// A part file with another name elsewhere (a hard link) is another
