@@ -266,6 +266,8 @@ async fn run_scoped(
     // error before anything claims the tracker started.
     shared.events.emit(Event::Listening {
         addr: local.to_string(),
+        http: None,
+        url: None,
     });
     for record in &records {
         binder.reserve(record.port);
