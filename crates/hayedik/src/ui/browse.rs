@@ -61,8 +61,7 @@ pub fn resolve(typed: &str) -> Result<PathBuf, String> {
 
 /// Lists the folder `dir`: folders first, then files, by name.
 pub fn list(dir: &Path) -> Result<Listing, String> {
-    let read = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
+    let read = std::fs::read_dir(dir).map_err(|e| format!("cannot list {}: {e}", dir.display()))?;
     let mut entries = Vec::new();
     let mut more = 0;
     for entry in read.flatten() {
@@ -76,7 +75,9 @@ pub fn list(dir: &Path) -> Result<Listing, String> {
         entries.push(Entry {
             name,
             folder: meta.as_ref().is_some_and(|m| m.is_dir()),
-            bytes: meta.as_ref().map_or(0, |m| if m.is_dir() { 0 } else { m.len() }),
+            bytes: meta
+                .as_ref()
+                .map_or(0, |m| if m.is_dir() { 0 } else { m.len() }),
         });
     }
     entries.sort_by(|a, b| b.folder.cmp(&a.folder).then_with(|| a.name.cmp(&b.name)));
@@ -99,10 +100,16 @@ mod tests {
         std::fs::write(dir.path().join("b.txt"), b"12").unwrap();
         std::fs::create_dir(dir.path().join("z")).unwrap();
         let l = list(dir.path()).unwrap();
-        let names: Vec<_> = l.entries.iter().map(|e| (e.name.as_str(), e.folder)).collect();
+        let names: Vec<_> = l
+            .entries
+            .iter()
+            .map(|e| (e.name.as_str(), e.folder))
+            .collect();
         assert_eq!(names, [("z", true), ("b.txt", false)]);
         assert_eq!(l.entries[1].bytes, 2);
-        assert!(list(&dir.path().join("missing")).unwrap_err().contains("cannot list"));
+        assert!(list(&dir.path().join("missing"))
+            .unwrap_err()
+            .contains("cannot list"));
     }
 
     #[test]

@@ -71,7 +71,10 @@ impl Guard {
             }
             let site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
             if matches!(site, Some("cross-site" | "same-site")) {
-                return Err(Refusal::Origin(format!("Sec-Fetch-Site: {}", site.unwrap_or(""))));
+                return Err(Refusal::Origin(format!(
+                    "Sec-Fetch-Site: {}",
+                    site.unwrap_or("")
+                )));
             }
         }
         let in_url = query.is_some_and(|q| {
@@ -206,7 +209,11 @@ mod tests {
             Err(Refusal::Token)
         );
         assert!(matches!(
-            g.check(&Method::GET, Some(&q), &headers(&[("host", "evil.example:5000")])),
+            g.check(
+                &Method::GET,
+                Some(&q),
+                &headers(&[("host", "evil.example:5000")])
+            ),
             Err(Refusal::Host(_))
         ));
         assert!(matches!(
@@ -218,14 +225,24 @@ mod tests {
         };
         assert_eq!(post(("origin", "http://127.0.0.1:5000")), Ok(true));
         assert_eq!(post(("origin", "http://localhost:5000")), Ok(true));
-        assert!(matches!(post(("origin", "http://evil.example")), Err(Refusal::Origin(_))));
+        assert!(matches!(
+            post(("origin", "http://evil.example")),
+            Err(Refusal::Origin(_))
+        ));
         assert!(matches!(post(("origin", "null")), Err(Refusal::Origin(_))));
-        assert!(matches!(post(("sec-fetch-site", "cross-site")), Err(Refusal::Origin(_))));
+        assert!(matches!(
+            post(("sec-fetch-site", "cross-site")),
+            Err(Refusal::Origin(_))
+        ));
         assert_eq!(post(("sec-fetch-site", "same-origin")), Ok(true));
         // A GET may come from anywhere (it changes nothing) but still
         // needs the token.
         assert_eq!(
-            g.check(&Method::GET, Some(&q), &headers(&[host, ("origin", "http://evil.example")])),
+            g.check(
+                &Method::GET,
+                Some(&q),
+                &headers(&[host, ("origin", "http://evil.example")])
+            ),
             Ok(true)
         );
     }

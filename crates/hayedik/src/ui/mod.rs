@@ -97,11 +97,12 @@ pub async fn run(opts: UiOptions, events: Events, cancel: CancellationToken) -> 
         cancel: cancel.clone(),
     });
     let router = routes::router(app);
-    let server = axum::serve(http::BoundedListener::new(listener, MAX_CONNECTIONS), router)
-        .with_graceful_shutdown(cancel.clone().cancelled_owned());
-    let served = async {
-        server.await.context("serving the page")
-    };
+    let server = axum::serve(
+        http::BoundedListener::new(listener, MAX_CONNECTIONS),
+        router,
+    )
+    .with_graceful_shutdown(cancel.clone().cancelled_owned());
+    let served = async { server.await.context("serving the page") };
     tokio::pin!(served);
     tokio::select! {
         r = &mut served => r?,
@@ -165,6 +166,9 @@ mod tests {
     fn url_hosts() {
         assert_eq!(url_host([0, 0, 0, 0].into(), None), "127.0.0.1");
         assert_eq!(url_host([127, 0, 0, 1].into(), Some("box.lan")), "box.lan");
-        assert_eq!(url_host(std::net::Ipv6Addr::LOCALHOST.into(), None), "[::1]");
+        assert_eq!(
+            url_host(std::net::Ipv6Addr::LOCALHOST.into(), None),
+            "[::1]"
+        );
     }
 }

@@ -23,12 +23,18 @@ const STYLE: &str = include_str!("page.css");
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", PAGE) }))
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", PAGE) }),
+        )
         .route(
             "/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
         )
-        .route("/app.css", get(|| async { asset("text/css; charset=utf-8", STYLE) }))
+        .route(
+            "/app.css",
+            get(|| async { asset("text/css; charset=utf-8", STYLE) }),
+        )
         .route("/api/transfers", get(list))
         .route("/api/share", post(share))
         .route("/api/get", post(get_ticket))
@@ -75,7 +81,10 @@ struct ShareBody {
 
 async fn share(State(app): State<Arc<App>>, Json(body): Json<ShareBody>) -> Response {
     if body.path.trim().is_empty() {
-        return error(StatusCode::BAD_REQUEST, "choose a file or a folder to share");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "choose a file or a folder to share",
+        );
     }
     let path = match browse::resolve(&body.path) {
         Ok(p) => p,
@@ -145,7 +154,10 @@ async fn remove(State(app): State<Arc<App>>, Path(id): Path<u64>) -> Response {
 
 async fn qr(State(app): State<Arc<App>>, Path(id): Path<u64>) -> Response {
     let Some(ticket) = app.transfers.ticket(id) else {
-        return error(StatusCode::NOT_FOUND, format!("transfer {id} has no ticket"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("transfer {id} has no ticket"),
+        );
     };
     match qrcode::QrCode::new(ticket.as_bytes()) {
         Ok(code) => {
@@ -156,7 +168,10 @@ async fn qr(State(app): State<Arc<App>>, Path(id): Path<u64>) -> Response {
                 .build();
             ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response()
         }
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("no QR code: {e}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("no QR code: {e}"),
+        ),
     }
 }
 
@@ -195,9 +210,10 @@ async fn events(State(app): State<Arc<App>>) -> Response {
     let rx = app.transfers.subscribe();
     let cancel = app.cancel.clone();
     let hello = serde_json::json!({"event": "hello"}).to_string();
-    let first = futures_util::stream::once(async move {
-        Ok::<_, Infallible>(SseEvent::default().data(hello))
-    });
+    let first =
+        futures_util::stream::once(
+            async move { Ok::<_, Infallible>(SseEvent::default().data(hello)) },
+        );
     let rest = futures_util::stream::unfold(
         (rx, cancel, permit),
         |(mut rx, cancel, permit)| async move {

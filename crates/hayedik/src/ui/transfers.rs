@@ -200,11 +200,7 @@ impl Transfers {
     /// Every transfer's state, for the page.
     pub fn snapshot(&self) -> Vec<serde_json::Value> {
         let inner = lock(&self.inner);
-        inner
-            .list
-            .iter()
-            .map(|(id, t)| t.snapshot(*id))
-            .collect()
+        inner.list.iter().map(|(id, t)| t.snapshot(*id)).collect()
     }
 
     fn start(self: &Arc<Self>, id: u64) -> Result<(), RefusedError> {
@@ -496,9 +492,11 @@ fn piece_map(swarm: &Arc<Swarm>) -> (Vec<u8>, Vec<u32>) {
     }
     let have = pieces.have();
     let availability = pieces.availability();
-    cells(have.len(), |i| have.get(i), |i| {
-        availability.get(i as usize).copied().unwrap_or(0)
-    })
+    cells(
+        have.len(),
+        |i| have.get(i),
+        |i| availability.get(i as usize).copied().unwrap_or(0),
+    )
 }
 
 /// Groups `n` pieces into at most [`MAP_CELLS`] cells.

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod client;
+pub mod http;
 pub use client::{ann, error_code, peers, swarm_key, Client, Joined};
 
 /// The binary under test.
@@ -68,6 +69,17 @@ pub fn scenario(limit: Duration, body: impl FnOnce() + Send + 'static) {
             panic!("scenario did not finish within {limit:?}");
         }
     }
+}
+
+/// Makes `pid` one of the current scenario's children (killed if its
+/// timeout fires) until [`forget_child`].
+pub fn adopt_child(pid: u32) {
+    lock_children().push((thread::current().id(), pid));
+}
+
+/// `pid` exited or was waited for.
+pub fn forget_child(pid: u32) {
+    lock_children().retain(|(_, p)| *p != pid);
 }
 
 fn lock_children() -> std::sync::MutexGuard<'static, Vec<(ThreadId, u32)>> {

@@ -28,3 +28,4 @@ mod tracker_flood;
 mod tracker_peers;
 mod tracker_state;
 mod tracker_sybil;
+mod ui;
