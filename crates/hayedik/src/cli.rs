@@ -414,6 +414,7 @@ impl TrackerArgs {
             retire_after: self.retire_after,
             retire_unannounced: self.retire_unannounced,
             state_dir: self.state.clone(),
+            http: self.http,
             relay: match self.relay {
                 true => Some(crate::tracker::RelayConfig {
                     listen: self.relay_limits.relay_listen,

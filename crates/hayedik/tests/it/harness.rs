@@ -71,17 +71,6 @@ pub fn scenario(limit: Duration, body: impl FnOnce() + Send + 'static) {
     }
 }
 
-/// Makes `pid` one of the current scenario's children (killed if its
-/// timeout fires) until [`forget_child`].
-pub fn adopt_child(pid: u32) {
-    lock_children().push((thread::current().id(), pid));
-}
-
-/// `pid` exited or was waited for.
-pub fn forget_child(pid: u32) {
-    lock_children().retain(|(_, p)| *p != pid);
-}
-
 fn lock_children() -> std::sync::MutexGuard<'static, Vec<(ThreadId, u32)>> {
     CHILDREN.lock().unwrap_or_else(|e| e.into_inner())
 }

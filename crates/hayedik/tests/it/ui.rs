@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::http::{self, Response};
-use crate::harness::{adopt_child, forget_child, scenario, signal, BIN};
+use crate::harness::{signal, BIN};
+use crate::swarm_harness::{adopt, disown, scenario};
 
 const LIMIT: Duration = Duration::from_secs(120);
 /// Longest wait for an event of a transfer.
@@ -44,7 +45,7 @@ impl Ui {
             .stderr(Stdio::null())
             .spawn()
             .expect("starting hayedik ui");
-        adopt_child(child.id());
+        adopt(child.id());
         let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
         let mut line = String::new();
         std::io::BufRead::read_line(&mut stdout, &mut line).expect("reading the first event");
@@ -113,7 +114,7 @@ impl Drop for Ui {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        forget_child(self.child.id());
+        disown(self.child.id());
     }
 }
 
