@@ -268,7 +268,7 @@ function submit(form, button, message, call) {
 }
 
 submit($("share-form"), "share-button", "share-message", async () => {
-  await api("POST", "/api/share", { path: $("share-path").value });
+  await api("POST", "/api/share", { path: $("share-path").value, tracker: $("share-tracker").value });
   $("share-path").value = "";
 });
 

@@ -35,6 +35,8 @@ pub fn router(app: Arc<App>) -> Router {
             "/app.css",
             get(|| async { asset("text/css; charset=utf-8", STYLE) }),
         )
+        // No icon: an empty answer rather than a 404 in the console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/api/transfers", get(list))
         .route("/api/share", post(share))
         .route("/api/get", post(get_ticket))
@@ -77,6 +79,9 @@ async fn list(State(app): State<Arc<App>>) -> Response {
 #[derive(Deserialize)]
 struct ShareBody {
     path: String,
+    /// A central tracker's `HOST:PORT`; empty: one runs in this process.
+    #[serde(default)]
+    tracker: String,
 }
 
 async fn share(State(app): State<Arc<App>>, Json(body): Json<ShareBody>) -> Response {
@@ -96,7 +101,14 @@ async fn share(State(app): State<Arc<App>>, Json(body): Json<ShareBody>) -> Resp
             format!("cannot share {}: {e}", path.display()),
         );
     }
-    added(app.transfers.add(Request::Share { path }))
+    let tracker = match body.tracker.trim() {
+        "" => None,
+        t => match crate::peer::share::split_host_port(t) {
+            Ok(_) => Some(t.to_string()),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:#}")),
+        },
+    };
+    added(app.transfers.add(Request::Share { path, tracker }))
 }
 
 #[derive(Deserialize)]

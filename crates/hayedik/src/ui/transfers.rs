@@ -44,8 +44,16 @@ pub const GET_TIMEOUT: Duration = Duration::from_secs(120);
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Request {
-    Share { path: PathBuf },
-    Get { ticket: String, dir: PathBuf },
+    Share {
+        path: PathBuf,
+        /// `HOST:PORT` of a central tracker; `None`: one in this process.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tracker: Option<String>,
+    },
+    Get {
+        ticket: String,
+        dir: PathBuf,
+    },
 }
 
 /// Where a transfer stands.
@@ -230,10 +238,10 @@ impl Transfers {
         let me = self.clone();
         crate::spawn::spawn(&format!("ui transfer {id}"), async move {
             let result = match request {
-                Request::Share { path } => {
+                Request::Share { path, tracker } => {
                     let opts = ShareOptions {
                         path,
-                        tracker: None,
+                        tracker,
                         public_host: me.public_host.clone(),
                         listen: SocketAddr::from(([0, 0, 0, 0], 0)),
                         max_upload: None,
