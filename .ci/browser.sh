@@ -2,7 +2,8 @@
 # The browser test of `hayedik ui` and of the tracker's status page (issue
 # 18): Debian's chromium, driven headless by playwright-core from npm,
 # against a release build, on 127.0.0.1 only. See .ci/browser/ui.mjs for
-# what it checks; it writes docs/ui.png and docs/tracker-page.png.
+# what it checks; it writes ui.png and tracker-page.png into target/browser/
+# (into docs/ with HAYEDIK_BROWSER_SHOTS=docs).
 #
 # Installs what is missing: chromium, nodejs and npm (apt-get), and
 # playwright-core (npm, into a cache folder outside the repository; never
@@ -52,10 +53,15 @@ if ! timeout 60 "$chromium_bin" --headless=new --no-sandbox --disable-gpu \
 fi
 
 cargo build --release -p hayedik --quiet
+# Screenshots go to target/browser/; HAYEDIK_BROWSER_SHOTS=docs refreshes
+# the ones README and docs/ui.md show.
+shots="$PWD/target/browser"
+[ "${HAYEDIK_BROWSER_SHOTS:-}" = docs ] && shots="$PWD/docs"
+mkdir -p "$shots"
 echo "-- browser test (chromium $("$chromium_bin" --version 2>/dev/null | awk '{print $2}'))"
 HAYEDIK_BIN="$PWD/target/release/hayedik" \
 CHROMIUM="$chromium_bin" \
 PLAYWRIGHT_DIR="$pw_dir" \
-SCREENSHOTS="$PWD/docs" \
+SCREENSHOTS="$shots" \
   timeout 300 node .ci/browser/ui.mjs
 echo "browser step took $(( $(date +%s) - started )) s"
