@@ -229,17 +229,15 @@ async fn events(State(app): State<Arc<App>>) -> Response {
     let rest = futures_util::stream::unfold(
         (rx, cancel, permit),
         |(mut rx, cancel, permit)| async move {
-            let data = loop {
-                tokio::select! {
-                    _ = cancel.cancelled() => return None,
-                    got = rx.recv() => match got {
-                        Ok(line) => break line.to_string(),
-                        Err(RecvError::Lagged(n)) => {
-                            break serde_json::json!({"event": "dropped", "events": n}).to_string()
-                        }
-                        Err(RecvError::Closed) => return None,
-                    },
-                }
+            let data = tokio::select! {
+                _ = cancel.cancelled() => return None,
+                got = rx.recv() => match got {
+                    Ok(line) => line.to_string(),
+                    Err(RecvError::Lagged(n)) => {
+                        serde_json::json!({"event": "dropped", "events": n}).to_string()
+                    }
+                    Err(RecvError::Closed) => return None,
+                },
             };
             Some((
                 Ok::<_, Infallible>(SseEvent::default().data(data)),

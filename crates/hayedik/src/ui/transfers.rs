@@ -93,6 +93,14 @@ pub enum RefusedError {
     AlreadyRunning(u64),
 }
 
+/// What a `get`'s `done` event said: `from`, `via` and seconds.
+#[derive(Debug)]
+struct Finished {
+    from: BTreeMap<String, u64>,
+    via: BTreeMap<String, String>,
+    seconds: f64,
+}
+
 /// One transfer's state, as the page shows it.
 #[derive(Debug)]
 struct Transfer {
@@ -111,8 +119,7 @@ struct Transfer {
     pieces: u64,
     /// The last `progress` event: bytes_done, peers, rate.
     progress: Option<(u64, usize, u64)>,
-    /// The `done` event's `from`, `via` and seconds.
-    done: Option<(BTreeMap<String, u64>, BTreeMap<String, String>, f64)>,
+    done: Option<Finished>,
     reachability: Option<(bool, String, String)>,
     copies: u64,
     listening: Option<String>,
@@ -414,7 +421,11 @@ impl Transfer {
                 ..
             } => {
                 self.path = Some(path.clone());
-                self.done = Some((from.clone(), via.clone(), *seconds));
+                self.done = Some(Finished {
+                    from: from.clone(),
+                    via: via.clone(),
+                    seconds: *seconds,
+                });
             }
             Event::Seeding => self.status = Status::Seeding,
             Event::Reachability {
@@ -445,11 +456,15 @@ impl Transfer {
                     .collect(),
             ),
             _ => match &self.done {
-                Some((from, _, _)) => (self.bytes_total, from.clone()),
+                Some(f) => (self.bytes_total, f.from.clone()),
                 None => (self.progress.map_or(0, |p| p.0), BTreeMap::new()),
             },
         };
-        let via = self.done.as_ref().map(|d| d.1.clone()).unwrap_or_default();
+        let via = self
+            .done
+            .as_ref()
+            .map(|d| d.via.clone())
+            .unwrap_or_default();
         let (uploaded, downloaded) = live.map_or((0, 0), |s| {
             (s.uploaded.load(Relaxed), s.downloaded.load(Relaxed))
         });
@@ -474,7 +489,7 @@ impl Transfer {
             "peers": peers,
             "from": from,
             "via": via,
-            "seconds": self.done.as_ref().map(|d| d.2),
+            "seconds": self.done.as_ref().map(|d| d.seconds),
             "uploaded": uploaded,
             "downloaded": downloaded,
             "copies": self.copies,

@@ -58,7 +58,7 @@ fn tracker_http_serves_metrics_and_the_status_page() {
         let (file, _) = write_random(dir.path(), "f.bin", MIB, 7);
         let mut share = Node::share("share", &file, &["--tracker", &central]);
         let ticket = share.ticket();
-        let port = ticket["ticket"]
+        let port: u16 = ticket["ticket"]
             .as_str()
             .unwrap()
             .rsplit_once(':')
@@ -67,7 +67,8 @@ fn tracker_http_serves_metrics_and_the_status_page() {
             .split('/')
             .next()
             .unwrap()
-            .to_string();
+            .parse()
+            .unwrap();
         // The sharer's first announce lists it as a seeder.
         let deadline = Instant::now() + Duration::from_secs(20);
         let swarm = loop {
@@ -76,7 +77,7 @@ fn tracker_http_serves_metrics_and_the_status_page() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .find(|s| s["port"].to_string() == port && s["seeders"] == 1)
+                .find(|s| s["port"] == port && s["seeders"] == 1)
                 .cloned();
             if let Some(s) = found {
                 break s;

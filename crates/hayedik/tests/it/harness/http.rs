@@ -113,10 +113,7 @@ impl Dechunk {
     fn feed(&mut self, bytes: &[u8]) -> Vec<u8> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        loop {
-            let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") else {
-                break;
-            };
+        while let Some(eol) = self.buf.windows(2).position(|w| w == b"\r\n") {
             let size_text = String::from_utf8_lossy(&self.buf[..eol]).to_string();
             let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
                 .unwrap_or_else(|_| panic!("bad chunk size {size_text:?}"));
