@@ -1,7 +1,7 @@
 //! `hayedik tracker --http`: the `listening` event names the status
 //! page's address; `/metrics` (Prometheus text) and the page show a swarm
-//! once a share created and announced it; a foreign `Host` is refused on
-//! a loopback address.
+//! once a share created and announced it, with the relay's counters
+//! under `--relay`; a foreign `Host` is refused on a loopback address.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ fn tracker_http_serves_metrics_and_the_status_page() {
                 "--json",
                 "--http",
                 "127.0.0.1:0",
+                "--relay",
             ],
         );
         let listening = tracker.wait_event("listening");
@@ -95,6 +96,9 @@ fn tracker_http_serves_metrics_and_the_status_page() {
             "hayedik_tracker_peers{state=\"seeder\"} 1",
             "hayedik_tracker_swarms_created_total 1",
             "hayedik_tracker_swarms_confirmed_total 1",
+            // With --relay, the relay's counters too.
+            "hayedik_tracker_relay_sessions 0",
+            "hayedik_tracker_relay_bytes_total 0",
         ] {
             assert!(metrics.contains(line), "no {line} in\n{metrics}");
         }
