@@ -38,6 +38,8 @@ pub enum Command {
     Ls(LsArgs),
     /// Show the whole system on loopback: a tracker, a sharer, several downloaders.
     Demo(DemoArgs),
+    /// Serve a local web page to share, get and watch transfers (see docs/ui.md).
+    Ui(UiArgs),
     /// Print a shell completion script on stdout (e.g. `hayedik completions
     /// bash > /etc/bash_completion.d/hayedik`).
     Completions {
@@ -56,6 +58,7 @@ impl Command {
             Command::Share(a) => a.json,
             Command::Get(a) => a.json,
             Command::Ls(a) => a.json,
+            Command::Ui(a) => a.json,
             Command::Demo(_) | Command::Completions { .. } | Command::Man => false,
         }
     }
@@ -194,6 +197,26 @@ pub struct LsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct UiArgs {
+    /// TCP address of the page: IP:PORT, or PORT for every address (port
+    /// 0: any). Anything but a loopback address exposes the page to the
+    /// network (a warning says so).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// Host name or address to put in the page's URL and in the tickets of
+    /// its shares (default: this machine's address in tickets, the bound
+    /// address in the URL).
+    #[arg(long, value_name = "HOST")]
+    pub public_host: Option<String>,
+    /// Print the page's address without opening a browser.
+    #[arg(long)]
+    pub no_open: bool,
+    /// One JSON object per line on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Size of the demo file in bytes (K, M, G suffixes).
     #[arg(long, default_value = "64M", value_name = "BYTES", value_parser = parse_size)]
@@ -296,6 +319,11 @@ pub struct TrackerArgs {
     pub relay: bool,
     #[command(flatten)]
     pub relay_limits: RelayArgs,
+    /// Serve a status page and /metrics (Prometheus text format) over HTTP
+    /// on ADDR (IP:PORT, or PORT for every address); no token (scrapers
+    /// send none), so bind it where only trusted eyes reach.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub http: Option<SocketAddr>,
     /// One JSON object per line on stdout instead of logs.
     #[arg(long)]
     pub json: bool,
@@ -386,6 +414,7 @@ impl TrackerArgs {
             retire_after: self.retire_after,
             retire_unannounced: self.retire_unannounced,
             state_dir: self.state.clone(),
+            http: self.http,
             relay: match self.relay {
                 true => Some(crate::tracker::RelayConfig {
                     listen: self.relay_limits.relay_listen,

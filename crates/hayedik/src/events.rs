@@ -44,6 +44,12 @@ pub enum Event {
     },
     Listening {
         addr: String,
+        /// `tracker --http`: the bound address of the status page.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        http: Option<String>,
+        /// `ui`: the page's address, with its token.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
     },
     SwarmCreated {
         port: u16,
@@ -312,7 +318,15 @@ impl Event {
     pub fn human(&self) -> String {
         match self {
             Event::Error { message, .. } => format!("error: {message}"),
-            Event::Listening { addr } => format!("listening on {addr}"),
+            Event::Listening {
+                url: Some(url), ..
+            } => format!("open {url} in a browser (the link holds the page's key: keep it to yourself)"),
+            Event::Listening {
+                addr,
+                http: Some(http),
+                ..
+            } => format!("listening on {addr}; status page and /metrics on http://{http}"),
+            Event::Listening { addr, .. } => format!("listening on {addr}"),
             Event::SwarmCreated { port } => format!("swarm created on port {port}"),
             Event::SwarmConfirmed { port } => format!("swarm confirmed on port {port}"),
             Event::SwarmReclaimed { port } => {

@@ -13,3 +13,4 @@ pub mod relay;
 pub mod spawn;
 pub mod storage;
 pub mod tracker;
+pub mod ui;

@@ -66,7 +66,7 @@ fn parse_and_run() -> ExitCode {
     let bars = !json && std::io::stderr().is_terminal();
     let (events, stream) = events::channel(events::QUEUE_EVENTS, bars);
     // The address a peer serves on matters to a tracker's user only.
-    let show_listening = matches!(cli.command, Command::Tracker(_));
+    let show_listening = matches!(cli.command, Command::Tracker(_) | Command::Ui(_));
     let qr = matches!(&cli.command, Command::Share(a) if a.qr);
     let writer = output::write_events_for(stream, json, show_listening, qr);
     let code = match tokio::runtime::Runtime::new() {
@@ -236,6 +236,21 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
             } else {
                 Ok(interrupted())
             }
+        }
+        Command::Ui(a) => {
+            let opts = hayedik::ui::UiOptions {
+                listen: a.listen,
+                public_host: a.public_host,
+                open: !a.no_open,
+            };
+            hayedik::ui::run(opts, events.clone(), cancel).await?;
+            events.emit(Event::Stopped {
+                uploaded: None,
+                downloaded: None,
+                complete: None,
+                kept: None,
+            });
+            Ok(ExitCode::SUCCESS)
         }
         Command::Demo(a) => {
             let opts = hayedik::demo::DemoOptions {

@@ -137,6 +137,8 @@ pub async fn bind_listener(
         .context("reading the listening address")?;
     events.emit(crate::events::Event::Listening {
         addr: local.to_string(),
+        http: None,
+        url: None,
     });
     Ok((listener, local))
 }

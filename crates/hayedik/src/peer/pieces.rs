@@ -195,6 +195,11 @@ impl Pieces {
         &self.from
     }
 
+    /// Per piece, the connected peers announcing it (for the ui's map).
+    pub fn availability(&self) -> &[u32] {
+        &self.availability
+    }
+
     /// A peer announced it holds `piece`.
     pub fn add_availability(&mut self, piece: u32) {
         if let Some(a) = self.availability.get_mut(piece as usize) {

@@ -38,6 +38,18 @@ pub async fn serve(
     events: Events,
     cancel: CancellationToken,
 ) {
+    serve_observed(listener, limits, events, cancel, |_| {}).await
+}
+
+/// [`serve`], handing the relay's book to `observe` first (the tracker's
+/// status page reads its counters).
+pub async fn serve_observed(
+    listener: TcpListener,
+    limits: RelayLimits,
+    events: Events,
+    cancel: CancellationToken,
+    observe: impl FnOnce(Arc<Mutex<Book>>),
+) {
     let addr = listener
         .local_addr()
         .map(|a| a.to_string())
@@ -48,6 +60,7 @@ pub async fn serve(
         limits.max_peers + 2 * limits.max_sessions + 64,
     ));
     let book = Arc::new(Mutex::new(Book::new(limits)));
+    observe(book.clone());
     let report = |c: Counters| Event::Relay {
         addr: addr.clone(),
         peers: c.peers,

@@ -252,6 +252,7 @@ pub async fn serve(
             _ = sweep.tick() => {
                 let now = Instant::now();
                 central.sweep(now);
+                shared.stats.refused.store(central.refused(), std::sync::atomic::Ordering::Relaxed);
                 if let Some(n) = no_port_log.flush(now) {
                     tracing::warn!("no port for {} more", new_swarms(n));
                 }
@@ -262,6 +263,8 @@ pub async fn serve(
                     // Our copy is the last one: the port is free after this.
                     swarm_sockets.remove(&port);
                     binder.release(port);
+                    let counted = if was_pending { &shared.stats.reclaimed } else { &shared.stats.retired };
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     shared.events.emit(if was_pending {
                         Event::SwarmReclaimed { port }
                     } else {
@@ -315,6 +318,7 @@ pub async fn serve(
                         let offered = Offered { port, token: nonzero_random(), at: now };
                         central.created(key, offered);
                         shared.events.emit(Event::SwarmCreated { port });
+                        shared.stats.created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         send_offers(&socket, &swarm_socket, src, tid, offered).await;
                         swarm_sockets.insert(port, swarm_socket.clone());
                         let record = SwarmRecord {

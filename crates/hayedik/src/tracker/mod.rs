@@ -10,10 +10,12 @@
 
 pub mod central;
 pub mod cookie;
+pub mod http;
 pub mod limits;
 pub mod peers;
 pub mod probe;
 pub mod state;
+pub mod stats;
 pub mod swarm;
 pub mod swarm_task;
 
@@ -52,6 +54,8 @@ pub struct TrackerConfig {
     pub limits: Limits,
     /// `--relay`: serve a relay on TCP too.
     pub relay: Option<RelayConfig>,
+    /// `--http`: serve the status page and `/metrics` there.
+    pub http: Option<SocketAddr>,
 }
 
 /// Where and how the relay runs.
@@ -76,6 +80,7 @@ impl Default for TrackerConfig {
             state_dir: None,
             limits: Limits::default(),
             relay: None,
+            http: None,
         }
     }
 }
@@ -90,6 +95,8 @@ pub struct Shared {
     pub swarm_settings: SwarmSettings,
     /// Probe slots shared by every swarm ([`MAX_PROBES`]).
     pub probes: Arc<tokio::sync::Semaphore>,
+    /// What the status page shows (`--http`).
+    pub stats: Arc<stats::Stats>,
 }
 
 /// Binds swarm sockets: on the central tracker's IP, from a port range or an
@@ -208,6 +215,26 @@ async fn run_scoped(
         }
         None => None,
     };
+    let stats = Arc::new(stats::Stats::default());
+    let http = match config.http {
+        Some(at) => {
+            let listener = tokio::net::TcpListener::bind(at).await.map_err(|e| {
+                crate::events::Failure::error(
+                    crate::events::ErrorKind::Network,
+                    format!("cannot serve the status page on {at}: {e}: choose another address with --http"),
+                )
+            })?;
+            let bound = listener
+                .local_addr()
+                .context("reading the status page's address")?;
+            crate::spawn::spawn(
+                "status page",
+                http::serve(listener, stats.clone(), cancel.clone()),
+            );
+            Some(bound.to_string())
+        }
+        None => None,
+    };
     let relay = match &config.relay {
         Some(relay) => {
             let at = relay.listen.unwrap_or(local);
@@ -217,13 +244,15 @@ async fn run_scoped(
             let bound = listener
                 .local_addr()
                 .context("reading the relay's address")?;
+            let s = stats.clone();
             crate::spawn::spawn(
                 "relay",
-                crate::relay::serve(
+                crate::relay::server::serve_observed(
                     listener,
                     relay.limits.clone(),
                     events.clone(),
                     cancel.clone(),
+                    move |book| s.set_relay(book),
                 ),
             );
             if bound.ip().is_unspecified() {
@@ -250,6 +279,7 @@ async fn run_scoped(
             relay,
         },
         probes: Arc::new(tokio::sync::Semaphore::new(MAX_PROBES)),
+        stats,
     });
     let binder = Binder::new(local.ip(), config.swarm_ports);
     let epoch = Instant::now();
@@ -266,6 +296,8 @@ async fn run_scoped(
     // error before anything claims the tracker started.
     shared.events.emit(Event::Listening {
         addr: local.to_string(),
+        http,
+        url: None,
     });
     for record in &records {
         binder.reserve(record.port);
@@ -319,6 +351,10 @@ fn restore(
             }
         };
         shared.events.emit(Event::SwarmRestored { port });
+        shared
+            .stats
+            .restored
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Restored now: a swarm never announced to gets the whole
         // --retire-unannounced from here, as if just confirmed.
         let swarm = SwarmTracker::new(record, true, shared.swarm_settings.clone(), Instant::now());

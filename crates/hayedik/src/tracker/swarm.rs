@@ -151,6 +151,11 @@ impl SwarmTracker {
         self.peers.len()
     }
 
+    /// Seeders and partial sources listed (for the status page).
+    pub fn peer_counts(&self) -> (u32, u32) {
+        self.peers.counts(None)
+    }
+
     /// Drops peers silent for more than twice the announce interval, and
     /// old probe results.
     pub fn expire(&mut self, now: Instant) -> usize {

@@ -51,6 +51,11 @@ pub fn unix_now() -> u64 {
 pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCtx) {
     let shared = &ctx.shared;
     let port = swarm.record.port;
+    let gauge = shared.stats.swarm(port, swarm.is_confirmed());
+    let show = |swarm: &SwarmTracker| {
+        let (seeders, partials) = swarm.peer_counts();
+        gauge.gauge.set_peers(swarm.peer_count(), seeders, partials);
+    };
     let creator = swarm.record.creator;
     let confirm_deadline = tokio::time::Instant::now() + shared.confirm_timeout;
     let retire = shared.retire;
@@ -87,6 +92,7 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
             _ = tick.tick() => {
                 let now = Instant::now();
                 swarm.expire(now);
+                show(&swarm);
                 if !swarm.is_confirmed() {
                     continue;
                 }
@@ -119,10 +125,17 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
                         continue;
                     }
                 };
-                match swarm.handle(src, &buf[..n], Instant::now(), &mut out) {
+                let effect = swarm.handle(src, &buf[..n], Instant::now(), &mut out);
+                if matches!(effect, Effect::Announced | Effect::KeyBound) {
+                    gauge.gauge.announces.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    show(&swarm);
+                }
+                match effect {
                     Effect::Nothing => {}
                     Effect::Announced => swarm.record.last_announce_unix = unix_now(),
                     Effect::Confirmed => {
+                        gauge.gauge.confirmed.store(true, std::sync::atomic::Ordering::Relaxed);
+                        shared.stats.confirmed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         swarm.record.last_announce_unix = unix_now();
                         // Durable before CONFIRMED leaves: a confirmed swarm
                         // survives a crash right after.

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod client;
+pub mod http;
 pub use client::{ann, error_code, peers, swarm_key, Client, Joined};
 
 /// The binary under test.

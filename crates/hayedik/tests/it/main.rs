@@ -25,6 +25,8 @@ mod rogue;
 mod swarm_harness;
 mod tracker;
 mod tracker_flood;
+mod tracker_http;
 mod tracker_peers;
 mod tracker_state;
 mod tracker_sybil;
+mod ui;
