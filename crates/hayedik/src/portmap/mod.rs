@@ -304,6 +304,38 @@ impl Router {
     }
 }
 
+/// `--port-mapping` for a command: maps `ports` on the router, says what
+/// was mapped (`port_mapped`), and keeps the mappings until `cancel`. A
+/// failure is a warning and `None`: the command goes on without them.
+pub async fn map_or_warn(
+    ports: &[(Proto, u16)],
+    cancel: &CancellationToken,
+    events: &Events,
+) -> Option<Vec<Mapped>> {
+    let result = match Router::find() {
+        Ok(router) => router.map(ports, cancel.clone(), events.clone()).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(mapped) => {
+            for m in &mapped {
+                events.emit(m.event());
+            }
+            Some(mapped)
+        }
+        Err(e) => {
+            if !cancel.is_cancelled() {
+                events.emit(Event::Warning {
+                    message: format!(
+                        "port mapping failed ({e}); going on without it: peers outside your network may not reach this machine"
+                    ),
+                });
+            }
+            None
+        }
+    }
+}
+
 /// Finds the UPnP-IGD device: asked directly (unicast SSDP) when the
 /// router is known, else by SSDP multicast on the local network.
 async fn search_upnp(gateway: Option<Ipv4Addr>) -> Result<igd_next::aio::Gateway<Tokio>, String> {

@@ -52,6 +52,9 @@ pub struct TrackerConfig {
     pub limits: Limits,
     /// `--relay`: serve a relay on TCP too.
     pub relay: Option<RelayConfig>,
+    /// An embedded tracker's external address for its own sharer
+    /// (`share --port-mapping`, see [`swarm::ExternalAddress`]).
+    pub external: Option<Arc<swarm::ExternalAddress>>,
 }
 
 /// Where and how the relay runs.
@@ -76,6 +79,7 @@ impl Default for TrackerConfig {
             state_dir: None,
             limits: Limits::default(),
             relay: None,
+            external: None,
         }
     }
 }
@@ -248,6 +252,7 @@ async fn run_scoped(
             max_peers: config.limits.max_peers_per_swarm,
             max_peers_per_source: config.limits.max_peers_per_ip,
             relay,
+            external: config.external.clone(),
         },
         probes: Arc::new(tokio::sync::Semaphore::new(MAX_PROBES)),
     });

@@ -573,6 +573,7 @@ async fn extensions_fall_back_on_an_older_tracker() {
         c.flags = hayedik_proto::tracker::ExtFlags {
             probe: true,
             relayed: false,
+            mapped: false,
         };
         let r = c.announce(PeerState::Complete, 0).await.unwrap();
         assert_eq!(r.ext, None);
@@ -596,6 +597,7 @@ async fn extensions_probe_and_relayed_entries() {
         sharer.flags = hayedik_proto::tracker::ExtFlags {
             probe: false,
             relayed: true,
+            mapped: false,
         };
         let r = sharer.announce(PeerState::Complete, 0).await.unwrap();
         let ext = r.ext.unwrap();
@@ -610,6 +612,7 @@ async fn extensions_probe_and_relayed_entries() {
         g.flags = hayedik_proto::tracker::ExtFlags {
             probe: true,
             relayed: false,
+            mapped: false,
         };
         let mut probe = hayedik_proto::tracker::Probe::Pending;
         for _ in 0..50 {
