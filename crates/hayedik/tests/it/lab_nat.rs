@@ -343,3 +343,56 @@ fn lab_nat_upnp_router_mapped_upnp() {
         &["upnp"],
     );
 }
+
+/// `--port-mapping` behind a router that maps nothing (a plain home
+/// router: no PCP, NAT-PMP or UPnP-IGD): a warning says so, and the share
+/// goes on as without the flag (here through the relay).
+#[test]
+#[ignore = "needs root: network namespaces, nftables"]
+fn lab_nat_port_mapping_refused_is_a_warning() {
+    scenario(Duration::from_secs(150), || {
+        let mut lab = Lab::new("lab_nat::lab_nat_port_mapping_refused_is_a_warning");
+        let th = lab.host("trk");
+        let (ra, rb) = (lab.host("ra"), lab.host("rb"));
+        ra.home_router(false);
+        rb.home_router(false);
+        let (a, b) = (lab.behind(&ra, "a"), lab.behind(&rb, "b"));
+        let tracker = start_relay_tracker(&th);
+        let data = random_file(&lab.path(NAME), 2 * MIB, 25);
+        let gw = format!("10.0.{}.1", ra.ip.octets()[3]);
+        let (file, central, listen) = (
+            lab.path(NAME),
+            th.addr(7410).to_string(),
+            a.addr(0).to_string(),
+        );
+        let args = [
+            "share",
+            file.to_str().expect("UTF-8"),
+            "--tracker",
+            &central,
+            "--listen",
+            &listen,
+            "--port-mapping",
+            "--json",
+        ];
+        let env = [("HAYEDIK_PORTMAP_GATEWAY", gw.as_str())];
+        let mut sharer = a.spawn_env("share, no mapping router", &env, &args);
+        let w = sharer.wait_event("warning", Duration::from_secs(30));
+        let message = w["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains("port mapping failed") && message.contains(&gw),
+            "{w}"
+        );
+        let ticket = ticket_of(&mut sharer);
+        assert_eq!(sharer.count("port_mapped"), 0);
+        let r = reachability(&mut sharer);
+        assert_eq!(r["how"], "relay", "{r}");
+        let mut g = start_get(&b, &ticket, &lab.path("out"), &["--no-seed"]);
+        g.wait_event("done", Duration::from_secs(90));
+        g.expect_success(Duration::from_secs(15));
+        assert_file_is(&lab.path("out").join(NAME), &data);
+        for p in [&tracker, &sharer, &g] {
+            p.assert_no_panic();
+        }
+    });
+}

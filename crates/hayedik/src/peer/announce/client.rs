@@ -151,7 +151,7 @@ pub struct TrackerClient {
     /// What ANNOUNCE_X asks for.
     pub(super) flags: ExtFlags,
     /// Our TCP port is a port mapping: every ANNOUNCE_X says so.
-    mapped: bool,
+    pub(super) mapped: bool,
     buf: Vec<u8>,
 }
 
@@ -389,6 +389,15 @@ impl TrackerClient {
                             }
                             // Give the swarm the rest of this attempt's time.
                             tokio::time::sleep_until(until).await;
+                        }
+                        // A tracker older than the MAPPED flag finds our
+                        // ANNOUNCE_X malformed: ask again without it.
+                        ErrorCode::Malformed if self.mapped && self.ext != ExtMode::Off => {
+                            tracing::info!(
+                                "tracker at {tracker} does not know the MAPPED flag: announcing without it"
+                            );
+                            self.mapped = false;
+                            backoff.reset();
                         }
                         code => return Err(error_for(tracker, code, &message)),
                     }
