@@ -81,6 +81,7 @@ pub fn local_ip_towards(gateway: Ipv4Addr) -> std::io::Result<Ipv4Addr> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     const TABLE: &str =

@@ -2,6 +2,8 @@
 //! answers as a NAT-PMP router does (and records what it was asked), and
 //! hostile ones.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -9,6 +11,9 @@ use std::time::Duration;
 use super::*;
 
 const EXTERNAL: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
+
+/// A router's answer to a request.
+type Answer = fn(&[u8]) -> Vec<u8>;
 
 /// A router for tests: `gw`, NAT-PMP/PCP only (nothing else is asked).
 fn router(gw: Ipv4Addr) -> Router {
@@ -26,10 +31,7 @@ fn router(gw: Ipv4Addr) -> Router {
 /// routers do), maps any port to the same number at [`EXTERNAL`], and
 /// records every mapping request as (opcode, internal port, lifetime).
 /// `reply` may replace its answer (a hostile router).
-fn fake_router(
-    ip: Ipv4Addr,
-    reply: Option<fn(&[u8]) -> Vec<u8>>,
-) -> Arc<Mutex<Vec<(u8, u16, u32)>>> {
+fn fake_router(ip: Ipv4Addr, reply: Option<Answer>) -> Arc<Mutex<Vec<(u8, u16, u32)>>> {
     let sock = UdpSocket::bind((ip, crab_nat::GATEWAY_PORT)).expect("binding the fake router");
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .expect("a read timeout");
@@ -115,7 +117,7 @@ async fn maps_renews_nothing_early_and_deletes_on_cancel() {
 
 #[tokio::test]
 async fn hostile_routers_get_an_error_not_a_panic() {
-    let answers: [fn(&[u8]) -> Vec<u8>; 5] = [
+    let answers: [Answer; 5] = [
         |_| Vec::new(),
         |_| vec![0xff; 3],
         |r| r.to_vec(),
