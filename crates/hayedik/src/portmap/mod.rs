@@ -13,9 +13,10 @@
 //! Bounds: a run maps at most three ports (the peer's TCP port, and for an
 //! embedded tracker its central and swarm UDP ports); every exchange with
 //! the router has a timeout (PCP/NAT-PMP: 4 tries over about 4 s; UPnP:
-//! the search [`UPNP_SEARCH`], each request 10 s, replies cut at 1 MiB by
-//! igd-next); a router's replies are parsed by the crates, and a port 0 or
-//! an address of the wrong family from them is refused here.
+//! the search [`UPNP_SEARCH`], each request 10 s, a whole mapping
+//! [`UPNP_LIMIT`], replies cut at 1 MiB by igd-next); a router's replies
+//! are parsed by the crates, and a port 0 or an address of the wrong family
+//! from them is refused here.
 
 pub mod gateway;
 
@@ -40,6 +41,10 @@ pub const ONLY_ENV: &str = "HAYEDIK_PORTMAP_ONLY";
 pub const LEASE_SECS: u32 = 7200;
 /// How long the UPnP-IGD search waits for the router's answer.
 pub const UPNP_SEARCH: Duration = Duration::from_secs(3);
+/// How long mapping one port by UPnP-IGD may take in all (igd-next tries
+/// up to 20 random ports when the router refuses ours, each request with
+/// its own 10 s timeout).
+pub const UPNP_LIMIT: Duration = Duration::from_secs(20);
 /// How long deleting the mappings at exit may take in all.
 pub const RELEASE_WAIT: Duration = Duration::from_secs(3);
 /// A renewal that failed is tried again after this long (while the lease
@@ -225,9 +230,10 @@ impl Router {
             }
         }
         if self.allowed.upnp {
-            match self.map_upnp(proto, port).await {
-                Ok(l) => return Ok(l),
-                Err(e) => why.push(format!("UPnP-IGD: {e}")),
+            match tokio::time::timeout(UPNP_LIMIT, self.map_upnp(proto, port)).await {
+                Ok(Ok(l)) => return Ok(l),
+                Ok(Err(e)) => why.push(format!("UPnP-IGD: {e}")),
+                Err(_) => why.push(format!("UPnP-IGD: no mapping within {UPNP_LIMIT:?}")),
             }
         }
         if why.is_empty() {

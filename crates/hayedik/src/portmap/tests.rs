@@ -32,6 +32,15 @@ fn router(gw: Ipv4Addr) -> Router {
 /// records every mapping request as (opcode, internal port, lifetime).
 /// `reply` may replace its answer (a hostile router).
 fn fake_router(ip: Ipv4Addr, reply: Option<Answer>) -> Arc<Mutex<Vec<(u8, u16, u32)>>> {
+    fake_router_granting(ip, reply, None)
+}
+
+/// [`fake_router`] granting leases of `grant` seconds whatever is asked.
+fn fake_router_granting(
+    ip: Ipv4Addr,
+    reply: Option<Answer>,
+    grant: Option<u32>,
+) -> Arc<Mutex<Vec<(u8, u16, u32)>>> {
     let sock = UdpSocket::bind((ip, crab_nat::GATEWAY_PORT)).expect("binding the fake router");
     sock.set_read_timeout(Some(Duration::from_millis(100)))
         .expect("a read timeout");
@@ -48,7 +57,7 @@ fn fake_router(ip: Ipv4Addr, reply: Option<Answer>) -> Arc<Mutex<Vec<(u8, u16, u
             let req = &buf[..n];
             let answer = match reply {
                 Some(f) => f(req),
-                None => natpmp_answer(req, &log),
+                None => natpmp_answer(req, &log, grant),
             };
             let _ = sock.send_to(&answer, from);
         }
@@ -56,7 +65,7 @@ fn fake_router(ip: Ipv4Addr, reply: Option<Answer>) -> Arc<Mutex<Vec<(u8, u16, u
     seen
 }
 
-fn natpmp_answer(req: &[u8], log: &Mutex<Vec<(u8, u16, u32)>>) -> Vec<u8> {
+fn natpmp_answer(req: &[u8], log: &Mutex<Vec<(u8, u16, u32)>>, grant: Option<u32>) -> Vec<u8> {
     let (version, op) = (req[0], req.get(1).copied().unwrap_or(0));
     let mut out = vec![0, 128 | op];
     if version != 0 {
@@ -74,9 +83,14 @@ fn natpmp_answer(req: &[u8], log: &Mutex<Vec<(u8, u16, u32)>>) -> Vec<u8> {
     let lifetime = u32::from_be_bytes([req[8], req[9], req[10], req[11]]);
     log.lock().unwrap().push((op, internal, lifetime));
     let external = if lifetime == 0 { 0 } else { internal };
+    let granted = if lifetime == 0 {
+        0
+    } else {
+        grant.unwrap_or(lifetime)
+    };
     out.extend_from_slice(&internal.to_be_bytes());
     out.extend_from_slice(&external.to_be_bytes());
-    out.extend_from_slice(&lifetime.to_be_bytes());
+    out.extend_from_slice(&granted.to_be_bytes());
     out
 }
 
@@ -151,4 +165,28 @@ fn renews_at_half_the_lease_never_in_a_loop() {
     assert_eq!(renew_after(7200), Duration::from_secs(3600));
     assert_eq!(renew_after(1), Duration::from_secs(5));
     assert_eq!(renew_after(0), Duration::from_secs(5));
+}
+
+/// A router that grants a lease of 8 s is asked again at half of it (the
+/// shortest renewal is 5 s), then the mapping is deleted on cancel.
+#[tokio::test]
+async fn renews_before_the_lease_ends() {
+    let gw = Ipv4Addr::new(127, 53, 51, 2);
+    let seen = fake_router_granting(gw, None, Some(8));
+    let cancel = CancellationToken::new();
+    let scope = crate::spawn::Scope::new("test");
+    scope
+        .run(router(gw).map(&[(Proto::Tcp, 4002)], cancel.clone(), Events::discard()))
+        .await
+        .expect("the fake router maps");
+    // Renewed once by now (at 5 s), not yet twice (at 10 s).
+    tokio::time::sleep(Duration::from_millis(7500)).await;
+    cancel.cancel();
+    assert_eq!(scope.shutdown(Duration::from_secs(5)).await, 0);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![(2, 4002, LEASE_SECS), (2, 4002, 8), (2, 4002, 0)],
+        "mapped, renewed for the lifetime granted, deleted"
+    );
 }
