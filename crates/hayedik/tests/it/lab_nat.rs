@@ -396,3 +396,71 @@ fn lab_nat_port_mapping_refused_is_a_warning() {
         }
     });
 }
+
+/// `get --port-mapping` behind the miniupnpd router, a public sharer and a
+/// tracker outside: the getter maps its TCP port, the tracker's probe
+/// reaches it there (`reachability` `mapped`, at the router's address), the
+/// file arrives whole, and the mapping is gone once the seeding `get` is
+/// stopped (SIGTERM).
+#[test]
+#[ignore = "needs root: network namespaces, nftables, miniupnpd"]
+fn lab_nat_upnp_router_mapped_getter() {
+    scenario(Duration::from_secs(150), || {
+        let mut lab = Lab::routable("lab_nat::lab_nat_upnp_router_mapped_getter");
+        let th = lab.host("trk");
+        let public = lab.host("pub");
+        let router = lab.host("ru");
+        let b = lab.behind(&router, "b");
+        lab.upnp_router(&router);
+        let gw = format!("10.0.{}.1", router.ip.octets()[3]);
+        let tracker = start_relay_tracker(&th);
+        let data = random_file(&lab.path(NAME), 4 * MIB, 26);
+        let (mut sharer, ticket) = start_share(&public, th.addr(7410), &lab.path(NAME), &[]);
+
+        let (out, listen) = (lab.path("out"), b.addr(0).to_string());
+        let args = [
+            "get",
+            &ticket,
+            "-o",
+            out.to_str().expect("UTF-8"),
+            "--listen",
+            &listen,
+            "--port-mapping",
+            "--json",
+        ];
+        let env = [("HAYEDIK_PORTMAP_GATEWAY", gw.as_str())];
+        let mut g = b.spawn_env("get behind the UPnP router", &env, &args);
+        let m = g.wait_event("port_mapped", Duration::from_secs(30));
+        assert_eq!(
+            (&m["protocol"], &m["gateway"]),
+            (&"tcp".into(), &gw.as_str().into()),
+            "{m}"
+        );
+        let r = reachability(&mut g);
+        assert_eq!(
+            (&r["how"], &r["reachable"]),
+            (&"mapped".into(), &true.into()),
+            "{r}"
+        );
+        assert_eq!(
+            r["addr"], m["addr"],
+            "listed at the mapped address: {r} {m}"
+        );
+        g.wait_event("done", Duration::from_secs(90));
+        assert_file_is(&out.join(NAME), &data);
+        assert_eq!(
+            lab.upnp_mappings(&router).len(),
+            1,
+            "{}",
+            lab.upnp_log(&router)
+        );
+        crate::harness::signal(g.pid(), "TERM").expect("kill -TERM");
+        g.expect_success(Duration::from_secs(20));
+        let left = lab.upnp_mappings(&router);
+        assert!(left.is_empty(), "mappings left after get exited: {left:?}");
+        sharer.kill();
+        for p in [&tracker, &g] {
+            p.assert_no_panic();
+        }
+    });
+}
