@@ -928,7 +928,7 @@ impl Workload for Announces {
         let j = self.cursor[s];
         self.cursor[s] = (j + 1) % self.keys.len();
         self.tid = self.tid.wrapping_add(1);
-        let seeder = s % 2 == 0;
+        let seeder = s.is_multiple_of(2);
         match self.proto {
             Proto::Hayedik => {
                 let announce = Announce {
@@ -1313,7 +1313,7 @@ fn thousands(v: f64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

@@ -130,6 +130,12 @@ pub struct ShareArgs {
     /// every slot is taken, the longest-idle session makes room).
     #[arg(long, default_value_t = crate::peer::slots::DEFAULT_PER_ADDRESS as u16, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub max_peers_per_ip: u16,
+    /// Ask the router (PCP, NAT-PMP, UPnP-IGD) to forward our TCP port (and,
+    /// with the embedded tracker, its UDP ports)
+    /// while this runs, renewing it, and remove it on exit. Off by
+    /// default: it changes the router's settings.
+    #[arg(long)]
+    pub port_mapping: bool,
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -171,6 +177,11 @@ pub struct GetArgs {
     /// every slot is taken, the longest-idle session makes room).
     #[arg(long, default_value_t = crate::peer::slots::DEFAULT_PER_ADDRESS as u16, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub max_peers_per_ip: u16,
+    /// Ask the router (PCP, NAT-PMP, UPnP-IGD) to forward our TCP port
+    /// while this runs, renewing it, and remove it on exit. Off by
+    /// default: it changes the router's settings.
+    #[arg(long)]
+    pub port_mapping: bool,
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -415,6 +426,7 @@ impl TrackerArgs {
             retire_unannounced: self.retire_unannounced,
             state_dir: self.state.clone(),
             http: self.http,
+            external: None,
             relay: match self.relay {
                 true => Some(crate::tracker::RelayConfig {
                     listen: self.relay_limits.relay_listen,

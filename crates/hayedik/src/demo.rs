@@ -155,6 +155,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         max_peers_per_ip: crate::peer::slots::DEFAULT_PER_ADDRESS,
         until_replicated: None,
         skip_unportable: false,
+        port_mapping: false,
     };
     let s = stop.clone();
     let sharer = crate::spawn::spawn("demo sharer", async move {
@@ -205,6 +206,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
             max_download: None,
             only: Vec::new(),
             max_peers_per_ip: crate::peer::slots::DEFAULT_PER_ADDRESS,
+            port_mapping: false,
         };
         let (tx, rx) = oneshot::channel();
         let s = stop.clone();

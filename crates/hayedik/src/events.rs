@@ -113,6 +113,20 @@ pub enum Event {
         /// `direct`, `mapped`, `relay` or `none`.
         how: String,
     },
+    /// share, get with `--port-mapping`: the router forwards a port to us
+    /// (until the command ends).
+    PortMapped {
+        /// `tcp` or `udp`.
+        protocol: String,
+        /// Our port.
+        port: u16,
+        /// The router's external address and port.
+        addr: String,
+        /// `pcp`, `nat-pmp` or `upnp`.
+        method: String,
+        /// The router asked.
+        gateway: String,
+    },
     /// tracker --relay: the relay's address and counters (at start, then
     /// every 15 s when they changed).
     Relay {
@@ -504,6 +518,21 @@ impl Event {
                 human_bytes(*bytes_total)
             ),
             Event::Warning { message } => format!("warning: {message}"),
+            Event::PortMapped {
+                protocol,
+                port,
+                addr,
+                method,
+                gateway,
+            } => format!(
+                "port mapping: your router {gateway} forwards {addr} to {} port {port} on this machine ({}); removed when this command ends",
+                protocol.to_uppercase(),
+                match method.as_str() {
+                    "upnp" => "UPnP-IGD",
+                    "nat-pmp" => "NAT-PMP",
+                    _ => "PCP",
+                }
+            ),
             Event::PeerDone { addr, copies } => format!(
                 "{addr} has the whole share ({} {} a verified copy)",
                 plural(*copies, "peer"),

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod events;
 pub mod output;
 pub mod peer;
+pub mod portmap;
 pub mod relay;
 pub mod spawn;
 pub mod storage;

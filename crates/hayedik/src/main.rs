@@ -206,6 +206,7 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
                 max_peers_per_ip: usize::from(a.max_peers_per_ip),
                 until_replicated: a.until_replicated,
                 skip_unportable: a.skip_unportable,
+                port_mapping: a.port_mapping,
             };
             hayedik::peer::share::share(opts, events, cancel, |_| {}).await?;
             Ok(ExitCode::SUCCESS)
@@ -221,6 +222,7 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
                 max_download: a.max_download,
                 only: a.only,
                 max_peers_per_ip: usize::from(a.max_peers_per_ip),
+                port_mapping: a.port_mapping,
             };
             match hayedik::peer::get::get(opts, events, cancel).await? {
                 Some(_) => Ok(ExitCode::SUCCESS),

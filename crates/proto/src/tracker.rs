@@ -209,24 +209,31 @@ pub struct ExtFlags {
     /// List me as reachable through this tracker's relay (I hold a
     /// registration there).
     pub relayed: bool,
+    /// The TCP port I announce is forwarded to me by my router (a port
+    /// mapping: UPnP-IGD, NAT-PMP or PCP); list me as reachable there.
+    pub mapped: bool,
 }
 
 impl ExtFlags {
     const PROBE: u8 = 0x01;
     const RELAYED: u8 = 0x02;
+    const MAPPED: u8 = 0x04;
 
     pub fn to_u8(self) -> u8 {
-        (if self.probe { Self::PROBE } else { 0 }) | (if self.relayed { Self::RELAYED } else { 0 })
+        (if self.probe { Self::PROBE } else { 0 })
+            | (if self.relayed { Self::RELAYED } else { 0 })
+            | (if self.mapped { Self::MAPPED } else { 0 })
     }
 
     /// Unknown bits are refused, so that a later bit is never ignored.
     pub fn from_u8(v: u8) -> Option<ExtFlags> {
-        if v & !(Self::PROBE | Self::RELAYED) != 0 {
+        if v & !(Self::PROBE | Self::RELAYED | Self::MAPPED) != 0 {
             return None;
         }
         Some(ExtFlags {
             probe: v & Self::PROBE != 0,
             relayed: v & Self::RELAYED != 0,
+            mapped: v & Self::MAPPED != 0,
         })
     }
 }
@@ -288,6 +295,18 @@ pub struct PeerEntryX {
     /// Reachable only through the relay: dial the relay and ask for this
     /// address (the peer's source IP as the tracker saw it, announced port).
     pub relayed: bool,
+    /// Reachable at a port its router forwards to it (a port mapping).
+    pub mapped: bool,
+}
+
+impl PeerEntryX {
+    const RELAYED: u8 = 0x01;
+    const MAPPED: u8 = 0x02;
+
+    fn flags(&self) -> u8 {
+        (if self.relayed { Self::RELAYED } else { 0 })
+            | (if self.mapped { Self::MAPPED } else { 0 })
+    }
 }
 
 impl PeerEntryX {
@@ -484,7 +503,7 @@ impl Datagram {
                 }
                 for e in &p.peers {
                     encode_peer_entry(out, &e.entry);
-                    out.put_u8(u8::from(e.relayed));
+                    out.put_u8(e.flags());
                 }
             }
             Message::Peers(p) => {
@@ -667,14 +686,14 @@ fn decode_peers_x(r: &mut Reader<'_>) -> Option<PeersX> {
         let family = r.u8().ok()?;
         let addr = decode_addr(r, family)?;
         let state = PeerState::from_u8(r.u8().ok()?).filter(|s| s.is_listed())?;
-        let relayed = match r.u8().ok()? {
-            0 => false,
-            1 => true,
-            _ => return None,
-        };
+        let flags = r.u8().ok()?;
+        if flags & !(PeerEntryX::RELAYED | PeerEntryX::MAPPED) != 0 {
+            return None;
+        }
         peers.push(PeerEntryX {
             entry: PeerEntry { addr, state },
-            relayed,
+            relayed: flags & PeerEntryX::RELAYED != 0,
+            mapped: flags & PeerEntryX::MAPPED != 0,
         });
     }
     Some(PeersX {

@@ -261,6 +261,7 @@ fn announce_x_vectors() {
             flags: ExtFlags {
                 probe: false,
                 relayed: true,
+                mapped: false,
             },
         },
     );
@@ -269,6 +270,23 @@ fn announce_x_vectors() {
     bytes.extend_from_slice(&[0x1F, 0x90, 2, 0, 0, 0x02]);
     roundtrip_bytes(&plain, &bytes);
     assert_eq!(bytes.len(), HEADER_LEN + ANNOUNCE_X_BODY_LEN);
+    // MAPPED: flags 0x04.
+    let mapped = Datagram::new(
+        5,
+        Message::AnnounceX {
+            connection_id: 0x0102,
+            announce,
+            flags: ExtFlags {
+                probe: false,
+                relayed: false,
+                mapped: true,
+            },
+        },
+    );
+    let mut bytes = hdr(16, 5, 0x0102);
+    bytes.extend_from_slice(&[0xAB; 32]);
+    bytes.extend_from_slice(&[0x1F, 0x90, 2, 0, 0, 0x04]);
+    roundtrip_bytes(&mapped, &bytes);
     // Asking for a probe: flags 0x01 and 218 zero bytes of padding.
     let probe = Datagram::new(
         5,
@@ -278,6 +296,7 @@ fn announce_x_vectors() {
             flags: ExtFlags {
                 probe: true,
                 relayed: false,
+                mapped: false,
             },
         },
     );
@@ -295,7 +314,7 @@ fn announce_x_vectors() {
     long.push(0);
     let mut unknown = hdr(16, 5, 1);
     unknown.extend_from_slice(&[0xAB; 32]);
-    unknown.extend_from_slice(&[0x1F, 0x90, 2, 0, 0, 0x04]);
+    unknown.extend_from_slice(&[0x1F, 0x90, 2, 0, 0, 0x08]);
     let mut no_flags = hdr(16, 5, 1);
     no_flags.extend_from_slice(&[0xAB; 32]);
     no_flags.extend_from_slice(&[0x1F, 0x90, 2, 0, 0]);
@@ -333,6 +352,7 @@ fn peers_x_vector() {
                         state: PeerState::Complete,
                     },
                     relayed: false,
+                    mapped: true,
                 },
                 PeerEntryX {
                     entry: PeerEntry {
@@ -340,6 +360,7 @@ fn peers_x_vector() {
                         state: PeerState::Downloading,
                     },
                     relayed: true,
+                    mapped: false,
                 },
             ],
         }),
@@ -348,7 +369,8 @@ fn peers_x_vector() {
     bytes.extend_from_slice(&[0, 60, 0, 0, 0, 1, 0, 0, 0, 2, 2]);
     bytes.extend_from_slice(&[4, 203, 0, 113, 7, 0x1F, 0x90]);
     bytes.extend_from_slice(&[1, 0x1C, 0xF2]);
-    bytes.extend_from_slice(&[4, 10, 0, 0, 1, 0x1A, 0xE1, 2, 0]);
+    // The first entry is MAPPED (flags 0x02), the second relayed (0x01).
+    bytes.extend_from_slice(&[4, 10, 0, 0, 1, 0x1A, 0xE1, 2, 2]);
     bytes.push(6);
     bytes.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets());
     bytes.extend_from_slice(&[0, 80, 1, 1]);
@@ -379,10 +401,10 @@ fn peers_x_vector() {
         bytes.extend_from_slice(&tail);
         roundtrip_bytes(&d, &bytes);
     }
-    // A relayed flag other than 0 or 1, a probe result above 4, a relay
-    // family of 5: malformed.
+    // An entry flag with a bit other than RELAYED (1) or MAPPED (2), a
+    // probe result above 4, a relay family of 5: malformed.
     let mut bad_flag = bytes_of(&p);
-    *bad_flag.last_mut().unwrap() = 2;
+    *bad_flag.last_mut().unwrap() = 4;
     let mut bad_probe = bytes_of(&p);
     bad_probe[HEADER_LEN + 10] = 5;
     let mut bad_relay = bytes_of(&p);
@@ -471,11 +493,10 @@ fn arb_message() -> impl Strategy<Value = Message> {
             1u16..,
             arb_state(),
             any::<u16>(),
-            any::<bool>(),
-            any::<bool>()
+            (any::<bool>(), any::<bool>(), any::<bool>())
         )
             .prop_map(
-                |(connection_id, swarm_key, port, state, wanted, probe, relayed)| {
+                |(connection_id, swarm_key, port, state, wanted, (probe, relayed, mapped))| {
                     Message::AnnounceX {
                         connection_id,
                         announce: Announce {
@@ -484,7 +505,11 @@ fn arb_message() -> impl Strategy<Value = Message> {
                             state,
                             wanted,
                         },
-                        flags: ExtFlags { probe, relayed },
+                        flags: ExtFlags {
+                            probe,
+                            relayed,
+                            mapped,
+                        },
                     }
                 }
             ),
@@ -497,7 +522,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 any::<u16>().prop_map(RelayAddr::SameHost),
                 arb_entry().prop_map(|e| RelayAddr::At(e.addr)),
             ],
-            proptest::collection::vec((arb_entry(), any::<bool>()), 0..60)
+            proptest::collection::vec((arb_entry(), any::<bool>(), any::<bool>()), 0..60)
         )
             .prop_map(|((interval, seeders, partials), probe, me, relay, peers)| {
                 Message::PeersX(PeersX {
@@ -509,7 +534,11 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     relay,
                     peers: peers
                         .into_iter()
-                        .map(|(entry, relayed)| PeerEntryX { entry, relayed })
+                        .map(|(entry, relayed, mapped)| PeerEntryX {
+                            entry,
+                            relayed,
+                            mapped,
+                        })
                         .collect(),
                 })
             }),

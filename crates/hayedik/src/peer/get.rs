@@ -37,6 +37,8 @@ pub struct GetOptions {
     pub only: Vec<String>,
     /// Incoming sessions from one address (see `slots.rs`).
     pub max_peers_per_ip: usize,
+    /// `--port-mapping`: have the router forward our TCP port.
+    pub port_mapping: bool,
 }
 
 /// What a finished `get` reports (also used by the demo).
@@ -120,8 +122,24 @@ async fn get_scoped(
     *swarm_out = Some(swarm.clone());
     node::spawn_listener(listener, swarm.clone(), opts.max_peers_per_ip);
     observe(swarm.clone());
+    // --port-mapping: the router forwards our TCP port until we stop;
+    // we announce the port it forwards.
+    let mapped = match opts.port_mapping {
+        true => crate::portmap::map_or_warn(
+            &[(crate::portmap::Proto::Tcp, local.port())],
+            &cancel,
+            events,
+        )
+        .await
+        .map(|m| m[0].external),
+        false => None,
+    };
     let socket = udp_socket_for(tracker).await?;
-    let mut client = TrackerClient::from_socket(socket, tracker, swarm.swarm_key, local.port());
+    let announced_port = mapped.map_or(local.port(), |a| a.port());
+    let mut client = TrackerClient::from_socket(socket, tracker, swarm.swarm_key, announced_port);
+    if mapped.is_some() {
+        client.set_mapped();
+    }
     if let Some(t) = opts.timeout {
         // An unreachable tracker must show as such before --timeout ends.
         client.set_deadline(client.deadline().min(t / 2).max(Duration::from_millis(500)));
@@ -129,7 +147,13 @@ async fn get_scoped(
     client.use_extensions();
     let announcer = spawn_announcer(client, PeerState::Downloading, swarm.cancel.clone());
     let paths = node::spawn_connector(swarm.clone(), announcer.replies());
-    super::reach::spawn_reach(swarm.clone(), &announcer, events.clone(), paths.clone());
+    super::reach::spawn_reach(
+        swarm.clone(),
+        &announcer,
+        events.clone(),
+        paths.clone(),
+        mapped,
+    );
     let s = swarm.clone();
     announcer.spawn_lonely_reannounce(super::share::LONELY_REANNOUNCE, move || s.peer_count() == 0);
     let progress = Progress::new(

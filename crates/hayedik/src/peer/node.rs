@@ -45,6 +45,8 @@ pub const RELAY_HEAD_START: Duration = Duration::from_millis(250);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Via {
     Direct,
+    /// Directly, at a port the peer's router forwards to it.
+    Mapped,
     Relay,
 }
 
@@ -52,6 +54,7 @@ impl Via {
     pub fn as_str(self) -> &'static str {
         match self {
             Via::Direct => "direct",
+            Via::Mapped => "mapped",
             Via::Relay => "relay",
         }
     }
@@ -65,6 +68,8 @@ impl Via {
 pub struct Paths {
     dialed: Mutex<HashMap<SocketAddr, Via>>,
     relayed_ips: Mutex<std::collections::HashSet<std::net::IpAddr>>,
+    /// Listed peers the tracker marked as reachable at a mapped port.
+    mapped: Mutex<std::collections::HashSet<SocketAddr>>,
     /// What the tracker's probe said about us: 0 not known yet, 1 others
     /// reach us directly, 2 they do not.
     reachable: std::sync::atomic::AtomicU8,
@@ -96,6 +101,24 @@ impl Paths {
         }
     }
 
+    /// The tracker lists `addr` at a port its router forwards.
+    fn listed_mapped(&self, addr: SocketAddr) {
+        let mut set = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
+        if set.len() < MAX_KNOWN {
+            set.insert(addr);
+        }
+    }
+
+    /// A direct session with `addr` is `mapped` when it was listed so.
+    fn direct(&self, addr: SocketAddr) -> Via {
+        let set = self.mapped.lock().unwrap_or_else(|e| e.into_inner());
+        if set.contains(&addr) {
+            Via::Mapped
+        } else {
+            Via::Direct
+        }
+    }
+
     fn set(&self, addr: SocketAddr, via: Via) {
         let mut map = self.dialed.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_KNOWN && !map.contains_key(&addr) {
@@ -118,7 +141,8 @@ impl Paths {
         if relayed.contains(&addr.ip()) {
             Via::Relay
         } else {
-            Via::Direct
+            // A listed mapped peer that dialed us came from its router.
+            self.direct(*addr)
         }
     }
 }
@@ -226,6 +250,9 @@ pub fn spawn_connector(
                     let (list, relay) = {
                         let latest = peers.borrow_and_update();
                         let list = latest.as_ref().map(|r| r.peers.clone()).unwrap_or_default();
+                        for a in latest.iter().flat_map(|r| r.mapped.iter()) {
+                            paths.listed_mapped(*a);
+                        }
                         let relay = latest.as_ref().and_then(|r| {
                             let relay = r.ext?.relay?;
                             Some((relay, r.relayed.clone()))
@@ -380,7 +407,7 @@ async fn dial(
     );
     let result = match reached {
         Reached::Direct(stream) => {
-            paths.set(addr, Via::Direct);
+            paths.set(addr, paths.direct(addr));
             session::run(swarm, stream, Some(addr), cancel, activity).await
         }
         Reached::Relayed(stream) => {

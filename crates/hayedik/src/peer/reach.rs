@@ -3,6 +3,9 @@
 //! tracker list us as reachable through it. Says the outcome once as a
 //! `reachability` event (and again when it changes).
 //!
+//! With `--port-mapping`, the port announced is the one the router
+//! forwards, and a successful probe says `mapped`.
+//!
 //! Steps: the announcer asks with a probe (ANNOUNCE_X, flag 1) and polls
 //! while the answer is "pending"; "reachable" ends it (`direct`); otherwise,
 //! with a relay named by the tracker, a registration is kept there and,
@@ -32,12 +35,14 @@ pub fn spawn_reach(
     announcer: &Announcer,
     events: Events,
     paths: Arc<super::node::Paths>,
+    mapped: Option<SocketAddr>,
 ) {
     let mut replies = announcer.replies();
     let ctl = announcer.flags_handle();
     ctl.set(ExtFlags {
         probe: true,
         relayed: false,
+        mapped: false,
     });
     crate::spawn::spawn("reachability", async move {
         let cancel = swarm.cancel.clone();
@@ -59,7 +64,9 @@ pub fn spawn_reach(
         };
         paths.set_reachable(ext.probe == Probe::Reachable);
         if ext.probe == Probe::Reachable {
-            emit(&events, true, ext.observed, "direct");
+            // Through our router's port mapping, when we made one.
+            let how = if mapped.is_some() { "mapped" } else { "direct" };
+            emit(&events, true, ext.observed, how);
             return;
         }
         let Some(relay) = ext.relay else {
@@ -82,6 +89,7 @@ pub fn spawn_reach(
             ctl.set(ExtFlags {
                 probe: false,
                 relayed: up,
+                mapped: false,
             });
             if up && said != Some(true) {
                 emit(&events, true, ext.observed, "relay");
@@ -143,6 +151,7 @@ async fn verdict(
                     ctl.set(ExtFlags {
                         probe: true,
                         relayed: false,
+                        mapped: false,
                     });
                 }
                 Probe::Pending | Probe::NotAsked => {}

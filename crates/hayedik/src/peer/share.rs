@@ -26,6 +26,7 @@ use super::hashing::hash_pieces;
 use super::swarm::{Content, Swarm, SwarmOptions};
 use super::{node, resolve, udp_socket_for};
 use crate::events::{human_bytes, human_rate, plural, Event, Events};
+use crate::portmap::{self, Proto};
 use crate::spawn::{Scope, SHUTDOWN_WAIT};
 use crate::storage::{Bitfield, PieceLayout, TreeStorage};
 use crate::tracker::TrackerConfig;
@@ -52,6 +53,8 @@ pub struct ShareOptions {
     pub until_replicated: Option<u32>,
     /// Leave out names other systems could not write instead of refusing.
     pub skip_unportable: bool,
+    /// `--port-mapping`: have the router forward our ports.
+    pub port_mapping: bool,
 }
 
 /// A running share (for the demo and tests): its ticket and counters.
@@ -127,6 +130,10 @@ async fn share_scoped(
     let root = manifest.root();
 
     // The tracker: the given one, or one embedded in this process.
+    // With --port-mapping, an embedded tracker lists its own sharer under
+    // the router's address once it is known.
+    let external = (opts.port_mapping && opts.tracker.is_none())
+        .then(|| Arc::new(crate::tracker::swarm::ExternalAddress::default()));
     let (central, ticket_host) = match &opts.tracker {
         Some(t) => {
             let (host, port) = split_host_port(t)?;
@@ -135,7 +142,7 @@ async fn share_scoped(
                 opts.public_host.clone().unwrap_or(host),
             )
         }
-        None => embedded_tracker(&opts, &cancel).await?,
+        None => embedded_tracker(&opts, external.clone(), &cancel).await?,
     };
     let socket = udp_socket_for(central).await?;
     let waiting = status_line(events);
@@ -150,9 +157,33 @@ async fn share_scoped(
         w.finish_and_clear();
     }
     let swarm_port = created.map_err(|e| anyhow::Error::new(e).context("creating the swarm"))?;
+    // --port-mapping: our TCP port, and an embedded tracker's two UDP
+    // ports, forwarded by the router from now until we stop.
+    let mut ports = vec![(Proto::Tcp, local.port())];
+    if external.is_some() {
+        ports.extend([(Proto::Udp, central.port()), (Proto::Udp, swarm_port)]);
+    }
+    let mapped = match opts.port_mapping {
+        true => portmap::map_or_warn(&ports, &cancel, events).await,
+        false => None,
+    };
+    let mapped_tcp = mapped.as_ref().map(|m| m[0].external);
+    let (ticket_host, ticket_port) = match (&mapped, &external) {
+        (Some(m), Some(x)) => {
+            // Our own announces come from `central`'s IP: the tracker
+            // lists them under the router's.
+            x.set(central.ip(), m[0].external.ip());
+            let host = match &opts.public_host {
+                Some(_) => ticket_host,
+                None => m[2].external.ip().to_string(),
+            };
+            (host, m[2].external.port())
+        }
+        _ => (ticket_host, swarm_port),
+    };
     let ticket = Ticket {
         host: ticket_host,
-        port: swarm_port,
+        port: ticket_port,
         root,
     };
     let pieces = manifest.piece_count();
@@ -184,7 +215,12 @@ async fn share_scoped(
     );
     node::spawn_listener(listener, swarm.clone(), opts.max_peers_per_ip);
     let swarm_addr = SocketAddr::new(central.ip(), swarm_port);
-    let mut client = TrackerClient::from_socket(socket, swarm_addr, swarm.swarm_key, local.port());
+    let announced_port = mapped_tcp.map_or(local.port(), |a| a.port());
+    let mut client =
+        TrackerClient::from_socket(socket, swarm_addr, swarm.swarm_key, announced_port);
+    if mapped_tcp.is_some() {
+        client.set_mapped();
+    }
     // The first announce binds the swarm's key at the tracker: until then no
     // one else may announce in it, so the ticket is printed only after it.
     tokio::select! {
@@ -204,7 +240,14 @@ async fn share_scoped(
     // or NAT serves over connections it opens itself.
     let paths = node::spawn_connector(swarm.clone(), announcer.replies());
     if probe {
-        super::reach::spawn_reach(swarm.clone(), &announcer, events.clone(), paths);
+        super::reach::spawn_reach(swarm.clone(), &announcer, events.clone(), paths, mapped_tcp);
+    } else if let Some(addr) = mapped_tcp {
+        // Our embedded tracker lists us at the mapped address.
+        events.emit(Event::Reachability {
+            reachable: true,
+            addr: addr.to_string(),
+            how: "mapped".into(),
+        });
     }
     let s = swarm.clone();
     announcer.spawn_lonely_reannounce(LONELY_REANNOUNCE, move || s.peer_count() == 0);
@@ -567,6 +610,7 @@ fn is_executable(_meta: &std::fs::Metadata) -> bool {
 /// returns the address to reach it by and the host for the ticket.
 async fn embedded_tracker(
     opts: &ShareOptions,
+    external: Option<Arc<crate::tracker::swarm::ExternalAddress>>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(SocketAddr, String)> {
     let socket = match UdpSocket::bind(("0.0.0.0", DEFAULT_TRACKER_PORT)).await {
@@ -588,9 +632,11 @@ async fn embedded_tracker(
     let reach = resolve(&host, port).await?;
     let cancel = cancel.clone();
     crate::spawn::spawn("embedded tracker", async move {
-        if let Err(e) =
-            crate::tracker::run(socket, TrackerConfig::default(), Events::discard(), cancel).await
-        {
+        let config = TrackerConfig {
+            external,
+            ..TrackerConfig::default()
+        };
+        if let Err(e) = crate::tracker::run(socket, config, Events::discard(), cancel).await {
             tracing::error!("embedded tracker: {e:#}");
         }
     });

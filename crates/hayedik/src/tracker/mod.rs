@@ -56,6 +56,9 @@ pub struct TrackerConfig {
     pub relay: Option<RelayConfig>,
     /// `--http`: serve the status page and `/metrics` there.
     pub http: Option<SocketAddr>,
+    /// An embedded tracker's external address for its own sharer
+    /// (`share --port-mapping`, see [`swarm::ExternalAddress`]).
+    pub external: Option<Arc<swarm::ExternalAddress>>,
 }
 
 /// Where and how the relay runs.
@@ -81,6 +84,7 @@ impl Default for TrackerConfig {
             limits: Limits::default(),
             relay: None,
             http: None,
+            external: None,
         }
     }
 }
@@ -277,6 +281,7 @@ async fn run_scoped(
             max_peers: config.limits.max_peers_per_swarm,
             max_peers_per_source: config.limits.max_peers_per_ip,
             relay,
+            external: config.external.clone(),
         },
         probes: Arc::new(tokio::sync::Semaphore::new(MAX_PROBES)),
         stats,

@@ -61,6 +61,9 @@ struct Record {
     /// Reachable only through the tracker's relay (its latest ANNOUNCE_X
     /// said so).
     relayed: bool,
+    /// Reachable at a port its router forwards (its latest ANNOUNCE_X said
+    /// so).
+    mapped: bool,
 }
 
 /// What an announce did to the table.
@@ -196,6 +199,7 @@ impl PeerTable {
             seq,
             owner_port: src.port(),
             relayed: false,
+            mapped: false,
         });
         self.place(at);
         // Keep the list in random order: swap the newcomer to a random place.
@@ -241,6 +245,18 @@ impl PeerTable {
         if let Some(&i) = self.index.get(&key) {
             self.list[i].relayed = relayed;
         }
+    }
+
+    /// Marks a listed peer as reachable at a mapped port, or not.
+    pub fn set_mapped(&mut self, key: PeerKey, mapped: bool) {
+        if let Some(&i) = self.index.get(&key) {
+            self.list[i].mapped = mapped;
+        }
+    }
+
+    /// Whether a listed peer is reachable at a mapped port.
+    pub fn is_mapped(&self, key: PeerKey) -> bool {
+        self.index.get(&key).is_some_and(|&i| self.list[i].mapped)
     }
 
     /// Whether a listed peer is reachable only through the relay.

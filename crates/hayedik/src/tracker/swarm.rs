@@ -7,7 +7,8 @@
 //! connection id, body (ERROR 2), swarm key (ERROR 4). A reply to a source
 //! that has not proved its address is never larger than its request.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hayedik_proto::tracker::{
@@ -35,6 +36,31 @@ pub struct SwarmSettings {
     pub max_peers_per_source: usize,
     /// The relay told to peers in PEERS_X (`--relay`), or none.
     pub relay: RelayAddr,
+    /// The embedded tracker's: where its own sharer is listed.
+    pub external: Option<Arc<ExternalAddress>>,
+}
+
+/// The one rewrite of an embedded tracker (`share --port-mapping`): its
+/// sharer announces from a local address nobody outside can reach; once
+/// the router's external address is known, an ANNOUNCE_X with MAPPED from
+/// that local IP is listed under the external IP (with the port it
+/// announces, the mapped one). A plain `hayedik tracker` has none.
+#[derive(Debug, Default)]
+pub struct ExternalAddress(std::sync::RwLock<Option<(IpAddr, IpAddr)>>);
+
+impl ExternalAddress {
+    /// Lists MAPPED announces from `local` under `external` from now on.
+    pub fn set(&self, local: IpAddr, external: IpAddr) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some((local, external));
+    }
+
+    /// The IP to list an announce from `ip` under.
+    fn listed_ip(&self, ip: IpAddr) -> IpAddr {
+        match *self.0.read().unwrap_or_else(|e| e.into_inner()) {
+            Some((local, external)) if local == ip.to_canonical() => external,
+            _ => ip,
+        }
+    }
 }
 
 /// When a confirmed swarm is retired.
@@ -343,6 +369,12 @@ impl SwarmTracker {
                 effect = Effect::KeyBound;
             }
         }
+        // The address this announce is listed under: its source, or for
+        // an embedded tracker's own mapped sharer, the router's.
+        let src = match (&self.settings.external, ext) {
+            (Some(x), Some(f)) if f.mapped => SocketAddr::new(x.listed_ip(src.ip()), src.port()),
+            _ => src,
+        };
         let me = (src.ip(), announce.port);
         let refusal = match self.peers.announce(src, announce.port, announce.state, now) {
             Update::Full => Some("swarm is full"),
@@ -351,6 +383,7 @@ impl SwarmTracker {
             // as usual, the entry left as it was.
             Update::Listed => {
                 self.peers.set_relayed(me, ext.is_some_and(|f| f.relayed));
+                self.peers.set_mapped(me, ext.is_some_and(|f| f.mapped));
                 None
             }
             Update::NotListed | Update::NotOwner => None,
@@ -447,6 +480,7 @@ impl SwarmTracker {
             .into_iter()
             .map(|entry| PeerEntryX {
                 relayed: self.peers.is_relayed((entry.addr.ip(), entry.addr.port())),
+                mapped: self.peers.is_mapped((entry.addr.ip(), entry.addr.port())),
                 entry,
             })
             .collect();

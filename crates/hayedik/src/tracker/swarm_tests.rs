@@ -9,6 +9,7 @@ fn settings() -> SwarmSettings {
         max_peers: 1000,
         max_peers_per_source: 32,
         relay: hayedik_proto::tracker::RelayAddr::SameHost(7410),
+        external: None,
     }
 }
 
@@ -465,6 +466,7 @@ fn announce_x_lists_relayed_peers_and_tells_the_relay() {
     let flags = ExtFlags {
         probe: false,
         relayed: true,
+        mapped: false,
     };
     let Some(Message::PeersX(p)) = reply(
         &mut s,
@@ -589,6 +591,7 @@ fn probes_start_once_and_report_their_result() {
     let flags = ExtFlags {
         probe: true,
         relayed: false,
+        mapped: false,
     };
     let ask = announce_x(cid, [9; 32], 8000, PeerState::Complete, flags);
     let probe_of = |m: Option<Message>| match m {

@@ -255,6 +255,9 @@ impl Transfers {
                         max_peers_per_ip: crate::peer::slots::DEFAULT_PER_ADDRESS,
                         until_replicated: None,
                         skip_unportable: false,
+                        // Changing the user's router is opt-in; the page
+                        // does not offer it (yet).
+                        port_mapping: false,
                     };
                     let m = me.clone();
                     crate::peer::share::share(opts, sink.clone(), cancel.clone(), move |s| {
@@ -276,6 +279,7 @@ impl Transfers {
                             max_download: None,
                             only: Vec::new(),
                             max_peers_per_ip: crate::peer::slots::DEFAULT_PER_ADDRESS,
+                            port_mapping: false,
                         };
                         let m = me.clone();
                         crate::peer::get::get_observed(opts, sink.clone(), cancel.clone(), |s| {

@@ -12,7 +12,10 @@
 //! ```
 //!
 //! Addresses come from 198.18.0.0/15 (the benchmarking range). Every lab has
-//! a bridge of its own, so every lab may use 198.18.0.1 and up.
+//! a bridge of its own, so every lab may use 198.18.0.1 and up. A lab made
+//! with [`Lab::routable`] uses [`ROUTABLE_NET`] instead (miniupnpd refuses
+//! to map on a reserved external address), and while it exists a table in
+//! this machine's own namespace drops anything addressed to that range.
 //!
 //! [`Lab`] deletes its namespaces when dropped, after killing whatever still
 //! runs in them, even when the test panicked; [`Lab::new`] first removes
@@ -47,6 +50,13 @@ use crate::harness::{signal, BIN};
 /// Every namespace of every lab starts with this.
 const PREFIX: &str = "hzlab-";
 static SEQ: AtomicU32 = AtomicU32::new(0);
+/// The only non-reserved range the labs use (a /24, for the hosts of a
+/// [`Lab::routable`] lab): it exists only inside the lab's namespaces, and
+/// this machine's own namespace drops what is addressed to it.
+pub const ROUTABLE_NET: [u8; 3] = [11, 0, 14];
+/// Prefix of the guard tables in this machine's namespace (nftables names
+/// take no '-'): `hzlab_PID_SEQ`.
+const GUARD_PREFIX: &str = "hzlab_";
 
 /// Prints a line on the real stderr: libtest captures `eprintln!`, and a
 /// test's notes (timings, counts) are worth seeing even when it passes.
@@ -150,6 +160,17 @@ pub fn lab_unavailable() -> Option<String> {
 /// Deletes the namespaces of labs whose test process is gone, killing what
 /// still runs in them.
 fn cleanup_leftovers() {
+    if let Ok(tables) = run("nft", &["list", "tables", "inet"]) {
+        for name in tables.lines().filter_map(|l| l.strip_prefix("table inet ")) {
+            let Some(rest) = name.trim().strip_prefix(GUARD_PREFIX) else {
+                continue;
+            };
+            let pid = rest.split('_').next().and_then(|p| p.parse::<u32>().ok());
+            if !pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = run("nft", &["delete", "table", "inet", name.trim()]);
+            }
+        }
+    }
     let Ok(list) = run("ip", &["netns", "list"]) else {
         return;
     };
@@ -184,6 +205,12 @@ pub struct Lab {
     bridge: String,
     /// Host namespaces, in creation order.
     hosts: Vec<String>,
+    /// The first three octets of the hosts' addresses on the bridge.
+    net: [u8; 3],
+    /// The guard table in this machine's namespace ([`Lab::routable`]).
+    guard: Option<String>,
+    /// Daemons started in the lab (killed and reaped before the teardown).
+    daemons: Vec<Child>,
     /// Scratch files of the test (content, output directories, state).
     pub dir: tempfile::TempDir,
 }
@@ -192,6 +219,39 @@ impl Lab {
     /// A lab with its bridge and no host yet; fails `test` with the reason
     /// when labs cannot run here.
     pub fn new(test: &str) -> Lab {
+        Lab::with_net(test, [198, 18, 0])
+    }
+
+    /// A lab whose hosts on the bridge take addresses in [`ROUTABLE_NET`]:
+    /// first a table in this machine's own namespace drops anything
+    /// addressed to that range (removed with the lab), so nothing can
+    /// leave for it even by mistake.
+    pub fn routable(test: &str) -> Lab {
+        if let Some(why) = lab_unavailable() {
+            cannot_run(test, &why);
+        }
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let table = format!("{GUARD_PREFIX}{}_{seq}", std::process::id());
+        let [a, b, c] = ROUTABLE_NET;
+        let script = format!(
+            "table inet {table} {{
+               chain output {{ type filter hook output priority -300; policy accept;
+                 ip daddr {a}.{b}.{c}.0/24 drop
+               }}
+               chain forward {{ type filter hook forward priority -300; policy accept;
+                 ip daddr {a}.{b}.{c}.0/24 drop
+               }}
+             }}\n"
+        );
+        if let Err(e) = run_with_input("nft", &["-f", "-"], Some(&script)) {
+            panic!("lab set-up: the guard table for {a}.{b}.{c}.0/24: {e}");
+        }
+        let mut lab = Lab::with_net(test, ROUTABLE_NET);
+        lab.guard = Some(table);
+        lab
+    }
+
+    fn with_net(test: &str, net: [u8; 3]) -> Lab {
         if let Some(why) = lab_unavailable() {
             cannot_run(test, &why);
         }
@@ -204,6 +264,9 @@ impl Lab {
             bridge: format!("{name}-br"),
             name,
             hosts: Vec::new(),
+            net,
+            guard: None,
+            daemons: Vec::new(),
             dir: tempfile::Builder::new()
                 .prefix("hayedik-lab-")
                 .tempdir()
@@ -217,7 +280,8 @@ impl Lab {
     }
 
     /// Adds a host named `role` (a few letters: it ends up in a namespace
-    /// name) with the next address, 198.18.0.1 for the first.
+    /// name) with the next address, 198.18.0.1 (or [`ROUTABLE_NET`].1) for
+    /// the first.
     pub fn host(&mut self, role: &str) -> Host {
         let n = u8::try_from(self.hosts.len() + 1).expect("at most 254 hosts");
         let ns = format!("{}-{role}", self.name);
@@ -240,7 +304,7 @@ impl Lab {
         ]);
         ip(&["-n", &self.bridge, "link", "set", &port, "master", "br0"]);
         ip(&["-n", &self.bridge, "link", "set", &port, "up"]);
-        let addr = Ipv4Addr::new(198, 18, 0, n);
+        let addr = Ipv4Addr::new(self.net[0], self.net[1], self.net[2], n);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         ip(&[
             "-n",
@@ -295,6 +359,124 @@ impl Lab {
         Host { ns, ip: addr }
     }
 
+    /// Makes `router` (a host of this lab with one LAN behind it, see
+    /// [`Lab::behind`]) a home router that also runs Debian's
+    /// `miniupnpd-nftables` (UPnP-IGD, NAT-PMP and PCP) for its LAN: NAT
+    /// and filtering as [`Host::home_router`], in the `inet filter` table
+    /// miniupnpd adds its mappings to (chains `miniupnpd`,
+    /// `prerouting_miniupnpd`, `postrouting_miniupnpd`). It serves only
+    /// `lan0`, maps only for the LAN (secure mode), ports 1024 and up. The
+    /// router's external address must not be reserved: use a lab made with
+    /// [`Lab::routable`]. Waits until it answers NAT-PMP.
+    pub fn upnp_router(&mut self, router: &Host) {
+        if run("sh", &["-c", "command -v miniupnpd"]).is_err() {
+            cannot_run(
+                "a UPnP lab",
+                "`miniupnpd` is missing (apt-get install miniupnpd-nftables)",
+            );
+        }
+        router.forwarding();
+        let script = "table inet filter {
+               chain forward { type filter hook forward priority 0; policy accept;
+                 iifname \"eth0\" ct state established,related accept
+                 iifname \"eth0\" jump miniupnpd
+                 iifname \"eth0\" drop
+               }
+               chain miniupnpd {
+               }
+               chain prerouting { type nat hook prerouting priority -100; policy accept;
+                 jump prerouting_miniupnpd
+               }
+               chain postrouting { type nat hook postrouting priority 100; policy accept;
+                 jump postrouting_miniupnpd
+                 oifname \"eth0\" masquerade
+               }
+               chain prerouting_miniupnpd {
+               }
+               chain postrouting_miniupnpd {
+               }
+               chain input { type filter hook input priority 0; policy accept;
+                 iifname \"eth0\" ct state established,related accept
+                 iifname \"eth0\" meta l4proto icmp accept
+                 iifname \"eth0\" drop
+               }
+             }\n";
+        if let Err(e) = run_with_input(
+            "ip",
+            &["netns", "exec", &router.ns, "nft", "-f", "-"],
+            Some(script),
+        ) {
+            panic!("UPnP router nftables in {}: {e}", router.ns);
+        }
+        let n = router.ip.octets()[3];
+        let conf = self.path(&format!("miniupnpd-{n}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "ext_ifname=eth0\nlistening_ip=lan0\nhttp_port=0\nenable_natpmp=yes\n\
+                 enable_upnp=yes\nsecure_mode=yes\nsystem_uptime=yes\n\
+                 uuid=3d3cec3a-8cf0-11e0-98ee-0000000000{n:02x}\n\
+                 allow 1024-65535 10.0.{n}.0/24 1024-65535\ndeny 0-65535 0.0.0.0/0 0-65535\n"
+            ),
+        )
+        .expect("writing miniupnpd's configuration");
+        let log = std::fs::File::create(self.path(&format!("miniupnpd-{n}.log")))
+            .expect("miniupnpd's log file");
+        let pid = self.path(&format!("miniupnpd-{n}.pid"));
+        let child = Command::new("ip")
+            .args(["netns", "exec", &router.ns, "miniupnpd", "-d", "-f"])
+            .arg(&conf)
+            .arg("-P")
+            .arg(&pid)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("a log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting miniupnpd in {}: {e}", router.ns));
+        self.daemons.push(child);
+        // Up once it listens for NAT-PMP/PCP (its log says so).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.upnp_log(router).contains("Listening for NAT-PMP") {
+            assert!(
+                Instant::now() < deadline,
+                "miniupnpd did not start in {}:\n{}",
+                router.ns,
+                self.upnp_log(router)
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// What miniupnpd on `router` logged.
+    pub fn upnp_log(&self, router: &Host) -> String {
+        let n = router.ip.octets()[3];
+        std::fs::read_to_string(self.path(&format!("miniupnpd-{n}.log"))).unwrap_or_default()
+    }
+
+    /// The forwarding rules miniupnpd holds on `router` now (the `dnat`
+    /// rules of its `prerouting_miniupnpd` chain, one per mapping).
+    pub fn upnp_mappings(&self, router: &Host) -> Vec<String> {
+        let out = run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &router.ns,
+                "nft",
+                "list",
+                "chain",
+                "inet",
+                "filter",
+                "prerouting_miniupnpd",
+            ],
+        )
+        .unwrap_or_else(|e| panic!("listing miniupnpd's rules: {e}"));
+        out.lines()
+            .filter(|l| l.contains("dnat"))
+            .map(|l| l.trim().to_string())
+            .collect()
+    }
+
     /// A path in the scratch directory.
     pub fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
@@ -303,10 +485,18 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        for d in &mut self.daemons {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
         for ns in self.hosts.iter().rev() {
             delete_namespace(ns);
         }
         delete_namespace(&self.bridge);
+        // Last: nothing addressed to the range is left to guard against.
+        if let Some(table) = &self.guard {
+            let _ = run("nft", &["delete", "table", "inet", table]);
+        }
     }
 }
 
@@ -325,8 +515,14 @@ impl Host {
 
     /// `hayedik ARGS...` run in this host, as process `name`.
     pub fn spawn(&self, name: &str, args: &[&str]) -> Proc {
+        self.spawn_env(name, &[], args)
+    }
+
+    /// Like [`Host::spawn`], with `env` added to its environment.
+    pub fn spawn_env(&self, name: &str, env: &[(&str, &str)], args: &[&str]) -> Proc {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.ns, BIN]).args(args);
+        cmd.envs(env.iter().copied());
         Proc::spawn(name, cmd)
     }
 
@@ -352,20 +548,7 @@ impl Host {
     /// every new flow to a random port (`masquerade fully-random`), as a
     /// symmetric NAT does.
     pub fn home_router(&self, symmetric: bool) {
-        if let Err(e) = run(
-            "ip",
-            // Through sh, not sysctl: nothing beyond iproute2 and nftables.
-            &[
-                "netns",
-                "exec",
-                &self.ns,
-                "sh",
-                "-c",
-                "echo 1 > /proc/sys/net/ipv4/ip_forward",
-            ],
-        ) {
-            panic!("lab set-up: {e}");
-        }
+        self.forwarding();
         let random = if symmetric { " fully-random" } else { "" };
         let script = format!(
             "table ip nat {{
@@ -391,6 +574,24 @@ impl Host {
             Some(&script),
         ) {
             panic!("router nftables in {}: {e}\n{script}", self.ns);
+        }
+    }
+
+    /// Turns IPv4 forwarding on in this host.
+    fn forwarding(&self) {
+        if let Err(e) = run(
+            "ip",
+            // Through sh, not sysctl: nothing beyond iproute2 and nftables.
+            &[
+                "netns",
+                "exec",
+                &self.ns,
+                "sh",
+                "-c",
+                "echo 1 > /proc/sys/net/ipv4/ip_forward",
+            ],
+        ) {
+            panic!("lab set-up: {e}");
         }
     }
 

@@ -10,6 +10,11 @@
 //!   rX 198.18.0.N (eth0) | 10.0.N.1 (lan0) -- host 10.0.N.2 behind it
 //! ```
 //!
+//! The UPnP scenarios use a [`Lab::routable`] lab instead (miniupnpd maps
+//! nothing on a reserved external address): a router running
+//! `miniupnpd-nftables` at `ROUTABLE_NET`.1 with the sharer behind it, and
+//! a getter at `ROUTABLE_NET`.2 on the "internet".
+//!
 //! Every test needs root, `ip` and `nft`: each is `#[ignore]`d, so a plain
 //! `cargo test` reports it as ignored; README's command (as root, with
 //! `-- --include-ignored`) runs it, and fails it when the lab cannot run.
@@ -225,6 +230,236 @@ fn lab_nat_public_sharer_direct() {
         assert_eq!(v["via"][listed.to_string()], "direct", "{v}");
         assert_file_is(&lab.path("out").join(NAME), &data);
         for p in [&tracker, &sharer, &g] {
+            p.assert_no_panic();
+        }
+    });
+}
+
+/// A sharer behind a router running miniupnpd, with `--port-mapping` and
+/// its embedded tracker; a getter on the "internet" side. The sharer maps
+/// its TCP port and its tracker's two UDP ports, puts the router's address
+/// in the ticket and is listed under it; the getter completes through the
+/// mapping (`via` = `mapped`); when the sharer is stopped (SIGTERM) the
+/// router holds no mapping any more. `only` restricts the protocols tried
+/// (`HAYEDIK_PORTMAP_ONLY`); the client is pointed at the lab's router
+/// (`HAYEDIK_PORTMAP_GATEWAY`), the only one it may ask.
+fn mapped_behind_upnp_router(test: &'static str, only: &'static str, methods: &'static [&str]) {
+    scenario(Duration::from_secs(150), move || {
+        let mut lab = Lab::routable(test);
+        let router = lab.host("ru");
+        let outside = lab.host("out");
+        let a = lab.behind(&router, "a");
+        lab.upnp_router(&router);
+        let gw = format!("10.0.{}.1", router.ip.octets()[3]);
+        let data = random_file(&lab.path(NAME), 6 * MIB, 24);
+
+        let file = lab.path(NAME);
+        let args = [
+            "share",
+            file.to_str().expect("UTF-8"),
+            "--port-mapping",
+            "--json",
+        ];
+        let env = [
+            ("HAYEDIK_PORTMAP_GATEWAY", gw.as_str()),
+            ("HAYEDIK_PORTMAP_ONLY", only),
+        ];
+        let mut sharer = a.spawn_env("share behind the UPnP router", &env, &args);
+        let ticket = ticket_of(&mut sharer);
+        let t: hayedik_proto::ticket::Ticket = ticket.parse().expect("a ticket");
+        assert_eq!(
+            t.host,
+            router.ip.to_string(),
+            "the router's address in {ticket}"
+        );
+        let mapped: Vec<Value> = sharer
+            .events()
+            .iter()
+            .filter(|v| v["event"] == "port_mapped")
+            .cloned()
+            .collect();
+        assert_eq!(mapped.len(), 3, "TCP, tracker and swarm UDP: {mapped:?}");
+        for m in &mapped {
+            assert_eq!(m["gateway"], gw.as_str(), "{m}");
+            assert!(methods.contains(&m["method"].as_str().unwrap_or("")), "{m}");
+        }
+        let r = reachability(&mut sharer);
+        assert_eq!(
+            (&r["how"], &r["reachable"]),
+            (&"mapped".into(), &true.into()),
+            "{r}"
+        );
+        let listed: SocketAddr = r["addr"].as_str().unwrap().parse().unwrap();
+        assert_eq!(listed.ip(), router.ip, "{r}");
+        assert_eq!(
+            lab.upnp_mappings(&router).len(),
+            3,
+            "{}",
+            lab.upnp_log(&router)
+        );
+
+        let start = Instant::now();
+        let mut g = start_get(&outside, &ticket, &lab.path("out"), &["--no-seed"]);
+        let v = done_after(
+            &mut g,
+            start,
+            &format!("UPnP router ({only}) -> outside, mapped"),
+        );
+        g.expect_success(Duration::from_secs(15));
+        assert_eq!(v["via"][listed.to_string()], "mapped", "{v}");
+        assert_file_is(&lab.path("out").join(NAME), &data);
+
+        crate::harness::signal(sharer.pid(), "TERM").expect("kill -TERM");
+        sharer.expect_success(Duration::from_secs(20));
+        let left = lab.upnp_mappings(&router);
+        assert!(
+            left.is_empty(),
+            "mappings left after the sharer stopped: {left:?}\n{}",
+            lab.upnp_log(&router)
+        );
+        for p in [&sharer, &g] {
+            p.assert_no_panic();
+        }
+    });
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, nftables, miniupnpd"]
+fn lab_nat_upnp_router_mapped_pcp() {
+    // miniupnpd answers PCP, so NAT-PMP is not needed.
+    mapped_behind_upnp_router(
+        "lab_nat::lab_nat_upnp_router_mapped_pcp",
+        "pcp",
+        &["pcp", "nat-pmp"],
+    );
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, nftables, miniupnpd"]
+fn lab_nat_upnp_router_mapped_upnp() {
+    mapped_behind_upnp_router(
+        "lab_nat::lab_nat_upnp_router_mapped_upnp",
+        "upnp",
+        &["upnp"],
+    );
+}
+
+/// `--port-mapping` behind a router that maps nothing (a plain home
+/// router: no PCP, NAT-PMP or UPnP-IGD): a warning says so, and the share
+/// goes on as without the flag (here through the relay).
+#[test]
+#[ignore = "needs root: network namespaces, nftables"]
+fn lab_nat_port_mapping_refused_is_a_warning() {
+    scenario(Duration::from_secs(150), || {
+        let mut lab = Lab::new("lab_nat::lab_nat_port_mapping_refused_is_a_warning");
+        let th = lab.host("trk");
+        let (ra, rb) = (lab.host("ra"), lab.host("rb"));
+        ra.home_router(false);
+        rb.home_router(false);
+        let (a, b) = (lab.behind(&ra, "a"), lab.behind(&rb, "b"));
+        let tracker = start_relay_tracker(&th);
+        let data = random_file(&lab.path(NAME), 2 * MIB, 25);
+        let gw = format!("10.0.{}.1", ra.ip.octets()[3]);
+        let (file, central, listen) = (
+            lab.path(NAME),
+            th.addr(7410).to_string(),
+            a.addr(0).to_string(),
+        );
+        let args = [
+            "share",
+            file.to_str().expect("UTF-8"),
+            "--tracker",
+            &central,
+            "--listen",
+            &listen,
+            "--port-mapping",
+            "--json",
+        ];
+        let env = [("HAYEDIK_PORTMAP_GATEWAY", gw.as_str())];
+        let mut sharer = a.spawn_env("share, no mapping router", &env, &args);
+        let w = sharer.wait_event("warning", Duration::from_secs(30));
+        let message = w["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains("port mapping failed") && message.contains(&gw),
+            "{w}"
+        );
+        let ticket = ticket_of(&mut sharer);
+        assert_eq!(sharer.count("port_mapped"), 0);
+        let r = reachability(&mut sharer);
+        assert_eq!(r["how"], "relay", "{r}");
+        let mut g = start_get(&b, &ticket, &lab.path("out"), &["--no-seed"]);
+        g.wait_event("done", Duration::from_secs(90));
+        g.expect_success(Duration::from_secs(15));
+        assert_file_is(&lab.path("out").join(NAME), &data);
+        for p in [&tracker, &sharer, &g] {
+            p.assert_no_panic();
+        }
+    });
+}
+
+/// `get --port-mapping` behind the miniupnpd router, a public sharer and a
+/// tracker outside: the getter maps its TCP port, the tracker's probe
+/// reaches it there (`reachability` `mapped`, at the router's address), the
+/// file arrives whole, and the mapping is gone once the seeding `get` is
+/// stopped (SIGTERM).
+#[test]
+#[ignore = "needs root: network namespaces, nftables, miniupnpd"]
+fn lab_nat_upnp_router_mapped_getter() {
+    scenario(Duration::from_secs(150), || {
+        let mut lab = Lab::routable("lab_nat::lab_nat_upnp_router_mapped_getter");
+        let th = lab.host("trk");
+        let public = lab.host("pub");
+        let router = lab.host("ru");
+        let b = lab.behind(&router, "b");
+        lab.upnp_router(&router);
+        let gw = format!("10.0.{}.1", router.ip.octets()[3]);
+        let tracker = start_relay_tracker(&th);
+        let data = random_file(&lab.path(NAME), 4 * MIB, 26);
+        let (mut sharer, ticket) = start_share(&public, th.addr(7410), &lab.path(NAME), &[]);
+
+        let (out, listen) = (lab.path("out"), b.addr(0).to_string());
+        let args = [
+            "get",
+            &ticket,
+            "-o",
+            out.to_str().expect("UTF-8"),
+            "--listen",
+            &listen,
+            "--port-mapping",
+            "--json",
+        ];
+        let env = [("HAYEDIK_PORTMAP_GATEWAY", gw.as_str())];
+        let mut g = b.spawn_env("get behind the UPnP router", &env, &args);
+        let m = g.wait_event("port_mapped", Duration::from_secs(30));
+        assert_eq!(
+            (&m["protocol"], &m["gateway"]),
+            (&"tcp".into(), &gw.as_str().into()),
+            "{m}"
+        );
+        let r = reachability(&mut g);
+        assert_eq!(
+            (&r["how"], &r["reachable"]),
+            (&"mapped".into(), &true.into()),
+            "{r}"
+        );
+        assert_eq!(
+            r["addr"], m["addr"],
+            "listed at the mapped address: {r} {m}"
+        );
+        g.wait_event("done", Duration::from_secs(90));
+        assert_file_is(&out.join(NAME), &data);
+        assert_eq!(
+            lab.upnp_mappings(&router).len(),
+            1,
+            "{}",
+            lab.upnp_log(&router)
+        );
+        crate::harness::signal(g.pid(), "TERM").expect("kill -TERM");
+        g.expect_success(Duration::from_secs(20));
+        let left = lab.upnp_mappings(&router);
+        assert!(left.is_empty(), "mappings left after get exited: {left:?}");
+        sharer.kill();
+        for p in [&tracker, &g] {
             p.assert_no_panic();
         }
     });

@@ -33,6 +33,8 @@ pub struct AnnounceReply {
     pub peers: Vec<PeerEntry>,
     /// Of `peers`, those reachable only through the relay.
     pub relayed: Vec<SocketAddr>,
+    /// Of `peers`, those at a port their router forwards (port mapping).
+    pub mapped: Vec<SocketAddr>,
     /// What the tracker said about the extensions, when it was asked
     /// (ANNOUNCE_X) and answered PEERS_X.
     pub ext: Option<ExtReply>,
@@ -62,6 +64,12 @@ impl AnnounceReply {
             .filter(|e| e.relayed && usable(&e.entry.addr))
             .map(|e| e.entry.addr)
             .collect();
+        let mapped = p
+            .peers
+            .iter()
+            .filter(|e| e.mapped && usable(&e.entry.addr))
+            .map(|e| e.entry.addr)
+            .collect();
         let peers = p
             .peers
             .iter()
@@ -74,6 +82,7 @@ impl AnnounceReply {
             partials: p.partials,
             peers,
             relayed,
+            mapped,
             ext: Some(ExtReply {
                 probe: p.probe,
                 observed: p.observed,
@@ -108,6 +117,7 @@ impl From<Peers> for AnnounceReply {
             partials: p.partials,
             peers,
             relayed: Vec::new(),
+            mapped: Vec::new(),
             ext: None,
         }
     }
@@ -140,6 +150,8 @@ pub struct TrackerClient {
     ext_misses: u32,
     /// What ANNOUNCE_X asks for.
     pub(super) flags: ExtFlags,
+    /// Our TCP port is a port mapping: every ANNOUNCE_X says so.
+    pub(super) mapped: bool,
     buf: Vec<u8>,
 }
 
@@ -163,6 +175,7 @@ impl TrackerClient {
             ext: ExtMode::Off,
             ext_misses: 0,
             flags: ExtFlags::default(),
+            mapped: false,
             buf: vec![0u8; RECV_BUF],
         }
     }
@@ -224,6 +237,14 @@ impl TrackerClient {
     }
 
     /// Whether the tracker answered ANNOUNCE_X.
+    /// Our TCP port is forwarded by our router (`--port-mapping`): asks
+    /// with ANNOUNCE_X and sets its MAPPED flag from now on, so that the
+    /// tracker lists us as reachable at a mapped port.
+    pub fn set_mapped(&mut self) {
+        self.use_extensions();
+        self.mapped = true;
+    }
+
     pub fn extensions_on(&self) -> bool {
         self.ext == ExtMode::On
     }
@@ -314,6 +335,7 @@ impl TrackerClient {
                         // A listed state is needed for a port to probe.
                         let mut flags = self.flags;
                         flags.probe &= announce.port != 0 && state.is_listed();
+                        flags.mapped |= self.mapped;
                         Message::AnnounceX {
                             connection_id,
                             announce,
@@ -367,6 +389,15 @@ impl TrackerClient {
                             }
                             // Give the swarm the rest of this attempt's time.
                             tokio::time::sleep_until(until).await;
+                        }
+                        // A tracker older than the MAPPED flag finds our
+                        // ANNOUNCE_X malformed: ask again without it.
+                        ErrorCode::Malformed if self.mapped && self.ext != ExtMode::Off => {
+                            tracing::info!(
+                                "tracker at {tracker} does not know the MAPPED flag: announcing without it"
+                            );
+                            self.mapped = false;
+                            backoff.reset();
                         }
                         code => return Err(error_for(tracker, code, &message)),
                     }

@@ -300,7 +300,8 @@ async fn fake_swarm(error: u16) -> (SocketAddr, Arc<AtomicU32>, JoinHandle<()>) 
             let d = Datagram::decode(&buf[..n]).unwrap();
             let m = match d.message {
                 Message::Connect => Message::Connected { connection_id: 42 },
-                Message::Announce { connection_id, .. } => {
+                Message::Announce { connection_id, .. }
+                | Message::AnnounceX { connection_id, .. } => {
                     assert_eq!(connection_id, 42);
                     count.fetch_add(1, Ordering::SeqCst);
                     Message::Error {
@@ -573,6 +574,7 @@ async fn extensions_fall_back_on_an_older_tracker() {
         c.flags = hayedik_proto::tracker::ExtFlags {
             probe: true,
             relayed: false,
+            mapped: false,
         };
         let r = c.announce(PeerState::Complete, 0).await.unwrap();
         assert_eq!(r.ext, None);
@@ -596,6 +598,7 @@ async fn extensions_probe_and_relayed_entries() {
         sharer.flags = hayedik_proto::tracker::ExtFlags {
             probe: false,
             relayed: true,
+            mapped: false,
         };
         let r = sharer.announce(PeerState::Complete, 0).await.unwrap();
         let ext = r.ext.unwrap();
@@ -610,6 +613,7 @@ async fn extensions_probe_and_relayed_entries() {
         g.flags = hayedik_proto::tracker::ExtFlags {
             probe: true,
             relayed: false,
+            mapped: false,
         };
         let mut probe = hayedik_proto::tracker::Probe::Pending;
         for _ in 0..50 {
@@ -639,4 +643,54 @@ async fn extensions_probe_and_relayed_entries() {
         stop.cancel();
     })
     .await;
+}
+
+/// A tracker that finds MAPPED malformed (one older than the flag) is
+/// asked again without it: two announces, then its answer.
+#[tokio::test]
+async fn mapped_flag_is_dropped_for_a_tracker_that_refuses_it() {
+    within(async {
+        let (addr, announces, task) = fake_swarm(2).await;
+        let mut c = client(addr, 4007).await;
+        c.set_mapped();
+        let e = c.announce(PeerState::Downloading, 0).await.unwrap_err();
+        assert!(e.to_string().contains("malformed"), "{e}");
+        assert_eq!(announces.load(Ordering::SeqCst), 2);
+        assert!(!c.mapped, "the flag is dropped for good");
+        task.abort();
+    })
+    .await
+}
+
+/// MAPPED announces are listed as mapped, and an embedded tracker that
+/// knows its router's address lists its own sharer's MAPPED announces
+/// (from a local IP) under it; announces without MAPPED are not rewritten.
+#[tokio::test]
+async fn mapped_entries_and_the_embedded_trackers_external_address() {
+    within(async {
+        let external = Arc::new(crate::tracker::swarm::ExternalAddress::default());
+        let router: SocketAddr = "203.0.113.5:4001".parse().unwrap();
+        external.set(local(1).ip(), router.ip());
+        let config = TrackerConfig {
+            external: Some(external),
+            ..TrackerConfig::default()
+        };
+        let (central, stop) = tracker(config).await;
+        let mut sharer = seeder(central).await;
+        sharer.set_mapped();
+        let r = sharer.announce(PeerState::Complete, 0).await.unwrap();
+        assert_eq!(r.ext.unwrap().observed, router, "listed at the router");
+        let mut g = client(sharer.swarm_addr(), 4002).await;
+        g.use_extensions();
+        let r = g.announce(PeerState::Downloading, 0).await.unwrap();
+        assert_eq!(r.mapped, vec![router], "{r:?}");
+        assert!(r.peers.iter().any(|e| e.addr == router), "{r:?}");
+        assert_eq!(
+            r.ext.unwrap().observed,
+            local(4002),
+            "no MAPPED: as it came"
+        );
+        stop.cancel();
+    })
+    .await
 }
