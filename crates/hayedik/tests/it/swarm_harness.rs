@@ -125,6 +125,7 @@ impl Node {
     pub fn spawn(name: &str, args: &[&str]) -> Node {
         let mut child = Command::new(BIN)
             .args(args)
+            .env("HAYEDIK_HOME", crate::harness::isolated_home())
             .env("RUST_BACKTRACE", "1")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
