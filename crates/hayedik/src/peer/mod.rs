@@ -33,6 +33,7 @@ pub mod pieces;
 pub mod progress;
 pub mod rate;
 pub mod reach;
+pub mod remembered;
 pub mod secure;
 pub mod select;
 pub mod serve;

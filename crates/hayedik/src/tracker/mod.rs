@@ -162,6 +162,20 @@ impl Binder {
         Err(last.unwrap_or_else(|| std::io::Error::other("empty swarm port range")))
     }
 
+    /// A socket on exactly `port`, for a CLAIM: never a port reserved for a
+    /// stored swarm, nor one outside the range.
+    pub fn bind_exact(&self, port: u16) -> std::io::Result<std::net::UdpSocket> {
+        if self.is_reserved(port) {
+            return Err(std::io::Error::other("port reserved for a stored swarm"));
+        }
+        if let Some((low, high)) = self.range {
+            if port < low || port > high {
+                return Err(std::io::Error::other("port outside --swarm-ports"));
+            }
+        }
+        std::net::UdpSocket::bind(SocketAddr::new(self.ip, port))
+    }
+
     /// A socket on exactly `port` (to restore a swarm).
     pub fn bind_port(&self, port: u16) -> std::io::Result<tokio::net::UdpSocket> {
         let s = std::net::UdpSocket::bind(SocketAddr::new(self.ip, port))?;
@@ -254,6 +268,9 @@ async fn run_scoped(
     let binder = Binder::new(local.ip(), config.swarm_ports);
     let epoch = Instant::now();
     let mut central = CentralTracker::new(config.limits.clone(), epoch);
+    if let Some(range) = config.swarm_ports {
+        central.set_claimable(range);
+    }
     let (notes_tx, notes_rx) = mpsc::unbounded_channel();
     let records = match &shared.store {
         Some(store) => {
@@ -272,6 +289,7 @@ async fn run_scoped(
     }
     for record in records {
         central.budget_mut().restored(record.creator);
+        central.holds(record.port, record.key);
         restore(record, &binder, &shared, &notes_tx);
     }
     // On a worker thread like the swarm tasks: no cross-thread hop per

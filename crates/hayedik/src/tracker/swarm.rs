@@ -95,6 +95,10 @@ pub struct SwarmTracker {
     probes: Probes,
     /// A probe the last datagram asked the task to start.
     probe_to_start: Option<SocketAddr>,
+    /// Whether an ANNOUNCE was ever answered (or, for a restored swarm,
+    /// its key is bound): one that never was is retired after
+    /// `Retire::unannounced`.
+    announced: bool,
 }
 
 impl SwarmTracker {
@@ -105,6 +109,7 @@ impl SwarmTracker {
         epoch: Instant,
     ) -> Self {
         use rand::SeedableRng;
+        let record_bound = record.key.is_some();
         Self {
             peers: PeerTable::new(settings.max_peers, settings.max_peers_per_source),
             conn_ids: Stamp::random(Purpose::ConnectionId, CONNECTION_ID_WINDOW_SECS),
@@ -118,7 +123,14 @@ impl SwarmTracker {
             scratch: Vec::new(),
             probes: Probes::default(),
             probe_to_start: None,
+            announced: record_bound,
         }
+    }
+
+    /// Overrides whether the swarm counts as announced to: a swarm created
+    /// by a CLAIM is bound to its key before anyone announced.
+    pub fn set_announced(&mut self, announced: bool) {
+        self.announced = announced;
     }
 
     pub fn is_confirmed(&self) -> bool {
@@ -138,8 +150,7 @@ impl SwarmTracker {
         let Some(confirmed_at) = self.confirmed_at.filter(|_| self.confirmed) else {
             return false;
         };
-        if self.record.key.is_none()
-            && now.saturating_duration_since(confirmed_at) > retire.unannounced
+        if !self.announced && now.saturating_duration_since(confirmed_at) > retire.unannounced
         {
             return true;
         }
@@ -338,6 +349,7 @@ impl SwarmTracker {
                 effect = Effect::KeyBound;
             }
         }
+        self.announced = true;
         let me = (src.ip(), announce.port);
         let refusal = match self.peers.announce(src, announce.port, announce.state, now) {
             Update::Full => Some("swarm is full"),
