@@ -257,10 +257,13 @@ async fn stable_swarm(
     key: [u8; 32],
     wish: Option<u16>,
 ) -> Result<u16, AnnounceError> {
+    // One deadline for the whole search, as for a plain JOIN.
+    let end = tokio::time::Instant::now() + CREATE_DEADLINE;
+    let left = || end.saturating_duration_since(tokio::time::Instant::now());
     if let Some(port) = wish {
-        match claim_swarm(socket, central, key, port, CREATE_DEADLINE).await {
+        match claim_swarm(socket, central, key, port, left()).await {
             Ok(Some(claimed)) => return Ok(claimed.port()),
-            Ok(None) => return create_swarm(socket, central, CREATE_DEADLINE).await,
+            Ok(None) => return create_swarm(socket, central, left()).await,
             // Another swarm holds the port, or the tracker does not give it.
             Err(AnnounceError::WrongSwarm { .. } | AnnounceError::SwarmFull { .. }) => {
                 tracing::info!("port {port} is not available for our swarm: asking for any port");
@@ -268,9 +271,9 @@ async fn stable_swarm(
             Err(e) => return Err(e),
         }
     }
-    match claim_swarm(socket, central, key, 0, CREATE_DEADLINE).await? {
+    match claim_swarm(socket, central, key, 0, left()).await? {
         Some(claimed) => Ok(claimed.port()),
-        None => create_swarm(socket, central, CREATE_DEADLINE).await,
+        None => create_swarm(socket, central, left()).await,
     }
 }
 

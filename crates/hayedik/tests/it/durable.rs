@@ -1,0 +1,160 @@
+//! Durable tickets (issue 16): re-sharing the same content gives the same
+//! ticket, with a standalone tracker and with the embedded one, and an old
+//! ticket comes back to life after its tracker restarted without state or
+//! after its swarm was retired (docs/protocol.md, "stable swarms").
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::isolated_home;
+use crate::swarm_harness::{assert_same_file, scenario, tempdir, write_random, Node, MIB, SOON};
+
+const LIMIT: Duration = Duration::from_secs(90);
+
+/// `hayedik share PATH` with `HAYEDIK_HOME` at `home`; the embedded tracker
+/// (public host 127.0.0.1) unless `tracker` names one.
+fn share_in(name: &str, path: &Path, home: &Path, tracker: Option<SocketAddr>) -> Node {
+    let path = path.to_str().unwrap();
+    let tracker = tracker.map(|t| t.to_string());
+    let mut args = vec!["share", path, "--listen", "127.0.0.1:0", "--json"];
+    match &tracker {
+        Some(t) => args.extend(["--tracker", t.as_str()]),
+        None => args.extend(["--public-host", "127.0.0.1"]),
+    }
+    Node::spawn_in(name, &args, home)
+}
+
+fn ticket_of(node: &mut Node) -> String {
+    node.ticket()["ticket"].as_str().unwrap().to_string()
+}
+
+/// The swarm port a ticket names.
+fn port_of(ticket: &str) -> u16 {
+    let rest = ticket.strip_prefix("hayedik://").unwrap();
+    let hostport = rest.split('/').next().unwrap();
+    hostport.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+/// A getter with `ticket` ends with the right bytes.
+fn get_ok(name: &str, ticket: &str, work: &Path, data: &[u8]) {
+    let out = work.join(name);
+    let mut getter = Node::get(name, ticket, &out, &["--no-seed"]);
+    let done = getter.done(SOON);
+    getter.expect_success();
+    assert_same_file(&done.path, data);
+}
+
+fn tracker_on(listen: &str, extra: &[&str]) -> (Node, SocketAddr) {
+    let mut args = vec!["tracker", "--listen", listen, "--json"];
+    args.extend(extra);
+    let mut t = Node::spawn("tracker", &args);
+    let addr = t.listening();
+    (t, addr)
+}
+
+fn swarm_events(t: &mut Node, name: &str) -> Vec<u16> {
+    t.history()
+        .iter()
+        .filter(|v: &&Value| v["event"] == name)
+        .filter_map(|v| v["port"].as_u64())
+        .map(|p| p as u16)
+        .collect()
+}
+
+/// Two sharers of the same content at one tracker (neither remembers
+/// anything) print the same ticket: the second finds the swarm by its key
+/// and joins it. The swarm outlives its first sharer: a getter fetches
+/// from the second, and a third sharer later still gets the same ticket.
+#[test]
+fn durable_resharing_joins_the_swarm_standalone() {
+    scenario(LIMIT, || {
+        let work = tempdir();
+        let (path, data) = write_random(work.path(), "same.bin", MIB, 1601);
+        let (mut tracker, central) = tracker_on("127.0.0.1:0", &[]);
+        let mut a = share_in("sharer A", &path, &isolated_home(), Some(central));
+        let ticket = ticket_of(&mut a);
+        let mut b = share_in("sharer B", &path, &isolated_home(), Some(central));
+        assert_eq!(ticket_of(&mut b), ticket);
+        a.stop();
+        get_ok("getter", &ticket, work.path(), &data);
+        b.stop();
+        let mut c = share_in("sharer C", &path, &isolated_home(), Some(central));
+        assert_eq!(ticket_of(&mut c), ticket);
+        c.stop();
+        assert_eq!(swarm_events(&mut tracker, "swarm_created"), [port_of(&ticket)]);
+        // Other content gets its own swarm.
+        let (other, _) = write_random(work.path(), "other.bin", 1000, 1602);
+        let mut d = share_in("sharer D", &other, &isolated_home(), Some(central));
+        assert_ne!(port_of(&ticket_of(&mut d)), port_of(&ticket));
+        d.stop();
+    });
+}
+
+/// With the embedded tracker, sharing the same content again on the same
+/// machine (same data directory) gives the same ticket, and it works.
+#[test]
+fn durable_embedded_reshare_gives_the_same_ticket() {
+    scenario(LIMIT, || {
+        let work = tempdir();
+        let home = isolated_home();
+        let (path, data) = write_random(work.path(), "embedded.bin", MIB / 2, 1603);
+        let mut first = share_in("first share", &path, &home, None);
+        let ticket = ticket_of(&mut first);
+        first.stop();
+        let mut second = share_in("second share", &path, &home, None);
+        assert_eq!(ticket_of(&mut second), ticket);
+        get_ok("getter", &ticket, work.path(), &data);
+        second.stop();
+    });
+}
+
+/// A standalone tracker killed and restarted without `--state` forgot the
+/// swarm: the sharer, sharing again, re-creates it on the port the old
+/// ticket names, and a getter with the old ticket completes.
+#[test]
+fn durable_ticket_revived_after_tracker_restart_without_state() {
+    scenario(LIMIT, || {
+        let work = tempdir();
+        let home = isolated_home();
+        let (path, data) = write_random(work.path(), "revive.bin", MIB, 1604);
+        let (mut tracker, central) = tracker_on("127.0.0.1:0", &[]);
+        let mut sharer = share_in("sharer", &path, &home, Some(central));
+        let ticket = ticket_of(&mut sharer);
+        sharer.stop();
+        tracker.kill9();
+        let (mut tracker, again) = tracker_on(&central.to_string(), &[]);
+        assert_eq!(again, central);
+        let mut sharer = share_in("sharer again", &path, &home, Some(central));
+        assert_eq!(ticket_of(&mut sharer), ticket);
+        get_ok("getter", &ticket, work.path(), &data);
+        sharer.stop();
+        assert_eq!(swarm_events(&mut tracker, "swarm_created"), [port_of(&ticket)]);
+    });
+}
+
+/// A swarm retired by its tracker (nobody announced for `--retire-after`)
+/// comes back on the same port when its content is shared again.
+#[test]
+fn durable_ticket_revived_after_the_swarm_was_retired() {
+    scenario(LIMIT, || {
+        let work = tempdir();
+        let home = isolated_home();
+        let (path, data) = write_random(work.path(), "retired.bin", MIB, 1605);
+        let (mut tracker, central) = tracker_on("127.0.0.1:0", &["--retire-after", "2"]);
+        let mut sharer = share_in("sharer", &path, &home, Some(central));
+        let ticket = ticket_of(&mut sharer);
+        let port = port_of(&ticket);
+        sharer.stop();
+        tracker.wait_for("swarm_retired", Duration::from_secs(20), |v| {
+            v["event"] == "swarm_retired" && v["port"] == port
+        });
+        let mut sharer = share_in("sharer again", &path, &home, Some(central));
+        assert_eq!(ticket_of(&mut sharer), ticket);
+        get_ok("getter", &ticket, work.path(), &data);
+        sharer.stop();
+        assert_eq!(swarm_events(&mut tracker, "swarm_created"), [port, port]);
+    });
+}
