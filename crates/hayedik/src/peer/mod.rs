@@ -34,6 +34,7 @@ pub mod progress;
 pub mod rate;
 pub mod reach;
 pub mod remembered;
+pub mod revive;
 pub mod secure;
 pub mod select;
 pub mod serve;

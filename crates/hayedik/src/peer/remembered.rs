@@ -10,6 +10,13 @@
 //! one; anything unreadable is treated as "nothing remembered". What is
 //! remembered is only a wish: the tracker decides (a port held by another
 //! swarm gets another port, which is then remembered instead).
+//!
+//! It also keeps the manifest of each content this machine shared or
+//! downloaded (`DATA/manifests/NAME`, NAME from `BLAKE3::derive_key("hayedik
+//! remembered manifest v1", root)`), so that `get` into a folder that holds a
+//! complete copy can verify it and serve it even when no peer is left to
+//! send the manifest (it is verified against the ticket's root on load,
+//! like one from a peer).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -66,6 +73,62 @@ pub fn remember(tracker: &str, key: &[u8; 32], port: u16) {
     }
 }
 
+fn manifest_file_in(dir: &Path, root: &[u8; 32]) -> PathBuf {
+    let hash = blake3::derive_key("hayedik remembered manifest v1", root);
+    dir.join("manifests")
+        .join(hayedik_proto::hex::encode(&hash[..16]))
+}
+
+/// The manifest remembered in `dir` for `root`, verified against it.
+pub fn recall_manifest_in(
+    dir: &Path,
+    root: &[u8; 32],
+) -> Option<(hayedik_proto::manifest::Manifest, Vec<u8>)> {
+    use std::io::Read;
+    let file = std::fs::File::open(manifest_file_in(dir, root)).ok()?;
+    let limit = hayedik_proto::manifest::MAX_MANIFEST_BYTES as u64;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).ok()?;
+    if bytes.len() as u64 > limit {
+        return None;
+    }
+    let manifest = hayedik_proto::manifest::Manifest::verify(&bytes, root).ok()?;
+    Some((manifest, bytes))
+}
+
+/// Remembers a manifest (already verified against `root`) in `dir`.
+pub fn remember_manifest_in(dir: &Path, root: &[u8; 32], bytes: &[u8]) -> std::io::Result<()> {
+    let path = manifest_file_in(dir, root);
+    if path.exists() {
+        return Ok(());
+    }
+    let parent = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no parent"))?;
+    std::fs::create_dir_all(parent)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(parent)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(&path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// [`recall_manifest_in`] the user's data directory.
+pub fn recall_manifest(root: &[u8; 32]) -> Option<(hayedik_proto::manifest::Manifest, Vec<u8>)> {
+    recall_manifest_in(&crate::dirs::data_dir()?, root)
+}
+
+/// [`remember_manifest_in`] the user's data directory; failures are only
+/// logged.
+pub fn remember_manifest(root: &[u8; 32], bytes: &[u8]) {
+    let Some(dir) = crate::dirs::data_dir() else {
+        return;
+    };
+    if let Err(e) = remember_manifest_in(&dir, root, bytes) {
+        tracing::warn!("cannot keep the manifest in {}: {e}", dir.display());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -90,6 +153,32 @@ mod tests {
             assert_eq!(name.len(), 32);
             assert!(!name.contains(&hayedik_proto::hex::encode(&[1; 32])[..8]));
         }
+    }
+
+    #[test]
+    fn manifests_are_verified_on_load() {
+        use hayedik_proto::manifest::{FileEntry, Manifest};
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let m = Manifest::new(
+            vec![FileEntry::file("a.bin", 5, false)],
+            1 << 16,
+            vec![hayedik_proto::manifest::hash_piece(b"hello")],
+        )
+        .unwrap();
+        let bytes = m.encode();
+        let root = m.root();
+        assert!(recall_manifest_in(d, &root).is_none());
+        remember_manifest_in(d, &root, &bytes).unwrap();
+        assert_eq!(recall_manifest_in(d, &root).unwrap().1, bytes);
+        // Another root finds nothing; a damaged file is not believed.
+        assert!(recall_manifest_in(d, &[9; 32]).is_none());
+        let path = manifest_file_in(d, &root);
+        let mut bad = bytes.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        assert!(recall_manifest_in(d, &root).is_none());
     }
 
     #[test]

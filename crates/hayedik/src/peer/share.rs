@@ -20,12 +20,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use super::remembered;
-use super::announce::{
-    claim_swarm, create_swarm, spawn_announcer, AnnounceError, TrackerClient,
-};
+use super::announce::{claim_swarm, create_swarm, spawn_announcer, AnnounceError, TrackerClient};
 use super::guard::ServeGuard;
 use super::hashing::hash_pieces;
+use super::remembered;
 use super::swarm::{Content, Swarm, SwarmOptions};
 use super::{node, resolve, udp_socket_for};
 use crate::events::{human_bytes, human_rate, plural, Event, Events};
@@ -161,6 +159,11 @@ async fn share_scoped(
     let swarm_port = created.map_err(|e| anyhow::Error::new(e).context("creating the swarm"))?;
     if wish != Some(swarm_port) {
         remembered::remember(tracker_name, &key, swarm_port);
+    }
+    {
+        let bytes = manifest_bytes.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || remembered::remember_manifest(&root, &bytes)).await;
     }
     let ticket = Ticket {
         host: ticket_host,

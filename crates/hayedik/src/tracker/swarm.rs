@@ -150,8 +150,7 @@ impl SwarmTracker {
         let Some(confirmed_at) = self.confirmed_at.filter(|_| self.confirmed) else {
             return false;
         };
-        if !self.announced && now.saturating_duration_since(confirmed_at) > retire.unannounced
-        {
+        if !self.announced && now.saturating_duration_since(confirmed_at) > retire.unannounced {
             return true;
         }
         let silent = now_unix.saturating_sub(self.record.last_announce_unix);

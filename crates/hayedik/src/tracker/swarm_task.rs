@@ -25,7 +25,10 @@ pub enum Note {
         creator: Option<IpAddr>,
     },
     /// The first ANNOUNCE bound the swarm's key.
-    KeyBound { port: u16, key: [u8; 32] },
+    KeyBound {
+        port: u16,
+        key: [u8; 32],
+    },
     /// The swarm task has dropped its socket (reclaimed when it was
     /// pending, retired otherwise); the central tracker drops its copy and
     /// then reports the port free.

@@ -84,7 +84,10 @@ fn durable_resharing_joins_the_swarm_standalone() {
         let mut c = share_in("sharer C", &path, &isolated_home(), Some(central));
         assert_eq!(ticket_of(&mut c), ticket);
         c.stop();
-        assert_eq!(swarm_events(&mut tracker, "swarm_created"), [port_of(&ticket)]);
+        assert_eq!(
+            swarm_events(&mut tracker, "swarm_created"),
+            [port_of(&ticket)]
+        );
         // Other content gets its own swarm.
         let (other, _) = write_random(work.path(), "other.bin", 1000, 1602);
         let mut d = share_in("sharer D", &other, &isolated_home(), Some(central));
@@ -131,7 +134,10 @@ fn durable_ticket_revived_after_tracker_restart_without_state() {
         assert_eq!(ticket_of(&mut sharer), ticket);
         get_ok("getter", &ticket, work.path(), &data);
         sharer.stop();
-        assert_eq!(swarm_events(&mut tracker, "swarm_created"), [port_of(&ticket)]);
+        assert_eq!(
+            swarm_events(&mut tracker, "swarm_created"),
+            [port_of(&ticket)]
+        );
     });
 }
 
@@ -156,5 +162,86 @@ fn durable_ticket_revived_after_the_swarm_was_retired() {
         get_ok("getter", &ticket, work.path(), &data);
         sharer.stop();
         assert_eq!(swarm_events(&mut tracker, "swarm_created"), [port, port]);
+    });
+}
+
+/// A loopback address of its own for a tracker on the default port 7410
+/// (what `get` assumes of a ticket's host when it revives a swarm): the
+/// port is fixed, the address is not, so parallel tests do not meet.
+fn own_loopback() -> String {
+    let [_, b, c, d] = rand::random::<u32>().to_be_bytes();
+    format!("127.{}.{}.{}", b.max(16), c, d.clamp(1, 254))
+}
+
+/// A `get` into a folder that holds a complete copy revives the swarm of
+/// an old ticket: the tracker restarted without state and the sharer is
+/// gone; the getter (which kept the manifest in its data directory when it
+/// downloaded) verifies its copy, claims the ticket's port, and a new
+/// getter with the old ticket downloads from it.
+#[test]
+fn durable_get_with_a_complete_copy_revives_the_ticket() {
+    scenario(LIMIT, || {
+        let work = tempdir();
+        let (path, data) = write_random(work.path(), "kept.bin", MIB, 1606);
+        let listen = format!("{}:7410", own_loopback());
+        let (mut tracker, central) = tracker_on(&listen, &[]);
+        let mut sharer = share_in("sharer", &path, &isolated_home(), Some(central));
+        let ticket = ticket_of(&mut sharer);
+        let port = port_of(&ticket);
+        let home = isolated_home();
+        let copy = work.path().join("copy");
+        let ticket_arg = ticket.as_str();
+        let mut getter = Node::spawn_in(
+            "getter",
+            &[
+                "get",
+                ticket_arg,
+                "-o",
+                copy.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--json",
+                "--timeout",
+                "20",
+                "--no-seed",
+            ],
+            &home,
+        );
+        getter.done(SOON);
+        getter.expect_success();
+        sharer.stop();
+        tracker.kill9();
+        let (mut tracker, _) = tracker_on(&listen, &[]);
+        // The old ticket's swarm is gone; the getter with its copy brings
+        // it back.
+        let mut keeper = Node::spawn_in(
+            "keeper",
+            &[
+                "get",
+                ticket_arg,
+                "-o",
+                copy.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--json",
+                "--timeout",
+                "20",
+            ],
+            &home,
+        );
+        let done = keeper.done(SOON);
+        assert_eq!(done.reused, MIB as u64);
+        keeper.wait_event("seeding");
+        tracker.wait_for("swarm_confirmed", Duration::from_secs(30), |v| {
+            v["event"] == "swarm_confirmed" && v["port"] == port
+        });
+        let keeper_addr = keeper.listening();
+        let out = work.path().join("new getter");
+        let mut fresh = Node::get("new getter", &ticket, &out, &["--no-seed"]);
+        let done = fresh.done(Duration::from_secs(30));
+        fresh.expect_success();
+        assert_same_file(&done.path, &data);
+        assert_eq!(done.sources(), [keeper_addr].into(), "{done:?}");
+        keeper.stop();
     });
 }
