@@ -69,8 +69,9 @@ pub fn spawn_revive(swarm: Arc<Swarm>, announcer: &Announcer, ticket: Ticket) {
 }
 
 /// One claim: `Ok(true)` when the swarm is on the ticket's port now,
-/// `Ok(false)` when trying again is pointless (no tracker answers CLAIM
-/// there, or the key's swarm lives on another port).
+/// `Ok(false)` when trying again is pointless (the key's swarm lives on
+/// another port); an error (no tracker answers there yet, say) is tried
+/// again later.
 async fn claim(swarm: &Swarm, ticket: &Ticket) -> anyhow::Result<bool> {
     let central = resolve(&ticket.host, DEFAULT_TRACKER_PORT).await?;
     let socket = udp_socket_for(central).await?;
@@ -92,9 +93,8 @@ async fn claim(swarm: &Swarm, ticket: &Ticket) -> anyhow::Result<bool> {
             );
             Ok(false)
         }
-        None => {
-            tracing::info!("no tracker at {central} answers CLAIM: the swarm stays gone");
-            Ok(false)
-        }
+        None => Err(anyhow::anyhow!(
+            "no tracker at {central} answers CLAIM (down, or older)"
+        )),
     }
 }
