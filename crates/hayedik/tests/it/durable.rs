@@ -245,3 +245,73 @@ fn durable_get_with_a_complete_copy_revives_the_ticket() {
         keeper.stop();
     });
 }
+
+/// CLAIM and SWARM_AT against the real tracker, byte for byte through the
+/// test client: a CLAIM without a cookie gets a CHALLENGE no larger than
+/// itself; with one it creates a swarm bound to its key (both OFFERs, as a
+/// JOIN) that a stranger may announce to; the key finds it; another key
+/// cannot have its port; and a flood of CLAIMs from one address is held to
+/// that address's JOIN budget (ERROR 5), opening a bounded number of ports.
+#[test]
+fn durable_claims_on_the_wire() {
+    use crate::harness::{ann, error_code, Client, Tracker};
+    use hayedik_proto::tracker::{Datagram, ErrorCode, Message, PeerState};
+    scenario(LIMIT, || {
+        let t = Tracker::start(&[]);
+        let mut c = Client::new();
+        let key = [0x42; 32];
+        let claim = |cookie, swarm_key, port| Message::Claim {
+            cookie,
+            swarm_key,
+            port,
+        };
+        let (m, len) = c.request(t.addr, claim(0, key, 0));
+        assert_eq!(len, 20);
+        let Message::Challenge { cookie } = m else {
+            panic!("{m:?}")
+        };
+        let tid = c.tid();
+        c.send(t.addr, &Datagram::new(tid, claim(cookie, key, 0)));
+        let j = c.offers(t.addr, tid);
+        c.confirm(&j);
+        // Bound to the key at once: a stranger announces first.
+        let mut s = Client::on([127, 0, 0, 1]);
+        let cid = s.connect(j.swarm);
+        let (m, _) = s.announce(j.swarm, cid, ann(key, 4000, PeerState::Complete, 0));
+        assert!(matches!(m, Message::Peers(_)), "{m:?}");
+        let cookie = s.challenge(t.addr);
+        for port in [0, j.port, 40000] {
+            let (m, len) = s.request(t.addr, claim(cookie, key, port));
+            assert_eq!((m, len), (Message::SwarmAt { port: j.port }, 22));
+        }
+        let (m, _) = s.request(t.addr, claim(cookie, [0x43; 32], j.port));
+        assert_eq!(error_code(&m), ErrorCode::WrongSwarmKey);
+        let (m, _) = s.request(t.addr, claim(cookie, [0x43; 32], 80));
+        assert_eq!(error_code(&m), ErrorCode::RateLimited);
+
+        // A flood: 200 CLAIMs for fresh keys with a valid cookie.
+        let baseline = t.udp_sockets();
+        let mut f = Client::new();
+        let cookie = f.challenge(t.addr);
+        let mut refused = 0;
+        for i in 0..200u32 {
+            let mut k = [0u8; 32];
+            k[..4].copy_from_slice(&i.to_be_bytes());
+            let tid = f.tid();
+            f.send(t.addr, &Datagram::new(tid, claim(cookie, k, 0)));
+            // One ERROR 5, or two OFFERs.
+            let (d, _, _) = f.recv();
+            if let Message::Error { code, .. } = d.message {
+                assert_eq!(code, ErrorCode::RateLimited);
+                refused += 1;
+            } else {
+                let _ = f.recv();
+            }
+        }
+        let opened = t.udp_sockets() - baseline;
+        eprintln!("200 CLAIMs: {refused} refused, {opened} sockets opened");
+        assert!(refused >= 150, "{refused} refused");
+        assert!(opened <= 50, "{opened} sockets opened");
+        t.stop();
+    });
+}
