@@ -52,6 +52,9 @@ pub struct TrackerConfig {
     pub limits: Limits,
     /// `--relay`: serve a relay on TCP too.
     pub relay: Option<RelayConfig>,
+    /// `--max-listed`: peers listed in one answer at most, whatever an
+    /// ANNOUNCE asks for (the 1,200-byte datagram bounds it anyway).
+    pub max_listed: u16,
 }
 
 /// Where and how the relay runs.
@@ -76,6 +79,7 @@ impl Default for TrackerConfig {
             state_dir: None,
             limits: Limits::default(),
             relay: None,
+            max_listed: u16::MAX,
         }
     }
 }
@@ -262,6 +266,7 @@ async fn run_scoped(
             max_peers: config.limits.max_peers_per_swarm,
             max_peers_per_source: config.limits.max_peers_per_ip,
             relay,
+            max_listed: usize::from(config.max_listed.max(1)),
         },
         probes: Arc::new(tokio::sync::Semaphore::new(MAX_PROBES)),
     });

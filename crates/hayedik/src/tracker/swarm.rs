@@ -35,6 +35,8 @@ pub struct SwarmSettings {
     pub max_peers_per_source: usize,
     /// The relay told to peers in PEERS_X (`--relay`), or none.
     pub relay: RelayAddr,
+    /// Peers listed in one answer at most (`--max-listed`).
+    pub max_listed: usize,
 }
 
 /// When a confirmed swarm is retired.
@@ -369,7 +371,8 @@ impl SwarmTracker {
         let wanted = match announce.wanted {
             0 => DEFAULT_WANTED,
             n => usize::from(n),
-        };
+        }
+        .min(self.settings.max_listed);
         let interval = u16::try_from(self.settings.interval.as_secs()).unwrap_or(u16::MAX);
         let mut entries = std::mem::take(&mut self.scratch);
         entries.clear();

@@ -315,3 +315,38 @@ fn durable_claims_on_the_wire() {
         t.stop();
     });
 }
+
+/// `tracker --max-listed N`: every answer lists at most N peers (the
+/// sample's size, for swarms that must find each other by peer exchange or
+/// the DHT, and for tests of them); 0 is a usage error.
+#[test]
+fn durable_tracker_max_listed() {
+    use crate::harness::{ann, peers, run_to_exit, Client, Tracker};
+    use hayedik_proto::tracker::PeerState;
+    scenario(LIMIT, || {
+        let exit = run_to_exit(&["tracker", "--listen", "127.0.0.1:0", "--max-listed", "0"]);
+        assert_eq!(exit.status.code(), Some(2), "{}", exit.stderr);
+        let t = Tracker::start(&["--max-listed", "1"]);
+        let mut sharer = Client::new();
+        let j = sharer.create_swarm(t.addr);
+        let key = [0x51; 32];
+        for (i, c) in [&mut sharer, &mut Client::new(), &mut Client::new()]
+            .into_iter()
+            .enumerate()
+        {
+            let cid = c.connect(j.swarm);
+            let (m, _) = c.announce(
+                j.swarm,
+                cid,
+                ann(key, 5000 + i as u16, PeerState::Complete, 0),
+            );
+            assert!(peers(m).peers.len() <= 1);
+        }
+        let mut asker = Client::new();
+        let cid = asker.connect(j.swarm);
+        let (m, _) = asker.announce(j.swarm, cid, ann(key, 0, PeerState::Asking, 50));
+        let p = peers(m);
+        assert_eq!((p.peers.len(), p.seeders), (1, 3), "{p:?}");
+        t.stop();
+    });
+}
