@@ -180,7 +180,9 @@ fn own_loopback() -> String {
 /// getter with the old ticket downloads from it.
 #[test]
 fn durable_get_with_a_complete_copy_revives_the_ticket() {
-    scenario(LIMIT, || {
+    // Generous waits: the revival goes through a failed announce (its
+    // 5 s deadline), a claim and a re-announce, on a loaded machine.
+    scenario(Duration::from_secs(180), || {
         let work = tempdir();
         let (path, data) = write_random(work.path(), "kept.bin", MIB, 1606);
         let listen = format!("{}:7410", own_loopback());
@@ -229,16 +231,31 @@ fn durable_get_with_a_complete_copy_revives_the_ticket() {
             ],
             &home,
         );
-        let done = keeper.done(SOON);
+        let done = keeper.done(Duration::from_secs(40));
         assert_eq!(done.reused, MIB as u64);
         keeper.wait_event("seeding");
-        tracker.wait_for("swarm_confirmed", Duration::from_secs(30), |v| {
+        tracker.wait_for("swarm_confirmed", Duration::from_secs(60), |v| {
             v["event"] == "swarm_confirmed" && v["port"] == port
         });
         let keeper_addr = keeper.listening();
         let out = work.path().join("new getter");
-        let mut fresh = Node::get("new getter", &ticket, &out, &["--no-seed"]);
-        let done = fresh.done(Duration::from_secs(30));
+        let out_arg = out.to_str().unwrap();
+        let mut fresh = Node::spawn(
+            "new getter",
+            &[
+                "get",
+                ticket_arg,
+                "-o",
+                out_arg,
+                "--listen",
+                "127.0.0.1:0",
+                "--json",
+                "--timeout",
+                "60",
+                "--no-seed",
+            ],
+        );
+        let done = fresh.done(Duration::from_secs(60));
         fresh.expect_success();
         assert_same_file(&done.path, &data);
         assert_eq!(done.sources(), [keeper_addr].into(), "{done:?}");
