@@ -325,6 +325,10 @@ pub struct TrackerArgs {
     /// Peers (TCP ports) listed in one swarm from one IPv4 address or IPv6 /64.
     #[arg(long, default_value_t = Limits::default().max_peers_per_ip, value_name = "N")]
     pub max_peers_per_ip: usize,
+    /// Peers listed in one answer at most, whatever a peer asks for (default:
+    /// as many as fit in the 1,200-byte datagram).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub max_listed: Option<u16>,
     /// Also serve a relay on TCP for peers that others cannot reach (see docs/relay.md).
     #[arg(long)]
     pub relay: bool,
@@ -427,6 +431,7 @@ impl TrackerArgs {
             state_dir: self.state.clone(),
             http: self.http,
             external: None,
+            max_listed: self.max_listed.unwrap_or(u16::MAX),
             relay: match self.relay {
                 true => Some(crate::tracker::RelayConfig {
                     listen: self.relay_limits.relay_listen,

@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod demo;
+pub mod dirs;
 pub mod events;
 pub mod output;
 pub mod peer;

@@ -54,6 +54,10 @@ pub enum Kind {
     AnnounceX = 16,
     /// Extension: the reply to ANNOUNCE_X.
     PeersX = 17,
+    /// Extension: find the swarm of a key, or create it (on a given port).
+    Claim = 18,
+    /// Extension: the answer to CLAIM when the key already has a swarm.
+    SwarmAt = 19,
 }
 
 impl Kind {
@@ -71,6 +75,8 @@ impl Kind {
             15 => Kind::Error,
             16 => Kind::AnnounceX,
             17 => Kind::PeersX,
+            18 => Kind::Claim,
+            19 => Kind::SwarmAt,
             _ => return None,
         })
     }
@@ -416,6 +422,16 @@ pub enum Message {
     },
     /// swarm -> peer (extension), only in reply to ANNOUNCE_X.
     PeersX(PeersX),
+    /// peer -> central (extension): the swarm of `swarm_key`, or a new one
+    /// bound to it, on `port` (0: any free port). `cookie` as for JOIN.
+    Claim {
+        cookie: u64,
+        swarm_key: [u8; 32],
+        port: u16,
+    },
+    /// central -> peer (extension), only in reply to CLAIM: the key's swarm
+    /// already exists, on this port.
+    SwarmAt { port: u16 },
     /// either way.
     Error { code: ErrorCode, message: String },
 }
@@ -434,13 +450,17 @@ impl Message {
             Message::Peers(_) => Kind::Peers,
             Message::AnnounceX { .. } => Kind::AnnounceX,
             Message::PeersX(_) => Kind::PeersX,
+            Message::Claim { .. } => Kind::Claim,
+            Message::SwarmAt { .. } => Kind::SwarmAt,
             Message::Error { .. } => Kind::Error,
         }
     }
 
     fn token(&self) -> u64 {
         match *self {
-            Message::Join { cookie } | Message::Challenge { cookie } => cookie,
+            Message::Join { cookie }
+            | Message::Challenge { cookie }
+            | Message::Claim { cookie, .. } => cookie,
             Message::Offer { token, .. } | Message::Confirm { token } => token,
             Message::Connected { connection_id }
             | Message::Announce { connection_id, .. }
@@ -478,6 +498,13 @@ impl Datagram {
                 }
             }
             Message::Announce { announce, .. } => encode_announce(out, announce),
+            Message::Claim {
+                swarm_key, port, ..
+            } => {
+                out.put_bytes(swarm_key);
+                out.put_u16(*port);
+            }
+            Message::SwarmAt { port } => out.put_u16(*port),
             Message::AnnounceX {
                 announce, flags, ..
             } => {
@@ -630,6 +657,18 @@ pub fn decode_body(header: &Header, body: &[u8]) -> Result<Message, Malformed> {
             }
         }
         Kind::PeersX => Message::PeersX(decode_peers_x(&mut r).ok_or(bad)?),
+        Kind::Claim => Message::Claim {
+            cookie: header.token,
+            swarm_key: r.array::<32>().map_err(|_| bad)?,
+            port: r.u16().map_err(|_| bad)?,
+        },
+        Kind::SwarmAt => {
+            let port = r.u16().map_err(|_| bad)?;
+            if port == 0 {
+                return Err(bad);
+            }
+            Message::SwarmAt { port }
+        }
         Kind::Error => {
             let code = ErrorCode::from_u16(r.u16().map_err(|_| bad)?);
             // A sender may cut a message mid-character to fit the size rule.

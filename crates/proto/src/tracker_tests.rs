@@ -33,6 +33,60 @@ fn join_and_challenge_vectors() {
     roundtrip_bytes(&join2, &hdr(0, 7, 0xAABB));
 }
 
+/// The stable-swarm extension (docs/protocol.md): CLAIM is the header
+/// (cookie as token), the swarm key and the port; SWARM_AT the port.
+#[test]
+fn claim_and_swarm_at_vectors() {
+    let claim = Datagram::new(
+        0x0A0B0C0D,
+        Message::Claim {
+            cookie: 0x1122,
+            swarm_key: [0x5A; 32],
+            port: 0x1F92,
+        },
+    );
+    let mut bytes = hdr(18, 0x0A0B0C0D, 0x1122);
+    bytes.extend_from_slice(&[0x5A; 32]);
+    bytes.extend_from_slice(&[0x1F, 0x92]);
+    roundtrip_bytes(&claim, &bytes);
+    assert_eq!(bytes.len(), 54);
+    // Any port, no cookie yet.
+    let any = Datagram::new(
+        1,
+        Message::Claim {
+            cookie: 0,
+            swarm_key: [0; 32],
+            port: 0,
+        },
+    );
+    let mut bytes = hdr(18, 1, 0);
+    bytes.extend_from_slice(&[0; 34]);
+    roundtrip_bytes(&any, &bytes);
+    // A key cut short, or a byte too many: malformed.
+    let mut short = bytes.clone();
+    short.pop();
+    let mut long = bytes.clone();
+    long.push(0);
+    for b in [short, long] {
+        assert!(matches!(
+            Datagram::decode(&b),
+            Err(DecodeError::Body { tid: 1, .. })
+        ));
+    }
+    let at = Datagram::new(3, Message::SwarmAt { port: 7411 });
+    let mut bytes = hdr(19, 3, 0);
+    bytes.extend_from_slice(&7411u16.to_be_bytes());
+    roundtrip_bytes(&at, &bytes);
+    // Port 0 is no swarm; another length is malformed.
+    let mut zero = hdr(19, 3, 0);
+    zero.extend_from_slice(&[0, 0]);
+    let mut three = hdr(19, 3, 0);
+    three.extend_from_slice(&[0, 1, 2]);
+    for b in [zero, three, hdr(19, 3, 0)] {
+        assert!(Datagram::decode(&b).is_err());
+    }
+}
+
 #[test]
 fn offer_vectors() {
     let from_swarm = Datagram::new(
@@ -444,6 +498,14 @@ fn arb_entry() -> impl Strategy<Value = PeerEntry> {
 
 fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
+        (any::<u64>(), any::<[u8; 32]>(), any::<u16>()).prop_map(|(cookie, swarm_key, port)| {
+            Message::Claim {
+                cookie,
+                swarm_key,
+                port,
+            }
+        }),
+        (1..=u16::MAX).prop_map(|port| Message::SwarmAt { port }),
         any::<u64>().prop_map(|cookie| Message::Join { cookie }),
         any::<u64>().prop_map(|cookie| Message::Challenge { cookie }),
         (any::<u64>(), any::<Option<u16>>())

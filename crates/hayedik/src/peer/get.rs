@@ -120,6 +120,15 @@ async fn get_scoped(
         cancel.child_token(),
     );
     *swarm_out = Some(swarm.clone());
+    // A manifest this machine kept (from an earlier share or get): a
+    // complete copy in the folder is then verified and served even when no
+    // peer is left to send the manifest (super::revive).
+    let root = opts.ticket.root;
+    if let Ok(Some((manifest, bytes))) =
+        tokio::task::spawn_blocking(move || super::remembered::recall_manifest(&root)).await
+    {
+        swarm.offer_manifest(manifest, bytes);
+    }
     node::spawn_listener(listener, swarm.clone(), opts.max_peers_per_ip);
     observe(swarm.clone());
     // --port-mapping: the router forwards our TCP port until we stop;
@@ -197,6 +206,18 @@ async fn get_scoped(
             .map(|a| (a.to_string(), paths.via(a).as_str().to_string()))
             .collect(),
     });
+    let kept = swarm
+        .manifest_rx()
+        .borrow()
+        .as_ref()
+        .map(|(_, b)| b.clone());
+    if let Some(bytes) = kept {
+        let root = opts.ticket.root;
+        let _ = tokio::task::spawn_blocking(move || {
+            super::remembered::remember_manifest(&root, &bytes)
+        })
+        .await;
+    }
     // With --only, what is held is a part of the content: say so.
     let whole = swarm.have().is_some_and(|h| h.is_full());
     announcer.set_state(if whole {
@@ -210,6 +231,9 @@ async fn get_scoped(
         return Ok(Some(report));
     }
     events.emit(Event::Seeding);
+    if whole {
+        super::revive::spawn_revive(swarm.clone(), &announcer, opts.ticket.clone());
+    }
     swarm.cancel.cancelled().await;
     announcer.leave().await;
     *stop = Some(stopped(&swarm, true));

@@ -33,6 +33,8 @@ pub mod pieces;
 pub mod progress;
 pub mod rate;
 pub mod reach;
+pub mod remembered;
+pub mod revive;
 pub mod secure;
 pub mod select;
 pub mod serve;

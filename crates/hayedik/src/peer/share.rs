@@ -20,9 +20,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use super::announce::{create_swarm, spawn_announcer, TrackerClient};
+use super::announce::{claim_swarm, create_swarm, spawn_announcer, AnnounceError, TrackerClient};
 use super::guard::ServeGuard;
 use super::hashing::hash_pieces;
+use super::remembered;
 use super::swarm::{Content, Swarm, SwarmOptions};
 use super::{node, resolve, udp_socket_for};
 use crate::events::{human_bytes, human_rate, plural, Event, Events};
@@ -149,9 +150,15 @@ async fn share_scoped(
     if let Some(w) = &waiting {
         w.set_message(format!("contacting tracker {central} ..."));
     }
+    // The same content at the same tracker gets the same swarm, so the
+    // same ticket: the one the tracker knows for its key, or a new one on
+    // the port it had last time (see `remembered`).
+    let tracker_name = opts.tracker.as_deref().unwrap_or(remembered::EMBEDDED);
+    let key = hayedik_proto::manifest::swarm_key(&root);
+    let wish = remembered::recall(tracker_name, &key);
     let created = tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
-        r = create_swarm(&socket, central, CREATE_DEADLINE) => r,
+        r = stable_swarm(&socket, central, key, wish) => r,
     };
     if let Some(w) = waiting {
         w.finish_and_clear();
@@ -181,6 +188,14 @@ async fn share_scoped(
         }
         _ => (ticket_host, swarm_port),
     };
+    if wish != Some(swarm_port) {
+        remembered::remember(tracker_name, &key, swarm_port);
+    }
+    {
+        let bytes = manifest_bytes.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || remembered::remember_manifest(&root, &bytes)).await;
+    }
     let ticket = Ticket {
         host: ticket_host,
         port: ticket_port,
@@ -277,6 +292,35 @@ async fn share_scoped(
         bail!("{fatal}");
     }
     Ok(())
+}
+
+/// The swarm of `key` at the central tracker: found by its key, or created
+/// on the port `wish` names when it is free, or on any port. A tracker that
+/// predates CLAIM answers none, and gets a plain JOIN.
+async fn stable_swarm(
+    socket: &UdpSocket,
+    central: SocketAddr,
+    key: [u8; 32],
+    wish: Option<u16>,
+) -> Result<u16, AnnounceError> {
+    // One deadline for the whole search, as for a plain JOIN.
+    let end = tokio::time::Instant::now() + CREATE_DEADLINE;
+    let left = || end.saturating_duration_since(tokio::time::Instant::now());
+    if let Some(port) = wish {
+        match claim_swarm(socket, central, key, port, left()).await {
+            Ok(Some(claimed)) => return Ok(claimed.port()),
+            Ok(None) => return create_swarm(socket, central, left()).await,
+            // Another swarm holds the port, or the tracker does not give it.
+            Err(AnnounceError::WrongSwarm { .. } | AnnounceError::SwarmFull { .. }) => {
+                tracing::info!("port {port} is not available for our swarm: asking for any port");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match claim_swarm(socket, central, key, 0, left()).await? {
+        Some(claimed) => Ok(claimed.port()),
+        None => create_swarm(socket, central, left()).await,
+    }
 }
 
 /// Until `swarm` is cancelled, or `until` other peers hold a verified copy:

@@ -46,6 +46,18 @@ pub struct Offered {
     pub at: Instant,
 }
 
+/// What a CLAIM asks for: a swarm bound to `key`, on `port` (0: any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub key: [u8; 32],
+    pub port: u16,
+}
+
+/// The ERROR 4 message to a CLAIM for a port that a live swarm holds.
+pub const PORT_HELD: &str = "that port belongs to another swarm";
+/// The ERROR 5 message to a CLAIM for a port no swarm may have here.
+pub const PORT_REFUSED: &str = "that port is not available for a swarm on this tracker";
+
 /// What the I/O loop must do after a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -55,8 +67,13 @@ pub enum Action {
     Reply,
     /// A retransmitted JOIN: send the same two OFFERs again.
     Repeat(Offered),
-    /// Launch a swarm tracker (the budget is already charged).
-    Create { tid: u32, key: JoinKey },
+    /// Launch a swarm tracker (the budget is already charged); for a CLAIM,
+    /// bound to its key, on its port when it names one.
+    Create {
+        tid: u32,
+        key: JoinKey,
+        claim: Option<Claim>,
+    },
 }
 
 /// The central tracker's state.
@@ -68,7 +85,19 @@ pub struct CentralTracker {
     epoch: Instant,
     refused: u64,
     refusal_log: LogEvery,
+    /// Every live swarm's port (pending, confirmed, or stored and waiting
+    /// for its port), with its key once known. Bounded by the swarm caps.
+    ports: HashMap<u16, Option<[u8; 32]>>,
+    /// Swarm key -> port, for the keys of `ports` (the first swarm of a key
+    /// when several share it).
+    keys: HashMap<[u8; 32], u16>,
+    /// Ports a CLAIM may name: inclusive range.
+    claimable: (u16, u16),
 }
+
+/// Ports a CLAIM may name when the tracker has no `--swarm-ports` range:
+/// never a privileged one.
+pub const CLAIMABLE_DEFAULT: (u16, u16) = (1024, u16::MAX);
 
 impl CentralTracker {
     pub fn new(limits: Limits, epoch: Instant) -> Self {
@@ -79,6 +108,41 @@ impl CentralTracker {
             epoch,
             refused: 0,
             refusal_log: LogEvery::new(LOG_EVERY),
+            ports: HashMap::new(),
+            keys: HashMap::new(),
+            claimable: CLAIMABLE_DEFAULT,
+        }
+    }
+
+    /// Limits the ports a CLAIM may name to `range` (`--swarm-ports`).
+    pub fn set_claimable(&mut self, range: (u16, u16)) {
+        self.claimable = range;
+    }
+
+    /// A swarm now holds `port`, bound to `key` if known.
+    pub fn holds(&mut self, port: u16, key: Option<[u8; 32]>) {
+        self.ports.insert(port, key);
+        if let Some(key) = key {
+            self.keys.entry(key).or_insert(port);
+        }
+    }
+
+    /// The port of `key`'s swarm, if one is live.
+    pub fn port_of(&self, key: &[u8; 32]) -> Option<u16> {
+        self.keys.get(key).copied()
+    }
+
+    /// The swarm on `port` is gone: forget it, and let another swarm of
+    /// the same key (if any) answer for the key.
+    fn released_port(&mut self, port: u16) {
+        let Some(Some(key)) = self.ports.remove(&port) else {
+            return;
+        };
+        if self.keys.get(&key) == Some(&port) {
+            self.keys.remove(&key);
+            if let Some((&other, _)) = self.ports.iter().find(|(_, k)| **k == Some(key)) {
+                self.keys.insert(key, other);
+            }
         }
     }
 
@@ -126,7 +190,7 @@ impl CentralTracker {
                 ));
             }
         };
-        if header.kind != Kind::Join {
+        if !matches!(header.kind, Kind::Join | Kind::Claim) {
             return Action::Silence;
         }
         let tid = header.tid;
@@ -137,21 +201,55 @@ impl CentralTracker {
             Datagram::new(tid, Message::Challenge { cookie }).encode(out);
             return Action::Reply;
         }
-        if decode_body(&header, body).is_err() {
-            return reply_if(encode_error_capped(
-                out,
-                tid,
-                ErrorCode::Malformed,
-                "JOIN has an empty body",
-                usize::MAX,
-            ));
-        }
+        let claim = match decode_body(&header, body) {
+            Ok(Message::Claim {
+                swarm_key, port, ..
+            }) => Some(Claim {
+                key: swarm_key,
+                port,
+            }),
+            Ok(_) => None,
+            Err(_) => {
+                let what = match header.kind {
+                    Kind::Claim => "CLAIM is a swarm key and a port",
+                    _ => "JOIN has an empty body",
+                };
+                return reply_if(encode_error_capped(
+                    out,
+                    tid,
+                    ErrorCode::Malformed,
+                    what,
+                    usize::MAX,
+                ));
+            }
+        };
         let key = (src, header.token, tid);
         if let Some(offered) = self.offered.get(&key) {
             return Action::Repeat(*offered);
         }
+        if let Some(claim) = claim {
+            // Knowing a key finds its swarm (what every ticket holder
+            // knows); it never moves or rebinds one.
+            if let Some(port) = self.port_of(&claim.key) {
+                Datagram::new(tid, Message::SwarmAt { port }).encode(out);
+                return Action::Reply;
+            }
+            if claim.port != 0 {
+                let refusal = if self.ports.contains_key(&claim.port) {
+                    Some((ErrorCode::WrongSwarmKey, PORT_HELD))
+                } else if claim.port < self.claimable.0 || claim.port > self.claimable.1 {
+                    Some((ErrorCode::RateLimited, PORT_REFUSED))
+                } else {
+                    None
+                };
+                if let Some((code, message)) = refusal {
+                    encode_error_capped(out, tid, code, message, usize::MAX);
+                    return Action::Reply;
+                }
+            }
+        }
         match self.budget.try_create(src.ip(), now) {
-            Ok(()) => Action::Create { tid, key },
+            Ok(()) => Action::Create { tid, key, claim },
             Err(refusal) => {
                 self.refused += 1;
                 if let Some(n) = self.refusal_log.hit(now) {
@@ -172,9 +270,10 @@ impl CentralTracker {
         }
     }
 
-    /// A swarm was launched for `key`.
-    pub fn created(&mut self, key: JoinKey, offered: Offered) {
+    /// A swarm was launched for `key` (bound to `swarm_key` for a CLAIM).
+    pub fn created(&mut self, key: JoinKey, offered: Offered, swarm_key: Option<[u8; 32]>) {
         self.offered.insert(key, offered);
+        self.holds(offered.port, swarm_key);
     }
 
     /// Launching failed (no port): give the budget back.
@@ -190,6 +289,7 @@ impl CentralTracker {
                     self.budget.confirmed(ip);
                 }
             }
+            Note::KeyBound { port, key } => self.holds(port, Some(key)),
             Note::Gone {
                 port,
                 creator,
@@ -197,6 +297,7 @@ impl CentralTracker {
             } => {
                 self.budget.released(creator, was_pending);
                 self.offered.retain(|_, o| o.port != port);
+                self.released_port(port);
             }
         }
     }
@@ -292,8 +393,12 @@ pub async fn serve(
                             send_offers(&socket, s, src, src_tid(&buf[..n]), offered).await;
                         }
                     }
-                    Action::Create { tid, key } => {
-                        let bound = binder.bind_any().and_then(|s| {
+                    Action::Create { tid, key, claim } => {
+                        let bound = match claim {
+                            Some(Claim { port, .. }) if port != 0 => binder.bind_exact(port),
+                            _ => binder.bind_any(),
+                        };
+                        let bound = bound.and_then(|s| {
                             s.set_nonblocking(true)?;
                             UdpSocket::from_std(s)
                         });
@@ -309,14 +414,19 @@ pub async fn serve(
                                 }
                                 central.creation_failed(src.ip());
                                 // Its cookie proved the address: ERROR 5.
+                                let message = match claim {
+                                    Some(c) if c.port != 0 => PORT_REFUSED,
+                                    _ => NO_PORT,
+                                };
                                 out.clear();
-                                encode_error_capped(&mut out, tid, ErrorCode::RateLimited, NO_PORT, usize::MAX);
+                                encode_error_capped(&mut out, tid, ErrorCode::RateLimited, message, usize::MAX);
                                 let _ = socket.send_to(&out, src).await;
                                 continue;
                             }
                         };
                         let offered = Offered { port, token: nonzero_random(), at: now };
-                        central.created(key, offered);
+                        let swarm_key = claim.map(|c| c.key);
+                        central.created(key, offered, swarm_key);
                         shared.events.emit(Event::SwarmCreated { port });
                         shared.stats.created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         send_offers(&socket, &swarm_socket, src, tid, offered).await;
@@ -326,10 +436,13 @@ pub async fn serve(
                             creator: Some(src.ip()),
                             token: offered.token,
                             confirmer: None,
-                            key: None,
+                            key: swarm_key,
                             last_announce_unix: swarm_task::unix_now(),
                         };
-                        let swarm = SwarmTracker::new(record, false, shared.swarm_settings.clone(), now);
+                        let mut swarm = SwarmTracker::new(record, false, shared.swarm_settings.clone(), now);
+                        // Claimed: bound to its key, but retired like any
+                        // swarm nobody announces to.
+                        swarm.set_announced(false);
                         let ctx = SwarmCtx { shared: shared.clone(), notes: notes_tx.clone() };
                         crate::spawn::spawn(&format!("swarm {port}"), swarm_task::serve(swarm, swarm_socket, ctx));
                     }
@@ -409,14 +522,18 @@ mod tests {
         let key = (src, cookie, 2);
         assert_eq!(
             c.on_datagram(src, &join(2, cookie), now, &mut out),
-            Action::Create { tid: 2, key }
+            Action::Create {
+                tid: 2,
+                key,
+                claim: None
+            }
         );
         let offered = Offered {
             port: 5000,
             token: 9,
             at: now,
         };
-        c.created(key, offered);
+        c.created(key, offered, None);
         assert_eq!(
             c.on_datagram(src, &join(2, cookie), now, &mut out),
             Action::Repeat(offered)
@@ -582,5 +699,181 @@ mod tests {
             Action::Create { .. }
         ));
         assert_eq!(c.refused(), 2);
+    }
+
+    fn claim(tid: u32, cookie: u64, key: [u8; 32], port: u16) -> Vec<u8> {
+        Datagram::new(
+            tid,
+            Message::Claim {
+                cookie,
+                swarm_key: key,
+                port,
+            },
+        )
+        .to_vec()
+    }
+
+    fn error_of(out: &[u8]) -> (ErrorCode, String) {
+        match Datagram::decode(out).unwrap().message {
+            Message::Error { code, message } => (code, message),
+            m => panic!("{m:?}"),
+        }
+    }
+
+    /// The stable-swarm extension: a CLAIM without a cookie gets a
+    /// CHALLENGE no larger than itself; with one it creates a swarm bound
+    /// to its key (on its port if it names one); the key then finds that
+    /// swarm, and nobody can take its port for another key.
+    #[test]
+    fn claim_finds_or_creates_never_takes() {
+        let now = Instant::now();
+        let mut c = CentralTracker::new(Limits::default(), now);
+        let src: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut out = Vec::new();
+        let (k1, k2) = ([1u8; 32], [2u8; 32]);
+        assert_eq!(
+            c.on_datagram(src, &claim(1, 0, k1, 9000), now, &mut out),
+            Action::Reply
+        );
+        assert!(out.len() <= 54);
+        assert!(matches!(
+            Datagram::decode(&out).unwrap().message,
+            Message::Challenge { .. }
+        ));
+        let cookie = c.cookie(src, now);
+        let key = (src, cookie, 2);
+        let want = Claim {
+            key: k1,
+            port: 9000,
+        };
+        assert_eq!(
+            c.on_datagram(src, &claim(2, cookie, k1, 9000), now, &mut out),
+            Action::Create {
+                tid: 2,
+                key,
+                claim: Some(want)
+            }
+        );
+        let offered = Offered {
+            port: 9000,
+            token: 7,
+            at: now,
+        };
+        c.created(key, offered, Some(k1));
+        // Its retransmission gets the same OFFERs.
+        assert_eq!(
+            c.on_datagram(src, &claim(2, cookie, k1, 9000), now, &mut out),
+            Action::Repeat(offered)
+        );
+        // Anyone else with the key finds the port, whatever port it names.
+        let other: SocketAddr = "127.0.0.9:5000".parse().unwrap();
+        let cookie2 = c.cookie(other, now);
+        for port in [0, 9000, 9001] {
+            assert_eq!(
+                c.on_datagram(other, &claim(3, cookie2, k1, port), now, &mut out),
+                Action::Reply
+            );
+            assert_eq!(
+                Datagram::decode(&out).unwrap(),
+                Datagram::new(3, Message::SwarmAt { port: 9000 })
+            );
+        }
+        // Another key cannot have the port.
+        assert_eq!(
+            c.on_datagram(other, &claim(4, cookie2, k2, 9000), now, &mut out),
+            Action::Reply
+        );
+        assert_eq!(
+            error_of(&out),
+            (ErrorCode::WrongSwarmKey, PORT_HELD.to_string())
+        );
+        // Nor a port a JOIN's swarm holds before any key is bound to it.
+        c.holds(9100, None);
+        assert_eq!(
+            c.on_datagram(other, &claim(5, cookie2, k2, 9100), now, &mut out),
+            Action::Reply
+        );
+        assert_eq!(error_of(&out).0, ErrorCode::WrongSwarmKey);
+        // A privileged port, or one outside --swarm-ports: ERROR 5.
+        assert_eq!(
+            c.on_datagram(other, &claim(6, cookie2, k2, 80), now, &mut out),
+            Action::Reply
+        );
+        assert_eq!(
+            error_of(&out),
+            (ErrorCode::RateLimited, PORT_REFUSED.to_string())
+        );
+        c.set_claimable((20000, 20010));
+        assert_eq!(
+            c.on_datagram(other, &claim(7, cookie2, k2, 9200), now, &mut out),
+            Action::Reply
+        );
+        assert_eq!(error_of(&out).0, ErrorCode::RateLimited);
+        // Once the swarm is gone its port and key are free again: the
+        // first claim binds them (a tracker that lost them knows no key).
+        c.on_note(&Note::Gone {
+            port: 9000,
+            creator: Some(src.ip()),
+            was_pending: false,
+        });
+        assert_eq!(c.port_of(&k1), None);
+        c.set_claimable(CLAIMABLE_DEFAULT);
+        match c.on_datagram(other, &claim(8, cookie2, k2, 9000), now, &mut out) {
+            Action::Create { claim, .. } => assert_eq!(
+                claim,
+                Some(Claim {
+                    key: k2,
+                    port: 9000
+                })
+            ),
+            a => panic!("{a:?}"),
+        }
+    }
+
+    #[test]
+    fn key_bound_by_announce_is_found_and_forgotten_with_its_swarm() {
+        let now = Instant::now();
+        let mut c = CentralTracker::new(Limits::default(), now);
+        c.holds(9300, None);
+        c.on_note(&Note::KeyBound {
+            port: 9300,
+            key: [3; 32],
+        });
+        // A second swarm of the same key (two JOINs) answers once the
+        // first is gone.
+        c.holds(9301, Some([3; 32]));
+        assert_eq!(c.port_of(&[3; 32]), Some(9300));
+        c.on_note(&Note::Gone {
+            port: 9300,
+            creator: None,
+            was_pending: false,
+        });
+        assert_eq!(c.port_of(&[3; 32]), Some(9301));
+        c.on_note(&Note::Gone {
+            port: 9301,
+            creator: None,
+            was_pending: true,
+        });
+        assert_eq!(c.port_of(&[3; 32]), None);
+    }
+
+    #[test]
+    fn malformed_claim_with_a_cookie_gets_error_2() {
+        let now = Instant::now();
+        let mut c = CentralTracker::new(Limits::default(), now);
+        let src: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        let mut d = claim(1, c.cookie(src, now), [1; 32], 0);
+        d.pop();
+        let mut out = Vec::new();
+        assert_eq!(c.on_datagram(src, &d, now, &mut out), Action::Reply);
+        assert_eq!(error_of(&out).0, ErrorCode::Malformed);
+        // Without a cookie: only a CHALLENGE.
+        let mut d = claim(1, 0, [1; 32], 0);
+        d.pop();
+        assert_eq!(c.on_datagram(src, &d, now, &mut out), Action::Reply);
+        assert!(matches!(
+            Datagram::decode(&out).unwrap().message,
+            Message::Challenge { .. }
+        ));
     }
 }

@@ -59,6 +59,9 @@ pub struct TrackerConfig {
     /// An embedded tracker's external address for its own sharer
     /// (`share --port-mapping`, see [`swarm::ExternalAddress`]).
     pub external: Option<Arc<swarm::ExternalAddress>>,
+    /// `--max-listed`: peers listed in one answer at most, whatever an
+    /// ANNOUNCE asks for (the 1,200-byte datagram bounds it anyway).
+    pub max_listed: u16,
 }
 
 /// Where and how the relay runs.
@@ -85,6 +88,7 @@ impl Default for TrackerConfig {
             relay: None,
             http: None,
             external: None,
+            max_listed: u16::MAX,
         }
     }
 }
@@ -171,6 +175,20 @@ impl Binder {
             }
         }
         Err(last.unwrap_or_else(|| std::io::Error::other("empty swarm port range")))
+    }
+
+    /// A socket on exactly `port`, for a CLAIM: never a port reserved for a
+    /// stored swarm, nor one outside the range.
+    pub fn bind_exact(&self, port: u16) -> std::io::Result<std::net::UdpSocket> {
+        if self.is_reserved(port) {
+            return Err(std::io::Error::other("port reserved for a stored swarm"));
+        }
+        if let Some((low, high)) = self.range {
+            if port < low || port > high {
+                return Err(std::io::Error::other("port outside --swarm-ports"));
+            }
+        }
+        std::net::UdpSocket::bind(SocketAddr::new(self.ip, port))
     }
 
     /// A socket on exactly `port` (to restore a swarm).
@@ -282,6 +300,7 @@ async fn run_scoped(
             max_peers_per_source: config.limits.max_peers_per_ip,
             relay,
             external: config.external.clone(),
+            max_listed: usize::from(config.max_listed.max(1)),
         },
         probes: Arc::new(tokio::sync::Semaphore::new(MAX_PROBES)),
         stats,
@@ -289,6 +308,9 @@ async fn run_scoped(
     let binder = Binder::new(local.ip(), config.swarm_ports);
     let epoch = Instant::now();
     let mut central = CentralTracker::new(config.limits.clone(), epoch);
+    if let Some(range) = config.swarm_ports {
+        central.set_claimable(range);
+    }
     let (notes_tx, notes_rx) = mpsc::unbounded_channel();
     let records = match &shared.store {
         Some(store) => {
@@ -309,6 +331,7 @@ async fn run_scoped(
     }
     for record in records {
         central.budget_mut().restored(record.creator);
+        central.holds(record.port, record.key);
         restore(record, &binder, &shared, &notes_tx);
     }
     // On a worker thread like the swarm tasks: no cross-thread hop per

@@ -38,6 +38,8 @@ pub struct SwarmSettings {
     pub relay: RelayAddr,
     /// The embedded tracker's: where its own sharer is listed.
     pub external: Option<Arc<ExternalAddress>>,
+    /// Peers listed in one answer at most (`--max-listed`).
+    pub max_listed: usize,
 }
 
 /// The one rewrite of an embedded tracker (`share --port-mapping`): its
@@ -121,6 +123,10 @@ pub struct SwarmTracker {
     probes: Probes,
     /// A probe the last datagram asked the task to start.
     probe_to_start: Option<SocketAddr>,
+    /// Whether an ANNOUNCE was ever answered (or, for a restored swarm,
+    /// its key is bound): one that never was is retired after
+    /// `Retire::unannounced`.
+    announced: bool,
 }
 
 impl SwarmTracker {
@@ -131,6 +137,7 @@ impl SwarmTracker {
         epoch: Instant,
     ) -> Self {
         use rand::SeedableRng;
+        let record_bound = record.key.is_some();
         Self {
             peers: PeerTable::new(settings.max_peers, settings.max_peers_per_source),
             conn_ids: Stamp::random(Purpose::ConnectionId, CONNECTION_ID_WINDOW_SECS),
@@ -144,7 +151,14 @@ impl SwarmTracker {
             scratch: Vec::new(),
             probes: Probes::default(),
             probe_to_start: None,
+            announced: record_bound,
         }
+    }
+
+    /// Overrides whether the swarm counts as announced to: a swarm created
+    /// by a CLAIM is bound to its key before anyone announced.
+    pub fn set_announced(&mut self, announced: bool) {
+        self.announced = announced;
     }
 
     pub fn is_confirmed(&self) -> bool {
@@ -164,9 +178,7 @@ impl SwarmTracker {
         let Some(confirmed_at) = self.confirmed_at.filter(|_| self.confirmed) else {
             return false;
         };
-        if self.record.key.is_none()
-            && now.saturating_duration_since(confirmed_at) > retire.unannounced
-        {
+        if !self.announced && now.saturating_duration_since(confirmed_at) > retire.unannounced {
             return true;
         }
         let silent = now_unix.saturating_sub(self.record.last_announce_unix);
@@ -375,6 +387,7 @@ impl SwarmTracker {
             (Some(x), Some(f)) if f.mapped => SocketAddr::new(x.listed_ip(src.ip()), src.port()),
             _ => src,
         };
+        self.announced = true;
         let me = (src.ip(), announce.port);
         let refusal = match self.peers.announce(src, announce.port, announce.state, now) {
             Update::Full => Some("swarm is full"),
@@ -396,7 +409,8 @@ impl SwarmTracker {
         let wanted = match announce.wanted {
             0 => DEFAULT_WANTED,
             n => usize::from(n),
-        };
+        }
+        .min(self.settings.max_listed);
         let interval = u16::try_from(self.settings.interval.as_secs()).unwrap_or(u16::MAX);
         let mut entries = std::mem::take(&mut self.scratch);
         entries.clear();

@@ -24,6 +24,11 @@ pub enum Note {
         port: u16,
         creator: Option<IpAddr>,
     },
+    /// The first ANNOUNCE bound the swarm's key.
+    KeyBound {
+        port: u16,
+        key: [u8; 32],
+    },
     /// The swarm task has dropped its socket (reclaimed when it was
     /// pending, retired otherwise); the central tracker drops its copy and
     /// then reports the port free.
@@ -147,6 +152,9 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
                     }
                     Effect::KeyBound => {
                         swarm.record.last_announce_unix = unix_now();
+                        if let Some(key) = swarm.record.key {
+                            let _ = ctx.notes.send(Note::KeyBound { port, key });
+                        }
                         if persist(shared, &swarm.record).await {
                             persisted_announce = swarm.record.last_announce_unix;
                         }

@@ -10,6 +10,7 @@ fn settings() -> SwarmSettings {
         max_peers_per_source: 32,
         relay: hayedik_proto::tracker::RelayAddr::SameHost(7410),
         external: None,
+        max_listed: usize::MAX,
     }
 }
 
@@ -609,4 +610,44 @@ fn probes_start_once_and_report_their_result() {
         Probe::Unreachable
     );
     assert_eq!(s.take_probe(), None);
+}
+
+/// `--max-listed`: an answer lists at most that many peers, whatever the
+/// ANNOUNCE (or ANNOUNCE_X) asks for, while the counts stay whole.
+#[test]
+fn max_listed_caps_every_answer() {
+    let now = Instant::now();
+    let sharer: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    let mut s = keyed_swarm(now, sharer);
+    s.settings.max_listed = 1;
+    for i in 1..=3u8 {
+        let p = SocketAddr::from(([127, 0, 0, 1 + i], 9000));
+        let cid = s.connection_id(p, now);
+        reply(
+            &mut s,
+            p,
+            &announce(cid, [9; 32], 8000, PeerState::Complete),
+            now,
+        );
+    }
+    let asker: SocketAddr = "127.0.0.9:9000".parse().unwrap();
+    let cid = s.connection_id(asker, now);
+    let Some(Message::Peers(p)) = reply(
+        &mut s,
+        asker,
+        &announce(cid, [9; 32], 0, PeerState::Asking),
+        now,
+    ) else {
+        panic!("no PEERS")
+    };
+    assert_eq!((p.peers.len(), p.seeders), (1, 4));
+    let Some(Message::PeersX(p)) = reply(
+        &mut s,
+        asker,
+        &announce_x(cid, [9; 32], 0, PeerState::Asking, ExtFlags::default()),
+        now,
+    ) else {
+        panic!("no PEERS_X")
+    };
+    assert_eq!((p.peers.len(), p.seeders), (1, 4));
 }

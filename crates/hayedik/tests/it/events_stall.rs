@@ -30,6 +30,7 @@ const DRAIN_WITHIN: Duration = Duration::from_secs(30);
 fn events_stall_json_reader_paused_does_not_stall_the_tracker_nor_lose_events() {
     scenario(LIMIT, || {
         let mut child = Command::new(BIN)
+            .env("HAYEDIK_HOME", crate::harness::isolated_home())
             .args(["tracker", "--listen", "127.0.0.1:0", "--json"])
             .args(["--max-joins-per-ip-per-sec", "100000"])
             .args(["--join-burst", "100000"])

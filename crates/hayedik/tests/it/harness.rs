@@ -34,6 +34,30 @@ pub const REPLY_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long "no reply" is listened for.
 pub const SILENCE: Duration = Duration::from_millis(300);
 
+/// A fresh, empty directory for one child's `HAYEDIK_HOME` (its config and
+/// data directories), so no test reads the user's config or another test's
+/// data. Under Cargo's scratch directory for tests; folders left by test
+/// processes that have exited are removed on first use.
+pub fn isolated_home() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static CLEANED: std::sync::Once = std::sync::Once::new();
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("homes");
+    CLEANED.call_once(|| {
+        for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let pid = name.split('-').next().unwrap_or_default();
+            if !std::path::Path::new("/proc").join(pid).exists() {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = root.join(format!("{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating an isolated HAYEDIK_HOME");
+    dir
+}
+
 /// Children started by each scenario thread, killed if its timeout fires.
 static CHILDREN: Mutex<Vec<(ThreadId, u32)>> = Mutex::new(Vec::new());
 
@@ -132,6 +156,7 @@ impl Tracker {
         let mut cmd = Command::new(BIN);
         cmd.args(["tracker", "--listen", listen, "--json"])
             .args(extra)
+            .env("HAYEDIK_HOME", isolated_home())
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -353,6 +378,7 @@ pub fn run_to_exit(args: &[&str]) -> Exit {
 pub fn run_to_exit_within(args: &[&str], limit: Duration) -> Exit {
     let mut child = Command::new(BIN)
         .args(args)
+        .env("HAYEDIK_HOME", isolated_home())
         .env("RUST_BACKTRACE", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

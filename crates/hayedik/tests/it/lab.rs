@@ -663,6 +663,10 @@ impl Proc {
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }
+        // A home of its own, unless the caller chose one (to share it).
+        if !cmd.get_envs().any(|(k, _)| k == "HAYEDIK_HOME") {
+            cmd.env("HAYEDIK_HOME", crate::harness::isolated_home());
+        }
         cmd.env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

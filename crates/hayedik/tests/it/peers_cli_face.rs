@@ -46,6 +46,7 @@ impl Human {
     fn spawn(args: &[&str]) -> Human {
         let mut child = Command::new(BIN)
             .args(args)
+            .env("HAYEDIK_HOME", crate::harness::isolated_home())
             .env_remove("RUST_LOG")
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())
@@ -644,6 +645,7 @@ fn peers_cli_face_the_bar_fits_a_50_column_terminal() {
         );
         let child = Command::new("script")
             .args(["-q", "-e", "-c", &command, "/dev/null"])
+            .env("HAYEDIK_HOME", crate::harness::isolated_home())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -57,6 +57,7 @@ impl Deaf {
     ) -> Deaf {
         let mut child = Command::new(BIN)
             .args(args)
+            .env("HAYEDIK_HOME", crate::harness::isolated_home())
             .env("RUST_LOG", "info")
             .env("RUST_BACKTRACE", "1")
             .stdin(Stdio::null())

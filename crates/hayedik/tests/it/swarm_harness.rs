@@ -123,8 +123,14 @@ pub struct Node {
 impl Node {
     /// Starts `hayedik ARGS...` (the caller includes `--json`).
     pub fn spawn(name: &str, args: &[&str]) -> Node {
+        Node::spawn_in(name, args, &crate::harness::isolated_home())
+    }
+
+    /// [`Node::spawn`] with `HAYEDIK_HOME` at `home` (to share it).
+    pub fn spawn_in(name: &str, args: &[&str], home: &Path) -> Node {
         let mut child = Command::new(BIN)
             .args(args)
+            .env("HAYEDIK_HOME", home)
             .env("RUST_BACKTRACE", "1")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

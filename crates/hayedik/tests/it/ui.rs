@@ -31,6 +31,7 @@ struct Ui {
 impl Ui {
     fn start() -> Ui {
         let mut child = Command::new(BIN)
+            .env("HAYEDIK_HOME", crate::harness::isolated_home())
             .args([
                 "ui",
                 "--no-open",

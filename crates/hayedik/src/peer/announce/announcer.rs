@@ -123,6 +123,13 @@ impl Announcer {
         self.wish.send_modify(|_| {});
     }
 
+    /// What [`Announcer::announce_now`] does, for a task that outlives a
+    /// borrow of the announcer.
+    pub fn announce_handle(&self) -> impl Fn() + Send + Sync + 'static {
+        let wish = self.wish.clone();
+        move || wish.send_modify(|_| {})
+    }
+
     /// Announces every `every` while `lonely()` says we have no peer, so a
     /// peer that nobody can reach (behind a firewall or NAT) learns of new
     /// peers it can dial without waiting for the tracker's interval.

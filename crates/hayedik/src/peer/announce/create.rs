@@ -17,8 +17,11 @@ use super::{AnnounceError, FIRST_RTO, JOIN_REFUSED_TRIES, MAX_RTO, RECV_BUF};
 /// Where the handshake stands; [`Handshake::on_reply`] is its transition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Handshake {
-    /// Sending JOIN with this cookie (0: none yet) to the central tracker.
+    /// Sending JOIN (or CLAIM) with this cookie (0: none yet) to the
+    /// central tracker.
     Join { cookie: u64 },
+    /// SWARM_AT came back: the key's swarm exists on this port.
+    Found { port: u16 },
     /// Sending CONFIRM with the OFFER's token to the swarm tracker.
     Confirm { swarm: SocketAddr, token: u64 },
     /// CONFIRMED came back: the swarm is ours.
@@ -62,6 +65,9 @@ impl Handshake {
                     token,
                 })
             }
+            (Handshake::Join { .. }, Message::SwarmAt { port }) if from_central => {
+                Some(Handshake::Found { port })
+            }
             (Handshake::Confirm { swarm, .. }, Message::Confirmed)
                 if canonical(src) == canonical(swarm) =>
             {
@@ -87,20 +93,92 @@ pub async fn create_swarm(
     central: SocketAddr,
     deadline: Duration,
 ) -> Result<u16, AnnounceError> {
+    match handshake(socket, central, None, deadline).await? {
+        Some(Claimed::Created(port) | Claimed::Found(port)) => Ok(port),
+        None => Err(AnnounceError::Unreachable {
+            tracker: central,
+            waited: deadline,
+        }),
+    }
+}
+
+/// How [`claim_swarm`] got its swarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claimed {
+    /// A new swarm, bound to our key, confirmed by us.
+    Created(u16),
+    /// The key's swarm already existed there (SWARM_AT).
+    Found(u16),
+}
+
+impl Claimed {
+    pub fn port(self) -> u16 {
+        match self {
+            Claimed::Created(p) | Claimed::Found(p) => p,
+        }
+    }
+}
+
+/// CLAIMs sent without any answer before the client decides the tracker
+/// predates the extension (about 1.75 s with the backoff).
+pub const CLAIM_TRIES: u32 = 3;
+
+/// The stable-swarm extension (docs/protocol.md, CLAIM): finds the swarm of
+/// `key` at the central tracker, or creates one bound to it, on `port` when
+/// it is not 0. `Ok(None)`: the tracker answered none of [`CLAIM_TRIES`]
+/// CLAIMs (it predates the extension, or is down): fall back to
+/// [`create_swarm`]. With a `port`, an ERROR 4 (a live swarm holds it) or 5
+/// (not available) ends the call at once, so the caller can ask for any
+/// port instead.
+pub async fn claim_swarm(
+    socket: &UdpSocket,
+    central: SocketAddr,
+    key: [u8; 32],
+    port: u16,
+    deadline: Duration,
+) -> Result<Option<Claimed>, AnnounceError> {
+    handshake(socket, central, Some((key, port)), deadline).await
+}
+
+async fn handshake(
+    socket: &UdpSocket,
+    central: SocketAddr,
+    claim: Option<([u8; 32], u16)>,
+    deadline: Duration,
+) -> Result<Option<Claimed>, AnnounceError> {
     let start = Instant::now();
     let end = start + deadline;
     // One transaction id for the whole handshake: every copy of every step.
     let tid: u32 = rand::random();
     let mut step = Handshake::Join { cookie: 0 };
     let mut refused = 0u32;
+    // CLAIMs sent while nothing at all came back from the central tracker.
+    let mut unanswered = 0u32;
     let mut backoff = Backoff::new(FIRST_RTO, MAX_RTO);
     let mut buf = vec![0u8; RECV_BUF];
     let mut out = Vec::with_capacity(32);
     loop {
-        let (to, message) = match step {
-            Handshake::Join { cookie } => (central, Message::Join { cookie }),
-            Handshake::Confirm { swarm, token } => (swarm, Message::Confirm { token }),
-            Handshake::Done { port } => return Ok(port),
+        let (to, message) = match (step, claim) {
+            (Handshake::Join { cookie }, None) => (central, Message::Join { cookie }),
+            (Handshake::Join { cookie }, Some((swarm_key, port))) => {
+                if cookie == 0 {
+                    if unanswered >= CLAIM_TRIES {
+                        return Ok(None);
+                    }
+                    unanswered += 1;
+                }
+                (
+                    central,
+                    Message::Claim {
+                        cookie,
+                        swarm_key,
+                        port,
+                    },
+                )
+            }
+            (Handshake::Confirm { swarm, token }, _) => (swarm, Message::Confirm { token }),
+            (Handshake::Done { port }, _) => return Ok(Some(Claimed::Created(port))),
+            (Handshake::Found { port }, _) => return Ok(Some(Claimed::Found(port))),
         };
         let now = Instant::now();
         if now >= end {
@@ -126,7 +204,8 @@ pub async fn create_swarm(
                 if cookie == 0 || canonical(src) != canonical(central) {
                     continue;
                 }
-                if *code != ErrorCode::RateLimited {
+                let for_port = claim.is_some_and(|(_, port)| port != 0);
+                if *code != ErrorCode::RateLimited || for_port {
                     return Err(error_for(central, *code, message));
                 }
                 refused += 1;

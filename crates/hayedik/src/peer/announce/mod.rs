@@ -51,7 +51,7 @@ mod tests;
 
 pub use announcer::{spawn_announcer, Announcer, FlagsHandle};
 pub use client::{AnnounceReply, ExtReply, TrackerClient};
-pub use create::create_swarm;
+pub use create::{claim_swarm, create_swarm, Claimed, CLAIM_TRIES};
 pub use error::{AnnounceError, CreateError};
 
 /// First retransmission timeout.

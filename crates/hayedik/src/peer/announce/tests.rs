@@ -694,3 +694,93 @@ async fn mapped_entries_and_the_embedded_trackers_external_address() {
     })
     .await
 }
+
+/// The stable-swarm extension against a real tracker: a CLAIM creates a
+/// swarm bound to the key that anyone may announce to; the key then finds
+/// it; another key cannot have its port; and after a restart without state
+/// the same port comes back for the key.
+#[tokio::test]
+async fn claim_creates_finds_and_revives() {
+    within(async {
+        let (central, stop) = tracker(TrackerConfig::default()).await;
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let deadline = Duration::from_secs(5);
+        let made = claim_swarm(&socket, central, KEY, 0, deadline)
+            .await
+            .unwrap()
+            .unwrap();
+        let Claimed::Created(port) = made else {
+            panic!("{made:?}")
+        };
+        // Bound by the claim: another address announces first.
+        let mut other = client(local(port), 4100).await;
+        other.announce(PeerState::Complete, 0).await.unwrap();
+        let again = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        for wish in [0, port, port.wrapping_add(1).max(1024)] {
+            assert_eq!(
+                claim_swarm(&again, central, KEY, wish, deadline)
+                    .await
+                    .unwrap(),
+                Some(Claimed::Found(port))
+            );
+        }
+        // Another key, this port: refused (ERROR 4), nothing created.
+        let e = claim_swarm(&again, central, [8; 32], port, deadline)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, AnnounceError::WrongSwarm { .. }), "{e}");
+        stop.cancel();
+        let (central, stop) = tracker(TrackerConfig::default()).await;
+        let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut revived = None;
+        for _ in 0..40 {
+            match claim_swarm(&s, central, KEY, port, deadline).await {
+                Ok(Some(c)) => {
+                    revived = Some(c);
+                    break;
+                }
+                // The old tracker's socket may still be closing.
+                Err(AnnounceError::SwarmFull { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                r => panic!("{r:?}"),
+            }
+        }
+        assert_eq!(revived, Some(Claimed::Created(port)));
+        // The old swarm's peers find it again where the ticket says.
+        let r = other.announce(PeerState::Complete, 0).await.unwrap();
+        assert_eq!(r.peers.len(), 0);
+        let mut back = client(local(port), 4101).await;
+        let r = back.announce(PeerState::Complete, 0).await.unwrap();
+        assert_eq!(r.peers.len(), 1);
+        stop.cancel();
+    })
+    .await
+}
+
+/// A tracker that predates CLAIM drops it: the call says so (`None`)
+/// after [`CLAIM_TRIES`] unanswered CLAIMs, and the caller falls back.
+#[tokio::test]
+async fn claim_on_an_older_tracker_is_none() {
+    within(async {
+        let old = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = old.local_addr().unwrap();
+        let seen = Arc::new(AtomicU32::new(0));
+        let s = seen.clone();
+        let fake = tokio::spawn(async move {
+            let mut buf = [0u8; 128];
+            while let Ok((n, _)) = old.recv_from(&mut buf).await {
+                if let Ok(d) = Datagram::decode(&buf[..n]) {
+                    assert!(matches!(d.message, Message::Claim { .. }));
+                    s.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let r = claim_swarm(&socket, addr, KEY, 0, Duration::from_secs(20)).await;
+        assert_eq!(r, Ok(None));
+        assert_eq!(seen.load(Ordering::Relaxed), CLAIM_TRIES);
+        fake.abort();
+    })
+    .await
+}
