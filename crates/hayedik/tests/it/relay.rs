@@ -28,19 +28,39 @@ fn relay_tracker(extra: &[&str]) -> (Node, SocketAddr, SocketAddr) {
 }
 
 /// A sharer listed at 127.0.0.1:PORT but listening on 127.0.0.2:PORT only.
+/// 127.0.0.1:PORT is held bound and not listening (a connection there is
+/// refused) while the test binary runs: the tracker's probe of the listed
+/// address can never reach another test's listener that took that port.
 fn hidden_sharer(name: &str, path: &Path, tracker: SocketAddr, extra: &[&str]) -> Node {
     let tracker = tracker.to_string();
+    let listen = format!("127.0.0.2:{}", refusing_port());
     let mut args = vec![
         "share",
         path.to_str().unwrap(),
         "--tracker",
         &tracker,
         "--listen",
-        "127.0.0.2:0",
+        &listen,
         "--json",
     ];
     args.extend(extra);
     Node::spawn(name, &args)
+}
+
+/// A port of 127.0.0.1 bound by a TCP socket that does not listen, kept
+/// until the test binary exits: nobody else can listen there, and a
+/// connection to it is refused.
+fn refusing_port() -> u16 {
+    use rustix::net::{AddressFamily, SocketType};
+    static HELD: std::sync::Mutex<Vec<std::net::TcpStream>> = std::sync::Mutex::new(Vec::new());
+    let fd =
+        rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).expect("a TCP socket");
+    rustix::net::bind(&fd, &SocketAddr::from(([127, 0, 0, 1], 0))).expect("binding 127.0.0.1:0");
+    // Not connected: only its local address is asked of it.
+    let socket = std::net::TcpStream::from(fd);
+    let port = socket.local_addr().expect("its bound address").port();
+    HELD.lock().unwrap_or_else(|e| e.into_inner()).push(socket);
+    port
 }
 
 /// Waits for the `reachability` event; returns it.
