@@ -109,6 +109,23 @@ pub fn signal(pid: u32, name: &str) -> std::io::Result<ExitStatus> {
         .status()
 }
 
+/// `read()` once `pred` holds of it, or as it is after `limit`: for text a
+/// thread collects from a running process, which may trail its events.
+pub fn text_when(
+    read: impl Fn() -> String,
+    limit: Duration,
+    pred: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let text = read();
+        if pred(&text) || Instant::now() >= deadline {
+            return text;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Collects a child's stderr on a thread, for failure messages.
 fn collect(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
     let text = Arc::new(Mutex::new(String::new()));

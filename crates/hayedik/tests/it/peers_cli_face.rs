@@ -75,14 +75,7 @@ impl Human {
     /// Stderr once `pred` holds of it, or as it is after `limit`: the
     /// thread collecting it may trail stdout.
     fn stderr_when(&self, limit: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let err = self.stderr();
-            if pred(&err) || Instant::now() >= deadline {
-                return err;
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        crate::harness::text_when(|| self.stderr(), limit, pred)
     }
 
     /// Waits until stdout holds a line for which `pred` holds; returns it.
