@@ -158,6 +158,14 @@ pub async fn write_loop(
         let mut serves = Vec::new();
         while open && serves.len() < SERVE_BATCH {
             let out = if serves.is_empty() && reading.is_none() && frames.is_empty() {
+                // Going idle: what the encrypted channel still holds goes
+                // out first. A write that finds the socket full returns
+                // once its bytes are taken, with the end of them still in
+                // the TLS layer's buffer; unflushed, a peer would wait for
+                // the end of a block until our next write.
+                if wr.flush().await.is_err() {
+                    return;
+                }
                 rx.recv().await
             } else {
                 match rx.try_recv() {
@@ -321,4 +329,75 @@ fn read_batch(
         }
     }
     Batch { buf, parts }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::peer::rate::RateLimit;
+
+    /// A writer that keeps what it is given until it is flushed, as an
+    /// encrypted channel keeps the end of a write that found the socket
+    /// full.
+    struct HoldsUntilFlushed {
+        held: Vec<u8>,
+        out: Arc<Mutex<Vec<u8>>>,
+    }
+
+    impl tokio::io::AsyncWrite for HoldsUntilFlushed {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let held = std::mem::take(&mut self.held);
+            self.out.lock().unwrap().extend_from_slice(&held);
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.poll_flush(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn the_writer_flushes_before_it_waits() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let writer = crate::peer::wire::FrameWriter::new(Box::new(HoldsUntilFlushed {
+            held: Vec::new(),
+            out: out.clone(),
+        }));
+        let (_content_tx, content) = tokio::sync::watch::channel(None);
+        let ctx = ServeCtx {
+            pieces: Arc::new(SharedPieces::new(Instant::now())),
+            content,
+            up_limit: Arc::new(RateLimit::unlimited()),
+            uploaded: Arc::new(AtomicU64::new(0)),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(write_loop(writer, rx, ctx, Arc::new(Outbox::default())));
+        tx.send(Out::Frame(b"the end of a block".to_vec())).unwrap();
+        // The sender stays open: the writer goes idle rather than closing
+        // (closing flushes anyway).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while out.lock().unwrap().as_slice() != b"the end of a block" {
+            assert!(
+                Instant::now() < deadline,
+                "the frame is still held by the writer: {:?}",
+                out.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(tx);
+        task.await.unwrap();
+    }
 }

@@ -142,6 +142,9 @@ impl FrameWriter {
         self.buf.clear();
         m.encode(&mut self.buf);
         self.wr.write_all(&self.buf).await?;
+        // All of it on the socket (an encrypted channel may hold the end
+        // of a write until it is flushed).
+        self.wr.flush().await?;
         Ok(())
     }
 }
