@@ -333,6 +333,8 @@ fn read_batch(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use std::pin::Pin;
     use std::task::{Context, Poll};
     use std::time::{Duration, Instant};
