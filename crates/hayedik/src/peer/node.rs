@@ -240,9 +240,18 @@ pub fn spawn_connector(
         let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(SocketAddr, bool)>();
         let mut dialing: std::collections::HashSet<SocketAddr> = Default::default();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut offers = swarm.take_offers();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
+                Some((addr, found)) = async { offers.as_mut()?.recv().await } => {
+                    // A peer from the DHT or peer exchange: dialed like a
+                    // listed one, within the same bound.
+                    if known.len() < MAX_KNOWN && !known.contains_key(&addr) {
+                        tracing::debug!(%addr, ?found, "offered a peer");
+                        known.insert(addr, DialState { next_try: Instant::now(), backoff: REDIAL_AFTER });
+                    }
+                }
                 r = peers.changed() => {
                     if r.is_err() {
                         return;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use hayedik_proto::manifest::{peer_auth_key, swarm_key, Manifest};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use super::content::{Content, VerifiedManifest};
@@ -23,6 +23,20 @@ use super::handshake::Nonces;
 use super::pieces::SharedPieces;
 use super::rate::RateLimit;
 use crate::storage::Bitfield;
+
+/// Where a peer offered to the connector (besides the tracker's list) was
+/// heard of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// A lookup in the Mainline DHT.
+    Dht,
+    /// Another peer's peer exchange.
+    Pex,
+}
+
+/// Peers offered to the connector and not yet taken; more are dropped
+/// (the sources offer again later).
+pub const MAX_OFFERED: usize = 256;
 
 /// Settings of a peer's swarm.
 #[derive(Debug, Clone)]
@@ -62,6 +76,10 @@ pub struct Swarm {
     /// Listed addresses with an open session (either direction), bounded
     /// by the sessions' own caps.
     connected: Mutex<HashMap<SocketAddr, usize>>,
+    /// Peers heard of elsewhere than the tracker (DHT, peer exchange), for
+    /// the connector to dial; bounded by [`MAX_OFFERED`].
+    offers_tx: mpsc::Sender<(SocketAddr, Found)>,
+    offers_rx: Mutex<Option<mpsc::Receiver<(SocketAddr, Found)>>>,
 }
 
 impl std::fmt::Debug for Swarm {
@@ -81,6 +99,7 @@ impl Swarm {
     pub fn new(opts: SwarmOptions, cancel: CancellationToken) -> Arc<Swarm> {
         let pieces = Arc::new(SharedPieces::new(Instant::now()));
         let fatal = Arc::new(FatalSlot::new(cancel.clone()));
+        let (offers_tx, offers_rx) = mpsc::channel(MAX_OFFERED);
         Arc::new(Swarm {
             swarm_key: swarm_key(&opts.root),
             auth_key: peer_auth_key(&opts.root),
@@ -99,7 +118,24 @@ impl Swarm {
             content_tx: watch::channel(None).0,
             last_peer_error: Mutex::new(None),
             connected: Mutex::new(HashMap::new()),
+            offers_tx,
+            offers_rx: Mutex::new(Some(offers_rx)),
         })
+    }
+
+    /// Offers a peer heard of elsewhere than the tracker to the connector,
+    /// which dials it like a listed one (it must pass the proof like any
+    /// other). False when the queue is full: the offer is dropped.
+    pub fn offer_peer(&self, addr: SocketAddr, found: Found) -> bool {
+        if addr.port() == 0 || addr.ip().is_unspecified() || addr.ip().is_multicast() {
+            return false;
+        }
+        self.offers_tx.try_send((addr, found)).is_ok()
+    }
+
+    /// The receiving end of [`Swarm::offer_peer`], for the one connector.
+    pub(crate) fn take_offers(&self) -> Option<mpsc::Receiver<(SocketAddr, Found)>> {
+        lock(&self.offers_rx).take()
     }
 
     /// Offers a manifest already verified against the root; the first wins.
@@ -230,5 +266,40 @@ impl Swarm {
     /// Distinct peers with an open session.
     pub fn peer_count(&self) -> usize {
         lock(&self.connected).len()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod offer_tests {
+    use super::*;
+
+    fn swarm() -> Arc<Swarm> {
+        Swarm::new(
+            SwarmOptions {
+                root: [7; 32],
+                listen_port: 1,
+                max_upload: None,
+                max_download: None,
+            },
+            CancellationToken::new(),
+        )
+    }
+
+    #[test]
+    fn offers_are_bounded_and_reach_the_one_taker() {
+        let s = swarm();
+        let a: SocketAddr = "192.0.2.1:4000".parse().unwrap();
+        assert!(!s.offer_peer("192.0.2.1:0".parse().unwrap(), Found::Dht));
+        assert!(!s.offer_peer("0.0.0.0:80".parse().unwrap(), Found::Pex));
+        assert!(!s.offer_peer("224.0.0.1:80".parse().unwrap(), Found::Pex));
+        for _ in 0..MAX_OFFERED {
+            assert!(s.offer_peer(a, Found::Pex));
+        }
+        assert!(!s.offer_peer(a, Found::Dht), "the queue is bounded");
+        let mut rx = s.take_offers().unwrap();
+        assert!(s.take_offers().is_none(), "one connector takes them");
+        assert_eq!(rx.try_recv().unwrap(), (a, Found::Pex));
+        assert!(s.offer_peer(a, Found::Dht), "room again once one is taken");
     }
 }
