@@ -143,16 +143,30 @@ async fn leftovers(
     })
 }
 
+/// A child process that is killed when dropped, so that a failing
+/// assertion leaves no `hayedik` running (holding port 7410 for the next
+/// test).
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Runs `hayedik ARGS --json` with stdout piped.
-fn child(args: &[&str]) -> Child {
-    Command::new(BIN)
-        .args(args)
-        .arg("--json")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
+fn child(args: &[&str]) -> Reaped {
+    Reaped(
+        Command::new(BIN)
+            .args(args)
+            .arg("--json")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 fn run() {
@@ -216,7 +230,7 @@ fn run() {
                 "--listen",
                 "127.0.0.1:0",
             ]);
-            get.wait().unwrap()
+            get.0.wait().unwrap()
         })
         .await
         .unwrap();
@@ -239,7 +253,7 @@ fn run() {
             "--listen",
             "127.0.0.1:0",
         ]);
-        let mut lines = BufReader::new(sharer.stdout.take().unwrap()).lines();
+        let mut lines = BufReader::new(sharer.0.stdout.take().unwrap()).lines();
         let ticket: Ticket = loop {
             let line = lines
                 .next()
@@ -284,8 +298,7 @@ fn run() {
             "get's done is its last event (no seeding): {got:?}"
         );
         found.extend(leftovers("get", &before, &sockets_before).await);
-        let _ = sharer.kill();
-        let _ = sharer.wait();
+        drop(sharer);
         found
     });
     rt.shutdown_timeout(Duration::from_secs(10));
