@@ -473,7 +473,12 @@ fn start_hayedik(pin: &Pinning, bin: &str) -> Result<(Tracker, SocketAddr), Stri
     let addr: SocketAddr = addr
         .parse()
         .map_err(|e| format!("bad listening address {addr}: {e}"))?;
-    if tracker.comm() != "hayedik" {
+    // The kernel keeps the first 15 bytes of the program's file name.
+    let name: String = Path::new(bin)
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().take(15).collect())
+        .unwrap_or_default();
+    if tracker.comm() != name {
         println!(
             "  warning: pid {} is '{}', not hayedik: CPU figures may be wrong",
             tracker.pid(),

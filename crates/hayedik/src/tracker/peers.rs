@@ -163,15 +163,24 @@ pub struct PeerTable {
     /// before the millisecond count could overflow.
     epoch: Instant,
     next_seq: u32,
+    /// The entries with a `seq` up to this one are the `senior_count`
+    /// listed longest (none: not computed). Kept so that a sample finds the
+    /// longest listed with one comparison per entry; computed again (one
+    /// selection over the table) when a sample needs more than are left.
+    senior_cut: Option<u32>,
+    senior_count: usize,
     seeders: usize,
     max_peers: usize,
     max_per_source: usize,
 }
 
+/// Seniors computed beyond what a sample needs, so that a few leaving do not
+/// make the next sample compute them again.
+const SENIOR_SLACK: usize = 8;
+
 thread_local! {
-    /// The sampler's scratch: (seq << 32 | global index) of the seniors.
-    static SENIORS: RefCell<std::collections::BinaryHeap<u64>> =
-        const { RefCell::new(std::collections::BinaryHeap::new()) };
+    /// The sampler's scratch: tenures, then (seq << 32 | global index).
+    static SENIORS: RefCell<(Vec<u32>, Vec<u64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 impl PeerTable {
@@ -183,6 +192,8 @@ impl PeerTable {
             v6: Vec::new(),
             epoch: Instant::now(),
             next_seq: 0,
+            senior_cut: None,
+            senior_count: 0,
             seeders: 0,
             max_peers,
             max_per_source,
@@ -366,6 +377,8 @@ impl PeerTable {
                 }
             }
             self.next_seq = u32::try_from(order.len()).unwrap_or(u32::MAX - 1);
+            self.senior_cut = None;
+            self.senior_count = 0;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -373,10 +386,19 @@ impl PeerTable {
     }
 
     fn remove(&mut self, slot: Slot) {
-        let complete = match slot {
-            Slot::V4(i) => self.v4.remove(i).is_complete(),
-            Slot::V6(i) => self.v6.remove(i).is_complete(),
+        let (complete, seq) = match slot {
+            Slot::V4(i) => {
+                let r = self.v4.remove(i);
+                (r.is_complete(), r.seq)
+            }
+            Slot::V6(i) => {
+                let r = self.v6.remove(i);
+                (r.is_complete(), r.seq)
+            }
         };
+        if self.senior_cut.is_some_and(|cut| seq <= cut) {
+            self.senior_count -= 1;
+        }
         if complete {
             self.seeders -= 1;
         }
@@ -433,6 +455,10 @@ impl PeerTable {
         let fresh = |seen: u32| now_tick.saturating_sub(seen) <= max_age;
         self.v4.retain(|r| fresh(r.seen));
         self.v6.retain(|r| fresh(r.seen));
+        if self.len() != before {
+            self.senior_cut = None;
+            self.senior_count = 0;
+        }
         self.seeders = self.v4.iter().filter(|r| r.is_complete()).count()
             + self.v6.iter().filter(|r| r.is_complete()).count();
         self.shrink();
@@ -500,7 +526,7 @@ impl PeerTable {
     /// per-source cap) cannot push it out of every reply; a uniform sample
     /// of 50 out of 2,000 would miss it 97 times in 100.
     pub fn sample(
-        &self,
+        &mut self,
         exclude: Option<PeerKey>,
         max: usize,
         rng: &mut impl Rng,
@@ -523,43 +549,37 @@ impl PeerTable {
         let mut senior_until = None;
         if take < available {
             let seniors = take.div_ceil(2);
-            let stopped = SENIORS.with(|heap| {
-                let mut heap = heap.borrow_mut();
-                heap.clear();
-                // The `seniors` smallest (seq, index) pairs: a bounded
-                // max-heap, one pass over the records.
+            // One more than needed: the requester may be among them.
+            let want = (seniors + 1).min(n);
+            if self.senior_cut.is_none() || self.senior_count < want {
+                self.compute_seniors(want + SENIOR_SLACK);
+            }
+            let cut = self.senior_cut.unwrap_or(0);
+            let stopped = SENIORS.with(|cell| {
+                let (_, found) = &mut *cell.borrow_mut();
+                found.clear();
                 let seqs = self
                     .v4
                     .iter()
                     .map(|r| r.seq)
                     .chain(self.v6.iter().map(|r| r.seq));
                 for (g, seq) in seqs.enumerate() {
-                    if Some(g) == excluded {
-                        continue;
-                    }
-                    let item = (u64::from(seq) << 32) | g as u64;
-                    if heap.len() < seniors {
-                        heap.push(item);
-                    } else if heap.peek().is_some_and(|&top| item < top) {
-                        heap.pop();
-                        heap.push(item);
+                    if seq <= cut && Some(g) != excluded {
+                        found.push((u64::from(seq) << 32) | g as u64);
                     }
                 }
-                let mut stopped = false;
-                for item in std::mem::take(&mut *heap).into_sorted_vec() {
+                found.sort_unstable();
+                for &item in found.iter().take(seniors) {
                     let g = usize::try_from(item & u64::from(u32::MAX)).unwrap_or(usize::MAX);
                     let (e, seq) = self.at(g);
-                    if !stopped {
-                        if !fits(&e) {
-                            stopped = true;
-                            continue;
-                        }
-                        out.push(e);
-                        added += 1;
-                        senior_until = Some(seq);
+                    if !fits(&e) {
+                        return true;
                     }
+                    out.push(e);
+                    added += 1;
+                    senior_until = Some(seq);
                 }
-                stopped
+                false
             });
             if stopped {
                 return;
@@ -584,20 +604,50 @@ impl PeerTable {
                 break;
             }
             let here = g;
-            g = (g + stride) % n;
+            g += stride;
+            if g >= n {
+                g -= n;
+            }
             if Some(here) == excluded {
                 continue;
             }
-            let (e, seq) = self.at(here);
-            if senior_until.is_some_and(|s| seq <= s) {
-                continue;
+            if let Some(until) = senior_until {
+                let seq = match self.v4.get(here) {
+                    Some(r) => r.seq,
+                    None => self.v6[here - self.v4.len()].seq,
+                };
+                if seq <= until {
+                    continue;
+                }
             }
+            let (e, _) = self.at(here);
             if !fits(&e) {
                 break;
             }
             out.push(e);
             added += 1;
         }
+    }
+}
+
+impl PeerTable {
+    /// Finds the `m` entries listed longest (all when there are fewer).
+    fn compute_seniors(&mut self, m: usize) {
+        let m = m.min(self.len());
+        if m == 0 {
+            self.senior_cut = None;
+            self.senior_count = 0;
+            return;
+        }
+        let cut = SENIORS.with(|cell| {
+            let (seqs, _) = &mut *cell.borrow_mut();
+            seqs.clear();
+            seqs.extend(self.v4.iter().map(|r| r.seq));
+            seqs.extend(self.v6.iter().map(|r| r.seq));
+            *seqs.select_nth_unstable(m - 1).1
+        });
+        self.senior_cut = Some(cut);
+        self.senior_count = m;
     }
 }
 
@@ -637,7 +687,10 @@ mod tests {
         }
         t.set_relayed((v6.ip(), 7), true);
         assert!(t.is_relayed((v6.ip(), 7)) && !t.is_relayed((v4.ip(), 7)));
-        let got: HashSet<_> = sampled(&t, None, 10).into_iter().map(|e| e.addr).collect();
+        let got: HashSet<_> = sampled(&mut t, None, 10)
+            .into_iter()
+            .map(|e| e.addr)
+            .collect();
         let want: HashSet<_> = [v6, mapped, v4]
             .into_iter()
             .map(|a| SocketAddr::new(a.ip(), 7))
@@ -685,7 +738,7 @@ mod tests {
         t.announce(src(n), key(n).1, state, now)
     }
 
-    fn sampled(t: &PeerTable, exclude: Option<PeerKey>, max: usize) -> Vec<PeerEntry> {
+    fn sampled(t: &mut PeerTable, exclude: Option<PeerKey>, max: usize) -> Vec<PeerEntry> {
         let mut out = Vec::new();
         t.sample(exclude, max, &mut rand::thread_rng(), &mut out, |_| true);
         out
@@ -841,7 +894,7 @@ mod tests {
         let getter = key(99_999);
         let mut seen = HashSet::new();
         for _ in 0..200 {
-            let out = sampled(&t, Some(getter), 50);
+            let out = sampled(&mut t, Some(getter), 50);
             assert_eq!(out.len(), 50);
             let distinct: HashSet<_> = out.iter().map(|e| e.addr).collect();
             assert_eq!(distinct.len(), 50, "no peer twice");
@@ -854,7 +907,7 @@ mod tests {
         // The other half still reaches everyone over time.
         assert!(seen.len() > 1_000, "only {} distinct peers", seen.len());
         // The sharer asking is left out of its own sample.
-        let out = sampled(&t, Some((sharer.ip(), 4000)), 50);
+        let out = sampled(&mut t, Some((sharer.ip(), 4000)), 50);
         assert_eq!(out.len(), 50);
         assert!(out.iter().all(|e| e.addr != sharer_entry));
     }
@@ -913,7 +966,7 @@ mod tests {
             1
         );
         assert_eq!(t.counts(None), (0, 1));
-        let out = sampled(&t, None, 10);
+        let out = sampled(&mut t, None, 10);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].addr.ip(), key(2).0);
     }
@@ -927,7 +980,7 @@ mod tests {
         }
         let mut seen = HashSet::new();
         for _ in 0..200 {
-            let out = sampled(&t, Some(key(0)), 10);
+            let out = sampled(&mut t, Some(key(0)), 10);
             assert_eq!(out.len(), 10);
             let distinct: HashSet<_> = out.iter().map(|e| e.addr).collect();
             assert_eq!(distinct.len(), 10);
@@ -999,6 +1052,18 @@ mod tests {
                 assert_eq!(from_source(&t.v4, r.ip), per[&r.ip] as usize);
             }
             let seeders = t.v4.iter().filter(|r| r.is_complete()).count();
+            // The seniors' cache counts what it says, and a sample is
+            // distinct and leaves the requester out.
+            let excluded = (ip, 3);
+            let out = sampled(&mut t, Some(excluded), 5);
+            if let Some(cut) = t.senior_cut {
+                assert_eq!(t.v4.iter().filter(|r| r.seq <= cut).count(), t.senior_count);
+            }
+            let distinct: HashSet<_> = out.iter().map(|e| e.addr).collect();
+            assert_eq!(distinct.len(), out.len());
+            assert!(out
+                .iter()
+                .all(|e| e.addr != SocketAddr::new(excluded.0, excluded.1)));
             assert_eq!(t.seeders, seeders);
         }
     }

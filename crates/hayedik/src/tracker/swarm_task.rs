@@ -83,15 +83,16 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
     // with the token (a lock) when polled and unregisters when dropped.
     let cancelled = shared.cancel.cancelled();
     tokio::pin!(cancelled);
-    let confirm_timer = tokio::time::sleep_until(confirm_deadline);
-    tokio::pin!(confirm_timer);
+    // Only a pending swarm holds a timer for its confirmation.
+    let mut confirm_timer =
+        (!swarm.is_confirmed()).then(|| Box::pin(tokio::time::sleep_until(confirm_deadline)));
     loop {
         tokio::select! {
             Some((addr, reached)) = recv_probe(&mut probes) => {
                 swarm.probe_finished(addr, reached, Instant::now());
             }
             _ = &mut cancelled => break,
-            _ = &mut confirm_timer, if !swarm.is_confirmed() => {
+            _ = expiry(&mut confirm_timer), if !swarm.is_confirmed() => {
                 // The central tracker reports it once the port is free.
                 drop(socket);
                 let _ = ctx.notes.send(Note::Gone { port, creator, was_pending: true });
@@ -141,6 +142,7 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
                     Effect::Nothing => {}
                     Effect::Announced => swarm.record.last_announce_unix = unix_now(),
                     Effect::Confirmed => {
+                        confirm_timer = None;
                         gauge.gauge.confirmed.store(true, std::sync::atomic::Ordering::Relaxed);
                         shared.stats.confirmed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         swarm.record.last_announce_unix = unix_now();
@@ -178,6 +180,14 @@ type ProbeChannel = (
     mpsc::UnboundedSender<(SocketAddr, Option<bool>)>,
     mpsc::UnboundedReceiver<(SocketAddr, Option<bool>)>,
 );
+
+/// When `timer` fires; never without one.
+async fn expiry(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
 
 /// The next probe result, or never when no probe was ever started.
 async fn recv_probe(probes: &mut Option<ProbeChannel>) -> Option<(SocketAddr, Option<bool>)> {
