@@ -7,6 +7,9 @@
 # default 5), HAYEDIK_BENCH_WINDOW (announces in flight per socket, default 2),
 # HAYEDIK_BENCH_HANDSHAKES (handshakes in flight per socket, default 4),
 # HAYEDIK_BENCH_MAX_SWARMS (cap on swarms created, default 20000),
+# HAYEDIK_BENCH_SWARMS (swarm counts of phase (c), default 1000,10000),
+# HAYEDIK_BENCH_BASELINE (another hayedik binary, e.g. main's, measured beside
+# this build in every phase: A/B in one run), HAYEDIK_BENCH_ROUNDS (default 3),
 # HAYEDIK_BENCH_OPENTRACKER=0 (skip opentracker), HAYEDIK_BENCH_NICE=0 (do not
 # raise the priority of the tracker and the generator).
 set -euo pipefail

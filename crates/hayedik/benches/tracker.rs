@@ -18,7 +18,14 @@
 //! (utime + stime) before and after the measured interval: `getrusage`'s
 //! `RUSAGE_CHILDREN` only counts children that were waited for.
 //!
+//! Phases (b) and (c) also report memory: bytes per idle swarm and per
+//! listed peer (VmRSS before and after), descriptors per swarm, and how many
+//! swarms the tracker's open-file limit allows (docs/performance.md).
+//!
 //! Environment: `HAYEDIK_BENCH_SECS` (measured seconds per phase, default 5),
+//! `HAYEDIK_BENCH_SWARMS` (swarm counts of phase (c), default `1000,10000`),
+//! `HAYEDIK_BENCH_BASELINE` (path of another hayedik binary, e.g. main's,
+//! run beside this build in every phase: an A/B comparison in one run),
 //! `HAYEDIK_BENCH_WINDOW` (requests in flight per socket, default 2),
 //! `HAYEDIK_BENCH_MAX_SWARMS` (cap on swarms created in phase (a), default
 //! 20,000: each holds a port), `HAYEDIK_BENCH_OPENTRACKER=0` (skip it).
@@ -39,8 +46,16 @@ const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 const WANTED: u16 = 50;
 /// A socket whose requests got no reply for this long counts them as lost.
 const LOST_AFTER: Duration = Duration::from_millis(100);
-/// Upper bound on any setup step (creating swarms, CONNECTs, warm-up).
+/// Upper bound on any setup step (creating swarms, CONNECTs, warm-up), per
+/// 1,000 swarms (at least one).
 const SETUP_LIMIT: Duration = Duration::from_secs(60);
+
+fn setup_limit(swarms: usize) -> Duration {
+    SETUP_LIMIT
+        * u32::try_from(swarms.div_ceil(1000))
+            .unwrap_or(u32::MAX)
+            .max(1)
+}
 /// BEP 15's protocol id, in a CONNECT.
 const BEP15_MAGIC: u64 = 0x417_2710_1980;
 
@@ -51,13 +66,16 @@ fn main() {
     let _autogroup = pin.boost_session();
     println!("hayedik tracker benchmark");
     println!(
-        "  {} rounds of {} s per phase, {} peers per swarm, {} swarms in (c), {} requests in flight per socket",
+        "  {} rounds of {} s per phase, {} peers per swarm, {:?} swarms in (c), {} requests in flight per socket",
         settings.rounds,
         settings.secs.as_secs_f64(),
         settings.peers,
         settings.swarms,
         settings.window
     );
+    if let Some(b) = &settings.baseline {
+        println!("  baseline: {b} (HAYEDIK_BENCH_BASELINE), run beside this build in every phase");
+    }
     println!(
         "  (a) stops at {} swarms (each holds a port and a descriptor); {} handshakes in flight per socket",
         settings.max_creations, settings.handshakes
@@ -90,22 +108,32 @@ fn main() {
         }
     };
     let rounds = settings.rounds;
+    let mut hayediks = vec![("hayedik", env!("CARGO_BIN_EXE_hayedik"))];
+    if let Some(b) = &settings.baseline {
+        hayediks.push(("baseline", b.as_str()));
+    }
     for round in 1..=rounds {
-        record(
-            &format!("(a) hayedik, round {round}/{rounds}"),
-            hayedik_creations(&settings, &pin),
-        );
+        for &(name, bin) in &hayediks {
+            record(
+                &format!("(a) {name}, round {round}/{rounds}"),
+                hayedik_creations(&settings, &pin, name, bin),
+            );
+        }
     }
     let mut opentracker_ok = settings.opentracker;
-    for swarms in [1, settings.swarms] {
+    let mut phases = vec![1];
+    phases.extend(settings.swarms.iter().copied());
+    for &swarms in &phases {
         let phase = &phase_name(swarms)[..3];
-        // Alternate the two trackers, so that both see the same moments of
+        // Alternate the trackers, so that all see the same moments of
         // whatever else the machine is doing.
         for round in 1..=rounds {
-            record(
-                &format!("{phase} hayedik, round {round}/{rounds}"),
-                hayedik_announces(&settings, &pin, swarms),
-            );
+            for &(name, bin) in &hayediks {
+                record(
+                    &format!("{phase} {name}, round {round}/{rounds}"),
+                    hayedik_announces(&settings, &pin, swarms, name, bin),
+                );
+            }
             if opentracker_ok {
                 let r = opentracker_announces(&settings, &pin, swarms);
                 if let Err(e) = &r {
@@ -122,7 +150,8 @@ fn main() {
     }
     let medians = medians(&figures);
     print_table(&medians);
-    print_ratios(&medians);
+    print_memory(&medians);
+    print_ratios(&medians, &phases);
     println!();
     println!("one reply of each announce phase (after the warm-up):");
     for m in medians.iter().filter(|m| !m.figure.reply.is_empty()) {
@@ -143,9 +172,13 @@ struct Settings {
     handshakes: usize,
     rounds: usize,
     peers: usize,
-    swarms: usize,
+    /// Swarm counts of phase (c) (`HAYEDIK_BENCH_SWARMS`, default 1000,10000).
+    swarms: Vec<usize>,
     max_creations: usize,
     opentracker: bool,
+    /// Another hayedik binary run beside this one (`HAYEDIK_BENCH_BASELINE`),
+    /// e.g. main's, for an A/B comparison in the same run.
+    baseline: Option<String>,
 }
 
 impl Settings {
@@ -163,12 +196,20 @@ impl Settings {
             handshakes: var("HAYEDIK_BENCH_HANDSHAKES", 4usize).clamp(1, 64),
             rounds: var("HAYEDIK_BENCH_ROUNDS", 3usize).clamp(1, 20),
             peers: 100,
-            swarms: 1000,
+            swarms: std::env::var("HAYEDIK_BENCH_SWARMS")
+                .unwrap_or_else(|_| "1000,10000".into())
+                .split(',')
+                .filter_map(|v| v.trim().parse().ok())
+                .map(|n: usize| n.clamp(2, 15_000))
+                .collect(),
             // Each swarm holds a port and a descriptor of the tracker.
             max_creations: var("HAYEDIK_BENCH_MAX_SWARMS", 20_000usize)
                 .min(fd_limit().saturating_sub(1000))
                 .clamp(100, 25_000),
             opentracker: std::env::var("HAYEDIK_BENCH_OPENTRACKER").as_deref() != Ok("0"),
+            baseline: std::env::var("HAYEDIK_BENCH_BASELINE")
+                .ok()
+                .filter(|v| !v.is_empty()),
         }
     }
 }
@@ -312,6 +353,29 @@ impl Tracker {
         line.split_whitespace().nth(1)?.parse().ok()
     }
 
+    /// Resident memory now (VmRSS) in KiB.
+    fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Open descriptors now.
+    fn fds(&self) -> Option<usize> {
+        Some(
+            std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+                .ok()?
+                .count(),
+        )
+    }
+
+    /// Its soft limit on open files.
+    fn fd_limit(&self) -> Option<u64> {
+        let limits = std::fs::read_to_string(format!("/proc/{}/limits", self.pid())).ok()?;
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line.split_whitespace().nth(3)?.parse().ok()
+    }
+
     /// The program's name as the kernel sees it (taskset execs it in place).
     fn comm(&self) -> String {
         std::fs::read_to_string(format!("/proc/{}/comm", self.pid()))
@@ -363,13 +427,12 @@ fn self_cpu_secs() -> f64 {
 
 /// Starts `hayedik tracker` on 127.0.0.1, port 0, caps raised; returns it and
 /// the central tracker's address read from its `listening` event.
-fn start_hayedik(pin: &Pinning) -> Result<(Tracker, SocketAddr), String> {
+fn start_hayedik(pin: &Pinning, bin: &str) -> Result<(Tracker, SocketAddr), String> {
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let log = dir.path().join("stderr.log");
     let stderr = File::create(&log).map_err(|e| format!("log file: {e}"))?;
     let events_path = dir.path().join("events.jsonl");
     let events = File::create(&events_path).map_err(|e| format!("events file: {e}"))?;
-    let bin = env!("CARGO_BIN_EXE_hayedik");
     let mut cmd = pin.command(bin);
     cmd.args(["tracker", "--listen", "127.0.0.1:0", "--json"])
         .args(["--max-swarms-per-ip", "100000"])
@@ -410,7 +473,12 @@ fn start_hayedik(pin: &Pinning) -> Result<(Tracker, SocketAddr), String> {
     let addr: SocketAddr = addr
         .parse()
         .map_err(|e| format!("bad listening address {addr}: {e}"))?;
-    if tracker.comm() != "hayedik" {
+    // The kernel keeps the first 15 bytes of the program's file name.
+    let name: String = Path::new(bin)
+        .file_name()
+        .map(|n| n.to_string_lossy().chars().take(15).collect())
+        .unwrap_or_default();
+    if tracker.comm() != name {
         println!(
             "  warning: pid {} is '{}', not hayedik: CPU figures may be wrong",
             tracker.pid(),
@@ -1063,6 +1131,25 @@ struct Figure {
     peak_rss_kib: Option<u64>,
     /// What one reply held, to show both trackers answer alike.
     reply: String,
+    mem: Option<Memory>,
+}
+
+/// Memory and descriptors of an announce phase, from VmRSS and /proc/PID/fd
+/// read before the swarms were created, after, and once every peer was
+/// listed.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    swarms: usize,
+    peers: usize,
+    /// Bytes per idle swarm: created and bound, nobody listed (hayedik only:
+    /// opentracker creates a torrent at its first announce).
+    per_swarm: Option<f64>,
+    /// Bytes per listed peer (opentracker: torrents included).
+    per_peer: f64,
+    /// Descriptors per swarm (hayedik: one socket each).
+    fds_per_swarm: Option<f64>,
+    /// The tracker's soft limit on open files.
+    fd_limit: Option<u64>,
 }
 
 impl Figure {
@@ -1101,17 +1188,23 @@ fn measure(
         generator_cpu: gen1 - gen0,
         peak_rss_kib: tracker.peak_rss_kib(),
         reply: String::new(),
+        mem: None,
     }
 }
 
 /// Phase (a): full handshakes for `secs` (or until the cap on swarms).
-fn hayedik_creations(s: &Settings, pin: &Pinning) -> Result<Figure, String> {
-    let (tracker, central) = start_hayedik(pin)?;
+fn hayedik_creations(
+    s: &Settings,
+    pin: &Pinning,
+    name: &'static str,
+    bin: &str,
+) -> Result<Figure, String> {
+    let (tracker, central) = start_hayedik(pin, bin)?;
     let socks = sockets(16)?;
     let mut w = Handshakes::new(central, socks.len(), s.max_creations, None);
     let f = measure(
         "(a) swarm creations",
-        "hayedik",
+        name,
         "swarms",
         &tracker,
         &socks,
@@ -1129,7 +1222,8 @@ fn phase_name(swarms: usize) -> &'static str {
     if swarms == 1 {
         "(b) 1 swarm x 100 peers"
     } else {
-        "(c) 1,000 swarms x 100 peers"
+        // A handful of names per run: leaking them is fine.
+        Box::leak(format!("(c) {} swarms x 100 peers", thousands(swarms as f64)).into_boxed_str())
     }
 }
 
@@ -1142,12 +1236,20 @@ fn swarm_keys(swarms: usize) -> Vec<[u8; 32]> {
 /// Phases (b) and (c) on hayedik: create and bind `swarms` swarms, CONNECT
 /// every peer to every swarm, announce each peer once everywhere, then
 /// measure.
-fn hayedik_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<Figure, String> {
-    let (tracker, central) = start_hayedik(pin)?;
+fn hayedik_announces(
+    s: &Settings,
+    pin: &Pinning,
+    swarms: usize,
+    name: &'static str,
+    bin: &str,
+) -> Result<Figure, String> {
+    let (tracker, central) = start_hayedik(pin, bin)?;
     let keys = swarm_keys(swarms);
+    settle();
+    let (rss0, fds0) = (tracker.rss_kib(), tracker.fds());
     let setup = sockets(8)?;
     let mut hs = Handshakes::new(central, setup.len(), swarms, Some(keys.clone()));
-    drive(&setup, &mut hs, 4, Instant::now() + SETUP_LIMIT);
+    drive(&setup, &mut hs, 4, Instant::now() + setup_limit(swarms));
     if hs.created.len() < swarms {
         return Err(format!(
             "setup: only {} of {swarms} swarms created",
@@ -1155,9 +1257,16 @@ fn hayedik_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<Figur
         ));
     }
     let targets = hs.swarms_by_key();
+    settle();
+    let (rss1, fds1) = (tracker.rss_kib(), tracker.fds());
     let peers = sockets(s.peers)?;
     let mut connects = Connects::new(Proto::Hayedik, targets.clone(), peers.len());
-    drive(&peers, &mut connects, 8, Instant::now() + SETUP_LIMIT);
+    drive(
+        &peers,
+        &mut connects,
+        8,
+        Instant::now() + setup_limit(swarms),
+    );
     if !connects.finished() {
         return Err(format!(
             "setup: only {} of {} CONNECTs answered",
@@ -1167,10 +1276,26 @@ fn hayedik_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<Figur
     }
     let mut w = Announces::new(Proto::Hayedik, targets, keys, &connects, &peers);
     warm_up(&peers, &mut w, s.window, (s.peers * swarms) as u64);
+    settle();
+    let rss2 = tracker.rss_kib();
+    let listed = s.peers * swarms;
+    let mem = match (rss0, rss1, rss2) {
+        (Some(r0), Some(r1), Some(r2)) => Some(Memory {
+            swarms,
+            peers: listed,
+            per_swarm: Some((r1 as f64 - r0 as f64) * 1024.0 / swarms as f64),
+            per_peer: (r2 as f64 - r1 as f64) * 1024.0 / listed as f64,
+            fds_per_swarm: fds0
+                .zip(fds1)
+                .map(|(a, b)| (b as f64 - a as f64) / swarms as f64),
+            fd_limit: tracker.fd_limit(),
+        }),
+        _ => None,
+    };
     let reply = one_reply(&peers[1], &mut w);
     let mut f = measure(
         phase_name(swarms),
-        "hayedik",
+        name,
         "announces",
         &tracker,
         &peers,
@@ -1179,7 +1304,13 @@ fn hayedik_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<Figur
         s.secs,
     );
     f.reply = reply;
+    f.mem = mem;
     Ok(f)
+}
+
+/// Lets the tracker finish what it was doing before its memory is read.
+fn settle() {
+    std::thread::sleep(Duration::from_millis(200));
 }
 
 /// Every peer announces once in every swarm (so each swarm has its 100
@@ -1187,7 +1318,8 @@ fn hayedik_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<Figur
 /// that the measured phase does not count them.
 fn warm_up(peers: &[UdpSocket], w: &mut Announces, window: usize, pairs: u64) {
     w.limit = Some(pairs);
-    drive(peers, w, window, Instant::now() + SETUP_LIMIT);
+    let swarms = usize::try_from(pairs / 100).unwrap_or(usize::MAX);
+    drive(peers, w, window, Instant::now() + setup_limit(swarms));
     w.limit = None;
     drive(
         peers,
@@ -1274,9 +1406,16 @@ fn opentracker_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<F
         })
         .collect();
     let (tracker, addr) = start_opentracker(pin, &hashes)?;
+    settle();
+    let rss0 = tracker.rss_kib();
     let peers = sockets(s.peers)?;
     let mut connects = Connects::new(Proto::Bep15, vec![addr], peers.len());
-    drive(&peers, &mut connects, 1, Instant::now() + SETUP_LIMIT);
+    drive(
+        &peers,
+        &mut connects,
+        1,
+        Instant::now() + setup_limit(swarms),
+    );
     if !connects.finished() {
         return Err(format!(
             "setup: only {} of {} CONNECTs answered",
@@ -1287,6 +1426,16 @@ fn opentracker_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<F
     let targets = vec![addr; swarms];
     let mut w = Announces::new(Proto::Bep15, targets, keys, &connects, &peers);
     warm_up(&peers, &mut w, s.window, (s.peers * swarms) as u64);
+    settle();
+    let listed = s.peers * swarms;
+    let mem = rss0.zip(tracker.rss_kib()).map(|(r0, r2)| Memory {
+        swarms,
+        peers: listed,
+        per_swarm: None,
+        per_peer: (r2 as f64 - r0 as f64) * 1024.0 / listed as f64,
+        fds_per_swarm: None,
+        fd_limit: tracker.fd_limit(),
+    });
     let reply = one_reply(&peers[1], &mut w);
     let mut f = measure(
         phase_name(swarms),
@@ -1299,6 +1448,7 @@ fn opentracker_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<F
         s.secs,
     );
     f.reply = reply;
+    f.mem = mem;
     Ok(f)
 }
 
@@ -1415,26 +1565,87 @@ fn short_unit(unit: &str) -> &str {
     }
 }
 
-fn print_ratios(medians: &[Median<'_>]) {
+/// Memory per idle swarm and per listed peer, descriptors per swarm, and
+/// the number of swarms the tracker's open-file limit allows.
+fn print_memory(medians: &[Median<'_>]) {
+    let rows: Vec<(&Median<'_>, Memory)> = medians
+        .iter()
+        .filter_map(|m| m.figure.mem.map(|mem| (m, mem)))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!();
+    println!("memory (VmRSS deltas of the median round; KiB pages, so small phases are coarse)");
+    println!(
+        "{:<29} {:<12} {:>14} {:>14} {:>10} {:>12} {:>20}",
+        "phase",
+        "tracker",
+        "B/idle swarm",
+        "B/listed peer",
+        "fd/swarm",
+        "fd limit",
+        "swarms at fd limit"
+    );
+    for (m, mem) in rows {
+        let f = m.figure;
+        let per_swarm = mem.per_swarm.map_or("n/a".into(), |b| format!("{b:.0}"));
+        let fds = mem
+            .fds_per_swarm
+            .map_or("n/a".into(), |b| format!("{b:.2}"));
+        let limit = mem.fd_limit.map_or("n/a".into(), |l| l.to_string());
+        let ceiling = match (mem.fds_per_swarm, mem.fd_limit, mem.per_swarm) {
+            (Some(per), Some(limit), Some(bytes)) if per > 0.0 => {
+                let n = (limit as f64 - 64.0).max(0.0) / per;
+                format!(
+                    "~{} ({:.0} MiB idle)",
+                    thousands(n),
+                    n * bytes / 1024.0 / 1024.0
+                )
+            }
+            _ => "n/a".into(),
+        };
+        println!(
+            "{:<29} {:<12} {:>14} {:>14.1} {:>10} {:>12} {:>20}",
+            f.phase, f.tracker, per_swarm, mem.per_peer, fds, limit, ceiling
+        );
+        let _ = (mem.swarms, mem.peers);
+    }
+    println!("B/idle swarm: (RSS once the swarms are created and bound - RSS before) / swarms");
+    println!(
+        "B/listed peer: (RSS once every peer is listed - RSS before the first listing) / peers"
+    );
+    println!(
+        "               (opentracker: its torrents included; it makes one at the first announce)"
+    );
+    println!(
+        "swarms at fd limit: one socket per swarm (hayedik's port-per-swarm design), 64 kept spare"
+    );
+}
+
+fn print_ratios(medians: &[Median<'_>], phases: &[usize]) {
     let find = |phase: &str, tracker: &str| {
         medians
             .iter()
             .find(|m| m.figure.phase == phase && m.figure.tracker == tracker)
     };
-    let mut printed = false;
-    for phase in [phase_name(1), phase_name(1000)] {
-        let (Some(h), Some(o)) = (find(phase, "hayedik"), find(phase, "opentracker")) else {
-            continue;
-        };
-        if !printed {
-            println!();
-            println!("hayedik / opentracker (medians):");
-            printed = true;
+    for tracker in ["hayedik", "baseline"] {
+        let mut printed = false;
+        for &swarms in phases {
+            let phase = phase_name(swarms);
+            let (Some(h), Some(o)) = (find(phase, tracker), find(phase, "opentracker")) else {
+                continue;
+            };
+            if !printed {
+                println!();
+                println!("{tracker} / opentracker (medians):");
+                printed = true;
+            }
+            println!(
+                "  {phase:<29} rate x{:.2}   CPU per announce x{:.2} (below 1: {tracker} spends less)",
+                h.figure.rate() / o.figure.rate(),
+                h.figure.cpu_per_million() / o.figure.cpu_per_million()
+            );
         }
-        println!(
-            "  {phase:<29} rate x{:.2}   CPU per announce x{:.2} (below 1: hayedik spends less)",
-            h.figure.rate() / o.figure.rate(),
-            h.figure.cpu_per_million() / o.figure.cpu_per_million()
-        );
     }
 }

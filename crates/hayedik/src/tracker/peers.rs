@@ -1,28 +1,35 @@
 //! A swarm's peer table: who is listed, in which state, since and until when.
 //!
+//! The layout is compact, like opentracker's: one sorted `Vec` of small
+//! records per address family (an IPv4 entry is 20 bytes: address, TCP
+//! port, owner port, tenure, last seen, flags), and nothing else per entry:
+//! no hash index, no per-source map, no tenure tree. Lookups are binary
+//! searches; the entries of one source (an IPv4 address, or an IPv6 /64)
+//! are contiguous in address order, so counting them is two more.
+//!
 //! Invariants:
-//! - `index[k] == i` iff `list[i].key == k`: one entry per (IP, TCP port).
-//! - `by_tenure[list[i].seq] == i` for every entry: the entries in the order
-//!   they were first listed (a refresh keeps an entry's place).
-//! - `per_source[s]` is the number of entries whose IP is in source `s` (an
-//!   IPv4 address, or an IPv6 /64); it never exceeds `max_per_source` through
-//!   [`PeerTable::announce`], and sources with no entry have no key.
-//! - `list` is in random order: a newcomer is swapped to a random place.
+//! - `v4` and `v6` are sorted by (IP, TCP port), with one entry per key.
+//!   An IPv4-mapped IPv6 address is stored as its IPv4 address (flag
+//!   `V4_MAPPED` gives its form back).
+//! - every entry has a distinct `seq`: the order it was first listed in (a
+//!   refresh keeps it), smaller is listed longer.
+//! - the entries of one source never exceed `max_per_source` through
+//!   [`PeerTable::announce`].
 //! - only listed states (downloading, complete) are stored; `seeders` counts
-//!   the `Complete` entries, so counts are O(1).
+//!   the complete entries, so counts are O(1).
 //! - an entry is downgraded (complete to downloading) or removed (states 0
 //!   and 3) only by an announce from the UDP source port that listed it
 //!   (`owner_port`); another process on the same IP may refresh it or mark it
 //!   complete, never delist it.
-//! - an entry whose `last_seen` is older than the expiry is never returned by
+//! - an entry whose `seen` is older than the expiry is never returned by
 //!   [`PeerTable::sample`] once [`PeerTable::expire`] ran; `expire` is called
 //!   by the swarm task on a timer.
 //!
-//! Every map holds at most one key per entry, and entries are capped by
-//! `max_peers`.
+//! Entries are capped by `max_peers`. Inserting or removing moves the
+//! entries after it (a `memmove` of at most `max_peers` * 20 bytes).
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::cell::RefCell;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use hayedik_proto::tracker::{PeerEntry, PeerState};
@@ -31,39 +38,103 @@ use rand::Rng;
 /// A peer is identified by the source IP of its announces and its TCP port.
 pub type PeerKey = (IpAddr, u16);
 
-/// Where announces come from, for the per-source cap: an IPv4 address, or
-/// the /64 of an IPv6 address (one household or LAN gets a whole /64).
-/// IPv4-mapped IPv6 addresses count as their IPv4 address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Source(IpAddr);
+/// Entry flags (one byte per entry).
+const COMPLETE: u8 = 1;
+/// Reachable only through the tracker's relay (its latest ANNOUNCE_X said so).
+const RELAYED: u8 = 1 << 1;
+/// Reachable at a port its router forwards (its latest ANNOUNCE_X said so).
+const MAPPED: u8 = 1 << 2;
+/// Announced from an IPv4-mapped IPv6 address (a dual-stack socket): listed
+/// in that form.
+const V4_MAPPED: u8 = 1 << 3;
+// Bits 4 to 7 are free for later per-entry flags (e.g. "punchable").
 
-impl Source {
-    pub fn of(ip: IpAddr) -> Source {
-        match ip.to_canonical() {
-            IpAddr::V4(v4) => Source(IpAddr::V4(v4)),
-            IpAddr::V6(v6) => {
-                let prefix = u128::from(v6) & !u128::from(u64::MAX);
-                Source(IpAddr::V6(Ipv6Addr::from(prefix)))
-            }
+/// An address family's key: IPv4 as `u32`, IPv6 as `u128`.
+trait Ip: Copy + Ord + std::fmt::Debug {
+    /// The source this address counts against: itself (IPv4) or its /64.
+    fn source(self) -> Self;
+}
+
+impl Ip for u32 {
+    fn source(self) -> Self {
+        self
+    }
+}
+
+impl Ip for u128 {
+    fn source(self) -> Self {
+        self & !u128::from(u64::MAX)
+    }
+}
+
+/// One listed peer.
+#[derive(Debug, Clone, Copy)]
+struct Record<A> {
+    ip: A,
+    /// Order of first listing: smaller is listed longer.
+    seq: u32,
+    /// Milliseconds since the table's `epoch` at the last announce.
+    seen: u32,
+    /// TCP port.
+    port: u16,
+    /// UDP source port of the announce that listed the entry.
+    owner_port: u16,
+    flags: u8,
+}
+
+impl<A: Ip> Record<A> {
+    fn key(&self) -> (A, u16) {
+        (self.ip, self.port)
+    }
+
+    fn is_complete(&self) -> bool {
+        self.flags & COMPLETE != 0
+    }
+}
+
+/// Where `(ip, port)` is in `list`, or where it would go.
+fn find<A: Ip>(list: &[Record<A>], ip: A, port: u16) -> Result<usize, usize> {
+    list.binary_search_by(|r| r.key().cmp(&(ip, port)))
+}
+
+/// How many entries of `list` count against the source of `ip`.
+fn from_source<A: Ip>(list: &[Record<A>], ip: A) -> usize {
+    let source = ip.source();
+    let lo = list.partition_point(|r| r.ip.source() < source);
+    let hi = list.partition_point(|r| r.ip.source() <= source);
+    hi - lo
+}
+
+/// An IP as the table stores it.
+#[derive(Debug, Clone, Copy)]
+enum Key {
+    V4 { ip: u32, mapped: bool },
+    V6(u128),
+}
+
+impl Key {
+    fn of(ip: IpAddr) -> Key {
+        match ip {
+            IpAddr::V4(v4) => Key::V4 {
+                ip: u32::from(v4),
+                mapped: false,
+            },
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Key::V4 {
+                    ip: u32::from(v4),
+                    mapped: true,
+                },
+                None => Key::V6(u128::from(v6)),
+            },
         }
     }
 }
 
-#[derive(Debug, Clone)]
-struct Record {
-    key: PeerKey,
-    state: PeerState,
-    last_seen: Instant,
-    /// Order of first listing: smaller is listed longer.
-    seq: u64,
-    /// UDP source port of the announce that listed the entry.
-    owner_port: u16,
-    /// Reachable only through the tracker's relay (its latest ANNOUNCE_X
-    /// said so).
-    relayed: bool,
-    /// Reachable at a port its router forwards (its latest ANNOUNCE_X said
-    /// so).
-    mapped: bool,
+/// Where an entry is: which list, which index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    V4(usize),
+    V6(usize),
 }
 
 /// What an announce did to the table.
@@ -86,15 +157,30 @@ pub enum Update {
 /// The peers of one swarm.
 #[derive(Debug)]
 pub struct PeerTable {
-    list: Vec<Record>,
-    index: HashMap<PeerKey, usize, foldhash::fast::RandomState>,
-    per_source: HashMap<Source, u32, foldhash::fast::RandomState>,
-    by_tenure: BTreeMap<u64, usize>,
-    next_seq: u64,
-    rng: rand::rngs::SmallRng,
+    v4: Vec<Record<u32>>,
+    v6: Vec<Record<u128>>,
+    /// Zero of the `seen` clock; moved forward by [`PeerTable::expire`]
+    /// before the millisecond count could overflow.
+    epoch: Instant,
+    next_seq: u32,
+    /// The entries with a `seq` up to this one are the `senior_count`
+    /// listed longest (none: not computed). Kept so that a sample finds the
+    /// longest listed with one comparison per entry; computed again (one
+    /// selection over the table) when a sample needs more than are left.
+    senior_cut: Option<u32>,
+    senior_count: usize,
     seeders: usize,
     max_peers: usize,
     max_per_source: usize,
+}
+
+/// Seniors computed beyond what a sample needs, so that a few leaving do not
+/// make the next sample compute them again.
+const SENIOR_SLACK: usize = 8;
+
+thread_local! {
+    /// The sampler's scratch: tenures, then (seq << 32 | global index).
+    static SENIORS: RefCell<(Vec<u32>, Vec<u64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 impl PeerTable {
@@ -102,12 +188,12 @@ impl PeerTable {
     /// them from one IPv4 address or IPv6 /64.
     pub fn new(max_peers: usize, max_per_source: usize) -> Self {
         Self {
-            list: Vec::new(),
-            index: HashMap::default(),
-            per_source: HashMap::default(),
-            by_tenure: BTreeMap::new(),
+            v4: Vec::new(),
+            v6: Vec::new(),
+            epoch: Instant::now(),
             next_seq: 0,
-            rng: rand::SeedableRng::from_entropy(),
+            senior_cut: None,
+            senior_count: 0,
             seeders: 0,
             max_peers,
             max_per_source,
@@ -115,21 +201,47 @@ impl PeerTable {
     }
 
     pub fn len(&self) -> usize {
-        self.list.len()
+        self.v4.len() + self.v6.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
+        self.len() == 0
+    }
+
+    fn tick(&self, now: Instant) -> u32 {
+        u32::try_from(now.saturating_duration_since(self.epoch).as_millis()).unwrap_or(u32::MAX)
+    }
+
+    fn slot(&self, key: PeerKey) -> Option<Slot> {
+        match Key::of(key.0) {
+            Key::V4 { ip, .. } => find(&self.v4, ip, key.1).ok().map(Slot::V4),
+            Key::V6(ip) => find(&self.v6, ip, key.1).ok().map(Slot::V6),
+        }
+    }
+
+    fn flags(&self, slot: Slot) -> u8 {
+        match slot {
+            Slot::V4(i) => self.v4[i].flags,
+            Slot::V6(i) => self.v6[i].flags,
+        }
+    }
+
+    fn flags_mut(&mut self, slot: Slot) -> &mut u8 {
+        match slot {
+            Slot::V4(i) => &mut self.v4[i].flags,
+            Slot::V6(i) => &mut self.v6[i].flags,
+        }
     }
 
     /// Seeders and partial sources, not counting `exclude`.
     pub fn counts(&self, exclude: Option<PeerKey>) -> (u32, u32) {
         let mut seeders = self.seeders;
-        let mut partials = self.list.len() - self.seeders;
-        if let Some(i) = exclude.and_then(|k| self.index.get(&k)) {
-            match self.list[*i].state {
-                PeerState::Complete => seeders -= 1,
-                _ => partials -= 1,
+        let mut partials = self.len() - self.seeders;
+        if let Some(slot) = exclude.and_then(|k| self.slot(k)) {
+            if self.flags(slot) & COMPLETE != 0 {
+                seeders -= 1;
+            } else {
+                partials -= 1;
             }
         }
         (
@@ -147,136 +259,261 @@ impl PeerTable {
         state: PeerState,
         now: Instant,
     ) -> Update {
-        let key = (src.ip(), port);
-        if let Some(&i) = self.index.get(&key) {
-            let r = &mut self.list[i];
-            if r.owner_port != src.port() {
-                // Another socket of the same IP (behind the same NAT, or
-                // another process of the same host): it may refresh the
-                // entry or mark it complete (what a peer whose NAT mapping
-                // changed sends), never downgrade or remove it.
-                let upgrade = r.state != PeerState::Complete && state == PeerState::Complete;
-                if state != r.state && !upgrade {
-                    return Update::NotOwner;
+        let seen = self.tick(now);
+        let key = Key::of(src.ip());
+        let found = match key {
+            Key::V4 { ip, .. } => find(&self.v4, ip, port).map(Slot::V4).map_err(Slot::V4),
+            Key::V6(ip) => find(&self.v6, ip, port).map(Slot::V6).map_err(Slot::V6),
+        };
+        let complete = state == PeerState::Complete;
+        match found {
+            Ok(slot) => {
+                let (owner_port, was_complete) = match slot {
+                    Slot::V4(i) => (self.v4[i].owner_port, self.v4[i].is_complete()),
+                    Slot::V6(i) => (self.v6[i].owner_port, self.v6[i].is_complete()),
+                };
+                if owner_port != src.port() {
+                    // Another socket of the same IP (behind the same NAT, or
+                    // another process of the same host): it may refresh the
+                    // entry or mark it complete (what a peer whose NAT mapping
+                    // changed sends), never downgrade or remove it.
+                    let same = state.is_listed() && complete == was_complete;
+                    let upgrade = !was_complete && complete;
+                    if !same && !upgrade {
+                        return Update::NotOwner;
+                    }
+                }
+                if !state.is_listed() {
+                    self.remove(slot);
+                    return Update::NotListed;
+                }
+                if was_complete && !complete {
+                    self.seeders -= 1;
+                } else if !was_complete && complete {
+                    self.seeders += 1;
+                }
+                match slot {
+                    Slot::V4(i) => self.v4[i].seen = seen,
+                    Slot::V6(i) => self.v6[i].seen = seen,
+                }
+                let flags = self.flags_mut(slot);
+                *flags = (*flags & !COMPLETE) | if complete { COMPLETE } else { 0 };
+                Update::Listed
+            }
+            Err(at) => {
+                if !state.is_listed() {
+                    return Update::NotListed;
+                }
+                if self.len() >= self.max_peers {
+                    return Update::Full;
+                }
+                let same_source = match key {
+                    Key::V4 { ip, .. } => from_source(&self.v4, ip),
+                    Key::V6(ip) => from_source(&self.v6, ip),
+                };
+                if same_source >= self.max_per_source {
+                    return Update::SourceFull;
+                }
+                let seq = self.take_seq();
+                let mut flags = if complete { COMPLETE } else { 0 };
+                if complete {
+                    self.seeders += 1;
+                }
+                match (key, at) {
+                    (Key::V4 { ip, mapped }, Slot::V4(i)) => {
+                        if mapped {
+                            flags |= V4_MAPPED;
+                        }
+                        let r = Record {
+                            ip,
+                            seq,
+                            seen,
+                            port,
+                            owner_port: src.port(),
+                            flags,
+                        };
+                        self.v4.insert(i, r);
+                    }
+                    (Key::V6(ip), Slot::V6(i)) => {
+                        let r = Record {
+                            ip,
+                            seq,
+                            seen,
+                            port,
+                            owner_port: src.port(),
+                            flags,
+                        };
+                        self.v6.insert(i, r);
+                    }
+                    // `at` comes from the list of `key`'s family.
+                    _ => {}
+                }
+                Update::Listed
+            }
+        }
+    }
+
+    /// The next tenure number; renumbers the entries (keeping their order)
+    /// in the unlikely case the counter ran out.
+    fn take_seq(&mut self) -> u32 {
+        if self.next_seq == u32::MAX {
+            let mut order: Vec<(u32, Slot)> = self
+                .v4
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (r.seq, Slot::V4(i)))
+                .chain(
+                    self.v6
+                        .iter()
+                        .enumerate()
+                        .map(|(i, r)| (r.seq, Slot::V6(i))),
+                )
+                .collect();
+            order.sort_unstable_by_key(|&(seq, _)| seq);
+            for (n, &(_, slot)) in (0u32..).zip(order.iter()) {
+                match slot {
+                    Slot::V4(i) => self.v4[i].seq = n,
+                    Slot::V6(i) => self.v6[i].seq = n,
                 }
             }
-            if !state.is_listed() {
-                self.remove(key);
-                return Update::NotListed;
-            }
-            let r = &mut self.list[i];
-            if r.state == PeerState::Complete && state != PeerState::Complete {
-                self.seeders -= 1;
-            } else if r.state != PeerState::Complete && state == PeerState::Complete {
-                self.seeders += 1;
-            }
-            r.state = state;
-            r.last_seen = now;
-            return Update::Listed;
-        }
-        if !state.is_listed() {
-            return Update::NotListed;
-        }
-        if self.list.len() >= self.max_peers {
-            return Update::Full;
-        }
-        let source = Source::of(key.0);
-        let from_source = self.per_source.get(&source).copied().unwrap_or(0);
-        if usize::try_from(from_source).unwrap_or(usize::MAX) >= self.max_per_source {
-            return Update::SourceFull;
-        }
-        *self.per_source.entry(source).or_insert(0) += 1;
-        if state == PeerState::Complete {
-            self.seeders += 1;
+            self.next_seq = u32::try_from(order.len()).unwrap_or(u32::MAX - 1);
+            self.senior_cut = None;
+            self.senior_count = 0;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        let at = self.list.len();
-        self.list.push(Record {
-            key,
-            state,
-            last_seen: now,
-            seq,
-            owner_port: src.port(),
-            relayed: false,
-            mapped: false,
-        });
-        self.place(at);
-        // Keep the list in random order: swap the newcomer to a random place.
-        let j = self.rng.gen_range(0..=at);
-        if j != at {
-            self.list.swap(j, at);
-            self.place(j);
-            self.place(at);
-        }
-        Update::Listed
+        seq
     }
 
-    /// Points the indexes at `list[i]`.
-    fn place(&mut self, i: usize) {
-        let r = &self.list[i];
-        self.index.insert(r.key, i);
-        self.by_tenure.insert(r.seq, i);
-    }
-
-    fn remove(&mut self, key: PeerKey) {
-        let Some(i) = self.index.remove(&key) else {
-            return;
-        };
-        let r = self.list.swap_remove(i);
-        self.by_tenure.remove(&r.seq);
-        let source = Source::of(r.key.0);
-        if let Some(n) = self.per_source.get_mut(&source) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_source.remove(&source);
+    fn remove(&mut self, slot: Slot) {
+        let (complete, seq) = match slot {
+            Slot::V4(i) => {
+                let r = self.v4.remove(i);
+                (r.is_complete(), r.seq)
             }
+            Slot::V6(i) => {
+                let r = self.v6.remove(i);
+                (r.is_complete(), r.seq)
+            }
+        };
+        if self.senior_cut.is_some_and(|cut| seq <= cut) {
+            self.senior_count -= 1;
         }
-        if r.state == PeerState::Complete {
+        if complete {
             self.seeders -= 1;
         }
-        if i < self.list.len() {
-            self.place(i);
+        self.shrink();
+    }
+
+    /// Gives memory back when a list emptied to under a quarter.
+    fn shrink(&mut self) {
+        if self.v4.capacity() > 16 && self.v4.len() < self.v4.capacity() / 4 {
+            self.v4.shrink_to(self.v4.len() * 2);
         }
+        if self.v6.capacity() > 16 && self.v6.len() < self.v6.capacity() / 4 {
+            self.v6.shrink_to(self.v6.len() * 2);
+        }
+    }
+
+    fn set_flag(&mut self, key: PeerKey, flag: u8, on: bool) {
+        if let Some(slot) = self.slot(key) {
+            let flags = self.flags_mut(slot);
+            *flags = (*flags & !flag) | if on { flag } else { 0 };
+        }
+    }
+
+    fn has_flag(&self, key: PeerKey, flag: u8) -> bool {
+        self.slot(key)
+            .is_some_and(|slot| self.flags(slot) & flag != 0)
     }
 
     /// Marks a listed peer as reachable only through the relay, or not.
     pub fn set_relayed(&mut self, key: PeerKey, relayed: bool) {
-        if let Some(&i) = self.index.get(&key) {
-            self.list[i].relayed = relayed;
-        }
+        self.set_flag(key, RELAYED, relayed);
     }
 
     /// Marks a listed peer as reachable at a mapped port, or not.
     pub fn set_mapped(&mut self, key: PeerKey, mapped: bool) {
-        if let Some(&i) = self.index.get(&key) {
-            self.list[i].mapped = mapped;
-        }
+        self.set_flag(key, MAPPED, mapped);
     }
 
     /// Whether a listed peer is reachable at a mapped port.
     pub fn is_mapped(&self, key: PeerKey) -> bool {
-        self.index.get(&key).is_some_and(|&i| self.list[i].mapped)
+        self.has_flag(key, MAPPED)
     }
 
     /// Whether a listed peer is reachable only through the relay.
     pub fn is_relayed(&self, key: PeerKey) -> bool {
-        self.index.get(&key).is_some_and(|&i| self.list[i].relayed)
+        self.has_flag(key, RELAYED)
     }
 
     /// Drops every peer not seen since `now - max_age`; returns how many.
     pub fn expire(&mut self, now: Instant, max_age: Duration) -> usize {
-        let before = self.list.len();
-        let mut i = 0;
-        while i < self.list.len() {
-            if now.saturating_duration_since(self.list[i].last_seen) > max_age {
-                let key = self.list[i].key;
-                self.remove(key);
-            } else {
-                i += 1;
+        let before = self.len();
+        let now_tick = self.tick(now);
+        let max_age = u32::try_from(max_age.as_millis()).unwrap_or(u32::MAX);
+        let fresh = |seen: u32| now_tick.saturating_sub(seen) <= max_age;
+        self.v4.retain(|r| fresh(r.seen));
+        self.v6.retain(|r| fresh(r.seen));
+        if self.len() != before {
+            self.senior_cut = None;
+            self.senior_count = 0;
+        }
+        self.seeders = self.v4.iter().filter(|r| r.is_complete()).count()
+            + self.v6.iter().filter(|r| r.is_complete()).count();
+        self.shrink();
+        // Move the epoch forward long before the u32 of milliseconds (49
+        // days) runs out: every entry left was seen within `max_age`.
+        if now_tick > 1 << 31 {
+            let shift = now_tick.saturating_sub(max_age);
+            self.epoch += Duration::from_millis(u64::from(shift));
+            for r in &mut self.v4 {
+                r.seen = r.seen.saturating_sub(shift);
+            }
+            for r in &mut self.v6 {
+                r.seen = r.seen.saturating_sub(shift);
             }
         }
-        before - self.list.len()
+        before - self.len()
+    }
+
+    /// The entry at global index `g` (IPv4 entries first, then IPv6), and
+    /// its tenure.
+    fn at(&self, g: usize) -> (PeerEntry, u32) {
+        let state = |flags: u8| {
+            if flags & COMPLETE != 0 {
+                PeerState::Complete
+            } else {
+                PeerState::Downloading
+            }
+        };
+        match self.v4.get(g) {
+            Some(r) => {
+                let v4 = Ipv4Addr::from(r.ip);
+                let ip = if r.flags & V4_MAPPED != 0 {
+                    IpAddr::V6(v4.to_ipv6_mapped())
+                } else {
+                    IpAddr::V4(v4)
+                };
+                (
+                    PeerEntry {
+                        addr: SocketAddr::new(ip, r.port),
+                        state: state(r.flags),
+                    },
+                    r.seq,
+                )
+            }
+            None => {
+                let r = &self.v6[g - self.v4.len()];
+                (
+                    PeerEntry {
+                        addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::from(r.ip)), r.port),
+                        state: state(r.flags),
+                    },
+                    r.seq,
+                )
+            }
+        }
     }
 
     /// Up to `max` peers other than `exclude`, appended to `out`: when there
@@ -289,64 +526,101 @@ impl PeerTable {
     /// per-source cap) cannot push it out of every reply; a uniform sample
     /// of 50 out of 2,000 would miss it 97 times in 100.
     pub fn sample(
-        &self,
+        &mut self,
         exclude: Option<PeerKey>,
         max: usize,
         rng: &mut impl Rng,
         out: &mut Vec<PeerEntry>,
         mut fits: impl FnMut(&PeerEntry) -> bool,
     ) {
-        let excluded = exclude.and_then(|k| self.index.get(&k).copied());
-        let n = self.list.len();
+        let excluded = exclude.and_then(|k| self.slot(k)).map(|s| match s {
+            Slot::V4(i) => i,
+            Slot::V6(i) => self.v4.len() + i,
+        });
+        let n = self.len();
         let available = n - usize::from(excluded.is_some());
         let take = max.min(available);
         if take == 0 {
             return;
         }
-        let entry = |r: &Record| PeerEntry {
-            addr: SocketAddr::new(r.key.0, r.key.1),
-            state: r.state,
-        };
         let mut added = 0;
         // Entries with a `seq` up to this one were taken as the longest
         // listed (none when everyone fits).
         let mut senior_until = None;
         if take < available {
-            for &i in self.by_tenure.values() {
-                if added == take.div_ceil(2) {
-                    break;
+            let seniors = take.div_ceil(2);
+            // One more than needed: the requester may be among them.
+            let want = (seniors + 1).min(n);
+            if self.senior_cut.is_none() || self.senior_count < want {
+                self.compute_seniors(want + SENIOR_SLACK);
+            }
+            let cut = self.senior_cut.unwrap_or(0);
+            let stopped = SENIORS.with(|cell| {
+                let (_, found) = &mut *cell.borrow_mut();
+                found.clear();
+                let seqs = self
+                    .v4
+                    .iter()
+                    .map(|r| r.seq)
+                    .chain(self.v6.iter().map(|r| r.seq));
+                for (g, seq) in seqs.enumerate() {
+                    if seq <= cut && Some(g) != excluded {
+                        found.push((u64::from(seq) << 32) | g as u64);
+                    }
                 }
-                if Some(i) == excluded {
-                    continue;
+                found.sort_unstable();
+                for &item in found.iter().take(seniors) {
+                    let g = usize::try_from(item & u64::from(u32::MAX)).unwrap_or(usize::MAX);
+                    let (e, seq) = self.at(g);
+                    if !fits(&e) {
+                        return true;
+                    }
+                    out.push(e);
+                    added += 1;
+                    senior_until = Some(seq);
                 }
-                let r = &self.list[i];
-                let e = entry(r);
-                if !fits(&e) {
-                    return;
-                }
-                out.push(e);
-                added += 1;
-                senior_until = Some(r.seq);
+                false
+            });
+            if stopped {
+                return;
             }
         }
-        // The list is kept in random order (each new peer lands at a random
-        // position), so a window from a random start is a fair sample of the
-        // rest, and costs no allocation and one random number.
-        let start = if take == available {
-            0
+        // The rest: every index once, in the order start, start + stride,
+        // ... (mod n) with a random start and a random stride coprime with
+        // n, so every entry is equally likely to be in the window, and
+        // neighbours in address order (one provider's range) are spread.
+        let (start, stride) = if take == available || n < 2 {
+            (0, 1)
         } else {
-            rng.gen_range(0..n)
+            let mut stride = rng.gen_range(1..n);
+            while gcd(stride, n) != 1 {
+                stride = stride % (n - 1) + 1;
+            }
+            (rng.gen_range(0..n), stride)
         };
-        for k in 0..n {
+        let mut g = start;
+        for _ in 0..n {
             if added >= take {
                 break;
             }
-            let i = (start + k) % n;
-            let r = &self.list[i];
-            if Some(i) == excluded || senior_until.is_some_and(|s| r.seq <= s) {
+            let here = g;
+            g += stride;
+            if g >= n {
+                g -= n;
+            }
+            if Some(here) == excluded {
                 continue;
             }
-            let e = entry(r);
+            if let Some(until) = senior_until {
+                let seq = match self.v4.get(here) {
+                    Some(r) => r.seq,
+                    None => self.v6[here - self.v4.len()].seq,
+                };
+                if seq <= until {
+                    continue;
+                }
+            }
+            let (e, _) = self.at(here);
             if !fits(&e) {
                 break;
             }
@@ -356,11 +630,99 @@ impl PeerTable {
     }
 }
 
+impl PeerTable {
+    /// Finds the `m` entries listed longest (all when there are fewer).
+    fn compute_seniors(&mut self, m: usize) {
+        let m = m.min(self.len());
+        if m == 0 {
+            self.senior_cut = None;
+            self.senior_count = 0;
+            return;
+        }
+        let cut = SENIORS.with(|cell| {
+            let (seqs, _) = &mut *cell.borrow_mut();
+            seqs.clear();
+            seqs.extend(self.v4.iter().map(|r| r.seq));
+            seqs.extend(self.v6.iter().map(|r| r.seq));
+            *seqs.select_nth_unstable(m - 1).1
+        });
+        self.senior_cut = Some(cut);
+        self.senior_count = m;
+    }
+}
+
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use std::collections::HashSet;
+    use std::collections::{HashMap, HashSet};
+
+    /// Issue 16, point 7: an IPv4 entry is 20 bytes (opentracker's is 8, but
+    /// has no owner, tenure or flags); the target is 48 bytes per listed
+    /// peer, all costs included.
+    #[test]
+    fn records_are_compact() {
+        assert_eq!(std::mem::size_of::<Record<u32>>(), 20);
+        assert!(std::mem::size_of::<Record<u128>>() <= 32);
+    }
+
+    /// Sampling, counts and flags see IPv6 entries and IPv4-mapped ones in
+    /// the form they were announced in.
+    #[test]
+    fn both_families_and_mapped_addresses() {
+        let now = Instant::now();
+        let mut t = PeerTable::new(100, 4);
+        let v6: SocketAddr = "[2001:db8::7]:9".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:9".parse().unwrap();
+        let v4: SocketAddr = "10.1.2.4:9".parse().unwrap();
+        for a in [v6, mapped, v4] {
+            assert_eq!(t.announce(a, 7, PeerState::Complete, now), Update::Listed);
+        }
+        t.set_relayed((v6.ip(), 7), true);
+        assert!(t.is_relayed((v6.ip(), 7)) && !t.is_relayed((v4.ip(), 7)));
+        let got: HashSet<_> = sampled(&mut t, None, 10)
+            .into_iter()
+            .map(|e| e.addr)
+            .collect();
+        let want: HashSet<_> = [v6, mapped, v4]
+            .into_iter()
+            .map(|a| SocketAddr::new(a.ip(), 7))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(t.counts(Some((mapped.ip(), 7))), (2, 0));
+        assert_eq!(
+            t.announce(v6, 7, PeerState::Leaving, now),
+            Update::NotListed
+        );
+        assert_eq!(t.counts(None), (2, 0));
+    }
+
+    /// The tenure counter running out renumbers, keeping the order.
+    #[test]
+    fn tenure_counter_wraps_safely() {
+        let now = Instant::now();
+        let mut t = PeerTable::new(100, 100);
+        announce(&mut t, 1, PeerState::Complete, now);
+        t.next_seq = u32::MAX - 1;
+        announce(&mut t, 2, PeerState::Complete, now);
+        announce(&mut t, 3, PeerState::Complete, now);
+        let seq = |n: u32| {
+            let ip = match key(n).0 {
+                IpAddr::V4(v4) => u32::from(v4),
+                IpAddr::V6(_) => unreachable!(),
+            };
+            t.v4.iter().find(|r| r.ip == ip).unwrap().seq
+        };
+        assert!(seq(1) < seq(2) && seq(2) < seq(3));
+        assert!(t.next_seq < 10);
+    }
 
     /// Peer `n`: its own IPv4 address, TCP port 1000.
     fn key(n: u32) -> PeerKey {
@@ -376,7 +738,7 @@ mod tests {
         t.announce(src(n), key(n).1, state, now)
     }
 
-    fn sampled(t: &PeerTable, exclude: Option<PeerKey>, max: usize) -> Vec<PeerEntry> {
+    fn sampled(t: &mut PeerTable, exclude: Option<PeerKey>, max: usize) -> Vec<PeerEntry> {
         let mut out = Vec::new();
         t.sample(exclude, max, &mut rand::thread_rng(), &mut out, |_| true);
         out
@@ -506,7 +868,7 @@ mod tests {
             t.announce(flooder, 2, PeerState::Complete, later),
             Update::Listed
         );
-        assert!(t.per_source.len() == 1 && t.by_tenure.len() == 1 && t.index.len() == 1);
+        assert_eq!(t.len(), 1);
     }
 
     /// Issue 11, item 4: 2,000 fake peers on closed ports (from many
@@ -532,7 +894,7 @@ mod tests {
         let getter = key(99_999);
         let mut seen = HashSet::new();
         for _ in 0..200 {
-            let out = sampled(&t, Some(getter), 50);
+            let out = sampled(&mut t, Some(getter), 50);
             assert_eq!(out.len(), 50);
             let distinct: HashSet<_> = out.iter().map(|e| e.addr).collect();
             assert_eq!(distinct.len(), 50, "no peer twice");
@@ -545,7 +907,7 @@ mod tests {
         // The other half still reaches everyone over time.
         assert!(seen.len() > 1_000, "only {} distinct peers", seen.len());
         // The sharer asking is left out of its own sample.
-        let out = sampled(&t, Some((sharer.ip(), 4000)), 50);
+        let out = sampled(&mut t, Some((sharer.ip(), 4000)), 50);
         assert_eq!(out.len(), 50);
         assert!(out.iter().all(|e| e.addr != sharer_entry));
     }
@@ -604,7 +966,7 @@ mod tests {
             1
         );
         assert_eq!(t.counts(None), (0, 1));
-        let out = sampled(&t, None, 10);
+        let out = sampled(&mut t, None, 10);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].addr.ip(), key(2).0);
     }
@@ -618,7 +980,7 @@ mod tests {
         }
         let mut seen = HashSet::new();
         for _ in 0..200 {
-            let out = sampled(&t, Some(key(0)), 10);
+            let out = sampled(&mut t, Some(key(0)), 10);
             assert_eq!(out.len(), 10);
             let distinct: HashSet<_> = out.iter().map(|e| e.addr).collect();
             assert_eq!(distinct.len(), 10);
@@ -676,24 +1038,32 @@ mod tests {
             if step % 997 == 0 {
                 t.expire(now, Duration::from_millis(500));
             }
-            assert_eq!(t.index.len(), t.list.len());
-            assert_eq!(t.by_tenure.len(), t.list.len());
-            let mut per = HashMap::<Source, u32>::new();
-            for (i, r) in t.list.iter().enumerate() {
-                assert_eq!(t.index[&r.key], i);
-                assert_eq!(t.by_tenure[&r.seq], i);
-                *per.entry(Source::of(r.key.0)).or_default() += 1;
+            assert!(t.v4.windows(2).all(|w| w[0].key() < w[1].key()));
+            let mut seqs: Vec<u32> = t.v4.iter().map(|r| r.seq).collect();
+            seqs.sort_unstable();
+            seqs.dedup();
+            assert_eq!(seqs.len(), t.len(), "tenures are distinct");
+            let mut per = HashMap::<u32, u32>::new();
+            for r in &t.v4 {
+                *per.entry(r.ip).or_default() += 1;
             }
             assert!(per.values().all(|n| *n <= 4));
-            assert_eq!(per.len(), t.per_source.len());
-            for (s, n) in per {
-                assert_eq!(t.per_source[&s], n);
+            for r in &t.v4 {
+                assert_eq!(from_source(&t.v4, r.ip), per[&r.ip] as usize);
             }
-            let seeders = t
-                .list
+            let seeders = t.v4.iter().filter(|r| r.is_complete()).count();
+            // The seniors' cache counts what it says, and a sample is
+            // distinct and leaves the requester out.
+            let excluded = (ip, 3);
+            let out = sampled(&mut t, Some(excluded), 5);
+            if let Some(cut) = t.senior_cut {
+                assert_eq!(t.v4.iter().filter(|r| r.seq <= cut).count(), t.senior_count);
+            }
+            let distinct: HashSet<_> = out.iter().map(|e| e.addr).collect();
+            assert_eq!(distinct.len(), out.len());
+            assert!(out
                 .iter()
-                .filter(|r| r.state == PeerState::Complete)
-                .count();
+                .all(|e| e.addr != SocketAddr::new(excluded.0, excluded.1)));
             assert_eq!(t.seeders, seeders);
         }
     }

@@ -103,6 +103,13 @@ pub enum Effect {
     Announced,
 }
 
+thread_local! {
+    /// The entries of the PEERS being built on this thread, kept between
+    /// answers (no allocation per answer) but not per swarm (issue 16,
+    /// point 7: an idle swarm holds no buffer).
+    static SCRATCH: std::cell::RefCell<Vec<PeerEntry>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// One swarm's state.
 #[derive(Debug)]
 pub struct SwarmTracker {
@@ -119,7 +126,6 @@ pub struct SwarmTracker {
     /// Zero of the clock used for connection id windows.
     epoch: Instant,
     rng: rand::rngs::SmallRng,
-    scratch: Vec<PeerEntry>,
     probes: Probes,
     /// A probe the last datagram asked the task to start.
     probe_to_start: Option<SocketAddr>,
@@ -148,7 +154,6 @@ impl SwarmTracker {
             settings,
             epoch,
             rng: rand::rngs::SmallRng::from_entropy(),
-            scratch: Vec::new(),
             probes: Probes::default(),
             probe_to_start: None,
             announced: record_bound,
@@ -412,7 +417,7 @@ impl SwarmTracker {
         }
         .min(self.settings.max_listed);
         let interval = u16::try_from(self.settings.interval.as_secs()).unwrap_or(u16::MAX);
-        let mut entries = std::mem::take(&mut self.scratch);
+        let mut entries = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         entries.clear();
         if let Some(flags) = ext {
             let observed = SocketAddr::new(src.ip(), announce.port);
@@ -426,7 +431,7 @@ impl SwarmTracker {
                 now,
                 out,
             );
-            self.scratch = entries;
+            SCRATCH.with(|s| *s.borrow_mut() = entries);
             return effect;
         }
         if announce.state != hayedik_proto::tracker::PeerState::Leaving {
@@ -448,7 +453,7 @@ impl SwarmTracker {
         let reply = Datagram::new(tid, Message::Peers(peers));
         reply.encode(out);
         if let Message::Peers(p) = reply.message {
-            self.scratch = p.peers;
+            SCRATCH.with(|s| *s.borrow_mut() = p.peers);
         }
         effect
     }

@@ -76,19 +76,23 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut persisted_announce = swarm.record.last_announce_unix;
-    // Every valid datagram is under 64 bytes; a longer one is cut, and
-    // still refused as malformed (a reply is never larger than this).
-    let mut buf = vec![0u8; 512];
-    let mut out = Vec::new();
-    // Probe results; bounded by the probes a swarm runs at once.
-    let (probed_tx, mut probed) = mpsc::unbounded_channel::<(SocketAddr, Option<bool>)>();
+    // Probe results; bounded by the probes a swarm runs at once. Made at
+    // the first probe: an idle swarm holds no channel.
+    let mut probes: Option<ProbeChannel> = None;
+    // Made once, not at every datagram: each `cancelled()` future registers
+    // with the token (a lock) when polled and unregisters when dropped.
+    let cancelled = shared.cancel.cancelled();
+    tokio::pin!(cancelled);
+    // Only a pending swarm holds a timer for its confirmation.
+    let mut confirm_timer =
+        (!swarm.is_confirmed()).then(|| Box::pin(tokio::time::sleep_until(confirm_deadline)));
     loop {
         tokio::select! {
-            Some((addr, reached)) = probed.recv() => {
+            Some((addr, reached)) = recv_probe(&mut probes) => {
                 swarm.probe_finished(addr, reached, Instant::now());
             }
-            _ = shared.cancel.cancelled() => break,
-            _ = tokio::time::sleep_until(confirm_deadline), if !swarm.is_confirmed() => {
+            _ = &mut cancelled => break,
+            _ = expiry(&mut confirm_timer), if !swarm.is_confirmed() => {
                 // The central tracker reports it once the port is free.
                 drop(socket);
                 let _ = ctx.notes.send(Note::Gone { port, creator, was_pending: true });
@@ -122,15 +126,14 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
                     persisted_announce = swarm.record.last_announce_unix;
                 }
             }
-            r = socket.recv_from(&mut buf) => {
-                let (n, src) = match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        tracing::trace!("swarm {port} recv: {e}");
-                        continue;
-                    }
+            r = socket.readable() => {
+                if let Err(e) = r {
+                    tracing::trace!("swarm {port} readable: {e}");
+                    continue;
+                }
+                let Some((src, effect, held)) = receive(&socket, &mut swarm) else {
+                    continue;
                 };
-                let effect = swarm.handle(src, &buf[..n], Instant::now(), &mut out);
                 if matches!(effect, Effect::Announced | Effect::KeyBound) {
                     gauge.gauge.announces.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     show(&swarm);
@@ -139,6 +142,7 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
                     Effect::Nothing => {}
                     Effect::Announced => swarm.record.last_announce_unix = unix_now(),
                     Effect::Confirmed => {
+                        confirm_timer = None;
                         gauge.gauge.confirmed.store(true, std::sync::atomic::Ordering::Relaxed);
                         shared.stats.confirmed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         swarm.record.last_announce_unix = unix_now();
@@ -160,15 +164,83 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
                         }
                     }
                 }
-                if !out.is_empty() {
-                    let _ = socket.send_to(&out, src).await;
+                if let Some(reply) = held {
+                    let _ = socket.send_to(&reply, src).await;
                 }
                 if let Some(addr) = swarm.take_probe() {
-                    start_probe(shared, addr, probed_tx.clone());
+                    let tx = probes.get_or_insert_with(mpsc::unbounded_channel).0.clone();
+                    start_probe(shared, addr, tx);
                 }
             }
         }
     }
+}
+
+type ProbeChannel = (
+    mpsc::UnboundedSender<(SocketAddr, Option<bool>)>,
+    mpsc::UnboundedReceiver<(SocketAddr, Option<bool>)>,
+);
+
+/// When `timer` fires; never without one.
+async fn expiry(timer: &mut Option<std::pin::Pin<Box<tokio::time::Sleep>>>) {
+    match timer {
+        Some(t) => t.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next probe result, or never when no probe was ever started.
+async fn recv_probe(probes: &mut Option<ProbeChannel>) -> Option<(SocketAddr, Option<bool>)> {
+    match probes {
+        Some((_, rx)) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+thread_local! {
+    /// The receive buffer and the reply of the datagram being handled on
+    /// this thread: shared by every swarm the thread serves, so that an idle
+    /// swarm holds no buffer (issue 16, point 7).
+    static BUFFERS: std::cell::RefCell<(Box<[u8; 512]>, Vec<u8>)> =
+        std::cell::RefCell::new((Box::new([0u8; 512]), Vec::new()));
+}
+
+/// Takes one datagram off `socket` (which was readable), lets `swarm`
+/// handle it, and sends the reply at once when nothing must happen first
+/// and the socket takes it. Returns the source, the effect, and the reply
+/// still to send after the effect is acted upon (a CONFIRMED or a reply
+/// that did not fit in the socket's buffer), if any.
+fn receive(
+    socket: &UdpSocket,
+    swarm: &mut SwarmTracker,
+) -> Option<(SocketAddr, Effect, Option<Vec<u8>>)> {
+    BUFFERS.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        let (buf, out) = &mut *cell;
+        // Every valid datagram is under 64 bytes; a longer one is cut, and
+        // still refused as malformed (a reply is never larger than this).
+        let (n, src) = match socket.try_recv_from(&mut buf[..]) {
+            Ok(x) => x,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    tracing::trace!("swarm {} recv: {e}", swarm.record.port);
+                }
+                return None;
+            }
+        };
+        let effect = swarm.handle(src, &buf[..n], Instant::now(), out);
+        if out.is_empty() {
+            return Some((src, effect, None));
+        }
+        let now_ok = matches!(effect, Effect::Nothing | Effect::Announced);
+        if now_ok {
+            match socket.try_send_to(out, src) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                _ => return Some((src, effect, None)),
+            }
+        }
+        Some((src, effect, Some(out.clone())))
+    })
 }
 
 /// Runs one reachability probe on its own task, if a tracker-wide slot is
