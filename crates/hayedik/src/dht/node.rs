@@ -4,8 +4,10 @@
 //! * requests per second per source IP: a token bucket per IP
 //!   ([`crate::ratelimit::PerIpBuckets`]) in the crate's request filter,
 //!   remembering at most [`NodeLimits::max_addresses`] addresses;
-//! * only BEP 5 is served (ping, find_node, get_peers, announce_peer):
-//!   BEP 44 storage requests are dropped, so nothing but peers is stored;
+//! * only BEP 5 is served (ping, find_node, get_peers, announce_peer,
+//!   and BEP 44's read-only `get`, which the crate's announce uses to
+//!   collect tokens): BEP 44 `put` requests are dropped, so nothing but
+//!   peers is stored;
 //! * stored peers: at most [`NodeLimits::max_info_hashes`] hashes of
 //!   [`NodeLimits::max_peers_per_hash`] peers each (the crate's LRU stores);
 //! * the routing table is the crate's (160 buckets of 8 nodes at most).
@@ -68,7 +70,8 @@ struct Counters {
     announces: AtomicU64,
 }
 
-/// The crate's request filter: rate per IP and BEP 5 only, counted.
+/// The crate's request filter: rate per IP and BEP 5 (plus BEP 44's
+/// read-only get), counted.
 #[derive(Debug, Clone)]
 struct Filter {
     buckets: Arc<Mutex<PerIpBuckets>>,
@@ -117,7 +120,13 @@ impl Kind {
         let mut text = Capped(String::new());
         let _ = write!(text, "{:?}", request.request_type);
         let t = text.0.as_str();
-        if t.starts_with("Ping") || t.starts_with("FindNode") || t.starts_with("GetPeers") {
+        // GetValue (BEP 44's get) is answered too: the crate's own
+        // announce asks it for the storing nodes' tokens. Nothing is ever
+        // stored for it to return (its puts are dropped).
+        if ["Ping", "FindNode", "GetPeers", "GetValue"]
+            .iter()
+            .any(|k| t.starts_with(k))
+        {
             Kind::Query
         } else if t.starts_with("Put") && t.contains("put_request_type: AnnouncePeer") {
             Kind::Announce
