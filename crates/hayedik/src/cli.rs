@@ -40,6 +40,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve a local web page to share, get and watch transfers (see docs/ui.md).
     Ui(UiArgs),
+    /// Run a Mainline DHT node that serves others (private networks,
+    /// tests; see docs/dht.md).
+    DhtNode(DhtNodeArgs),
     /// Print a shell completion script on stdout (e.g. `hayedik completions
     /// bash > /etc/bash_completion.d/hayedik`).
     Completions {
@@ -59,6 +62,7 @@ impl Command {
             Command::Get(a) => a.json,
             Command::Ls(a) => a.json,
             Command::Ui(a) => a.json,
+            Command::DhtNode(a) => a.json,
             Command::Demo(_) | Command::Completions { .. } | Command::Man => false,
         }
     }
@@ -130,6 +134,8 @@ pub struct ShareArgs {
     /// every slot is taken, the longest-idle session makes room).
     #[arg(long, default_value_t = crate::peer::slots::DEFAULT_PER_ADDRESS as u16, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub max_peers_per_ip: u16,
+    #[command(flatten)]
+    pub dht: DhtArgs,
     /// Ask the router (PCP, NAT-PMP, UPnP-IGD) to forward our TCP port (and,
     /// with the embedded tracker, its UDP ports)
     /// while this runs, renewing it, and remove it on exit. Off by
@@ -177,6 +183,8 @@ pub struct GetArgs {
     /// every slot is taken, the longest-idle session makes room).
     #[arg(long, default_value_t = crate::peer::slots::DEFAULT_PER_ADDRESS as u16, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub max_peers_per_ip: u16,
+    #[command(flatten)]
+    pub dht: DhtArgs,
     /// Ask the router (PCP, NAT-PMP, UPnP-IGD) to forward our TCP port
     /// while this runs, renewing it, and remove it on exit. Off by
     /// default: it changes the router's settings.
@@ -192,6 +200,55 @@ fn parse_glob(s: &str) -> Result<String, String> {
     crate::peer::select::compile(s)
         .map(|_| s.to_string())
         .map_err(|e| e.to_string())
+}
+
+/// The DHT flags of `share` and `get` (docs/dht.md).
+#[derive(Debug, Clone, Default, Args)]
+pub struct DhtArgs {
+    /// Also announce and find peers in the BitTorrent Mainline DHT (IPv4
+    /// only), under a hash derived from the root. Off by default (the
+    /// config file can turn it on: docs/dht.md).
+    #[arg(long)]
+    pub dht: bool,
+    /// A DHT node to join instead of the public bootstrap nodes
+    /// (repeatable; implies --dht).
+    #[arg(long, value_name = "HOST:PORT", value_parser = crate::dht::parse_bootstrap)]
+    pub dht_bootstrap: Vec<crate::dht::Bootstrap>,
+    /// Leave the DHT off, whatever the config file says.
+    #[arg(long, conflicts_with_all = ["dht", "dht_bootstrap"])]
+    pub no_dht: bool,
+}
+
+impl DhtArgs {
+    /// Whether and how the DHT runs, with the config file weighed in.
+    pub fn decide(
+        &self,
+        config: &crate::config::Config,
+    ) -> Result<Option<crate::dht::DhtConfig>, String> {
+        crate::dht::decide(
+            &crate::dht::DhtFlags {
+                dht: self.dht,
+                no_dht: self.no_dht,
+                bootstrap: self.dht_bootstrap.clone(),
+            },
+            config,
+        )
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct DhtNodeArgs {
+    /// UDP address to serve the DHT on: IPv4:PORT, or PORT for every
+    /// address (port 0: any).
+    #[arg(long, default_value = "0.0.0.0:6881", value_name = "ADDR", value_parser = crate::dht::node::parse_listen)]
+    pub listen: std::net::SocketAddrV4,
+    /// A DHT node to join (repeatable); without it, this node starts a
+    /// network of its own (it never joins the public DHT unless told).
+    #[arg(long, value_name = "HOST:PORT", value_parser = crate::dht::parse_bootstrap)]
+    pub dht_bootstrap: Vec<crate::dht::Bootstrap>,
+    /// One JSON object per line on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

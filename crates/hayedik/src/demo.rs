@@ -156,6 +156,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
         until_replicated: None,
         skip_unportable: false,
         port_mapping: false,
+        dht: None,
     };
     let s = stop.clone();
     let sharer = crate::spawn::spawn("demo sharer", async move {
@@ -207,6 +208,7 @@ pub async fn run(opts: DemoOptions, cancel: CancellationToken) -> anyhow::Result
             only: Vec::new(),
             max_peers_per_ip: crate::peer::slots::DEFAULT_PER_ADDRESS,
             port_mapping: false,
+            dht: None,
         };
         let (tx, rx) = oneshot::channel();
         let s = stop.clone();

@@ -142,6 +142,26 @@ pub enum Event {
         /// Bytes carried by ended sessions.
         bytes: u64,
     },
+    /// `share`/`get` with the DHT on: our DHT node's UDP address, as bound.
+    Dht {
+        addr: String,
+    },
+    /// `dht-node`: its figures (at start, then every 10 s when they changed;
+    /// docs/dht.md).
+    DhtNode {
+        addr: String,
+        /// Nodes in its routing table now.
+        routing_table: usize,
+        /// announce_peer requests accepted since start (peers are stored
+        /// within the bounds docs/dht.md gives).
+        announces: u64,
+        /// Requests answered since start.
+        served: u64,
+        /// Requests dropped since start (rate per IP, kinds not served).
+        dropped: u64,
+        /// Source addresses the rate limiter remembers now.
+        addresses: usize,
+    },
     Stopped {
         #[serde(skip_serializing_if = "Option::is_none")]
         uploaded: Option<u64>,
@@ -480,6 +500,18 @@ impl Event {
                 plural(*peers as u64, "peer"),
                 plural(*sessions as u64, "session"),
                 human_bytes(*bytes)
+            ),
+            Event::Dht { addr } => format!("DHT node on {addr}"),
+            Event::DhtNode {
+                addr,
+                routing_table,
+                announces,
+                served,
+                dropped,
+                ..
+            } => format!(
+                "DHT node on {addr}: {} in the routing table, {announces} announces, {served} requests served, {dropped} dropped",
+                plural(*routing_table as u64, "node")
             ),
             Event::Seeding => {
                 "seeding: others can download from this machine; press Ctrl-C to stop".to_string()

@@ -5,12 +5,15 @@
 //! [`storage`]. Wire formats live in the `hayedik-proto` crate.
 
 pub mod cli;
+pub mod config;
 pub mod demo;
+pub mod dht;
 pub mod dirs;
 pub mod events;
 pub mod output;
 pub mod peer;
 pub mod portmap;
+pub mod ratelimit;
 pub mod relay;
 pub mod spawn;
 pub mod storage;

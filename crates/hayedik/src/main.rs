@@ -66,7 +66,10 @@ fn parse_and_run() -> ExitCode {
     let bars = !json && std::io::stderr().is_terminal();
     let (events, stream) = events::channel(events::QUEUE_EVENTS, bars);
     // The address a peer serves on matters to a tracker's user only.
-    let show_listening = matches!(cli.command, Command::Tracker(_) | Command::Ui(_));
+    let show_listening = matches!(
+        cli.command,
+        Command::Tracker(_) | Command::Ui(_) | Command::DhtNode(_)
+    );
     let qr = matches!(&cli.command, Command::Share(a) if a.qr);
     let writer = output::write_events_for(stream, json, show_listening, qr);
     let code = match tokio::runtime::Runtime::new() {
@@ -162,6 +165,21 @@ fn fail(events: &EventSink, json: bool, e: anyhow::Error) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// The DHT settings of `share`/`get` (flags and config file), or `None`
+/// after saying why they are unusable (a usage error: exit 2).
+fn dht_or_usage(flags: &hayedik::cli::DhtArgs) -> Option<Option<hayedik::dht::DhtConfig>> {
+    let decided = hayedik::config::load()
+        .map_err(|e| e.to_string())
+        .and_then(|config| flags.decide(&config));
+    match decided {
+        Ok(d) => Some(d),
+        Err(msg) => {
+            output::stderr(format!("error: {msg}\n"), Priority::Essential);
+            None
+        }
+    }
+}
+
 /// 128 plus the signal that stopped the command (SIGINT when none was
 /// seen): an interrupted `get` or `ls`.
 fn interrupted() -> ExitCode {
@@ -197,6 +215,9 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
             Ok(ExitCode::SUCCESS)
         }
         Command::Share(a) => {
+            let Some(dht) = dht_or_usage(&a.dht) else {
+                return Ok(ExitCode::from(2));
+            };
             let opts = hayedik::peer::share::ShareOptions {
                 path: a.path,
                 tracker: a.tracker,
@@ -207,11 +228,15 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
                 until_replicated: a.until_replicated,
                 skip_unportable: a.skip_unportable,
                 port_mapping: a.port_mapping,
+                dht,
             };
             hayedik::peer::share::share(opts, events, cancel, |_| {}).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Get(a) => {
+            let Some(dht) = dht_or_usage(&a.dht) else {
+                return Ok(ExitCode::from(2));
+            };
             let opts = hayedik::peer::get::GetOptions {
                 ticket: a.ticket,
                 out_dir: a.out,
@@ -223,6 +248,7 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
                 only: a.only,
                 max_peers_per_ip: usize::from(a.max_peers_per_ip),
                 port_mapping: a.port_mapping,
+                dht,
             };
             match hayedik::peer::get::get(opts, events, cancel).await? {
                 Some(_) => Ok(ExitCode::SUCCESS),
@@ -246,6 +272,21 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
                 open: !a.no_open,
             };
             hayedik::ui::run(opts, events.clone(), cancel).await?;
+            events.emit(Event::Stopped {
+                uploaded: None,
+                downloaded: None,
+                complete: None,
+                kept: None,
+            });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DhtNode(a) => {
+            let opts = hayedik::dht::node::NodeOptions {
+                listen: a.listen,
+                bootstrap: a.dht_bootstrap,
+                limits: Default::default(),
+            };
+            hayedik::dht::node::run(opts, events.clone(), cancel).await?;
             events.emit(Event::Stopped {
                 uploaded: None,
                 downloaded: None,

@@ -154,6 +154,10 @@ fn render(event: &Event, json: bool, show_listening: bool, qr: bool) -> std::io:
             Event::Error { .. } => return Ok(()),
             // Progress is the bar's (drawn on a terminal only).
             Event::Progress { .. } => return Ok(()),
+            Event::Dht { .. } => {
+                tracing::info!("{}", event.human());
+                return Ok(());
+            }
             Event::Listening { .. } if !show_listening => {
                 tracing::info!("{}", event.human());
                 return Ok(());

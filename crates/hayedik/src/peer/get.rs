@@ -39,6 +39,8 @@ pub struct GetOptions {
     pub max_peers_per_ip: usize,
     /// `--port-mapping`: have the router forward our TCP port.
     pub port_mapping: bool,
+    /// `--dht`: also find peers in the Mainline DHT (docs/dht.md).
+    pub dht: Option<crate::dht::DhtConfig>,
 }
 
 /// What a finished `get` reports (also used by the demo).
@@ -156,6 +158,9 @@ async fn get_scoped(
     client.use_extensions();
     let announcer = spawn_announcer(client, PeerState::Downloading, swarm.cancel.clone());
     let paths = node::spawn_connector(swarm.clone(), announcer.replies());
+    if let Some(dht) = opts.dht.clone() {
+        crate::dht::peer::spawn(swarm.clone(), announced_port, dht, events).await?;
+    }
     super::reach::spawn_reach(
         swarm.clone(),
         &announcer,
@@ -170,6 +175,9 @@ async fn get_scoped(
         opts.timeout,
         format!("{}:{}", opts.ticket.host, opts.ticket.port),
     );
+    if opts.dht.is_some() {
+        progress.dht_on();
+    }
 
     let result = download(&opts, &swarm, &announcer, &progress, events, started).await;
     let report = match result {

@@ -241,6 +241,9 @@ pub fn spawn_connector(
         let mut dialing: std::collections::HashSet<SocketAddr> = Default::default();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut offers = swarm.take_offers();
+        // The announcer gone (it stops before the swarm does), peers from
+        // the DHT and peer exchange are still dialed.
+        let mut listed_open = true;
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -252,9 +255,10 @@ pub fn spawn_connector(
                         known.insert(addr, DialState { next_try: Instant::now(), backoff: REDIAL_AFTER });
                     }
                 }
-                r = peers.changed() => {
+                r = peers.changed(), if listed_open => {
                     if r.is_err() {
-                        return;
+                        listed_open = false;
+                        continue;
                     }
                     let (list, relay) = {
                         let latest = peers.borrow_and_update();

@@ -29,6 +29,9 @@ struct State {
     last_event: Option<Instant>,
     /// (time, bytes) samples for the rate, oldest first.
     samples: Vec<(Instant, u64)>,
+    /// `--dht`: a tracker that refuses or is gone does not end the
+    /// download; whether that was said yet.
+    dht: Option<bool>,
 }
 
 /// Progress display and watchdog; cheap to clone.
@@ -56,6 +59,7 @@ impl Progress {
                 total: 0,
                 last_event: None,
                 samples: Vec::new(),
+                dht: None,
             })),
         }
     }
@@ -193,8 +197,11 @@ impl Progress {
     /// wrong.
     pub fn check_stalled(&self, swarm: &Swarm, announcer: &Announcer) -> anyhow::Result<()> {
         let error = announcer.last_error();
+        let dht = self.with(|s| s.dht.is_some());
         if let Some(e) = &error {
-            if is_final(e) && swarm.peer_count() == 0 {
+            if dht && swarm.peer_count() == 0 {
+                self.dht_instead(e);
+            } else if is_final(e) && swarm.peer_count() == 0 {
                 return Err(Failure::error(ErrorKind::UnknownSwarm, e.to_string()));
             }
         }
@@ -209,7 +216,17 @@ impl Progress {
             return Ok(());
         }
         let secs = timeout.as_secs();
-        if let Some(err) = error {
+        if let (Some(err), true) = (&error, dht) {
+            if swarm.peer_count() == 0 {
+                return Err(Failure::error(
+                    ErrorKind::NoPeers,
+                    format!(
+                    "no progress for {secs} s: {err}, and no peer found in the DHT could be reached"
+                ),
+                ));
+            }
+        }
+        if let Some(err) = error.filter(|_| !dht) {
             let kind = match err {
                 AnnounceError::Unreachable { .. } => ErrorKind::TrackerUnreachable,
                 _ => ErrorKind::TrackerRefused,
@@ -233,6 +250,25 @@ impl Progress {
             "no progress for {secs} s from {}: they lack the missing pieces or stalled; try again later or raise --timeout",
             plural(swarm.peer_count() as u64, "connected peer")
         )))
+    }
+
+    /// `--dht` is on: a tracker that refuses or is gone does not end the
+    /// download.
+    pub fn dht_on(&self) {
+        self.with(|s| s.dht = Some(false));
+    }
+
+    /// Says once that the tracker failed and the DHT is searched instead.
+    fn dht_instead(&self, e: &AnnounceError) {
+        let first = self.with(|s| s.dht.replace(true) == Some(false));
+        if first {
+            self.events.emit(Event::Warning {
+                message: format!(
+                    "the tracker {}: {e}; looking for peers in the DHT instead",
+                    self.tracker
+                ),
+            });
+        }
     }
 
     /// The status line's text while waiting.

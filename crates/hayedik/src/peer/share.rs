@@ -56,6 +56,8 @@ pub struct ShareOptions {
     pub skip_unportable: bool,
     /// `--port-mapping`: have the router forward our ports.
     pub port_mapping: bool,
+    /// `--dht`: also announce in the Mainline DHT (docs/dht.md).
+    pub dht: Option<crate::dht::DhtConfig>,
 }
 
 /// A running share (for the demo and tests): its ticket and counters.
@@ -254,6 +256,9 @@ async fn share_scoped(
     // Dial the downloaders the tracker lists too: a sharer behind a firewall
     // or NAT serves over connections it opens itself.
     let paths = node::spawn_connector(swarm.clone(), announcer.replies());
+    if let Some(dht) = opts.dht.clone() {
+        crate::dht::peer::spawn(swarm.clone(), announced_port, dht, events).await?;
+    }
     if probe {
         super::reach::spawn_reach(swarm.clone(), &announcer, events.clone(), paths, mapped_tcp);
     } else if let Some(addr) = mapped_tcp {

@@ -258,6 +258,7 @@ impl Transfers {
                         // Changing the user's router is opt-in; the page
                         // does not offer it (yet).
                         port_mapping: false,
+                        dht: None,
                     };
                     let m = me.clone();
                     crate::peer::share::share(opts, sink.clone(), cancel.clone(), move |s| {
@@ -280,6 +281,7 @@ impl Transfers {
                             only: Vec::new(),
                             max_peers_per_ip: crate::peer::slots::DEFAULT_PER_ADDRESS,
                             port_mapping: false,
+                            dht: None,
                         };
                         let m = me.clone();
                         crate::peer::get::get_observed(opts, sink.clone(), cancel.clone(), |s| {

@@ -1,6 +1,7 @@
 //! The integration tests: one binary, one shared harness, a module per area.
 #![allow(clippy::unwrap_used)]
 
+mod dht;
 mod durable;
 mod events_stall;
 mod faults_disk;
