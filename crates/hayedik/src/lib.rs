@@ -11,6 +11,7 @@ pub mod events;
 pub mod output;
 pub mod peer;
 pub mod portmap;
+pub mod ratelimit;
 pub mod relay;
 pub mod spawn;
 pub mod storage;

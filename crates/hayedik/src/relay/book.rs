@@ -76,12 +76,6 @@ struct Pending {
     stream: oneshot::Sender<tokio::net::TcpStream>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 /// A session waiting for the registered peer: its id and the IP of the
 /// getter that dialed (the peer keys the session by it).
 pub type Incoming = (u64, IpAddr);
@@ -112,7 +106,7 @@ pub struct Book {
     pending: HashMap<u64, Pending>,
     sessions: usize,
     sessions_per_ip: HashMap<IpAddr, usize>,
-    rate: HashMap<IpAddr, Bucket>,
+    rate: crate::ratelimit::RateTable<IpAddr>,
     next_id: u64,
     pub counters: Counters,
 }
@@ -132,6 +126,11 @@ fn dec(map: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
 
 impl Book {
     pub fn new(limits: RelayLimits) -> Self {
+        let rate = crate::ratelimit::RateTable::new(
+            limits.conns_per_ip_per_sec,
+            limits.conn_burst,
+            MAX_RATE_ENTRIES,
+        );
         Self {
             limits,
             regs: HashMap::new(),
@@ -139,7 +138,7 @@ impl Book {
             pending: HashMap::new(),
             sessions: 0,
             sessions_per_ip: HashMap::new(),
-            rate: HashMap::new(),
+            rate,
             next_id: rand::random::<u64>() | 1,
             counters: Counters::default(),
         }
@@ -163,27 +162,7 @@ impl Book {
 
     /// Whether a new connection from `ip` is within its rate at `now`.
     pub fn admit_connection(&mut self, ip: IpAddr, now: Instant) -> bool {
-        let (rate, burst) = (
-            self.limits.conns_per_ip_per_sec,
-            f64::from(self.limits.conn_burst),
-        );
-        if !self.rate.contains_key(&ip) && self.rate.len() >= MAX_RATE_ENTRIES {
-            self.rate.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < burst
-            });
-            if self.rate.len() >= MAX_RATE_ENTRIES {
-                self.refuse(Refusal::Busy);
-                return false;
-            }
-        }
-        let b = self.rate.entry(ip).or_insert(Bucket {
-            tokens: burst,
-            at: now,
-        });
-        b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(burst);
-        b.at = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
+        if self.rate.admit(ip, now) {
             true
         } else {
             self.refuse(Refusal::Busy);

@@ -163,6 +163,9 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
                 if !out.is_empty() {
                     let _ = socket.send_to(&out, src).await;
                 }
+                if let Some((to, second)) = swarm.take_second() {
+                    let _ = socket.send_to(&second, to).await;
+                }
                 if let Some(addr) = swarm.take_probe() {
                     start_probe(shared, addr, probed_tx.clone());
                 }
