@@ -212,13 +212,18 @@ fn lab_nat_relayed_sharer_vanishes() {
         seeder.wait_event("seeding", Duration::from_secs(30));
         let sr = reachability(&mut seeder);
         assert_eq!(sr["how"], "direct", "{sr}");
-        for (g, out) in [(&mut g1, "out1"), (&mut g2, "out2")] {
+        // The getter behind a home router may have punched through to the
+        // hidden sharer (both home routers); the one behind a symmetric
+        // router can only have used the relay.
+        let (home, symmetric): (&[&str], &[&str]) = (&["relay", "punched"], &["relay"]);
+        for (g, out, paths) in [(&mut g1, "out1", home), (&mut g2, "out2", symmetric)] {
             let v = g.wait_event("done", Duration::from_secs(90));
             g.expect_success(Duration::from_secs(15));
             assert_file_is(&lab.path(out).join(NAME), &data);
             assert_eq!(v["via"][seeder_addr.to_string()], "direct", "{v}");
             if v["from"][hidden.to_string()].as_u64().unwrap_or(0) > 0 {
-                assert_eq!(v["via"][hidden.to_string()], "relay", "{v}");
+                let via = v["via"][hidden.to_string()].as_str().unwrap_or_default();
+                assert!(paths.contains(&via), "{v}");
             }
         }
         for p in [&tracker, &seeder, &g1, &g2] {
