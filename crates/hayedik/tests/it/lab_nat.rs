@@ -622,3 +622,62 @@ fn lab_nat_punch_success_rates() {
         }
     }
 }
+
+/// CPU seconds (user and system) `pid` has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the
+    // 12th, stime the 13th, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() as f64 / 100.0
+}
+
+/// Figures for docs/performance.md (prints, asserts only the file and the
+/// path): `HAYEDIK_PUNCH_MIB` MiB (default 256) from a sharer behind one
+/// home router to a getter behind another, punched (or, with
+/// `HAYEDIK_PUNCH=off` in the test's environment, relayed), with the CPU
+/// seconds both processes spent on it.
+#[test]
+#[ignore = "needs root; a measurement: prints figures"]
+fn lab_nat_punched_throughput() {
+    scenario(Duration::from_secs(300), || {
+        let mib: usize = std::env::var("HAYEDIK_PUNCH_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        let mut lab = Lab::new("lab_nat::lab_nat_punched_throughput");
+        let th = lab.host("trk");
+        let (ra, rb) = (lab.host("ra"), lab.host("rb"));
+        ra.home_router(false);
+        rb.home_router(false);
+        let (a, b) = (lab.behind(&ra, "a"), lab.behind(&rb, "b"));
+        let tracker = start_relay_tracker(&th);
+        let data = random_file(&lab.path(NAME), mib * MIB, 24);
+        let (mut sharer, ticket) = start_share(&a, th.addr(7410), &lab.path(NAME), &[]);
+        let r = reachability(&mut sharer);
+        let listed: SocketAddr = r["addr"].as_str().unwrap().parse().unwrap();
+        let sharer_cpu = cpu_secs(sharer.pid());
+        let mut g = start_get(&b, &ticket, &lab.path("out"), &[]);
+        let v = g.wait_event("done", Duration::from_secs(240));
+        let getter_cpu = cpu_secs(g.pid());
+        let sharer_cpu = cpu_secs(sharer.pid()) - sharer_cpu;
+        let via = v["via"][listed.to_string()].clone();
+        let secs = v["seconds"].as_f64().unwrap_or(0.0);
+        let gib = (mib as f64) / 1024.0;
+        eprintln!(
+            "FIGURE punched throughput: {mib} MiB via {via} in {secs:.2} s = {:.0} MiB/s; CPU getter {getter_cpu:.2} s + sharer {sharer_cpu:.2} s = {:.2} CPU s/GiB",
+            mib as f64 / secs,
+            (getter_cpu + sharer_cpu) / gib
+        );
+        assert_file_is(&lab.path("out").join(NAME), &data);
+        for p in [&tracker, &sharer, &g] {
+            p.assert_no_panic();
+        }
+    });
+}

@@ -231,6 +231,9 @@ impl Punch {
             }
         };
         let endpoint = self.endpoint()?;
+        // Let the other side's first punch leave before our first Initial
+        // reaches its router.
+        tokio::time::sleep(PUNCH_GAP / 2).await;
         match tokio::time::timeout(HANDSHAKE_WAIT, quic::dial(&endpoint, udp)).await {
             Ok(Ok(x)) => Some(x),
             Ok(Err(e)) => {
