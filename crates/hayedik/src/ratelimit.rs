@@ -1,8 +1,14 @@
-//! A token bucket per source IP, bounded in the addresses it remembers:
-//! the relay's connection rate and `dht-node`'s request rate.
+//! Token buckets per key (an IP, an address), in a bounded table: the rate
+//! limit that the relay (connections per IP) and the swarm tracker's
+//! INTRODUCE (per source IP, per target) and `dht-node` (requests per IP)
+//! share.
+//!
+//! Invariant: the table holds at most `max_entries` keys. When it is full,
+//! buckets that have refilled completely (they carry no information) are
+//! forgotten; if none has, a new key is refused.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::hash::Hash;
 use std::time::Instant;
 
 #[derive(Debug, Clone, Copy)]
@@ -11,28 +17,26 @@ struct Bucket {
     at: Instant,
 }
 
-/// `rate` events per second per IP, up to `burst` at once; at most
-/// `max_entries` addresses remembered (beyond, full buckets are forgotten,
-/// and if that is not enough, new addresses are refused).
+/// Token buckets of `burst` tokens refilled at `per_sec`, one per key.
 #[derive(Debug)]
-pub struct PerIpBuckets {
-    rate: f64,
+pub struct RateTable<K> {
+    per_sec: f64,
     burst: f64,
     max_entries: usize,
-    buckets: HashMap<IpAddr, Bucket>,
+    buckets: HashMap<K, Bucket>,
 }
 
-impl PerIpBuckets {
-    pub fn new(rate: f64, burst: u32, max_entries: usize) -> Self {
+impl<K: Hash + Eq + Copy> RateTable<K> {
+    pub fn new(per_sec: f64, burst: u32, max_entries: usize) -> Self {
         Self {
-            rate,
+            per_sec,
             burst: f64::from(burst),
             max_entries,
             buckets: HashMap::new(),
         }
     }
 
-    /// Addresses remembered now.
+    /// Keys remembered.
     pub fn len(&self) -> usize {
         self.buckets.len()
     }
@@ -41,23 +45,23 @@ impl PerIpBuckets {
         self.buckets.is_empty()
     }
 
-    /// Whether one more event from `ip` at `now` is within its rate (and
-    /// takes a token if so).
-    pub fn admit(&mut self, ip: IpAddr, now: Instant) -> bool {
-        let (rate, burst) = (self.rate, self.burst);
-        if !self.buckets.contains_key(&ip) && self.buckets.len() >= self.max_entries {
+    /// Whether `key` has a token at `now`; takes it if so.
+    pub fn admit(&mut self, key: K, now: Instant) -> bool {
+        if !self.buckets.contains_key(&key) && self.buckets.len() >= self.max_entries {
+            let (per_sec, burst) = (self.per_sec, self.burst);
             self.buckets.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate < burst
+                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_sec < burst
             });
             if self.buckets.len() >= self.max_entries {
                 return false;
             }
         }
-        let b = self.buckets.entry(ip).or_insert(Bucket {
-            tokens: burst,
+        let b = self.buckets.entry(key).or_insert(Bucket {
+            tokens: self.burst,
             at: now,
         });
-        b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * rate).min(burst);
+        b.tokens = (b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * self.per_sec)
+            .min(self.burst);
         b.at = now;
         if b.tokens >= 1.0 {
             b.tokens -= 1.0;
@@ -73,24 +77,20 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn ip(n: u8) -> IpAddr {
-        IpAddr::from([10, 0, 0, n])
-    }
-
     #[test]
-    fn rate_per_ip_and_bounded_memory() {
-        let mut b = PerIpBuckets::new(1.0, 2, 2);
+    fn burst_then_refill_and_bounded() {
         let t0 = Instant::now();
-        assert!(b.admit(ip(1), t0));
-        assert!(b.admit(ip(1), t0));
-        assert!(!b.admit(ip(1), t0));
-        assert!(b.admit(ip(2), t0));
-        // A third address: ip(2)'s bucket is not full, ip(1)'s neither.
-        assert!(!b.admit(ip(3), t0));
-        assert_eq!(b.len(), 2);
-        assert!(b.admit(ip(1), t0 + Duration::from_secs(1)));
-        // Later both refill: forgotten, room for a new one.
-        assert!(b.admit(ip(3), t0 + Duration::from_secs(10)));
-        assert!(b.len() <= 2);
+        let mut t = RateTable::new(1.0, 2, 2);
+        assert!(t.admit(1, t0));
+        assert!(t.admit(1, t0));
+        assert!(!t.admit(1, t0));
+        assert!(t.admit(1, t0 + Duration::from_secs(1)));
+        assert!(t.admit(2, t0));
+        // Full: a third key is refused while the others hold information...
+        assert!(!t.admit(3, t0));
+        assert_eq!(t.len(), 2);
+        // ... and admitted once they have refilled.
+        assert!(t.admit(3, t0 + Duration::from_secs(10)));
+        assert!(t.len() <= 2);
     }
 }

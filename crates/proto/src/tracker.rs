@@ -36,6 +36,10 @@ pub const PROBE_PADDING: usize = 218;
 /// Bytes of a PEERS_X datagram before its relay field: header, interval,
 /// counts, probe result.
 pub const PEERS_X_FIXED_LEN: usize = HEADER_LEN + 2 + 4 + 4 + 1;
+/// Length of an INTRODUCE datagram (always: padded), so that the two
+/// INTRODUCED datagrams it causes (at most 41 bytes each) never add up to
+/// more than it brought in.
+pub const INTRODUCE_LEN: usize = 116;
 
 /// The datagram type, byte 5 of the header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,6 +62,10 @@ pub enum Kind {
     Claim = 18,
     /// Extension: the answer to CLAIM when the key already has a swarm.
     SwarmAt = 19,
+    /// Extension: introduce me to a listed peer, for hole punching.
+    Introduce = 20,
+    /// Extension: sent to both sides of an INTRODUCE.
+    Introduced = 21,
 }
 
 impl Kind {
@@ -77,6 +85,8 @@ impl Kind {
             17 => Kind::PeersX,
             18 => Kind::Claim,
             19 => Kind::SwarmAt,
+            20 => Kind::Introduce,
+            21 => Kind::Introduced,
             _ => return None,
         })
     }
@@ -218,28 +228,34 @@ pub struct ExtFlags {
     /// The TCP port I announce is forwarded to me by my router (a port
     /// mapping: UPnP-IGD, NAT-PMP or PCP); list me as reachable there.
     pub mapped: bool,
+    /// I may be introduced to (and ask to be introduced to) other peers
+    /// that opted in, for hole punching (INTRODUCE).
+    pub punch: bool,
 }
 
 impl ExtFlags {
     const PROBE: u8 = 0x01;
     const RELAYED: u8 = 0x02;
     const MAPPED: u8 = 0x04;
+    const PUNCH: u8 = 0x08;
 
     pub fn to_u8(self) -> u8 {
         (if self.probe { Self::PROBE } else { 0 })
             | (if self.relayed { Self::RELAYED } else { 0 })
             | (if self.mapped { Self::MAPPED } else { 0 })
+            | (if self.punch { Self::PUNCH } else { 0 })
     }
 
     /// Unknown bits are refused, so that a later bit is never ignored.
     pub fn from_u8(v: u8) -> Option<ExtFlags> {
-        if v & !(Self::PROBE | Self::RELAYED | Self::MAPPED) != 0 {
+        if v & !(Self::PROBE | Self::RELAYED | Self::MAPPED | Self::PUNCH) != 0 {
             return None;
         }
         Some(ExtFlags {
             probe: v & Self::PROBE != 0,
             relayed: v & Self::RELAYED != 0,
             mapped: v & Self::MAPPED != 0,
+            punch: v & Self::PUNCH != 0,
         })
     }
 }
@@ -303,15 +319,20 @@ pub struct PeerEntryX {
     pub relayed: bool,
     /// Reachable at a port its router forwards to it (a port mapping).
     pub mapped: bool,
+    /// Opted in to hole punching (shown only to requesters that opted in
+    /// themselves): an INTRODUCE naming it may be answered.
+    pub punchable: bool,
 }
 
 impl PeerEntryX {
     const RELAYED: u8 = 0x01;
     const MAPPED: u8 = 0x02;
+    const PUNCHABLE: u8 = 0x04;
 
     fn flags(&self) -> u8 {
         (if self.relayed { Self::RELAYED } else { 0 })
             | (if self.mapped { Self::MAPPED } else { 0 })
+            | (if self.punchable { Self::PUNCHABLE } else { 0 })
     }
 }
 
@@ -432,6 +453,18 @@ pub enum Message {
     /// central -> peer (extension), only in reply to CLAIM: the key's swarm
     /// already exists, on this port.
     SwarmAt { port: u16 },
+    /// peer -> swarm port (extension): introduce me (listed at my source
+    /// IP and my announced TCP `port`) to the listed peer `target`.
+    /// Always [`INTRODUCE_LEN`] bytes (zero padding).
+    Introduce {
+        connection_id: u64,
+        port: u16,
+        target: SocketAddr,
+    },
+    /// swarm -> peer (extension), to both sides of an INTRODUCE: the other
+    /// side as listed (`peer`: IP and announced TCP port) and the UDP port
+    /// its announces come from (same IP).
+    Introduced { peer: SocketAddr, udp_port: u16 },
     /// either way.
     Error { code: ErrorCode, message: String },
 }
@@ -452,6 +485,8 @@ impl Message {
             Message::PeersX(_) => Kind::PeersX,
             Message::Claim { .. } => Kind::Claim,
             Message::SwarmAt { .. } => Kind::SwarmAt,
+            Message::Introduce { .. } => Kind::Introduce,
+            Message::Introduced { .. } => Kind::Introduced,
             Message::Error { .. } => Kind::Error,
         }
     }
@@ -464,7 +499,8 @@ impl Message {
             Message::Offer { token, .. } | Message::Confirm { token } => token,
             Message::Connected { connection_id }
             | Message::Announce { connection_id, .. }
-            | Message::AnnounceX { connection_id, .. } => connection_id,
+            | Message::AnnounceX { connection_id, .. }
+            | Message::Introduce { connection_id, .. } => connection_id,
             _ => 0,
         }
     }
@@ -505,6 +541,17 @@ impl Datagram {
                 out.put_u16(*port);
             }
             Message::SwarmAt { port } => out.put_u16(*port),
+            Message::Introduce { port, target, .. } => {
+                let start = out.len() - HEADER_LEN;
+                out.put_u16(*port);
+                encode_addr(out, target);
+                let used = out.len() - start;
+                out.put_bytes(&[0u8; INTRODUCE_LEN][..INTRODUCE_LEN.saturating_sub(used)]);
+            }
+            Message::Introduced { peer, udp_port } => {
+                encode_addr(out, peer);
+                out.put_u16(*udp_port);
+            }
             Message::AnnounceX {
                 announce, flags, ..
             } => {
@@ -669,6 +716,33 @@ pub fn decode_body(header: &Header, body: &[u8]) -> Result<Message, Malformed> {
             }
             Message::SwarmAt { port }
         }
+        Kind::Introduce => {
+            if HEADER_LEN + body.len() != INTRODUCE_LEN {
+                return Err(bad);
+            }
+            let port = r.u16().map_err(|_| bad)?;
+            let family = r.u8().map_err(|_| bad)?;
+            let target = decode_addr(&mut r, family).ok_or(bad)?;
+            if port == 0 || target.port() == 0 {
+                return Err(bad);
+            }
+            // Padding: zero on send, ignored on receive.
+            r.bytes(r.remaining()).map_err(|_| bad)?;
+            Message::Introduce {
+                connection_id: header.token,
+                port,
+                target,
+            }
+        }
+        Kind::Introduced => {
+            let family = r.u8().map_err(|_| bad)?;
+            let peer = decode_addr(&mut r, family).ok_or(bad)?;
+            let udp_port = r.u16().map_err(|_| bad)?;
+            if peer.port() == 0 || udp_port == 0 {
+                return Err(bad);
+            }
+            Message::Introduced { peer, udp_port }
+        }
         Kind::Error => {
             let code = ErrorCode::from_u16(r.u16().map_err(|_| bad)?);
             // A sender may cut a message mid-character to fit the size rule.
@@ -726,13 +800,14 @@ fn decode_peers_x(r: &mut Reader<'_>) -> Option<PeersX> {
         let addr = decode_addr(r, family)?;
         let state = PeerState::from_u8(r.u8().ok()?).filter(|s| s.is_listed())?;
         let flags = r.u8().ok()?;
-        if flags & !(PeerEntryX::RELAYED | PeerEntryX::MAPPED) != 0 {
+        if flags & !(PeerEntryX::RELAYED | PeerEntryX::MAPPED | PeerEntryX::PUNCHABLE) != 0 {
             return None;
         }
         peers.push(PeerEntryX {
             entry: PeerEntry { addr, state },
             relayed: flags & PeerEntryX::RELAYED != 0,
             mapped: flags & PeerEntryX::MAPPED != 0,
+            punchable: flags & PeerEntryX::PUNCHABLE != 0,
         });
     }
     Some(PeersX {

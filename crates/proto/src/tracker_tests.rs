@@ -316,6 +316,7 @@ fn announce_x_vectors() {
                 probe: false,
                 relayed: true,
                 mapped: false,
+                punch: false,
             },
         },
     );
@@ -334,6 +335,7 @@ fn announce_x_vectors() {
                 probe: false,
                 relayed: false,
                 mapped: true,
+                punch: false,
             },
         },
     );
@@ -351,6 +353,7 @@ fn announce_x_vectors() {
                 probe: true,
                 relayed: false,
                 mapped: false,
+                punch: false,
             },
         },
     );
@@ -368,7 +371,7 @@ fn announce_x_vectors() {
     long.push(0);
     let mut unknown = hdr(16, 5, 1);
     unknown.extend_from_slice(&[0xAB; 32]);
-    unknown.extend_from_slice(&[0x1F, 0x90, 2, 0, 0, 0x08]);
+    unknown.extend_from_slice(&[0x1F, 0x90, 2, 0, 0, 0x10]);
     let mut no_flags = hdr(16, 5, 1);
     no_flags.extend_from_slice(&[0xAB; 32]);
     no_flags.extend_from_slice(&[0x1F, 0x90, 2, 0, 0]);
@@ -407,6 +410,7 @@ fn peers_x_vector() {
                     },
                     relayed: false,
                     mapped: true,
+                    punchable: false,
                 },
                 PeerEntryX {
                     entry: PeerEntry {
@@ -415,6 +419,7 @@ fn peers_x_vector() {
                     },
                     relayed: true,
                     mapped: false,
+                    punchable: false,
                 },
             ],
         }),
@@ -455,10 +460,10 @@ fn peers_x_vector() {
         bytes.extend_from_slice(&tail);
         roundtrip_bytes(&d, &bytes);
     }
-    // An entry flag with a bit other than RELAYED (1) or MAPPED (2), a
-    // probe result above 4, a relay family of 5: malformed.
+    // An entry flag with a bit other than RELAYED (1), MAPPED (2) or
+    // PUNCHABLE (4), a probe result above 4, a relay family of 5: malformed.
     let mut bad_flag = bytes_of(&p);
-    *bad_flag.last_mut().unwrap() = 4;
+    *bad_flag.last_mut().unwrap() = 8;
     let mut bad_probe = bytes_of(&p);
     bad_probe[HEADER_LEN + 10] = 5;
     let mut bad_relay = bytes_of(&p);
@@ -506,6 +511,19 @@ fn arb_message() -> impl Strategy<Value = Message> {
             }
         }),
         (1..=u16::MAX).prop_map(|port| Message::SwarmAt { port }),
+        (any::<u64>(), 1..=u16::MAX, any::<[u8; 4]>(), 1..=u16::MAX).prop_map(
+            |(connection_id, port, ip, tport)| Message::Introduce {
+                connection_id,
+                port,
+                target: SocketAddr::new(IpAddr::V4(Ipv4Addr::from(ip)), tport),
+            }
+        ),
+        (any::<[u8; 16]>(), 1..=u16::MAX, 1..=u16::MAX).prop_map(|(ip, port, udp_port)| {
+            Message::Introduced {
+                peer: SocketAddr::new(IpAddr::V6(Ipv6Addr::from(ip)), port),
+                udp_port,
+            }
+        }),
         any::<u64>().prop_map(|cookie| Message::Join { cookie }),
         any::<u64>().prop_map(|cookie| Message::Challenge { cookie }),
         (any::<u64>(), any::<Option<u16>>())
@@ -571,6 +589,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                             probe,
                             relayed,
                             mapped,
+                            punch: false,
                         },
                     }
                 }
@@ -600,6 +619,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                             entry,
                             relayed,
                             mapped,
+                            punchable: false,
                         })
                         .collect(),
                 })
@@ -655,4 +675,77 @@ proptest! {
             prop_assert!(Datagram::decode(&out).is_ok());
         }
     }
+}
+
+#[test]
+fn introduce_vectors() {
+    let d = Datagram::new(
+        9,
+        Message::Introduce {
+            connection_id: 0x0A0B,
+            port: 0x1F90,
+            target: "10.0.2.7:6881".parse().unwrap(),
+        },
+    );
+    let mut bytes = hdr(20, 9, 0x0A0B);
+    bytes.extend_from_slice(&[0x1F, 0x90, 4, 10, 0, 2, 7, 0x1A, 0xE1]);
+    bytes.resize(INTRODUCE_LEN, 0);
+    roundtrip_bytes(&d, &bytes);
+    // IPv6 target: padded to the same length.
+    let v6 = Datagram::new(
+        9,
+        Message::Introduce {
+            connection_id: 1,
+            port: 80,
+            target: "[2001:db8::1]:443".parse().unwrap(),
+        },
+    );
+    assert_eq!(v6.to_vec().len(), INTRODUCE_LEN);
+    assert_eq!(Datagram::decode(&v6.to_vec()).unwrap(), v6);
+    // Any other length is malformed, as are ports 0 and unknown families.
+    for len in [HEADER_LEN, INTRODUCE_LEN - 1, INTRODUCE_LEN + 1] {
+        let mut b = bytes.clone();
+        b.resize(len, 0);
+        assert!(Datagram::decode(&b).is_err(), "length {len}");
+    }
+    let mut zero_port = bytes.clone();
+    zero_port[20..22].copy_from_slice(&[0, 0]);
+    assert!(Datagram::decode(&zero_port).is_err());
+    let mut family = bytes.clone();
+    family[22] = 5;
+    assert!(Datagram::decode(&family).is_err());
+    // Padding is ignored on receive.
+    let mut padded = bytes.clone();
+    padded[INTRODUCE_LEN - 1] = 0xFF;
+    assert_eq!(Datagram::decode(&padded).unwrap(), d);
+}
+
+#[test]
+fn introduced_vectors() {
+    let d = Datagram::new(
+        9,
+        Message::Introduced {
+            peer: "10.0.2.7:6881".parse().unwrap(),
+            udp_port: 0x9C40,
+        },
+    );
+    let mut bytes = hdr(21, 9, 0);
+    bytes.extend_from_slice(&[4, 10, 0, 2, 7, 0x1A, 0xE1, 0x9C, 0x40]);
+    roundtrip_bytes(&d, &bytes);
+    assert_eq!(bytes.len(), 29);
+    let v6 = Datagram::new(
+        1,
+        Message::Introduced {
+            peer: "[2001:db8::1]:443".parse().unwrap(),
+            udp_port: 1,
+        },
+    );
+    // Two of the largest INTRODUCED never exceed one INTRODUCE.
+    assert!(2 * v6.to_vec().len() <= INTRODUCE_LEN);
+    let mut short = bytes.clone();
+    short.pop();
+    assert!(Datagram::decode(&short).is_err());
+    // PUNCH and PUNCHABLE bits.
+    assert!(ExtFlags::from_u8(0x08).unwrap().punch);
+    assert!(ExtFlags::from_u8(0x10).is_none());
 }

@@ -2,7 +2,7 @@
 //! networks and tests, bounded (docs/dht.md):
 //!
 //! * requests per second per source IP: a token bucket per IP
-//!   ([`crate::ratelimit::PerIpBuckets`]) in the crate's request filter,
+//!   ([`crate::ratelimit::RateTable`]) in the crate's request filter,
 //!   remembering at most [`NodeLimits::max_addresses`] addresses;
 //! * only BEP 5 is served (ping, find_node, get_peers, announce_peer,
 //!   and BEP 44's read-only `get`, which the crate's announce uses to
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::Bootstrap;
 use crate::events::{Event, Events};
-use crate::ratelimit::PerIpBuckets;
+use crate::ratelimit::RateTable;
 
 /// How often figures are reported (when they changed).
 pub const REPORT_EVERY: Duration = Duration::from_secs(10);
@@ -74,7 +74,7 @@ struct Counters {
 /// read-only get), counted.
 #[derive(Debug, Clone)]
 struct Filter {
-    buckets: Arc<Mutex<PerIpBuckets>>,
+    buckets: Arc<Mutex<RateTable<std::net::IpAddr>>>,
     counters: Arc<Counters>,
 }
 
@@ -160,7 +160,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let limits = opts.limits.clone();
     let filter = Filter {
-        buckets: Arc::new(Mutex::new(PerIpBuckets::new(
+        buckets: Arc::new(Mutex::new(RateTable::new(
             limits.requests_per_ip_per_sec,
             limits.request_burst,
             limits.max_addresses,

@@ -87,6 +87,9 @@ pub async fn get_observed(
         .await;
     cancel.cancel();
     scope.shutdown(SHUTDOWN_WAIT).await;
+    if let Some(punch) = swarm.as_ref().and_then(|s| s.punch.get()) {
+        punch.close().await;
+    }
     // The sessions are gone: the disk thread finishes what they queued.
     if let Some(thread) = swarm.and_then(|s: Arc<Swarm>| s.disk.close()) {
         let joined = tokio::task::spawn_blocking(move || thread.join());
@@ -146,8 +149,12 @@ async fn get_scoped(
         false => None,
     };
     let socket = udp_socket_for(tracker).await?;
+    let punch = super::punch::attach(&swarm, &socket, tracker).await;
     let announced_port = mapped.map_or(local.port(), |a| a.port());
     let mut client = TrackerClient::from_socket(socket, tracker, swarm.swarm_key, announced_port);
+    if let Some(link) = punch {
+        client.set_punch(link);
+    }
     if mapped.is_some() {
         client.set_mapped();
     }

@@ -31,6 +31,7 @@ pub mod ls;
 pub mod node;
 pub mod pieces;
 pub mod progress;
+pub mod punch;
 pub mod rate;
 pub mod reach;
 pub mod remembered;
@@ -61,14 +62,23 @@ pub async fn resolve(host: &str, port: u16) -> anyhow::Result<SocketAddr> {
         .ok_or_else(|| anyhow!("{host} has no address: check the host name"))
 }
 
-/// A UDP socket of the right family to talk to `to`.
+/// A UDP socket of the right family to talk to `to`. Where the system
+/// has SO_REUSEPORT, it is set, so that hole punching's QUIC socket can
+/// share its port (`punch`).
 pub async fn udp_socket_for(to: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
     let any: SocketAddr = if to.is_ipv4() {
         "0.0.0.0:0".parse()?
     } else {
         "[::]:0".parse()?
     };
-    tokio::net::UdpSocket::bind(any)
-        .await
-        .context("opening a UDP socket for the tracker")
+    #[cfg(unix)]
+    {
+        punch::reusable_udp(any).context("opening a UDP socket for the tracker")
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::net::UdpSocket::bind(any)
+            .await
+            .context("opening a UDP socket for the tracker")
+    }
 }

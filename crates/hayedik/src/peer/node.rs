@@ -40,6 +40,9 @@ pub const MAX_KNOWN: usize = 1024;
 pub const RELAYED_DIRECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// ... and alone for this long before the relay is tried alongside.
 pub const RELAY_HEAD_START: Duration = Duration::from_millis(250);
+/// With hole punching possible, the punched path is tried after
+/// [`RELAY_HEAD_START`], and the relay only this much later.
+pub const PUNCH_HEAD_START: Duration = Duration::from_millis(1500);
 
 /// How a session with a listed peer was reached (`done`'s `via`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +51,8 @@ pub enum Via {
     /// Directly, at a port the peer's router forwards to it.
     Mapped,
     Relay,
+    /// Directly, through a hole punched in both NATs (QUIC).
+    Punched,
 }
 
 impl Via {
@@ -56,6 +61,7 @@ impl Via {
             Via::Direct => "direct",
             Via::Mapped => "mapped",
             Via::Relay => "relay",
+            Via::Punched => "punched",
         }
     }
 }
@@ -234,6 +240,8 @@ pub fn spawn_connector(
         // Listed peers reachable only through a relay, and that relay.
         // (relay, whether the peer is a seeder).
         let mut relayed: HashMap<SocketAddr, (SocketAddr, bool)> = HashMap::new();
+        // Listed peers we open a punched path to, when direct fails.
+        let mut punchable: std::collections::HashSet<SocketAddr> = Default::default();
         let slots = Arc::new(Semaphore::new(MAX_OUTGOING));
         let cancel = swarm.cancel.clone();
         let mut known: HashMap<SocketAddr, DialState> = HashMap::new();
@@ -272,6 +280,25 @@ pub fn spawn_connector(
                         });
                         (list, relay)
                     };
+                    {
+                        let latest = peers.borrow();
+                        if let Some(r) = latest.as_ref() {
+                            let me = r.ext.map(|e| e.observed);
+                            let complete = swarm.have().is_some_and(|h| h.is_full());
+                            for e in &r.peers {
+                                let theirs = e.state == hayedik_proto::tracker::PeerState::Complete;
+                                if r.punchable.contains(&e.addr)
+                                    && super::punch::we_dial(me, complete, e.addr, theirs)
+                                {
+                                    if punchable.len() < MAX_KNOWN {
+                                        punchable.insert(e.addr);
+                                    }
+                                } else {
+                                    punchable.remove(&e.addr);
+                                }
+                            }
+                        }
+                    }
                     if let Some((relay, addrs)) = relay {
                         for a in addrs {
                             if relayed.len() < MAX_KNOWN || relayed.contains_key(&a) {
@@ -292,6 +319,7 @@ pub fn spawn_connector(
                             listed.contains(a) || dialing.contains(a) || swarm.is_connected(a)
                         });
                         relayed.retain(|a, _| known.contains_key(a));
+                        punchable.retain(|a| known.contains_key(a));
                     }
                 }
                 Some((addr, ok)) = done_rx.recv() => {
@@ -327,8 +355,13 @@ pub fn spawn_connector(
                     .filter(|(_, seeder)| *seeder || paths.may_relay_to_downloader())
                     .map(|(r, _)| (*r, relay_key));
                 let paths = paths.clone();
+                let punch = swarm
+                    .punch
+                    .get()
+                    .filter(|_| punchable.contains(&addr))
+                    .cloned();
                 crate::spawn::spawn(&format!("dial {addr}"), async move {
-                    let ok = dial(swarm, addr, relay, &paths).await;
+                    let ok = dial(swarm, addr, relay, punch, &paths).await;
                     drop(permit);
                     let _ = done.send((addr, ok));
                 });
@@ -348,6 +381,7 @@ fn is_self(swarm: &Swarm, addr: &SocketAddr) -> bool {
 enum Reached {
     Direct(TcpStream),
     Relayed(TcpStream),
+    Punched(quinn::Connection, super::punch::quic::Stream),
 }
 
 /// Connects to `addr`: directly, or, for a peer listed as relayed, directly
@@ -355,7 +389,14 @@ enum Reached {
 /// alongside, taking whichever connects first (a refusal or a success on a
 /// LAN comes within the head start, so a direct path wins where there is
 /// one).
-async fn connect(addr: SocketAddr, relay: Option<(SocketAddr, [u8; 32])>) -> Option<Reached> {
+async fn connect(
+    addr: SocketAddr,
+    relay: Option<(SocketAddr, [u8; 32])>,
+    punch: Option<Arc<super::punch::Punch>>,
+) -> Option<Reached> {
+    if let Some(punch) = punch {
+        return connect_punching(addr, relay, punch).await;
+    }
     let Some((relay, key)) = relay else {
         return match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => Some(Reached::Direct(s)),
@@ -403,15 +444,79 @@ async fn connect(addr: SocketAddr, relay: Option<(SocketAddr, [u8; 32])>) -> Opt
     None
 }
 
+/// [`connect`] for a peer we may punch to: directly with a head start of
+/// [`RELAY_HEAD_START`], then punched alongside, then (after
+/// [`PUNCH_HEAD_START`] more) through the relay if there is one; the first
+/// that connects wins, the others are dropped (one session per pair).
+async fn connect_punching(
+    addr: SocketAddr,
+    relay: Option<(SocketAddr, [u8; 32])>,
+    punch: Arc<super::punch::Punch>,
+) -> Option<Reached> {
+    let direct = tokio::time::timeout(RELAYED_DIRECT_TIMEOUT, TcpStream::connect(addr));
+    tokio::pin!(direct);
+    let mut direct_over = false;
+    tokio::select! {
+        r = &mut direct => match r {
+            Ok(Ok(s)) => return Some(Reached::Direct(s)),
+            _ => direct_over = true,
+        },
+        _ = tokio::time::sleep(RELAY_HEAD_START) => {}
+    }
+    let punched = punch.connect(addr);
+    tokio::pin!(punched);
+    let mut punch_over = false;
+    let relay_at = tokio::time::sleep(PUNCH_HEAD_START);
+    tokio::pin!(relay_at);
+    let relayed = async {
+        match relay {
+            Some((relay, key)) => {
+                (&mut relay_at).await;
+                crate::relay::client::dial(relay, key, addr).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(relayed);
+    let mut relay_over = relay.is_none();
+    while !(direct_over && punch_over && relay_over) {
+        tokio::select! {
+            r = &mut direct, if !direct_over => match r {
+                Ok(Ok(s)) => return Some(Reached::Direct(s)),
+                _ => direct_over = true,
+            },
+            r = &mut punched, if !punch_over => match r {
+                Some((conn, stream)) => {
+                    tracing::debug!("reached {addr} through a punched hole");
+                    return Some(Reached::Punched(conn, stream));
+                }
+                None => punch_over = true,
+            },
+            r = &mut relayed, if !relay_over => match r {
+                Ok(s) => {
+                    tracing::debug!("reaching {addr} through the relay");
+                    return Some(Reached::Relayed(s));
+                }
+                Err(e) => {
+                    tracing::debug!("reaching {addr} through the relay: {e}");
+                    relay_over = true;
+                }
+            },
+        }
+    }
+    None
+}
+
 /// Connects (see [`connect`]) and runs a session; true if the session got
 /// going.
 async fn dial(
     swarm: Arc<Swarm>,
     addr: SocketAddr,
     relay: Option<(SocketAddr, [u8; 32])>,
+    punch: Option<Arc<super::punch::Punch>>,
     paths: &Paths,
 ) -> bool {
-    let Some(reached) = connect(addr, relay).await else {
+    let Some(reached) = connect(addr, relay, punch).await else {
         return false;
     };
     let (cancel, activity) = (
@@ -426,6 +531,12 @@ async fn dial(
         Reached::Relayed(stream) => {
             paths.set(addr, Via::Relay);
             session::run_over(swarm, stream, addr, Some(addr), cancel, activity).await
+        }
+        Reached::Punched(conn, stream) => {
+            paths.set(addr, Via::Punched);
+            let r = session::run_over(swarm, stream, addr, Some(addr), cancel, activity).await;
+            conn.close(0u32.into(), b"done");
+            r
         }
     };
     match result {

@@ -43,6 +43,7 @@ pub fn spawn_reach(
         probe: true,
         relayed: false,
         mapped: false,
+        punch: false,
     });
     crate::spawn::spawn("reachability", async move {
         let cancel = swarm.cancel.clone();
@@ -90,6 +91,7 @@ pub fn spawn_reach(
                 probe: false,
                 relayed: up,
                 mapped: false,
+                punch: false,
             });
             if up && said != Some(true) {
                 emit(&events, true, ext.observed, "relay");
@@ -152,6 +154,7 @@ async fn verdict(
                         probe: true,
                         relayed: false,
                         mapped: false,
+                        punch: false,
                     });
                 }
                 Probe::Pending | Probe::NotAsked => {}

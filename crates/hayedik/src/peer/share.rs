@@ -79,17 +79,21 @@ pub async fn share(
     let scope = Scope::new("share");
     let cancel = cancel.child_token();
     let mut stop = None;
+    let mut punch = None;
     let result = scope
         .run(share_scoped(
             opts,
             &events,
             cancel.clone(),
             on_ready,
-            &mut stop,
+            (&mut stop, &mut punch),
         ))
         .await;
     cancel.cancel();
     scope.shutdown(SHUTDOWN_WAIT).await;
+    if let Some(punch) = punch {
+        punch.close().await;
+    }
     if let Some(stopped) = stop {
         events.emit(stopped);
     }
@@ -101,7 +105,10 @@ async fn share_scoped(
     events: &Events,
     cancel: CancellationToken,
     on_ready: impl FnOnce(Shared),
-    stop: &mut Option<Event>,
+    (stop, punch_out): (
+        &mut Option<Event>,
+        &mut Option<std::sync::Arc<super::punch::Punch>>,
+    ),
 ) -> anyhow::Result<()> {
     let path = opts.path.clone();
     let walked = {
@@ -233,8 +240,18 @@ async fn share_scoped(
     node::spawn_listener(listener, swarm.clone(), opts.max_peers_per_ip);
     let swarm_addr = SocketAddr::new(central.ip(), swarm_port);
     let announced_port = mapped_tcp.map_or(local.port(), |a| a.port());
+    // Hole punching with a tracker elsewhere (an embedded one is on this
+    // host: nothing to punch through).
+    let punch = match opts.tracker.is_some() {
+        true => super::punch::attach(&swarm, &socket, swarm_addr).await,
+        false => None,
+    };
+    *punch_out = swarm.punch.get().cloned();
     let mut client =
         TrackerClient::from_socket(socket, swarm_addr, swarm.swarm_key, announced_port);
+    if let Some(link) = punch {
+        client.set_punch(link);
+    }
     if mapped_tcp.is_some() {
         client.set_mapped();
     }

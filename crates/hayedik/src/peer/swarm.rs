@@ -80,6 +80,8 @@ pub struct Swarm {
     /// the connector to dial; bounded by [`MAX_OFFERED`].
     offers_tx: mpsc::Sender<(SocketAddr, Found)>,
     offers_rx: Mutex<Option<mpsc::Receiver<(SocketAddr, Found)>>>,
+    /// Hole punching, when on (set once by `get` or `share`).
+    pub punch: std::sync::OnceLock<Arc<super::punch::Punch>>,
 }
 
 impl std::fmt::Debug for Swarm {
@@ -120,6 +122,7 @@ impl Swarm {
             connected: Mutex::new(HashMap::new()),
             offers_tx,
             offers_rx: Mutex::new(Some(offers_rx)),
+            punch: std::sync::OnceLock::new(),
         })
     }
 

@@ -106,7 +106,7 @@ pub struct Book {
     pending: HashMap<u64, Pending>,
     sessions: usize,
     sessions_per_ip: HashMap<IpAddr, usize>,
-    rate: crate::ratelimit::PerIpBuckets,
+    rate: crate::ratelimit::RateTable<IpAddr>,
     next_id: u64,
     pub counters: Counters,
 }
@@ -126,7 +126,7 @@ fn dec(map: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
 
 impl Book {
     pub fn new(limits: RelayLimits) -> Self {
-        let rate = crate::ratelimit::PerIpBuckets::new(
+        let rate = crate::ratelimit::RateTable::new(
             limits.conns_per_ip_per_sec,
             limits.conn_burst,
             MAX_RATE_ENTRIES,

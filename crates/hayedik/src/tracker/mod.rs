@@ -11,6 +11,7 @@
 pub mod central;
 pub mod cookie;
 pub mod http;
+pub mod introduce;
 pub mod limits;
 pub mod peers;
 pub mod probe;

@@ -133,6 +133,11 @@ pub struct SwarmTracker {
     /// its key is bound): one that never was is retired after
     /// `Retire::unannounced`.
     announced: bool,
+    /// Peers opted in to hole punching; INTRODUCE's rate limits.
+    introducer: super::introduce::Introducer,
+    /// The INTRODUCED for the target of the last INTRODUCE (the
+    /// requester's is in `out`): the task sends it.
+    second: Option<(SocketAddr, Vec<u8>)>,
 }
 
 impl SwarmTracker {
@@ -157,6 +162,8 @@ impl SwarmTracker {
             probes: Probes::default(),
             probe_to_start: None,
             announced: record_bound,
+            introducer: Default::default(),
+            second: None,
         }
     }
 
@@ -203,6 +210,7 @@ impl SwarmTracker {
     /// old probe results.
     pub fn expire(&mut self, now: Instant) -> usize {
         self.probes.expire(now);
+        self.introducer.expire(now, self.settings.interval * 2);
         self.peers.expire(now, self.settings.interval * 2)
     }
 
@@ -210,6 +218,12 @@ impl SwarmTracker {
     /// task runs it and reports with [`SwarmTracker::probe_finished`].
     pub fn take_probe(&mut self) -> Option<SocketAddr> {
         self.probe_to_start.take()
+    }
+
+    /// The second INTRODUCED of the last [`SwarmTracker::handle`], if
+    /// any, and where to send it.
+    pub fn take_second(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.second.take()
     }
 
     /// A probe ended (`None`: it could not be run).
@@ -299,6 +313,10 @@ impl SwarmTracker {
                 Effect::Nothing
             }
             Kind::Announce | Kind::AnnounceX => self.announce(src, &header, body, now, out),
+            Kind::Introduce => {
+                self.introduce(src, &header, body, now, out);
+                Effect::Nothing
+            }
             _ => Effect::Nothing,
         }
     }
@@ -386,6 +404,7 @@ impl SwarmTracker {
                 effect = Effect::KeyBound;
             }
         }
+        let udp_src = src;
         // The address this announce is listed under: its source, or for
         // an embedded tracker's own mapped sharer, the router's.
         let src = match (&self.settings.external, ext) {
@@ -402,9 +421,15 @@ impl SwarmTracker {
             Update::Listed => {
                 self.peers.set_relayed(me, ext.is_some_and(|f| f.relayed));
                 self.peers.set_mapped(me, ext.is_some_and(|f| f.mapped));
+                let punch = ext.is_some_and(|f| f.punch);
+                self.introducer.set(me, udp_src, punch, now);
                 None
             }
-            Update::NotListed | Update::NotOwner => None,
+            Update::NotListed => {
+                self.introducer.set(me, udp_src, false, now);
+                None
+            }
+            Update::NotOwner => None,
         };
         if let Some(message) = refusal {
             encode_error_capped(out, tid, ErrorCode::RateLimited, message, usize::MAX);
@@ -500,6 +525,11 @@ impl SwarmTracker {
             .map(|entry| PeerEntryX {
                 relayed: self.peers.is_relayed((entry.addr.ip(), entry.addr.port())),
                 mapped: self.peers.is_mapped((entry.addr.ip(), entry.addr.port())),
+                // Shown only to a requester that opted in itself.
+                punchable: flags.punch
+                    && self
+                        .introducer
+                        .is_punchable((entry.addr.ip(), entry.addr.port())),
                 entry,
             })
             .collect();
@@ -513,6 +543,58 @@ impl SwarmTracker {
             peers,
         };
         Datagram::new(tid, Message::PeersX(reply)).encode(out);
+    }
+}
+
+impl SwarmTracker {
+    /// INTRODUCE: both sides get INTRODUCED (the requester in `out`, the
+    /// target in [`SwarmTracker::take_second`]), or nobody gets anything:
+    /// an unavailable swarm, a bad connection id, a malformed body, a side
+    /// not opted in, or a rate limit.
+    fn introduce(
+        &mut self,
+        src: SocketAddr,
+        header: &hayedik_proto::tracker::Header,
+        body: &[u8],
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) {
+        self.second = None;
+        if self.unavailable().is_some()
+            || !self.conn_ids.check(
+                src,
+                u64::from(self.record.port),
+                header.token,
+                self.secs(now),
+            )
+        {
+            return;
+        }
+        let Ok(Message::Introduce { port, target, .. }) = decode_body(header, body) else {
+            return;
+        };
+        let Some((mine, theirs)) = self.introducer.introduce(src, port, target, now) else {
+            return;
+        };
+        let tid = header.tid;
+        Datagram::new(
+            tid,
+            Message::Introduced {
+                peer: SocketAddr::new(theirs.ip(), target.port()),
+                udp_port: theirs.port(),
+            },
+        )
+        .encode(out);
+        let mut second = Vec::with_capacity(41);
+        Datagram::new(
+            tid,
+            Message::Introduced {
+                peer: SocketAddr::new(mine.ip(), port),
+                udp_port: mine.port(),
+            },
+        )
+        .encode(&mut second);
+        self.second = Some((theirs, second));
     }
 }
 

@@ -167,6 +167,9 @@ pub async fn serve(mut swarm: SwarmTracker, socket: Arc<UdpSocket>, ctx: SwarmCt
                 if let Some(reply) = held {
                     let _ = socket.send_to(&reply, src).await;
                 }
+                if let Some((to, second)) = swarm.take_second() {
+                    let _ = socket.send_to(&second, to).await;
+                }
                 if let Some(addr) = swarm.take_probe() {
                     let tx = probes.get_or_insert_with(mpsc::unbounded_channel).0.clone();
                     start_probe(shared, addr, tx);

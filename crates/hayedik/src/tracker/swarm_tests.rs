@@ -468,6 +468,7 @@ fn announce_x_lists_relayed_peers_and_tells_the_relay() {
         probe: false,
         relayed: true,
         mapped: false,
+        punch: false,
     };
     let Some(Message::PeersX(p)) = reply(
         &mut s,
@@ -593,6 +594,7 @@ fn probes_start_once_and_report_their_result() {
         probe: true,
         relayed: false,
         mapped: false,
+        punch: false,
     };
     let ask = announce_x(cid, [9; 32], 8000, PeerState::Complete, flags);
     let probe_of = |m: Option<Message>| match m {

@@ -577,6 +577,19 @@ impl Host {
         }
     }
 
+    /// A [`Host::home_router`] whose input chain also accepts unsolicited
+    /// traffic from `eth0` to the router itself (some real routers do).
+    pub fn accept_input_from_wan(&self) {
+        if let Err(e) = run(
+            "ip",
+            &[
+                "netns", "exec", &self.ns, "nft", "flush", "chain", "ip", "filter", "input",
+            ],
+        ) {
+            panic!("router input chain in {}: {e}", self.ns);
+        }
+    }
+
     /// Turns IPv4 forwarding on in this host.
     fn forwarding(&self) {
         if let Err(e) = run(

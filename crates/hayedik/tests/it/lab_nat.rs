@@ -49,6 +49,16 @@ fn start_relay_tracker(host: &Host) -> Proc {
 }
 
 fn start_share(host: &Host, tracker: SocketAddr, file: &Path, extra: &[&str]) -> (Proc, String) {
+    start_share_env(host, tracker, file, extra, &[])
+}
+
+fn start_share_env(
+    host: &Host,
+    tracker: SocketAddr,
+    file: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Proc, String) {
     let (tracker, listen) = (tracker.to_string(), host.addr(0).to_string());
     let mut args = vec![
         "share",
@@ -60,17 +70,30 @@ fn start_share(host: &Host, tracker: SocketAddr, file: &Path, extra: &[&str]) ->
         "--json",
     ];
     args.extend_from_slice(extra);
-    let mut s = host.spawn(&format!("share on {}", host.ip), &args);
+    let mut s = host.spawn_env(&format!("share on {}", host.ip), env, &args);
     let ticket = ticket_of(&mut s);
     (s, ticket)
 }
 
 fn start_get(host: &Host, ticket: &str, out: &Path, extra: &[&str]) -> Proc {
+    start_get_env(host, ticket, out, extra, &[])
+}
+
+fn start_get_env(
+    host: &Host,
+    ticket: &str,
+    out: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Proc {
     let (listen, out) = (host.addr(0).to_string(), out.to_str().expect("UTF-8"));
     let mut args = vec!["get", ticket, "-o", out, "--listen", &listen, "--json"];
     args.extend_from_slice(extra);
-    host.spawn(&format!("get on {}", host.ip), &args)
+    host.spawn_env(&format!("get on {}", host.ip), env, &args)
 }
+
+/// Hole punching off (`HAYEDIK_PUNCH=off`): the relay path alone.
+const NO_PUNCH: &[(&str, &str)] = &[("HAYEDIK_PUNCH", "off")];
 
 /// The `reachability` event of `p`.
 fn reachability(p: &mut Proc) -> Value {
@@ -92,8 +115,11 @@ fn done_after(g: &mut Proc, start: Instant, what: &str) -> Value {
 
 /// A sharer behind router `ra` (symmetric or not) and a getter behind a
 /// home router `rb`: neither can reach the other; both complete through
-/// the relay, byte-identical.
+/// the relay, byte-identical. Between two home routers punching would
+/// succeed, so that case runs with punching off; with a symmetric router
+/// punching is on and fails, and the relay must still carry the file.
 fn relayed_between_routers(test: &'static str, sharer_symmetric: bool) {
+    let env = if sharer_symmetric { &[][..] } else { NO_PUNCH };
     scenario(Duration::from_secs(150), move || {
         let mut lab = Lab::new(test);
         let th = lab.host("trk");
@@ -104,7 +130,7 @@ fn relayed_between_routers(test: &'static str, sharer_symmetric: bool) {
         let tracker = start_relay_tracker(&th);
         let data = random_file(&lab.path(NAME), 6 * MIB, 21);
 
-        let (mut sharer, ticket) = start_share(&a, th.addr(7410), &lab.path(NAME), &[]);
+        let (mut sharer, ticket) = start_share_env(&a, th.addr(7410), &lab.path(NAME), &[], env);
         let r = reachability(&mut sharer);
         assert_eq!(
             (&r["how"], &r["reachable"]),
@@ -115,7 +141,7 @@ fn relayed_between_routers(test: &'static str, sharer_symmetric: bool) {
         assert_eq!(listed.ip(), ra.ip, "listed under its router's address: {r}");
 
         let start = Instant::now();
-        let mut g = start_get(&b, &ticket, &lab.path("out"), &[]);
+        let mut g = start_get_env(&b, &ticket, &lab.path("out"), &[], env);
         let v = done_after(
             &mut g,
             start,
@@ -186,13 +212,18 @@ fn lab_nat_relayed_sharer_vanishes() {
         seeder.wait_event("seeding", Duration::from_secs(30));
         let sr = reachability(&mut seeder);
         assert_eq!(sr["how"], "direct", "{sr}");
-        for (g, out) in [(&mut g1, "out1"), (&mut g2, "out2")] {
+        // The getter behind a home router may have punched through to the
+        // hidden sharer (both home routers); the one behind a symmetric
+        // router can only have used the relay.
+        let (home, symmetric): (&[&str], &[&str]) = (&["relay", "punched"], &["relay"]);
+        for (g, out, paths) in [(&mut g1, "out1", home), (&mut g2, "out2", symmetric)] {
             let v = g.wait_event("done", Duration::from_secs(90));
             g.expect_success(Duration::from_secs(15));
             assert_file_is(&lab.path(out).join(NAME), &data);
             assert_eq!(v["via"][seeder_addr.to_string()], "direct", "{v}");
             if v["from"][hidden.to_string()].as_u64().unwrap_or(0) > 0 {
-                assert_eq!(v["via"][hidden.to_string()], "relay", "{v}");
+                let via = v["via"][hidden.to_string()].as_str().unwrap_or_default();
+                assert!(paths.contains(&via), "{v}");
             }
         }
         for p in [&tracker, &seeder, &g1, &g2] {
@@ -460,6 +491,192 @@ fn lab_nat_upnp_router_mapped_getter() {
         assert!(left.is_empty(), "mappings left after get exited: {left:?}");
         sharer.kill();
         for p in [&tracker, &g] {
+            p.assert_no_panic();
+        }
+    });
+}
+
+/// How the routers of a punching scenario behave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routers {
+    /// Two home routers: the punch must succeed.
+    Home,
+    /// Two home routers whose input chain accepts unsolicited traffic to
+    /// the router itself (NAT-LAB.md: an early punch packet then gets a
+    /// conntrack entry that remaps the host's later packets): punched or
+    /// relayed, the file must arrive.
+    HomeOpenInput,
+    /// The getter behind a symmetric router: the relay.
+    SymmetricGetter,
+}
+
+/// A sharer behind router `ra` and a getter behind `rb`, a tracker with a
+/// relay, punching on: the file arrives, by the path `routers` allows.
+/// Returns the `via` of the sharer and the seconds to the first byte.
+fn punched_between_routers(test: &'static str, routers: Routers, size: usize) -> (String, f64) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    scenario(Duration::from_secs(150), move || {
+        let mut lab = Lab::new(test);
+        let th = lab.host("trk");
+        let (ra, rb) = (lab.host("ra"), lab.host("rb"));
+        ra.home_router(false);
+        rb.home_router(routers == Routers::SymmetricGetter);
+        if routers == Routers::HomeOpenInput {
+            ra.accept_input_from_wan();
+            rb.accept_input_from_wan();
+        }
+        let (a, b) = (lab.behind(&ra, "a"), lab.behind(&rb, "b"));
+        let tracker = start_relay_tracker(&th);
+        let data = random_file(&lab.path(NAME), size, 23);
+        let (mut sharer, ticket) = start_share(&a, th.addr(7410), &lab.path(NAME), &[]);
+        let r = reachability(&mut sharer);
+        let listed: SocketAddr = r["addr"].as_str().unwrap().parse().unwrap();
+        let start = Instant::now();
+        let mut g = start_get(&b, &ticket, &lab.path("out"), &["--no-seed"]);
+        let first = g.wait_progress(1, Duration::from_secs(60));
+        let ttfb = start.elapsed().as_secs_f64();
+        let v = if first["event"] == "done" {
+            first
+        } else {
+            g.wait_event("done", Duration::from_secs(90))
+        };
+        assert_file_is(&lab.path("out").join(NAME), &data);
+        let via = v["via"][listed.to_string()]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        note(&format!(
+            "lab_nat punch {routers:?}: via {via}, first byte {ttfb:.2} s, done in {} s",
+            v["seconds"]
+        ));
+        match routers {
+            Routers::Home => assert_eq!(via, "punched", "{v}"),
+            Routers::HomeOpenInput => assert!(via == "punched" || via == "relay", "{v}"),
+            Routers::SymmetricGetter => assert_eq!(via, "relay", "{v}"),
+        }
+        for p in [&tracker, &sharer, &g] {
+            p.assert_no_panic();
+        }
+        let _ = tx.send((via, ttfb));
+    });
+    rx.recv().expect("the scenario reports")
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, nftables"]
+fn lab_nat_two_home_routers_punched() {
+    punched_between_routers(
+        "lab_nat::lab_nat_two_home_routers_punched",
+        Routers::Home,
+        6 * MIB,
+    );
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, nftables"]
+fn lab_nat_home_routers_open_input_still_deliver() {
+    punched_between_routers(
+        "lab_nat::lab_nat_home_routers_open_input_still_deliver",
+        Routers::HomeOpenInput,
+        6 * MIB,
+    );
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, nftables"]
+fn lab_nat_symmetric_getter_relay() {
+    punched_between_routers(
+        "lab_nat::lab_nat_symmetric_getter_relay",
+        Routers::SymmetricGetter,
+        6 * MIB,
+    );
+}
+
+/// Figures for docs/performance.md (not a test of speed: it prints):
+/// `HAYEDIK_PUNCH_RUNS` runs (default 20) per router pair, the path each
+/// took and the time to the first byte.
+#[test]
+#[ignore = "needs root; a measurement: prints figures"]
+fn lab_nat_punch_success_rates() {
+    let runs: usize = std::env::var("HAYEDIK_PUNCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    for routers in [
+        Routers::Home,
+        Routers::HomeOpenInput,
+        Routers::SymmetricGetter,
+    ] {
+        let mut paths = std::collections::BTreeMap::<String, Vec<f64>>::new();
+        for _ in 0..runs {
+            let (via, ttfb) =
+                punched_between_routers("lab_nat::lab_nat_punch_success_rates", routers, MIB);
+            paths.entry(via).or_default().push(ttfb);
+        }
+        for (via, t) in &paths {
+            let mean = t.iter().sum::<f64>() / t.len() as f64;
+            eprintln!(
+                "FIGURE punch {routers:?}: {via} {}/{runs}, first byte mean {mean:.2} s",
+                t.len()
+            );
+        }
+    }
+}
+
+/// CPU seconds (user and system) `pid` has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the
+    // 12th, stime the 13th, in clock ticks (100 per second on Linux).
+    let rest = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    f.iter().sum::<u64>() as f64 / 100.0
+}
+
+/// Figures for docs/performance.md (prints, asserts only the file and the
+/// path): `HAYEDIK_PUNCH_MIB` MiB (default 256) from a sharer behind one
+/// home router to a getter behind another, punched (or, with
+/// `HAYEDIK_PUNCH=off` in the test's environment, relayed), with the CPU
+/// seconds both processes spent on it.
+#[test]
+#[ignore = "needs root; a measurement: prints figures"]
+fn lab_nat_punched_throughput() {
+    scenario(Duration::from_secs(300), || {
+        let mib: usize = std::env::var("HAYEDIK_PUNCH_MIB")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256);
+        let mut lab = Lab::new("lab_nat::lab_nat_punched_throughput");
+        let th = lab.host("trk");
+        let (ra, rb) = (lab.host("ra"), lab.host("rb"));
+        ra.home_router(false);
+        rb.home_router(false);
+        let (a, b) = (lab.behind(&ra, "a"), lab.behind(&rb, "b"));
+        let tracker = start_relay_tracker(&th);
+        let data = random_file(&lab.path(NAME), mib * MIB, 24);
+        let (mut sharer, ticket) = start_share(&a, th.addr(7410), &lab.path(NAME), &[]);
+        let r = reachability(&mut sharer);
+        let listed: SocketAddr = r["addr"].as_str().unwrap().parse().unwrap();
+        let sharer_cpu = cpu_secs(sharer.pid());
+        let mut g = start_get(&b, &ticket, &lab.path("out"), &[]);
+        let v = g.wait_event("done", Duration::from_secs(240));
+        let getter_cpu = cpu_secs(g.pid());
+        let sharer_cpu = cpu_secs(sharer.pid()) - sharer_cpu;
+        let via = v["via"][listed.to_string()].clone();
+        let secs = v["seconds"].as_f64().unwrap_or(0.0);
+        let gib = (mib as f64) / 1024.0;
+        eprintln!(
+            "FIGURE punched throughput: {mib} MiB via {via} in {secs:.2} s = {:.0} MiB/s; CPU getter {getter_cpu:.2} s + sharer {sharer_cpu:.2} s = {:.2} CPU s/GiB",
+            mib as f64 / secs,
+            (getter_cpu + sharer_cpu) / gib
+        );
+        assert_file_is(&lab.path("out").join(NAME), &data);
+        for p in [&tracker, &sharer, &g] {
             p.assert_no_panic();
         }
     });

@@ -28,6 +28,7 @@ mod swarm_harness;
 mod tracker;
 mod tracker_flood;
 mod tracker_http;
+mod tracker_introduce;
 mod tracker_peers;
 mod tracker_state;
 mod tracker_sybil;

@@ -212,6 +212,7 @@ async fn announce_loop(
                 }
             }
             _ = tokio::time::sleep_until(next) => {}
+            _ = client.serve_punch() => {}
         }
         let w = *wish.borrow_and_update();
         if w.state == PeerState::Leaving {

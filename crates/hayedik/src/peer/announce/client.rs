@@ -35,6 +35,8 @@ pub struct AnnounceReply {
     pub relayed: Vec<SocketAddr>,
     /// Of `peers`, those at a port their router forwards (port mapping).
     pub mapped: Vec<SocketAddr>,
+    /// Of `peers`, those the tracker may introduce us to (hole punching).
+    pub punchable: Vec<SocketAddr>,
     /// What the tracker said about the extensions, when it was asked
     /// (ANNOUNCE_X) and answered PEERS_X.
     pub ext: Option<ExtReply>,
@@ -70,6 +72,12 @@ impl AnnounceReply {
             .filter(|e| e.mapped && usable(&e.entry.addr))
             .map(|e| e.entry.addr)
             .collect();
+        let punchable = p
+            .peers
+            .iter()
+            .filter(|e| e.punchable && usable(&e.entry.addr))
+            .map(|e| e.entry.addr)
+            .collect();
         let peers = p
             .peers
             .iter()
@@ -83,6 +91,7 @@ impl AnnounceReply {
             peers,
             relayed,
             mapped,
+            punchable,
             ext: Some(ExtReply {
                 probe: p.probe,
                 observed: p.observed,
@@ -118,6 +127,7 @@ impl From<Peers> for AnnounceReply {
             peers,
             relayed: Vec::new(),
             mapped: Vec::new(),
+            punchable: Vec::new(),
             ext: None,
         }
     }
@@ -152,6 +162,9 @@ pub struct TrackerClient {
     pub(super) flags: ExtFlags,
     /// Our TCP port is a port mapping: every ANNOUNCE_X says so.
     pub(super) mapped: bool,
+    /// Hole punching: every ANNOUNCE_X opts in (PUNCH), INTRODUCE requests
+    /// come from here and INTRODUCED go there.
+    pub(super) punch: Option<crate::peer::punch::AnnounceLink>,
     buf: Vec<u8>,
 }
 
@@ -176,6 +189,7 @@ impl TrackerClient {
             ext_misses: 0,
             flags: ExtFlags::default(),
             mapped: false,
+            punch: None,
             buf: vec![0u8; RECV_BUF],
         }
     }
@@ -245,6 +259,79 @@ impl TrackerClient {
         self.mapped = true;
     }
 
+    /// Opts in to hole punching (ANNOUNCE_X's PUNCH flag) and carries
+    /// INTRODUCE and INTRODUCED for `link` (see `peer::punch`).
+    pub fn set_punch(&mut self, link: crate::peer::punch::AnnounceLink) {
+        self.use_extensions();
+        self.punch = Some(link);
+    }
+
+    /// Hands an INTRODUCED from the swarm tracker to the punch state.
+    fn forward(&self, src: SocketAddr, message: &Message) -> bool {
+        let Message::Introduced { peer, udp_port } = message else {
+            return false;
+        };
+        if canonical(src) != canonical(self.swarm) {
+            return false;
+        }
+        if let Some(link) = &self.punch {
+            let udp = SocketAddr::new(peer.ip().to_canonical(), *udp_port);
+            let listed = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+            let _ = link
+                .introduced
+                .try_send(crate::peer::punch::Introduced { listed, udp });
+        }
+        true
+    }
+
+    /// Between announces: sends the INTRODUCE requests of the punch state
+    /// and hands INTRODUCED on. Never returns (cancelled by the loop).
+    pub(super) async fn serve_punch(&mut self) {
+        if self.punch.is_none() {
+            return std::future::pending().await;
+        }
+        loop {
+            let Some(link) = self.punch.as_mut() else {
+                return std::future::pending().await;
+            };
+            tokio::select! {
+                target = link.requests.recv() => match target {
+                    Some(target) => self.introduce(target).await,
+                    None => {
+                        self.punch = None;
+                        return std::future::pending().await;
+                    }
+                },
+                r = self.socket.recv_from(&mut self.buf) => {
+                    if let Ok((n, src)) = r {
+                        if let Some(Ok(d)) = self.buf.get(..n).map(Datagram::decode) {
+                            self.forward(src, &d.message);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends INTRODUCE for the listed peer `target` (best effort: nothing
+    /// without a fresh connection id; the requester then times out).
+    async fn introduce(&mut self, target: SocketAddr) {
+        let now = Instant::now();
+        let Some(c) = self
+            .conn
+            .filter(|c| now.saturating_duration_since(c.at) < CONN_ID_MAX_AGE)
+        else {
+            tracing::debug!(%target, "no connection id for INTRODUCE");
+            return;
+        };
+        let message = Message::Introduce {
+            connection_id: c.id,
+            port: self.tcp_port,
+            target,
+        };
+        self.send(rand::random(), message).await;
+    }
+
     pub fn extensions_on(&self) -> bool {
         self.ext == ExtMode::On
     }
@@ -266,6 +353,9 @@ impl TrackerClient {
     async fn wait(&mut self, tid: u32, connecting: bool, until: Instant) -> Option<Message> {
         let swarm = canonical(self.swarm);
         while let Some((src, d)) = recv_datagram(&self.socket, &mut self.buf, until).await {
+            if self.forward(src, &d.message) {
+                continue;
+            }
             if d.tid != tid || canonical(src) != swarm {
                 continue;
             }
@@ -336,6 +426,7 @@ impl TrackerClient {
                         let mut flags = self.flags;
                         flags.probe &= announce.port != 0 && state.is_listed();
                         flags.mapped |= self.mapped;
+                        flags.punch |= self.punch.is_some();
                         Message::AnnounceX {
                             connection_id,
                             announce,
@@ -392,6 +483,16 @@ impl TrackerClient {
                         }
                         // A tracker older than the MAPPED flag finds our
                         // ANNOUNCE_X malformed: ask again without it.
+                        // ... or the PUNCH flag.
+                        ErrorCode::Malformed
+                            if self.punch.is_some() && self.ext != ExtMode::Off =>
+                        {
+                            tracing::info!(
+                                "tracker at {tracker} does not know the PUNCH flag: no hole punching"
+                            );
+                            self.punch = None;
+                            backoff.reset();
+                        }
                         ErrorCode::Malformed if self.mapped && self.ext != ExtMode::Off => {
                             tracing::info!(
                                 "tracker at {tracker} does not know the MAPPED flag: announcing without it"

@@ -575,6 +575,7 @@ async fn extensions_fall_back_on_an_older_tracker() {
             probe: true,
             relayed: false,
             mapped: false,
+            punch: false,
         };
         let r = c.announce(PeerState::Complete, 0).await.unwrap();
         assert_eq!(r.ext, None);
@@ -599,6 +600,7 @@ async fn extensions_probe_and_relayed_entries() {
             probe: false,
             relayed: true,
             mapped: false,
+            punch: false,
         };
         let r = sharer.announce(PeerState::Complete, 0).await.unwrap();
         let ext = r.ext.unwrap();
@@ -614,6 +616,7 @@ async fn extensions_probe_and_relayed_entries() {
             probe: true,
             relayed: false,
             mapped: false,
+            punch: false,
         };
         let mut probe = hayedik_proto::tracker::Probe::Pending;
         for _ in 0..50 {
