@@ -28,6 +28,9 @@ fn relay_tracker(extra: &[&str]) -> (Node, SocketAddr, SocketAddr) {
 }
 
 /// A sharer listed at 127.0.0.1:PORT but listening on 127.0.0.2:PORT only.
+/// Hole punching is off for it (`HAYEDIK_PUNCH=off`: it does not opt in,
+/// so getters do not punch to it): on loopback nothing would stop a
+/// punched QUIC path, and these tests are about the relay.
 /// 127.0.0.1:PORT is held bound and not listening (a connection there is
 /// refused) while the test binary runs: the tracker's probe of the listed
 /// address can never reach another test's listener that took that port.
@@ -44,7 +47,12 @@ fn hidden_sharer(name: &str, path: &Path, tracker: SocketAddr, extra: &[&str]) -
         "--json",
     ];
     args.extend(extra);
-    Node::spawn(name, &args)
+    Node::spawn_env(
+        name,
+        &args,
+        &crate::harness::isolated_home(),
+        &[("HAYEDIK_PUNCH", "off")],
+    )
 }
 
 /// A port of 127.0.0.1 bound by a TCP socket that does not listen, kept

@@ -128,8 +128,14 @@ impl Node {
 
     /// [`Node::spawn`] with `HAYEDIK_HOME` at `home` (to share it).
     pub fn spawn_in(name: &str, args: &[&str], home: &Path) -> Node {
+        Node::spawn_env(name, args, home, &[])
+    }
+
+    /// [`Node::spawn_in`] with `env` added to the environment.
+    pub fn spawn_env(name: &str, args: &[&str], home: &Path, env: &[(&str, &str)]) -> Node {
         let mut child = Command::new(BIN)
             .args(args)
+            .envs(env.iter().copied())
             .env("HAYEDIK_HOME", home)
             .env("RUST_BACKTRACE", "1")
             .env("RUST_LOG", "info")
