@@ -168,7 +168,7 @@ async fn get_scoped(
     if let Some(dht) = opts.dht.clone() {
         crate::dht::peer::spawn(swarm.clone(), announced_port, dht, events).await?;
     }
-    super::reach::spawn_reach(
+    let hush = super::reach::spawn_reach(
         swarm.clone(),
         &announcer,
         events.clone(),
@@ -205,6 +205,10 @@ async fn get_scoped(
         return Ok(None);
     };
     progress.finish();
+    if !opts.seed {
+        // `done` is the last word of a get that does not seed.
+        hush.silence();
+    }
     events.emit(Event::Done {
         path: report.path.display().to_string(),
         bytes: report.bytes,

@@ -29,6 +29,19 @@ pub const PROBE_PATIENCE: Duration = Duration::from_secs(20);
 /// How long a refused probe (the tracker was busy) waits before asking again.
 const REFUSED_RETRY: Duration = Duration::from_secs(10);
 
+/// Stops the `reachability` events of one [`spawn_reach`], so that a
+/// `get --no-seed` says nothing after its `done` (the verdict may come
+/// while it leaves).
+#[derive(Clone, Default)]
+pub struct Hush(Arc<std::sync::Mutex<bool>>);
+
+impl Hush {
+    /// No `reachability` event after this returns.
+    pub fn silence(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+}
+
 /// Starts finding out whether others reach us, and acting on it.
 pub fn spawn_reach(
     swarm: Arc<Swarm>,
@@ -36,7 +49,16 @@ pub fn spawn_reach(
     events: Events,
     paths: Arc<super::node::Paths>,
     mapped: Option<SocketAddr>,
-) {
+) -> Hush {
+    let hush = Hush::default();
+    let out = hush.clone();
+    let emit = move |events: &Events, reachable: bool, addr: SocketAddr, how: &str| {
+        // Under the lock: `silence` waits for an event being sent.
+        let silenced = hush.0.lock().unwrap_or_else(|e| e.into_inner());
+        if !*silenced {
+            emit(events, reachable, addr, how);
+        }
+    };
     let mut replies = announcer.replies();
     let ctl = announcer.flags_handle();
     ctl.set(ExtFlags {
@@ -111,6 +133,7 @@ pub fn spawn_reach(
             }
         }
     });
+    out
 }
 
 fn emit(events: &Events, reachable: bool, addr: SocketAddr, how: &str) {

@@ -165,6 +165,21 @@ fn durable_ticket_revived_after_the_swarm_was_retired() {
     });
 }
 
+/// Waits until `addr` (UDP) can be bound: another test's embedded tracker
+/// may hold `0.0.0.0:7410` for a while, which takes 7410 on every
+/// loopback address. Once our tracker holds its address, an embedded
+/// tracker that starts later moves to another port by itself.
+fn wait_until_free(addr: &str) {
+    let started = std::time::Instant::now();
+    while std::net::UdpSocket::bind(addr).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "{addr} stayed taken for 120 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A loopback address of its own for a tracker on the default port 7410
 /// (what `get` assumes of a ticket's host when it revives a swarm): the
 /// port is fixed, the address is not, so parallel tests do not meet.
@@ -186,6 +201,7 @@ fn durable_get_with_a_complete_copy_revives_the_ticket() {
         let work = tempdir();
         let (path, data) = write_random(work.path(), "kept.bin", MIB, 1606);
         let listen = format!("{}:7410", own_loopback());
+        wait_until_free(&listen);
         let (mut tracker, central) = tracker_on(&listen, &[]);
         let mut sharer = share_in("sharer", &path, &isolated_home(), Some(central));
         let ticket = ticket_of(&mut sharer);
@@ -213,6 +229,7 @@ fn durable_get_with_a_complete_copy_revives_the_ticket() {
         getter.expect_success();
         sharer.stop();
         tracker.kill9();
+        wait_until_free(&listen);
         let (mut tracker, _) = tracker_on(&listen, &[]);
         // The old ticket's swarm is gone; the getter with its copy brings
         // it back.
