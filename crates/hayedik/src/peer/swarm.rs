@@ -80,6 +80,8 @@ pub struct Swarm {
     /// the connector to dial; bounded by [`MAX_OFFERED`].
     offers_tx: mpsc::Sender<(SocketAddr, Found)>,
     offers_rx: Mutex<Option<mpsc::Receiver<(SocketAddr, Found)>>>,
+    /// Our own and the tracker's addresses, for peer exchange.
+    pub pex: super::pex::PexShared,
 }
 
 impl std::fmt::Debug for Swarm {
@@ -120,6 +122,7 @@ impl Swarm {
             connected: Mutex::new(HashMap::new()),
             offers_tx,
             offers_rx: Mutex::new(Some(offers_rx)),
+            pex: Default::default(),
         })
     }
 
@@ -261,6 +264,12 @@ impl Swarm {
                 connected.remove(&peer);
             }
         }
+    }
+
+    /// The listed addresses of the open sessions (bounded by the
+    /// sessions' caps), for peer exchange.
+    pub fn connected_peers(&self) -> Vec<SocketAddr> {
+        lock(&self.connected).keys().copied().collect()
     }
 
     /// Distinct peers with an open session.
