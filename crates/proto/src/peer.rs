@@ -95,8 +95,15 @@
 //!   request outside a piece is a protocol violation.
 //! * `KeepAlive` keeps an idle connection open; `Goodbye { reason }` is the
 //!   last frame before a side closes.
+//! * `PeerExchange { added, dropped }` (peer wire 2.1: only when both sides
+//!   agreed on ALPN [`ALPN_PEX`] in the TLS handshake) tells the other side
+//!   the listen addresses of the swarm's other peers, at most
+//!   [`MAX_PEX_ADDRS`] per list; the decoder refuses longer lists, unknown
+//!   address families and trailing bytes.
 //!
 //! Byte layouts: `docs/peer-protocol.md`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::codec::{Reader, Short, Writer};
 use crate::manifest::{MAX_MANIFEST_BYTES, MAX_PIECES};
@@ -135,6 +142,18 @@ pub const HELLO_LEN: usize = 4 + 1 + 32 + 32 + 2;
 /// Longest Hello of any version: a later version may grow it.
 const MAX_HELLO_LEN: usize = 256;
 const PROOF_DOMAIN: &[u8] = b"hayedik peer proof v2";
+/// The ALPN protocol name of peer wire 2.1: version 2 plus peer exchange
+/// ([`Message::PeerExchange`]). A dialler offers it first and
+/// [`ALPN_V2`] second; PeerExchange travels only when both sides agreed on
+/// it.
+pub const ALPN_PEX: &[u8] = b"hayedik/2.1";
+/// The ALPN protocol name of plain peer wire version 2 (no peer exchange).
+pub const ALPN_V2: &[u8] = b"hayedik/2";
+/// Addresses in each list (added, dropped) of one PeerExchange at most.
+pub const MAX_PEX_ADDRS: usize = 50;
+/// Largest PeerExchange payload: two counts and 2 x 50 IPv6 entries.
+pub const MAX_PEX_PAYLOAD: usize = 2 + 2 * MAX_PEX_ADDRS * PEX_V6_ENTRY;
+const PEX_V6_ENTRY: usize = 1 + 16 + 2;
 
 /// The type byte of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -151,6 +170,7 @@ pub enum MessageType {
     Block = 9,
     Cancel = 10,
     Reject = 11,
+    PeerExchange = 12,
 }
 
 impl MessageType {
@@ -169,6 +189,7 @@ impl MessageType {
             9 => Block,
             10 => Cancel,
             11 => Reject,
+            12 => PeerExchange,
             _ => return None,
         })
     }
@@ -186,6 +207,7 @@ impl MessageType {
             Have => 4..=4,
             Request | Cancel | Reject => 12..=12,
             Block => 9..=8 + MAX_BLOCK as usize,
+            PeerExchange => 2..=MAX_PEX_PAYLOAD,
         }
     }
 }
@@ -249,6 +271,13 @@ pub enum Message {
         offset: u32,
         len: u32,
     },
+    /// Peer exchange (wire 2.1 only): listen addresses of other peers of
+    /// the swarm the sender has sessions with (`added`) or no longer has
+    /// (`dropped`), at most [`MAX_PEX_ADDRS`] each.
+    PeerExchange {
+        added: Vec<SocketAddr>,
+        dropped: Vec<SocketAddr>,
+    },
 }
 
 /// Why bytes from a peer are not a valid frame. Every one ends the connection.
@@ -270,6 +299,8 @@ pub enum PeerWireError {
     ReasonNotUtf8,
     #[error("expected a Block frame, got {0:?}")]
     NotBlock(MessageType),
+    #[error("peer exchange: {0}")]
+    PeerExchange(&'static str),
 }
 
 /// The first five bytes of a frame, checked.
@@ -374,6 +405,7 @@ impl Message {
             Message::Block { .. } => MessageType::Block,
             Message::Cancel { .. } => MessageType::Cancel,
             Message::Reject { .. } => MessageType::Reject,
+            Message::PeerExchange { .. } => MessageType::PeerExchange,
         }
     }
 
@@ -439,6 +471,10 @@ impl Message {
                 out.put_u32(*piece);
                 out.put_u32(*offset);
                 out.put_bytes(data);
+            }
+            Message::PeerExchange { added, dropped } => {
+                put_addrs(out, added);
+                put_addrs(out, dropped);
             }
         }
         let len = u32::try_from(out.len() - start - 4).unwrap_or(u32::MAX);
@@ -519,8 +555,57 @@ impl Message {
                 offset: r.u32().map_err(short)?,
                 data: r.rest().to_vec(),
             },
+            MessageType::PeerExchange => {
+                let added = get_addrs(&mut r)?;
+                let dropped = get_addrs(&mut r)?;
+                if !r.is_empty() {
+                    return Err(PeerWireError::PeerExchange("bytes after the lists"));
+                }
+                Message::PeerExchange { added, dropped }
+            }
         })
     }
+}
+
+/// A PeerExchange list: a count (0..=[`MAX_PEX_ADDRS`]), then per address
+/// a family byte (4 or 6), the IP (4 or 16 bytes) and the port. A longer
+/// list is cut to its first [`MAX_PEX_ADDRS`] (the peer would refuse it).
+fn put_addrs(out: &mut Vec<u8>, addrs: &[SocketAddr]) {
+    let addrs = &addrs[..addrs.len().min(MAX_PEX_ADDRS)];
+    out.put_u8(addrs.len() as u8);
+    for a in addrs {
+        match a.ip() {
+            IpAddr::V4(ip) => {
+                out.put_u8(4);
+                out.put_bytes(&ip.octets());
+            }
+            IpAddr::V6(ip) => {
+                out.put_u8(6);
+                out.put_bytes(&ip.octets());
+            }
+        }
+        out.put_u16(a.port());
+    }
+}
+
+fn get_addrs(r: &mut Reader<'_>) -> Result<Vec<SocketAddr>, PeerWireError> {
+    let truncated = |_: Short| PeerWireError::PeerExchange("truncated list");
+    let n = usize::from(r.u8().map_err(truncated)?);
+    if n > MAX_PEX_ADDRS {
+        return Err(PeerWireError::PeerExchange(
+            "more than 50 addresses in a list",
+        ));
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ip = match r.u8().map_err(truncated)? {
+            4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>().map_err(truncated)?)),
+            6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>().map_err(truncated)?)),
+            _ => return Err(PeerWireError::PeerExchange("unknown address family")),
+        };
+        out.push(SocketAddr::new(ip, r.u16().map_err(truncated)?));
+    }
+    Ok(out)
 }
 
 fn check_len(kind: MessageType, len: usize) -> Result<(), PeerWireError> {

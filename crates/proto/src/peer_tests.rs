@@ -179,8 +179,8 @@ fn hostile_frames() {
     assert_eq!(MAX_FRAME, 4 + 1 + MAX_MANIFEST_BYTES);
 
     assert_eq!(
-        decode_frame(&[0, 0, 0, 1, 12]),
-        Err(PeerWireError::UnknownType(12))
+        decode_frame(&[0, 0, 0, 1, 13]),
+        Err(PeerWireError::UnknownType(13))
     );
     assert_eq!(
         decode_frame(&[0, 0, 0, 1, 0xFF]),
@@ -448,7 +448,20 @@ pub(crate) fn arb_message() -> impl Strategy<Value = Message> {
                 offset,
                 data
             }),
+        (arb_addrs(), arb_addrs())
+            .prop_map(|(added, dropped)| Message::PeerExchange { added, dropped }),
     ]
+}
+
+fn arb_addr() -> impl Strategy<Value = SocketAddr> {
+    prop_oneof![
+        (any::<[u8; 4]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+        (any::<[u8; 16]>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::from((ip, port))),
+    ]
+}
+
+fn arb_addrs() -> impl Strategy<Value = Vec<SocketAddr>> {
+    proptest::collection::vec(arb_addr(), 0..=MAX_PEX_ADDRS)
 }
 
 proptest! {
@@ -526,6 +539,111 @@ proptest! {
         if let Ok(b) = Bitfield::from_bytes(&bytes, len) {
             prop_assert_eq!(b.as_bytes(), &bytes[..]);
             prop_assert!(b.ones().all(|i| i < len));
+        }
+    }
+}
+
+#[test]
+fn peer_exchange_vectors() {
+    let m = Message::PeerExchange {
+        added: vec![
+            "192.0.2.7:7411".parse().unwrap(),
+            "[2001:db8::1]:443".parse().unwrap(),
+        ],
+        dropped: vec!["10.0.0.1:80".parse().unwrap()],
+    };
+    let mut payload = vec![2, 4, 192, 0, 2, 7, 0x1C, 0xF3, 6];
+    payload.extend_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+    payload.extend_from_slice(&[0; 11]);
+    payload.extend_from_slice(&[1, 0x01, 0xBB]);
+    payload.extend_from_slice(&[1, 4, 10, 0, 0, 1, 0, 80]);
+    check_vector(m, &frame(12, &payload));
+    check_vector(
+        Message::PeerExchange {
+            added: vec![],
+            dropped: vec![],
+        },
+        &[0, 0, 0, 3, 12, 0, 0],
+    );
+    // The largest: 50 + 50 IPv6 entries.
+    let v6: SocketAddr = "[2001:db8::2]:1".parse().unwrap();
+    let full = Message::PeerExchange {
+        added: vec![v6; MAX_PEX_ADDRS],
+        dropped: vec![v6; MAX_PEX_ADDRS],
+    };
+    let bytes = full.to_vec();
+    assert_eq!(bytes.len(), FRAME_HEADER_LEN + MAX_PEX_PAYLOAD);
+    assert_eq!(decode_frame(&bytes), Ok(Some((full, bytes.len()))));
+    // An encoder given too many addresses sends the first 50 only.
+    let many = Message::PeerExchange {
+        added: vec![v6; 10_000],
+        dropped: vec![],
+    };
+    match decode_frame(&many.to_vec()) {
+        Ok(Some((Message::PeerExchange { added, .. }, _))) => {
+            assert_eq!(added.len(), MAX_PEX_ADDRS)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn hostile_peer_exchanges() {
+    let entry = [4u8, 127, 0, 0, 1, 0x1F, 0x90];
+    // 51 addresses in a list.
+    let mut p = vec![51];
+    for _ in 0..51 {
+        p.extend_from_slice(&entry);
+    }
+    p.push(0);
+    assert_eq!(
+        decode_frame(&frame(12, &p)),
+        Err(PeerWireError::PeerExchange(
+            "more than 50 addresses in a list"
+        ))
+    );
+    // A count claiming more entries than there are bytes.
+    assert_eq!(
+        decode_frame(&frame(12, &[3, 4, 1, 2, 3, 4, 0, 1])),
+        Err(PeerWireError::PeerExchange("truncated list"))
+    );
+    // No dropped list at all.
+    assert_eq!(
+        decode_frame(&frame(12, &[1, 4, 1, 2, 3, 4, 0, 1])),
+        Err(PeerWireError::PeerExchange("truncated list"))
+    );
+    // An unknown family, and bytes after the lists.
+    assert_eq!(
+        decode_frame(&frame(12, &[1, 5, 1, 2, 3, 4, 0, 1, 0])),
+        Err(PeerWireError::PeerExchange("unknown address family"))
+    );
+    assert_eq!(
+        decode_frame(&frame(12, &[0, 0, 0])),
+        Err(PeerWireError::PeerExchange("bytes after the lists"))
+    );
+    // Larger than the limit, or shorter than two counts: refused at the
+    // header, before the payload is read.
+    let mut big = ((MAX_PEX_PAYLOAD + 2) as u32).to_be_bytes().to_vec();
+    big.push(12);
+    assert_eq!(
+        decode_frame(&big),
+        Err(PeerWireError::PayloadLength {
+            kind: MessageType::PeerExchange,
+            len: MAX_PEX_PAYLOAD + 1
+        })
+    );
+    assert!(decode_frame(&frame(12, &[0])).is_err());
+}
+
+proptest! {
+    #[test]
+    fn peer_exchange_payloads_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..400)) {
+        if let Ok(m) = Message::decode_payload(MessageType::PeerExchange, &payload) {
+            let Message::PeerExchange { added, dropped } = &m else {
+                panic!("{m:?}");
+            };
+            prop_assert!(added.len() <= MAX_PEX_ADDRS && dropped.len() <= MAX_PEX_ADDRS);
+            prop_assert_eq!(&m.to_vec()[FRAME_HEADER_LEN..], &payload[..]);
         }
     }
 }

@@ -125,6 +125,7 @@ async fn get_scoped(
         cancel.child_token(),
     );
     *swarm_out = Some(swarm.clone());
+    swarm.pex.note_tracker(tracker);
     // A manifest this machine kept (from an earlier share or get): a
     // complete copy in the folder is then verified and served even when no
     // peer is left to send the manifest (super::revive).

@@ -2,7 +2,8 @@
 //!
 //! - [`announce`]: the tracker protocol from the peer's side (creating a
 //!   swarm, announcing, the announce loop).
-//! - [`node`]: the TCP listener and the connector that dials listed peers.
+//! - [`node`]: the TCP listener and the connector that dials listed peers;
+//!   [`pex`] tells connected peers about each other (peer exchange).
 //! - [`session`]: one connection with a remote peer, both directions: its
 //!   protocol state machine and the thin I/O loop that runs it;
 //!   [`secure`] is the encrypted channel (TLS 1.3) it runs in,
@@ -29,6 +30,7 @@ pub mod handshake;
 pub mod hashing;
 pub mod ls;
 pub mod node;
+pub mod pex;
 pub mod pieces;
 pub mod progress;
 pub mod punch;

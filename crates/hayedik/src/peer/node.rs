@@ -270,6 +270,9 @@ pub fn spawn_connector(
                     }
                     let (list, relay) = {
                         let latest = peers.borrow_and_update();
+                        if let Some(ext) = latest.as_ref().and_then(|r| r.ext.as_ref()) {
+                            swarm.pex.note_own_ip(ext.observed.ip());
+                        }
                         let list = latest.as_ref().map(|r| r.peers.clone()).unwrap_or_default();
                         for a in latest.iter().flat_map(|r| r.mapped.iter()) {
                             paths.listed_mapped(*a);

@@ -21,8 +21,8 @@ use std::io;
 use std::sync::{Arc, OnceLock};
 
 use hayedik_proto::peer::{
-    decode_frame, FrameHeader, Message, MessageType, PeerWireError, EXPORTER_LABEL, EXPORTER_LEN,
-    FRAME_HEADER_LEN, V1_REFUSAL,
+    decode_frame, FrameHeader, Message, MessageType, PeerWireError, ALPN_PEX, ALPN_V2,
+    EXPORTER_LABEL, EXPORTER_LEN, FRAME_HEADER_LEN, V1_REFUSAL,
 };
 pub use rustls;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -73,6 +73,21 @@ pub struct Channel {
     pub stream: Box<dyn Duplex>,
     /// The exporter value ([`EXPORTER_LABEL`], no context).
     pub binding: [u8; EXPORTER_LEN],
+    /// Both sides agreed on ALPN [`ALPN_PEX`] (peer wire 2.1): peer
+    /// exchange may travel. False with a peer that offers only
+    /// [`ALPN_V2`], or no ALPN at all (hayedik before 2.1).
+    pub pex: bool,
+}
+
+/// The ALPN protocols offered (dialler) and accepted (listener), most
+/// preferred first: 2.1 (peer exchange), then plain 2.
+fn alpn() -> Vec<Vec<u8>> {
+    vec![ALPN_PEX.to_vec(), ALPN_V2.to_vec()]
+}
+
+/// Whether the protocol ALPN settled on is 2.1.
+fn agreed_pex(protocol: Option<&[u8]>) -> bool {
+    protocol == Some(ALPN_PEX)
 }
 
 /// The crypto provider: ring, TLS 1.3 suites only, AES-GCM first
@@ -155,6 +170,7 @@ fn build() -> Result<Configs, String> {
         .with_no_client_auth();
     // Every connection a full handshake with fresh keys: nothing to resume.
     client.resumption = rustls::client::Resumption::disabled();
+    client.alpn_protocols = alpn();
     let cert = rcgen::generate_simple_self_signed(vec![SERVER_NAME.to_string()])
         .map_err(|e| e.to_string())?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pair.serialize_der()));
@@ -165,6 +181,9 @@ fn build() -> Result<Configs, String> {
         .with_single_cert(vec![cert.cert.der().clone()], key)
         .map_err(|e| e.to_string())?;
     server.send_tls13_tickets = 0;
+    // The listener picks the first of its own list the dialler offered; a
+    // dialler that offers none (before 2.1) is still served, without PEX.
+    server.alpn_protocols = alpn();
     server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Configs {
         client: Arc::new(client),
@@ -224,9 +243,11 @@ where
         .await
         .map_err(handshake_error)?;
     let binding = binding(tls.get_ref().1).map_err(SecureError::Exporter)?;
+    let pex = agreed_pex(tls.get_ref().1.alpn_protocol());
     Ok(Channel {
         stream: Box::new(tls),
         binding,
+        pex,
     })
 }
 
@@ -248,9 +269,11 @@ where
     let acceptor = TlsAcceptor::from(server_config()?);
     let tls = acceptor.accept(stream).await.map_err(handshake_error)?;
     let binding = binding(tls.get_ref().1).map_err(SecureError::Exporter)?;
+    let pex = agreed_pex(tls.get_ref().1.alpn_protocol());
     Ok(Channel {
         stream: Box::new(tls),
         binding,
+        pex,
     })
 }
 
@@ -318,9 +341,37 @@ mod tests {
             let (ca, cb) = tokio::join!(connect(a), accept(b));
             let (ca, cb) = (ca.unwrap(), cb.unwrap());
             assert_eq!(ca.binding, cb.binding);
+            assert!(ca.pex && cb.pex, "two current peers agree on 2.1");
             seen.push(ca.binding);
         }
         assert_ne!(seen[0], seen[1]);
+    }
+
+    /// A dialler with the given ALPN list against our listener: whether
+    /// the listener's side says PEX was agreed, and what was agreed.
+    async fn listener_with(offered: Vec<Vec<u8>>) -> (bool, Option<Vec<u8>>) {
+        let mut config = (*client_config().unwrap()).clone();
+        config.alpn_protocols = offered;
+        let (a, b) = tokio::io::duplex(64 << 10);
+        let connector = TlsConnector::from(Arc::new(config));
+        let (ca, cb) = tokio::join!(connector.connect(server_name(), a), accept(b));
+        let (ca, cb) = (ca.unwrap(), cb.unwrap());
+        (cb.pex, ca.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
+    }
+
+    #[tokio::test]
+    async fn old_peers_agree_on_2_without_peer_exchange() {
+        assert_eq!(
+            listener_with(vec![ALPN_V2.to_vec()]).await,
+            (false, Some(ALPN_V2.to_vec()))
+        );
+        // hayedik before 2.1 offers no ALPN at all.
+        assert_eq!(listener_with(vec![]).await, (false, None));
+        assert_eq!(
+            listener_with(vec![ALPN_V2.to_vec(), ALPN_PEX.to_vec()]).await,
+            (true, Some(ALPN_PEX.to_vec())),
+            "the listener's preference wins"
+        );
     }
 
     #[tokio::test]

@@ -239,6 +239,8 @@ async fn share_scoped(
     );
     node::spawn_listener(listener, swarm.clone(), opts.max_peers_per_ip);
     let swarm_addr = SocketAddr::new(central.ip(), swarm_port);
+    swarm.pex.note_tracker(swarm_addr);
+    swarm.pex.note_tracker(central);
     let announced_port = mapped_tcp.map_or(local.port(), |a| a.port());
     // Hole punching with a tracker elsewhere (an embedded one is on this
     // host: nothing to punch through).

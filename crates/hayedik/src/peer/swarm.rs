@@ -82,6 +82,8 @@ pub struct Swarm {
     offers_rx: Mutex<Option<mpsc::Receiver<(SocketAddr, Found)>>>,
     /// Hole punching, when on (set once by `get` or `share`).
     pub punch: std::sync::OnceLock<Arc<super::punch::Punch>>,
+    /// Our own and the tracker's addresses, for peer exchange.
+    pub pex: super::pex::PexShared,
 }
 
 impl std::fmt::Debug for Swarm {
@@ -123,6 +125,7 @@ impl Swarm {
             offers_tx,
             offers_rx: Mutex::new(Some(offers_rx)),
             punch: std::sync::OnceLock::new(),
+            pex: Default::default(),
         })
     }
 
@@ -264,6 +267,12 @@ impl Swarm {
                 connected.remove(&peer);
             }
         }
+    }
+
+    /// The listed addresses of the open sessions (bounded by the
+    /// sessions' caps), for peer exchange.
+    pub fn connected_peers(&self) -> Vec<SocketAddr> {
+        lock(&self.connected).keys().copied().collect()
     }
 
     /// Distinct peers with an open session.

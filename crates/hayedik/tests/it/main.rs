@@ -22,6 +22,7 @@ mod peers_disk;
 mod peers_faults;
 mod peers_hostile;
 mod peers_part_file;
+mod pex;
 mod relay;
 mod rogue;
 mod swarm_harness;

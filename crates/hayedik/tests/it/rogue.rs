@@ -85,7 +85,7 @@ impl Wire {
         Wire::start(stream, conn.into())
     }
 
-    fn start(mut stream: TcpStream, mut tls: rustls::Connection) -> Result<Wire, String> {
+    pub fn start(mut stream: TcpStream, mut tls: rustls::Connection) -> Result<Wire, String> {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
         let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));

@@ -18,6 +18,7 @@ use super::state::{Command, Peer, Session};
 use super::{SessionError, HANDSHAKE_TIMEOUT, IDLE_TIMEOUT};
 use crate::peer::disk::DiskReply;
 use crate::peer::handshake::{self, Keys};
+use crate::peer::pex::PexSession;
 use crate::peer::secure;
 use crate::peer::serve::{self, Out, Outbox, ServeCtx};
 use crate::peer::slots::Activity;
@@ -53,6 +54,9 @@ pub async fn run(
         }
     };
     let _ = stream.set_nodelay(true);
+    if let Ok(local) = stream.local_addr() {
+        swarm.pex.note_own_ip(local.ip());
+    }
     run_over(swarm, stream, remote, dialed, cancel, activity).await
 }
 
@@ -134,9 +138,9 @@ where
             role,
         )
         .await?;
-        Ok::<_, SessionError>((reader, writer, port))
+        Ok::<_, SessionError>((reader, writer, port, channel.pex))
     });
-    let (reader, mut writer, listen_port) = tokio::select! {
+    let (reader, mut writer, listen_port, pex) = tokio::select! {
         _ = cancel.cancelled() => return Ok(()),
         r = handshake => r.map_err(|_| SessionError::HandshakeTimeout { peer: remote })??,
     };
@@ -158,7 +162,8 @@ where
         remote,
         listed,
     };
-    let result = serve(&swarm, reader, writer, peer, cancel, activity).await;
+    let pex = PexSession::new(pex, listed, remote, Instant::now());
+    let result = serve(&swarm, reader, writer, peer, pex, cancel, activity).await;
     swarm.disconnected(listed);
     result
 }
@@ -169,6 +174,7 @@ struct Io<'a> {
     out: mpsc::UnboundedSender<Out>,
     outbox: Arc<Outbox>,
     activity: Arc<Activity>,
+    pex: PexSession,
 }
 
 /// Messages read from the peer and not yet taken by the session's loop.
@@ -179,6 +185,7 @@ async fn serve(
     mut reader: FrameReader,
     writer: FrameWriter,
     peer: Peer,
+    pex: PexSession,
     cancel: CancellationToken,
     activity: Arc<Activity>,
 ) -> Result<(), SessionError> {
@@ -223,6 +230,7 @@ async fn serve(
         out: out_tx,
         outbox,
         activity,
+        pex,
     };
     let result = io
         .main_loop(&mut session, &mut in_rx, &mut disk_rx, &cancel)
@@ -362,7 +370,13 @@ impl Io<'_> {
                     Err(broadcast::error::RecvError::Lagged(_)) => s.send_bitfield(Instant::now()),
                     Err(broadcast::error::RecvError::Closed) => return Ok(()),
                 },
-                _ = tick.tick() => s.on_tick(unsent, Instant::now())?,
+                _ = tick.tick() => {
+                    s.on_tick(unsent, Instant::now())?;
+                    let peers = swarm.connected_peers();
+                    if let Some(m) = self.pex.poll(Instant::now(), &peers) {
+                        self.send(m);
+                    }
+                }
             }
         }
     }
@@ -377,6 +391,18 @@ impl Io<'_> {
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
             }
             Message::Request { .. } | Message::ManifestRequest => self.activity.touch(now),
+            Message::PeerExchange { added, .. } => {
+                let swarm = self.swarm;
+                let found = self
+                    .pex
+                    .on_message(added, now, &swarm.pex, swarm.listen_port)
+                    .map_err(|v| SessionError::Protocol {
+                        peer: s.remote(),
+                        what: v.to_string(),
+                    })?;
+                crate::peer::pex::offer(swarm, &found);
+                return Ok(());
+            }
             _ => {}
         }
         let queued = self.outbox.queued.load(Ordering::Relaxed);

@@ -363,6 +363,10 @@ impl Session {
             Message::Hello { .. } | Message::Proof { .. } => {
                 return Err(self.protocol("handshake message after the handshake"))
             }
+            // Taken by the I/O loop's peer exchange when 2.1 was agreed.
+            Message::PeerExchange { .. } => {
+                return Err(self.protocol("peer exchange without hayedik/2.1"))
+            }
             Message::Goodbye { reason } => {
                 return Err(SessionError::Goodbye {
                     peer: self.remote,
