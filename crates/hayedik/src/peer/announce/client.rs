@@ -313,19 +313,38 @@ impl TrackerClient {
         }
     }
 
-    /// Sends INTRODUCE for the listed peer `target` (best effort: nothing
-    /// without a fresh connection id; the requester then times out).
+    /// Sends INTRODUCE for the listed peer `target` (best effort: when the
+    /// connection id has aged, one CONNECT first; without an answer in
+    /// time, nothing, and the requester times out).
     async fn introduce(&mut self, target: SocketAddr) {
         let now = Instant::now();
-        let Some(c) = self
+        let fresh = self
             .conn
-            .filter(|c| now.saturating_duration_since(c.at) < CONN_ID_MAX_AGE)
-        else {
-            tracing::debug!(%target, "no connection id for INTRODUCE");
-            return;
+            .filter(|c| now.saturating_duration_since(c.at) < CONN_ID_MAX_AGE);
+        let id = match fresh {
+            Some(c) => c.id,
+            None => {
+                let tid = rand::random();
+                self.send(tid, Message::Connect).await;
+                let until = now + crate::peer::punch::INTRODUCE_WAIT / 2;
+                match self.wait(tid, true, until).await {
+                    Some(Message::Connected { connection_id }) => {
+                        self.conn = Some(ConnId {
+                            id: connection_id,
+                            at: Instant::now(),
+                        });
+                        self.connects += 1;
+                        connection_id
+                    }
+                    _ => {
+                        tracing::debug!(%target, "no connection id for INTRODUCE");
+                        return;
+                    }
+                }
+            }
         };
         let message = Message::Introduce {
-            connection_id: c.id,
+            connection_id: id,
             port: self.tcp_port,
             target,
         };

@@ -787,3 +787,52 @@ async fn claim_on_an_older_tracker_is_none() {
     })
     .await
 }
+
+/// INTRODUCE with an aged connection id CONNECTs once first, then sends
+/// the request under the new id.
+#[tokio::test]
+async fn introduce_reconnects_when_its_connection_id_aged() {
+    within(async {
+        let tracker = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut c = client(tracker.local_addr().unwrap(), 4100).await;
+        let (req_tx, requests) = tokio::sync::mpsc::channel(4);
+        let (introduced, _intro_rx) = tokio::sync::mpsc::channel(4);
+        c.set_punch(crate::peer::punch::AnnounceLink {
+            requests,
+            introduced,
+        });
+        c.conn = Some(ConnId {
+            id: 11,
+            at: Instant::now() - CONN_ID_MAX_AGE,
+        });
+        let target = local(4200);
+        req_tx.send(target).await.unwrap();
+        let fake = async {
+            let mut buf = [0u8; 2048];
+            let (n, from) = tracker.recv_from(&mut buf).await.unwrap();
+            let d = Datagram::decode(&buf[..n]).unwrap();
+            assert!(matches!(d.message, Message::Connect), "{:?}", d.message);
+            let reply = Datagram::new(d.tid, Message::Connected { connection_id: 42 });
+            tracker.send_to(&reply.to_vec(), from).await.unwrap();
+            let (n, _) = tracker.recv_from(&mut buf).await.unwrap();
+            Datagram::decode(&buf[..n]).unwrap().message
+        };
+        let got = tokio::select! {
+            m = fake => m,
+            _ = c.serve_punch() => unreachable!("serve_punch never returns"),
+        };
+        match got {
+            Message::Introduce {
+                connection_id,
+                target: t,
+                ..
+            } => {
+                assert_eq!(connection_id, 42);
+                assert_eq!(t, target);
+            }
+            other => panic!("expected INTRODUCE, got {other:?}"),
+        }
+        assert_eq!(c.conn.unwrap().id, 42);
+    })
+    .await
+}
