@@ -75,7 +75,8 @@ pub struct Swarm {
     last_peer_error: Mutex<Option<String>>,
     /// Listed addresses with an open session (either direction), bounded
     /// by the sessions' own caps.
-    connected: Mutex<HashMap<SocketAddr, usize>>,
+    /// (sessions, whether the peer told a port it serves on).
+    connected: Mutex<HashMap<SocketAddr, (usize, bool)>>,
     /// Peers heard of elsewhere than the tracker (DHT, peer exchange), for
     /// the connector to dial; bounded by [`MAX_OFFERED`].
     offers_tx: mpsc::Sender<(SocketAddr, Found)>,
@@ -254,14 +255,19 @@ impl Swarm {
         lock(&self.connected).contains_key(peer)
     }
 
-    /// Records an open session with `peer`'s listed address.
-    pub fn connected(&self, peer: SocketAddr) {
-        *lock(&self.connected).entry(peer).or_default() += 1;
+    /// Records an open session with `peer`'s listed address; `serves`
+    /// when others can dial it there (we dialed it, or it told the port it
+    /// serves on: `ls` serves nothing and says port 0).
+    pub fn connected(&self, peer: SocketAddr, serves: bool) {
+        let mut connected = lock(&self.connected);
+        let entry = connected.entry(peer).or_default();
+        entry.0 += 1;
+        entry.1 |= serves;
     }
 
     pub fn disconnected(&self, peer: SocketAddr) {
         let mut connected = lock(&self.connected);
-        if let Some(n) = connected.get_mut(&peer) {
+        if let Some((n, _)) = connected.get_mut(&peer) {
             *n -= 1;
             if *n == 0 {
                 connected.remove(&peer);
@@ -269,10 +275,14 @@ impl Swarm {
         }
     }
 
-    /// The listed addresses of the open sessions (bounded by the
-    /// sessions' caps), for peer exchange.
+    /// The listed addresses of the open sessions that serve there (bounded
+    /// by the sessions' caps), for peer exchange.
     pub fn connected_peers(&self) -> Vec<SocketAddr> {
-        lock(&self.connected).keys().copied().collect()
+        lock(&self.connected)
+            .iter()
+            .filter(|(_, (_, serves))| *serves)
+            .map(|(a, _)| *a)
+            .collect()
     }
 
     /// Distinct peers with an open session.
@@ -313,5 +323,20 @@ mod offer_tests {
         assert!(s.take_offers().is_none(), "one connector takes them");
         assert_eq!(rx.try_recv().unwrap(), (a, Found::Pex));
         assert!(s.offer_peer(a, Found::Dht), "room again once one is taken");
+    }
+
+    #[test]
+    fn peer_exchange_names_only_peers_that_serve() {
+        let s = swarm();
+        let (served, ls): (SocketAddr, SocketAddr) = (
+            "192.0.2.1:4000".parse().unwrap(),
+            "192.0.2.2:51000".parse().unwrap(),
+        );
+        s.connected(served, true);
+        s.connected(ls, false);
+        assert_eq!(s.connected_peers(), vec![served]);
+        assert_eq!(s.peer_count(), 2);
+        s.disconnected(served);
+        assert!(s.connected_peers().is_empty());
     }
 }

@@ -156,7 +156,7 @@ where
         let _ = writer.send(&Message::goodbye("banned")).await;
         return Err(SessionError::Banned { peer: listed });
     }
-    swarm.connected(listed);
+    swarm.connected(listed, dialed.is_some() || listen_port != 0);
     let peer = Peer {
         id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
         remote,
