@@ -387,20 +387,19 @@ enum Reached {
     Punched(quinn::Connection, super::punch::quic::Stream),
 }
 
-/// Connects to `addr`: directly, or, for a peer listed as relayed, directly
-/// with a head start of [`RELAY_HEAD_START`] and then through the relay
-/// alongside, taking whichever connects first (a refusal or a success on a
-/// LAN comes within the head start, so a direct path wins where there is
-/// one).
+/// Connects to `addr`: directly; or, for a peer listed as relayed or one
+/// we may punch to, directly with a head start of [`RELAY_HEAD_START`],
+/// then punched alongside, then (after [`PUNCH_HEAD_START`] more when
+/// punching, at once otherwise) through the relay if there is one. The
+/// first that connects wins and the others are dropped (one session per
+/// pair); a refusal or a success on a LAN comes within the head start, so
+/// a direct path wins where there is one.
 async fn connect(
     addr: SocketAddr,
     relay: Option<(SocketAddr, [u8; 32])>,
     punch: Option<Arc<super::punch::Punch>>,
 ) -> Option<Reached> {
-    if let Some(punch) = punch {
-        return connect_punching(addr, relay, punch).await;
-    }
-    let Some((relay, key)) = relay else {
+    if relay.is_none() && punch.is_none() {
         return match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => Some(Reached::Direct(s)),
             Ok(Err(e)) => {
@@ -412,69 +411,34 @@ async fn connect(
                 None
             }
         };
+    }
+    let direct = tokio::time::timeout(RELAYED_DIRECT_TIMEOUT, TcpStream::connect(addr));
+    tokio::pin!(direct);
+    let mut direct_over = false;
+    tokio::select! {
+        r = &mut direct => match r {
+            Ok(Ok(s)) => return Some(Reached::Direct(s)),
+            _ => direct_over = true,
+        },
+        _ = tokio::time::sleep(RELAY_HEAD_START) => {}
+    }
+    let mut punch_over = punch.is_none();
+    let relay_wait = if punch_over {
+        Duration::ZERO
+    } else {
+        PUNCH_HEAD_START
     };
-    let direct = tokio::time::timeout(RELAYED_DIRECT_TIMEOUT, TcpStream::connect(addr));
-    tokio::pin!(direct);
-    let mut direct_over = false;
-    tokio::select! {
-        r = &mut direct => match r {
-            Ok(Ok(s)) => return Some(Reached::Direct(s)),
-            _ => direct_over = true,
-        },
-        _ = tokio::time::sleep(RELAY_HEAD_START) => {}
-    }
-    let relayed = crate::relay::client::dial(relay, key, addr);
-    tokio::pin!(relayed);
-    let mut relay_over = false;
-    while !(direct_over && relay_over) {
-        tokio::select! {
-            r = &mut direct, if !direct_over => match r {
-                Ok(Ok(s)) => return Some(Reached::Direct(s)),
-                _ => direct_over = true,
-            },
-            r = &mut relayed, if !relay_over => match r {
-                Ok(s) => {
-                    tracing::debug!("reaching {addr} through the relay at {relay}");
-                    return Some(Reached::Relayed(s));
-                }
-                Err(e) => {
-                    tracing::debug!("reaching {addr} through the relay: {e}");
-                    relay_over = true;
-                }
-            },
+    let punched = async {
+        match &punch {
+            Some(p) => p.connect(addr).await,
+            None => std::future::pending().await,
         }
-    }
-    None
-}
-
-/// [`connect`] for a peer we may punch to: directly with a head start of
-/// [`RELAY_HEAD_START`], then punched alongside, then (after
-/// [`PUNCH_HEAD_START`] more) through the relay if there is one; the first
-/// that connects wins, the others are dropped (one session per pair).
-async fn connect_punching(
-    addr: SocketAddr,
-    relay: Option<(SocketAddr, [u8; 32])>,
-    punch: Arc<super::punch::Punch>,
-) -> Option<Reached> {
-    let direct = tokio::time::timeout(RELAYED_DIRECT_TIMEOUT, TcpStream::connect(addr));
-    tokio::pin!(direct);
-    let mut direct_over = false;
-    tokio::select! {
-        r = &mut direct => match r {
-            Ok(Ok(s)) => return Some(Reached::Direct(s)),
-            _ => direct_over = true,
-        },
-        _ = tokio::time::sleep(RELAY_HEAD_START) => {}
-    }
-    let punched = punch.connect(addr);
+    };
     tokio::pin!(punched);
-    let mut punch_over = false;
-    let relay_at = tokio::time::sleep(PUNCH_HEAD_START);
-    tokio::pin!(relay_at);
     let relayed = async {
         match relay {
             Some((relay, key)) => {
-                (&mut relay_at).await;
+                tokio::time::sleep(relay_wait).await;
                 crate::relay::client::dial(relay, key, addr).await
             }
             None => std::future::pending().await,
