@@ -340,6 +340,17 @@ pub fn human_rate(bytes_per_sec: f64) -> String {
 }
 
 impl Event {
+    /// `stopped` of a command that moves no content (tracker, ui,
+    /// dht-node).
+    pub fn stopped_serving() -> Event {
+        Event::Stopped {
+            uploaded: None,
+            downloaded: None,
+            complete: None,
+            kept: None,
+        }
+    }
+
     /// The `error` event for `message`, of `kind`.
     pub fn error(kind: ErrorKind, message: impl Into<String>) -> Event {
         Event::Error {

@@ -206,12 +206,7 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
                     )
                 })?;
             hayedik::tracker::run(socket, config, events.clone(), cancel).await?;
-            events.emit(Event::Stopped {
-                uploaded: None,
-                downloaded: None,
-                complete: None,
-                kept: None,
-            });
+            events.emit(Event::stopped_serving());
             Ok(ExitCode::SUCCESS)
         }
         Command::Share(a) => {
@@ -272,12 +267,7 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
                 open: !a.no_open,
             };
             hayedik::ui::run(opts, events.clone(), cancel).await?;
-            events.emit(Event::Stopped {
-                uploaded: None,
-                downloaded: None,
-                complete: None,
-                kept: None,
-            });
+            events.emit(Event::stopped_serving());
             Ok(ExitCode::SUCCESS)
         }
         Command::DhtNode(a) => {
@@ -287,12 +277,7 @@ async fn run(cli: Cli, events: EventSink, cancel: CancellationToken) -> anyhow::
                 limits: Default::default(),
             };
             hayedik::dht::node::run(opts, events.clone(), cancel).await?;
-            events.emit(Event::Stopped {
-                uploaded: None,
-                downloaded: None,
-                complete: None,
-                kept: None,
-            });
+            events.emit(Event::stopped_serving());
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(a) => {
