@@ -21,7 +21,6 @@
 
 pub mod announce;
 pub mod bufpool;
-pub mod channel;
 pub mod content;
 pub mod disk;
 pub mod fatal;
@@ -37,7 +36,6 @@ pub mod progress;
 pub mod punch;
 pub mod rate;
 pub mod reach;
-pub mod record;
 pub mod remembered;
 pub mod revive;
 pub mod secure;
