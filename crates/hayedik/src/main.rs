@@ -72,7 +72,17 @@ fn parse_and_run() -> ExitCode {
     );
     let qr = matches!(&cli.command, Command::Share(a) if a.qr);
     let writer = output::write_events_for(stream, json, show_listening, qr);
-    let code = match tokio::runtime::Runtime::new() {
+    // A tracker without a relay answers datagrams of microseconds each: one
+    // thread serves them without handing work from thread to thread (the
+    // store still writes on the blocking pool). The relay forwards streams
+    // and gets every core, as does everything else.
+    let runtime = match &cli.command {
+        Command::Tracker(args) if !args.relay => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Runtime::new(),
+    };
+    let code = match runtime {
         Ok(runtime) => match runtime.block_on(run_scoped(cli, events.clone())) {
             Ok(code) => code,
             Err(e) => fail(&events, json, e),

@@ -3,7 +3,7 @@
 //!
 //! [`CentralTracker`] is the synchronous state (cookies, the budget, the JOINs
 //! already answered); [`serve`] is the thin I/O loop that binds swarm sockets,
-//! sends both OFFERs and spawns swarm tasks.
+//! sends both OFFERs and hands new swarms to the swarm task.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::cookie::{Purpose, Stamp};
 use super::limits::{Budget, Limits, LogEvery};
 use super::swarm::{SwarmRecord, SwarmTracker};
-use super::swarm_task::{self, Note, SwarmCtx};
+use super::swarm_task::{self, Note, Swarms};
 use super::{Binder, Shared};
 use crate::events::Event;
 
@@ -337,7 +337,7 @@ pub async fn serve(
     binder: Binder,
     shared: Arc<Shared>,
     mut notes: mpsc::UnboundedReceiver<Note>,
-    notes_tx: mpsc::UnboundedSender<Note>,
+    swarms: Swarms,
 ) {
     // Every valid datagram is under 64 bytes; a longer one is cut, and
     // still refused as malformed (a reply is never larger than this).
@@ -443,8 +443,7 @@ pub async fn serve(
                         // Claimed: bound to its key, but retired like any
                         // swarm nobody announces to.
                         swarm.set_announced(false);
-                        let ctx = SwarmCtx { shared: shared.clone(), notes: notes_tx.clone() };
-                        crate::spawn::spawn(&format!("swarm {port}"), swarm_task::serve(swarm, swarm_socket, ctx));
+                        swarms.adopt(swarm, swarm_socket);
                     }
                 }
             }

@@ -1,5 +1,6 @@
 //! The tracker: a central tracker on one well-known UDP port that launches a
-//! swarm tracker per shared content, each on its own port and task.
+//! swarm tracker per shared content, each on its own port; one task serves
+//! every swarm's socket ([`swarm_task`]).
 //!
 //! - [`central`]: JOIN, cookies, launching swarms, the budget ([`limits`]).
 //! - [`swarm`]: one swarm's state (confirmation, key, peers); [`swarm_task`]
@@ -37,7 +38,7 @@ use central::CentralTracker;
 use limits::Limits;
 use state::Store;
 use swarm::{SwarmSettings, SwarmTracker};
-use swarm_task::{Note, SwarmCtx};
+use swarm_task::Swarms;
 
 /// Everything `hayedik tracker` can be told.
 #[derive(Debug, Clone)]
@@ -330,16 +331,17 @@ async fn run_scoped(
     for record in &records {
         binder.reserve(record.port);
     }
+    let swarms = swarm_task::start(shared.clone(), notes_tx);
     for record in records {
         central.budget_mut().restored(record.creator);
         central.holds(record.port, record.key);
-        restore(record, &binder, &shared, &notes_tx);
+        restore(record, &binder, &shared, &swarms);
     }
-    // On a worker thread like the swarm tasks: no cross-thread hop per
-    // handshake when run from a runtime's main thread.
+    // On a worker thread like the swarm task: no cross-thread hop per
+    // handshake when run from a multi-thread runtime's main thread.
     crate::spawn::spawn(
         "central tracker",
-        central::serve(socket, central, binder, shared.clone(), notes_rx, notes_tx),
+        central::serve(socket, central, binder, shared.clone(), notes_rx, swarms),
     )
     .await
     .map_err(|e| anyhow::anyhow!("central tracker task: {e}"))?;
@@ -348,14 +350,9 @@ async fn run_scoped(
 
 /// Brings a stored swarm back on its port, retrying while another process
 /// holds the port.
-fn restore(
-    record: swarm::SwarmRecord,
-    binder: &Binder,
-    shared: &Arc<Shared>,
-    notes: &mpsc::UnboundedSender<Note>,
-) {
+fn restore(record: swarm::SwarmRecord, binder: &Binder, shared: &Arc<Shared>, swarms: &Swarms) {
     let port = record.port;
-    let (binder, shared, notes) = (binder.clone(), shared.clone(), notes.clone());
+    let (binder, shared, swarms) = (binder.clone(), shared.clone(), swarms.clone());
     crate::spawn::spawn(&format!("swarm {port}"), async move {
         let mut warned = false;
         let socket = loop {
@@ -387,7 +384,6 @@ fn restore(
         // Restored now: a swarm never announced to gets the whole
         // --retire-unannounced from here, as if just confirmed.
         let swarm = SwarmTracker::new(record, true, shared.swarm_settings.clone(), Instant::now());
-        let ctx = SwarmCtx { shared, notes };
-        swarm_task::serve(swarm, socket, ctx).await;
+        swarms.adopt(swarm, socket);
     });
 }

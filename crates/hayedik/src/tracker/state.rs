@@ -99,6 +99,17 @@ impl Store {
         self.write(|t| t.insert(record.port, bytes.as_slice()).map(|_| ()))
     }
 
+    /// Inserts or replaces every record of `records` in one transaction;
+    /// durable on return.
+    pub fn put_all(&self, records: &[SwarmRecord]) -> Result<(), StateError> {
+        self.write(|t| {
+            for record in records {
+                t.insert(record.port, encode(record).as_slice())?;
+            }
+            Ok(())
+        })
+    }
+
     /// Removes the record of `port`.
     pub fn remove(&self, port: u16) -> Result<(), StateError> {
         self.write(|t| t.remove(port).map(|_| ()))

@@ -1,10 +1,10 @@
 //! What a tracker counts for its status page and `/metrics` (`tracker
 //! --http`): totals since start as atomics, and one [`SwarmGauge`] per live
-//! swarm, written by its own task with relaxed stores (no lock on the
+//! swarm, written by the swarm task with relaxed stores (no lock on the
 //! datagram path) and read when a page or a scrape asks.
 //!
 //! Bounded: one gauge per live swarm, and swarms are bounded by
-//! `--max-swarms`; a gauge leaves with its swarm task.
+//! `--max-swarms`; a gauge leaves with its swarm.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
@@ -78,7 +78,7 @@ pub struct RelayView {
     pub bytes: u64,
 }
 
-/// Removes its swarm's gauge when the swarm task ends.
+/// Removes its swarm's gauge when the swarm is dropped.
 pub struct GaugeGuard {
     stats: Arc<Stats>,
     port: u16,

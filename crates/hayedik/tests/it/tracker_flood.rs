@@ -1,6 +1,7 @@
 //! Floods against the real tracker: garbage gets silence and costs no memory,
 //! cookie-less JOINs open no socket, cookie-bearing JOINs from one address
-//! open a bounded number and do not deny service to other addresses.
+//! open a bounded number and do not deny service to other addresses, and a
+//! flood on one swarm does not starve another.
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
@@ -281,6 +282,80 @@ fn tracker_cookie_join_flood_from_one_address_is_bounded() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+        t.stop();
+    });
+}
+
+/// One task serves every swarm's socket: a flood of CONNECTs on one swarm
+/// must not starve another. Each CONNECT to the quiet swarm is answered
+/// within the harness's reply timeout while the other is flooded, and the
+/// flooded swarm still answers afterwards.
+#[test]
+fn tracker_flood_on_one_swarm_does_not_starve_another() {
+    scenario(LIMIT, || {
+        let t = Tracker::start(&[]);
+        let mut c = Client::new();
+        let flooded = c.create_swarm(t.addr);
+        let quiet = c.create_swarm(t.addr);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flooder = {
+            let stop = stop.clone();
+            let to = flooded.swarm;
+            std::thread::spawn(move || {
+                // Never reads its answers: they pile up and are dropped.
+                let f = Client::on(Ipv4Addr::new(127, 0, 0, 2));
+                let connect = Datagram::new(1, Message::Connect).to_vec();
+                let mut sent = 0u64;
+                // Bounded in count and in time (the main thread stops it).
+                while sent < 2_000_000 && !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    f.send_raw(to, &connect);
+                    sent += 1;
+                }
+                sent
+            })
+        };
+        let started = Instant::now();
+        let mut slowest = Duration::ZERO;
+        let mut asked = 0;
+        // At least a second beside the flood; bounded in count.
+        while asked < 20_000 && (asked < 200 || started.elapsed() < Duration::from_secs(1)) {
+            let at = Instant::now();
+            c.connect(quiet.swarm);
+            slowest = slowest.max(at.elapsed());
+            asked += 1;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = flooder.join().expect("the flooding thread");
+        eprintln!(
+            "{asked} CONNECTs to the quiet swarm in {:?} (slowest {slowest:?}) beside {sent} to the flooded one",
+            started.elapsed()
+        );
+        assert!(sent > 0, "the flood never started");
+        // Served in turn, a quiet swarm waits a few ms at most (5-8 ms
+        // measured); a task that serves a busy socket until it is empty
+        // kept it waiting about 500 ms (measured).
+        assert!(
+            slowest < Duration::from_millis(250),
+            "the quiet swarm waited {slowest:?} for an answer beside the flood"
+        );
+        // The flooded swarm still answers (the flood came from another
+        // socket: nothing of it arrives here).
+        // Its receive queue may still be full when the flood stops (the
+        // kernel then drops what arrives): ask again, as a client does.
+        let answered = (0..30).any(|_| {
+            let tid = c.tid();
+            c.send_raw(
+                flooded.swarm,
+                &Datagram::new(tid, Message::Connect).to_vec(),
+            );
+            c.recv_within(Duration::from_millis(200))
+                .and_then(|(bytes, from)| Some((Datagram::decode(&bytes).ok()?, from)))
+                .is_some_and(|(d, from)| {
+                    from == flooded.swarm && matches!(d.message, Message::Connected { .. })
+                })
+        });
+        assert!(answered, "the flooded swarm no longer answers");
+        c.connect(quiet.swarm);
         t.stop();
     });
 }
