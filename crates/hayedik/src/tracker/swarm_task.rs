@@ -67,6 +67,12 @@ pub fn unix_now() -> u64 {
 /// turn; the rest waits for the next round.
 const BATCH: usize = 32;
 
+/// Datagrams handled before the task yields to the runtime in any case: on
+/// a multi-thread runtime new readiness arrives while the task runs, and
+/// the task would otherwise keep its worker thread for as long as the
+/// datagrams keep coming.
+const YIELD_EVERY: usize = 1024;
+
 /// A swarm handed to the swarm task: its state and its socket.
 pub type Adopt = (SwarmTracker, Arc<UdpSocket>);
 
@@ -171,6 +177,8 @@ struct Reactor {
     /// A socket used up its batch this round: yield before the next, so
     /// that the runtime polls the other sockets and runs the other tasks.
     must_yield: bool,
+    /// Datagrams handled since the task last yielded.
+    since_yield: usize,
     buf: Box<[u8; 512]>,
     out: Vec<u8>,
 }
@@ -200,14 +208,24 @@ async fn run(
         done_tx,
         batch_running: false,
         must_yield: false,
+        since_yield: 0,
         buf: Box::new([0u8; 512]),
         out: Vec::new(),
     };
     let cancelled = shared.cancel.cancelled();
     tokio::pin!(cancelled);
     let mut ports = Vec::new();
+    // One timer for the earliest confirmation deadline, moved as it changes
+    // (not a new timer at every turn of the loop).
+    let reclaim = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(reclaim);
     loop {
         let next_reclaim = r.pending.front().map(|(at, _)| *at);
+        if let Some(at) = next_reclaim {
+            if reclaim.deadline() != at {
+                reclaim.as_mut().reset(at);
+            }
+        }
         // Unbiased: a flood on the sockets never starves the timers.
         tokio::select! {
             _ = &mut cancelled => break,
@@ -217,22 +235,15 @@ async fn run(
                 for port in ports.drain(..) {
                     r.serve(port);
                 }
-                if std::mem::take(&mut r.must_yield) {
+                if std::mem::take(&mut r.must_yield) || r.since_yield >= YIELD_EVERY {
+                    r.since_yield = 0;
                     tokio::task::yield_now().await;
                 }
             }
             Some((swarm, socket)) = adopt.recv() => r.adopt(swarm, socket),
-            _ = sleep_until(next_reclaim) => r.reclaim(tokio::time::Instant::now()),
+            _ = &mut reclaim, if next_reclaim.is_some() => r.reclaim(tokio::time::Instant::now()),
             _ = tick.tick() => r.tick(),
         }
-    }
-}
-
-/// Sleeps until `at`; never without one.
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -288,6 +299,7 @@ impl Reactor {
                 }
             };
             let n = buf.filled().len();
+            self.since_yield += 1;
             let now = Instant::now();
             let effect = slot.swarm.handle(src, &self.buf[..n], now, &mut self.out);
             act(
