@@ -505,23 +505,20 @@ fn act(
     }
     // Durable before the reply leaves: a confirmed swarm survives a crash
     // right after its CONFIRMED, and a bound key its first answer.
-    let record = slot.swarm.record.clone();
-    let reply = (!out.is_empty()).then(|| out.to_vec());
     let confirmed = effect == Effect::Confirmed;
+    let creator = slot.swarm.record.creator;
     let Some(store) = shared.store.clone() else {
-        slot.persisted_announce = record.last_announce_unix;
+        slot.persisted_announce = slot.swarm.record.last_announce_unix;
         if confirmed {
-            shared.events.emit(Event::SwarmConfirmed { port });
-            let _ = notes.send(Note::Confirmed {
-                port,
-                creator: record.creator,
-            });
+            tell_confirmed(shared, notes, port, creator);
         }
-        if let Some(reply) = reply {
-            send_now(&slot.socket, &reply, src);
+        if !out.is_empty() {
+            send_now(&slot.socket, out, src);
         }
         return;
     };
+    let record = slot.swarm.record.clone();
+    let reply = (!out.is_empty()).then(|| out.to_vec());
     let (socket, notes, shared, done) = (
         slot.socket.clone(),
         notes.clone(),
@@ -530,7 +527,6 @@ fn act(
     );
     crate::spawn::spawn(&format!("saving swarm {port}"), async move {
         let announce = record.last_announce_unix;
-        let creator = record.creator;
         match blocking(move || store.put(&record)).await {
             Ok(()) => {
                 let _ = done.send(Done::Persisted(vec![(port, announce)]));
@@ -538,13 +534,24 @@ fn act(
             Err(e) => tracing::error!("saving swarm {port}: {e}"),
         }
         if confirmed {
-            shared.events.emit(Event::SwarmConfirmed { port });
-            let _ = notes.send(Note::Confirmed { port, creator });
+            tell_confirmed(&shared, &notes, port, creator);
         }
         if let Some(reply) = reply {
             let _ = socket.send_to(&reply, src).await;
         }
     });
+}
+
+/// Reports a swarm confirmed: an event for the user, a note for the
+/// central tracker.
+fn tell_confirmed(
+    shared: &Shared,
+    notes: &mpsc::UnboundedSender<Note>,
+    port: u16,
+    creator: Option<IpAddr>,
+) {
+    shared.events.emit(Event::SwarmConfirmed { port });
+    let _ = notes.send(Note::Confirmed { port, creator });
 }
 
 /// Sends `data` to `to` if the socket takes it now; a datagram the socket
