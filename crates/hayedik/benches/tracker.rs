@@ -12,7 +12,11 @@
 //! - (c) the same over 1,000 swarms of 100 peers each.
 //!
 //! (b) and (c) also run against Debian's opentracker (BEP 15 UDP protocol,
-//! same generator, same pinning, its whitelist listing the info hashes).
+//! same generator, same pinning, its whitelist listing the info hashes),
+//! and against the floor: this program run again as the least that any UDP
+//! tracker does, one socket that answers each request with a fixed reply of
+//! opentracker's size, so that the kernel's share of an announce (receiving
+//! one datagram and sending one) is measured on its own.
 //! Every phase gets a fresh tracker process, so its peak memory (VmHWM) is
 //! that phase's. The tracker's CPU time is read from `/proc/PID/stat`
 //! (utime + stime) before and after the measured interval: `getrusage`'s
@@ -28,7 +32,8 @@
 //! run beside this build in every phase: an A/B comparison in one run),
 //! `HAYEDIK_BENCH_WINDOW` (requests in flight per socket, default 2),
 //! `HAYEDIK_BENCH_MAX_SWARMS` (cap on swarms created in phase (a), default
-//! 20,000: each holds a port), `HAYEDIK_BENCH_OPENTRACKER=0` (skip it).
+//! 20,000: each holds a port), `HAYEDIK_BENCH_OPENTRACKER=0` (skip it),
+//! `HAYEDIK_BENCH_FLOOR=0` (skip the floor).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -59,7 +64,15 @@ fn setup_limit(swarms: usize) -> Duration {
 /// BEP 15's protocol id, in a CONNECT.
 const BEP15_MAGIC: u64 = 0x417_2710_1980;
 
+/// Set in the floor's own process (this program run again): the port it
+/// serves on.
+const FLOOR_PORT_ENV: &str = "HAYEDIK_BENCH_FLOOR_SERVE";
+
 fn main() {
+    if let Ok(port) = std::env::var(FLOOR_PORT_ENV) {
+        serve_floor(&port);
+        return;
+    }
     let settings = Settings::from_env();
     let pin = Pinning::detect();
     pin.pin_self();
@@ -143,6 +156,12 @@ fn main() {
                 }
                 record(&format!("{phase} opentracker, round {round}/{rounds}"), r);
             }
+            if settings.floor {
+                record(
+                    &format!("{phase} {FLOOR}, round {round}/{rounds}"),
+                    floor_announces(&settings, &pin, swarms),
+                );
+            }
         }
     }
     if !settings.opentracker {
@@ -176,6 +195,8 @@ struct Settings {
     swarms: Vec<usize>,
     max_creations: usize,
     opentracker: bool,
+    /// Also measure the floor ([`serve_floor`]; `HAYEDIK_BENCH_FLOOR=0` skips it).
+    floor: bool,
     /// Another hayedik binary run beside this one (`HAYEDIK_BENCH_BASELINE`),
     /// e.g. main's, for an A/B comparison in the same run.
     baseline: Option<String>,
@@ -207,6 +228,7 @@ impl Settings {
                 .min(fd_limit().saturating_sub(1000))
                 .clamp(100, 25_000),
             opentracker: std::env::var("HAYEDIK_BENCH_OPENTRACKER").as_deref() != Ok("0"),
+            floor: std::env::var("HAYEDIK_BENCH_FLOOR").as_deref() != Ok("0"),
             baseline: std::env::var("HAYEDIK_BENCH_BASELINE")
                 .ok()
                 .filter(|v| !v.is_empty()),
@@ -341,9 +363,9 @@ impl Tracker {
         self.child.id()
     }
 
-    /// User + system CPU seconds of the process (all its threads) so far.
-    fn cpu_secs(&self) -> f64 {
-        proc_cpu_secs(&format!("/proc/{}/stat", self.pid())).unwrap_or(f64::NAN)
+    /// User and system CPU seconds of the process (all its threads) so far.
+    fn cpu_split(&self) -> (f64, f64) {
+        proc_cpu_split(&format!("/proc/{}/stat", self.pid())).unwrap_or((f64::NAN, f64::NAN))
     }
 
     /// Peak resident memory (VmHWM) in KiB.
@@ -411,6 +433,11 @@ fn clock_ticks() -> f64 {
 
 /// utime + stime from a `/proc/.../stat` file, in seconds.
 fn proc_cpu_secs(path: &str) -> Option<f64> {
+    proc_cpu_split(path).map(|(user, system)| user + system)
+}
+
+/// utime and stime from a `/proc/.../stat` file, in seconds.
+fn proc_cpu_split(path: &str) -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string(path).ok()?;
     // The command name may contain spaces: count fields after its ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -418,7 +445,8 @@ fn proc_cpu_secs(path: &str) -> Option<f64> {
     // Fields 14 (utime) and 15 (stime) of proc(5); `rest` starts at field 3.
     let utime: f64 = fields.get(11)?.parse().ok()?;
     let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
+    let ticks = clock_ticks();
+    Some((utime / ticks, stime / ticks))
 }
 
 fn self_cpu_secs() -> f64 {
@@ -1126,7 +1154,10 @@ struct Figure {
     tracker: &'static str,
     unit: &'static str,
     run: Run,
+    /// User + system CPU seconds of the tracker over the measured interval.
     tracker_cpu: f64,
+    /// The system (kernel) part of it.
+    tracker_sys: f64,
     generator_cpu: f64,
     peak_rss_kib: Option<u64>,
     /// What one reply held, to show both trackers answer alike.
@@ -1161,6 +1192,11 @@ impl Figure {
     fn cpu_per_million(&self) -> f64 {
         self.tracker_cpu / self.run.done as f64 * 1e6
     }
+
+    /// The kernel's part of [`Self::cpu_per_million`].
+    fn sys_per_million(&self) -> f64 {
+        self.tracker_sys / self.run.done as f64 * 1e6
+    }
 }
 
 /// Measures `w` on `socks` for `secs`, reading the tracker's CPU time and
@@ -1176,15 +1212,16 @@ fn measure(
     window: usize,
     secs: Duration,
 ) -> Figure {
-    let (cpu0, gen0) = (tracker.cpu_secs(), self_cpu_secs());
+    let ((user0, sys0), gen0) = (tracker.cpu_split(), self_cpu_secs());
     let run = drive(socks, w, window, Instant::now() + secs);
-    let (cpu1, gen1) = (tracker.cpu_secs(), self_cpu_secs());
+    let ((user1, sys1), gen1) = (tracker.cpu_split(), self_cpu_secs());
     Figure {
         phase,
         tracker: name,
         unit,
         run,
-        tracker_cpu: cpu1 - cpu0,
+        tracker_cpu: (user1 - user0) + (sys1 - sys0),
+        tracker_sys: sys1 - sys0,
         generator_cpu: gen1 - gen0,
         peak_rss_kib: tracker.peak_rss_kib(),
         reply: String::new(),
@@ -1452,6 +1489,137 @@ fn opentracker_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<F
     Ok(f)
 }
 
+/// The name of the floor in the tables.
+const FLOOR: &str = "udp floor";
+
+/// The floor: the least that any UDP tracker does per announce, measured
+/// like the trackers (this program run again, pinned to the tracker's CPU).
+/// One socket, as opentracker has, and a blocking loop: a BEP 15 CONNECT gets
+/// its 16-byte answer, an ANNOUNCE a fixed reply of opentracker's size (50
+/// peers, 320 bytes) with the request's transaction id. Nothing is parsed,
+/// looked up, checked or stored: what it costs is the kernel receiving one
+/// datagram and sending one.
+fn serve_floor(port: &str) {
+    let sock = match port.parse::<u16>().map(|p| UdpSocket::bind((LOCALHOST, p))) {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            eprintln!("udp floor: cannot bind 127.0.0.1:{port}: {e}");
+            std::process::exit(1);
+        }
+        Err(e) => {
+            eprintln!("udp floor: bad port {port:?}: {e}");
+            std::process::exit(2);
+        }
+    };
+    let mut connected = [0u8; 16];
+    connected[8..].copy_from_slice(&0x00c0_ffee_u64.to_be_bytes());
+    let mut peers = vec![0u8; 20 + 6 * usize::from(WANTED)];
+    peers[..4].copy_from_slice(&1u32.to_be_bytes());
+    peers[8..12].copy_from_slice(&1800u32.to_be_bytes());
+    peers[12..16].copy_from_slice(&50u32.to_be_bytes());
+    peers[16..20].copy_from_slice(&50u32.to_be_bytes());
+    for (i, entry) in peers[20..].chunks_exact_mut(6).enumerate() {
+        entry[..4].copy_from_slice(&[127, 0, 0, 1]);
+        entry[4..].copy_from_slice(&(10_000 + i as u16).to_be_bytes());
+    }
+    let mut buf = [0u8; 2048];
+    loop {
+        let Ok((n, from)) = sock.recv_from(&mut buf) else {
+            continue;
+        };
+        if n < 16 {
+            continue;
+        }
+        let (action, tid) = (&buf[8..12], &buf[12..16]);
+        let reply: &mut [u8] = if action == 0u32.to_be_bytes() {
+            &mut connected
+        } else if action == 1u32.to_be_bytes() && n >= 98 {
+            &mut peers
+        } else {
+            continue;
+        };
+        reply[4..8].copy_from_slice(tid);
+        let _ = sock.send_to(reply, from);
+    }
+}
+
+/// Starts the floor ([`serve_floor`]) on a free port of 127.0.0.1.
+fn start_floor(pin: &Pinning) -> Result<(Tracker, SocketAddr), String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let log = dir.path().join("floor.log");
+    let err = File::create(&log).map_err(|e| format!("log file: {e}"))?;
+    let port = free_udp_port()?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot start the floor: {e}"))?;
+    let mut cmd = pin.command(&exe.display().to_string());
+    cmd.env(FLOOR_PORT_ENV, port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the floor: {e}"))?;
+    let mut tracker = Tracker { child, _dir: dir };
+    let addr = SocketAddr::new(LOCALHOST, port);
+    let probe = UdpSocket::bind((LOCALHOST, 0)).map_err(|e| format!("probe socket: {e}"))?;
+    probe
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 64];
+    loop {
+        tracker
+            .check_alive(&log)
+            .map_err(|e| format!("cannot start the floor: {e}"))?;
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the floor did not answer within 10 s ({})",
+                tail(&log)
+            ));
+        }
+        let mut req = Vec::new();
+        bep15_connect(&mut req, 1);
+        let _ = probe.send_to(&req, addr);
+        if let Ok((n, _)) = probe.recv_from(&mut buf) {
+            if bep15_connected(&buf[..n], 1).is_some() {
+                return Ok((tracker, addr));
+            }
+        }
+    }
+}
+
+/// Phases (b) and (c) on the floor: opentracker's load (BEP 15, one port).
+fn floor_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<Figure, String> {
+    let keys = swarm_keys(swarms);
+    let (tracker, addr) = start_floor(pin)?;
+    let peers = sockets(s.peers)?;
+    let mut connects = Connects::new(Proto::Bep15, vec![addr], peers.len());
+    drive(&peers, &mut connects, 1, Instant::now() + setup_limit(1));
+    if !connects.finished() {
+        return Err(format!(
+            "setup: only {} of {} CONNECTs answered",
+            connects.got,
+            connects.ids.len()
+        ));
+    }
+    let targets = vec![addr; swarms];
+    let mut w = Announces::new(Proto::Bep15, targets, keys, &connects, &peers);
+    warm_up(&peers, &mut w, s.window, (s.peers * swarms) as u64);
+    settle();
+    let reply = one_reply(&peers[1], &mut w);
+    let mut f = measure(
+        phase_name(swarms),
+        FLOOR,
+        "announces",
+        &tracker,
+        &peers,
+        &mut w,
+        s.window,
+        s.secs,
+    );
+    f.reply = reply;
+    Ok(f)
+}
+
 // ---------------------------------------------------------------------------
 // Output.
 
@@ -1514,12 +1682,13 @@ fn print_table(medians: &[Median<'_>]) {
     println!();
     println!("median round of each phase (by CPU per unit); ranges over all rounds");
     println!(
-        "{:<29} {:<12} {:>16} {:>19} {:>12} {:>14} {:>9} {:>9} {:>10} {:>8}",
+        "{:<29} {:<12} {:>16} {:>19} {:>12} {:>8} {:>14} {:>9} {:>9} {:>10} {:>8}",
         "phase",
         "tracker",
         "rate",
         "rate range",
         "CPU s per M",
+        "of it sys",
         "CPU range",
         "trk busy",
         "gen busy",
@@ -1532,12 +1701,13 @@ fn print_table(medians: &[Median<'_>]) {
             .peak_rss_kib
             .map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
         println!(
-            "{:<29} {:<12} {:>16} {:>19} {:>12.2} {:>14} {:>8.0}% {:>8.0}% {:>10} {:>8}",
+            "{:<29} {:<12} {:>16} {:>19} {:>12.2} {:>8.2} {:>14} {:>8.0}% {:>8.0}% {:>10} {:>8}",
             f.phase,
             f.tracker,
             format!("{} {}/s", thousands(f.rate()), short_unit(f.unit)),
             format!("{}-{}", thousands(m.rate.0), thousands(m.rate.1)),
             f.cpu_per_million(),
+            f.sys_per_million(),
             format!("{:.2}-{:.2}", m.cpu.0, m.cpu.1),
             100.0 * f.tracker_cpu / f.run.secs,
             100.0 * f.generator_cpu / f.run.secs,
@@ -1552,6 +1722,7 @@ fn print_table(medians: &[Median<'_>]) {
     );
     println!("CPU s per M: tracker CPU seconds (user+system, /proc/PID/stat) per million units,");
     println!("             i.e. CPU microseconds per unit; lower is better ({rounds} rounds each)");
+    println!("of it sys: the part of it spent in the kernel (stime): receiving and sending the datagrams");
     println!("trk busy / gen busy: CPU time / wall time of the tracker and of the load generator");
     println!("peak RSS: VmHWM of the tracker process over its whole life (setup included)");
     println!("err/lost: error replies / requests never answered (counted as lost after 100 ms)");
@@ -1629,7 +1800,7 @@ fn print_ratios(medians: &[Median<'_>], phases: &[usize]) {
             .iter()
             .find(|m| m.figure.phase == phase && m.figure.tracker == tracker)
     };
-    for tracker in ["hayedik", "baseline"] {
+    for tracker in ["hayedik", "baseline", FLOOR] {
         let mut printed = false;
         for &swarms in phases {
             let phase = phase_name(swarms);
