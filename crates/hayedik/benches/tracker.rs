@@ -558,42 +558,15 @@ fn start_opentracker(pin: &Pinning, hashes: &[[u8; 20]]) -> Result<(Tracker, Soc
     })?;
     let mut tracker = Tracker { child, _dir: dir };
     let addr = SocketAddr::new(LOCALHOST, port);
-    // Probe: CONNECT, then an announce that leaves at once (event 3).
-    let probe = UdpSocket::bind((LOCALHOST, 0)).map_err(|e| format!("probe socket: {e}"))?;
-    probe
-        .set_read_timeout(Some(Duration::from_millis(100)))
-        .map_err(|e| e.to_string())?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut buf = [0u8; 2048];
-    loop {
-        tracker
-            .check_alive(&log)
-            .map_err(|e| format!("cannot start opentracker: {e}"))?;
-        if Instant::now() > deadline {
-            return Err(format!(
-                "cannot start opentracker: no answer for a whitelisted hash within 10 s ({})",
-                tail(&log)
-            ));
-        }
+    // Ready once it answers an announce that leaves at once (event 3).
+    wait_bep15(&mut tracker, &log, addr, "opentracker", |probe, cid| {
         let mut req = Vec::new();
-        bep15_connect(&mut req, 1);
-        let _ = probe.send_to(&req, addr);
-        let Ok((n, _)) = probe.recv_from(&mut buf) else {
-            continue;
-        };
-        let Some(cid) = bep15_connected(&buf[..n], 1) else {
-            continue;
-        };
-        req.clear();
         bep15_announce(&mut req, cid, 2, &hashes[0], &[0xee; 20], true, 3, 1);
         let _ = probe.send_to(&req, addr);
-        if let Ok((n, _)) = probe.recv_from(&mut buf) {
-            if n >= 20 && buf[0..4] == 1u32.to_be_bytes() {
-                break;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let mut buf = [0u8; 2048];
+        matches!(probe.recv_from(&mut buf), Ok((n, _)) if n >= 20 && buf[0..4] == 1u32.to_be_bytes())
+    })
+    .map_err(|e| format!("cannot start opentracker: {e}"))?;
     if tracker.comm() != "opentracker" {
         println!(
             "  warning: pid {} is '{}', not opentracker: CPU figures may be wrong",
@@ -1433,8 +1406,7 @@ fn one_reply(sock: &UdpSocket, w: &mut Announces) -> String {
 /// Phases (b) and (c) on opentracker: the same peers and load, one info
 /// hash per swarm.
 fn opentracker_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<Figure, String> {
-    let keys = swarm_keys(swarms);
-    let hashes: Vec<[u8; 20]> = keys
+    let hashes: Vec<[u8; 20]> = swarm_keys(swarms)
         .iter()
         .map(|k| {
             let mut h = [0u8; 20];
@@ -1443,50 +1415,7 @@ fn opentracker_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<F
         })
         .collect();
     let (tracker, addr) = start_opentracker(pin, &hashes)?;
-    settle();
-    let rss0 = tracker.rss_kib();
-    let peers = sockets(s.peers)?;
-    let mut connects = Connects::new(Proto::Bep15, vec![addr], peers.len());
-    drive(
-        &peers,
-        &mut connects,
-        1,
-        Instant::now() + setup_limit(swarms),
-    );
-    if !connects.finished() {
-        return Err(format!(
-            "setup: only {} of {} CONNECTs answered",
-            connects.got,
-            connects.ids.len()
-        ));
-    }
-    let targets = vec![addr; swarms];
-    let mut w = Announces::new(Proto::Bep15, targets, keys, &connects, &peers);
-    warm_up(&peers, &mut w, s.window, (s.peers * swarms) as u64);
-    settle();
-    let listed = s.peers * swarms;
-    let mem = rss0.zip(tracker.rss_kib()).map(|(r0, r2)| Memory {
-        swarms,
-        peers: listed,
-        per_swarm: None,
-        per_peer: (r2 as f64 - r0 as f64) * 1024.0 / listed as f64,
-        fds_per_swarm: None,
-        fd_limit: tracker.fd_limit(),
-    });
-    let reply = one_reply(&peers[1], &mut w);
-    let mut f = measure(
-        phase_name(swarms),
-        "opentracker",
-        "announces",
-        &tracker,
-        &peers,
-        &mut w,
-        s.window,
-        s.secs,
-    );
-    f.reply = reply;
-    f.mem = mem;
-    Ok(f)
+    bep15_announces(s, "opentracker", &tracker, addr, swarms)
 }
 
 /// The name of the floor in the tables.
@@ -1567,6 +1496,20 @@ fn start_floor(pin: &Pinning) -> Result<(Tracker, SocketAddr), String> {
         .map_err(|e| format!("cannot start the floor: {e}"))?;
     let mut tracker = Tracker { child, _dir: dir };
     let addr = SocketAddr::new(LOCALHOST, port);
+    wait_bep15(&mut tracker, &log, addr, "the floor", |_, _| true)
+        .map_err(|e| format!("cannot start the floor: {e}"))?;
+    Ok((tracker, addr))
+}
+
+/// Waits up to 10 s until the BEP 15 server at `addr` answers a CONNECT and
+/// `ready` says yes to the connection id (it may ask more of it).
+fn wait_bep15(
+    tracker: &mut Tracker,
+    log: &Path,
+    addr: SocketAddr,
+    name: &str,
+    mut ready: impl FnMut(&UdpSocket, u64) -> bool,
+) -> Result<(), String> {
     let probe = UdpSocket::bind((LOCALHOST, 0)).map_err(|e| format!("probe socket: {e}"))?;
     probe
         .set_read_timeout(Some(Duration::from_millis(100)))
@@ -1574,33 +1517,53 @@ fn start_floor(pin: &Pinning) -> Result<(Tracker, SocketAddr), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut buf = [0u8; 64];
     loop {
-        tracker
-            .check_alive(&log)
-            .map_err(|e| format!("cannot start the floor: {e}"))?;
+        tracker.check_alive(log)?;
         if Instant::now() > deadline {
-            return Err(format!(
-                "the floor did not answer within 10 s ({})",
-                tail(&log)
-            ));
+            return Err(format!("{name} did not answer within 10 s ({})", tail(log)));
         }
         let mut req = Vec::new();
         bep15_connect(&mut req, 1);
         let _ = probe.send_to(&req, addr);
         if let Ok((n, _)) = probe.recv_from(&mut buf) {
-            if bep15_connected(&buf[..n], 1).is_some() {
-                return Ok((tracker, addr));
+            if let Some(cid) = bep15_connected(&buf[..n], 1) {
+                if ready(&probe, cid) {
+                    return Ok(());
+                }
             }
         }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// Phases (b) and (c) on the floor: opentracker's load (BEP 15, one port).
 fn floor_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<Figure, String> {
-    let keys = swarm_keys(swarms);
     let (tracker, addr) = start_floor(pin)?;
+    let mut f = bep15_announces(s, FLOOR, &tracker, addr, swarms)?;
+    // It stores nothing: its memory says nothing.
+    f.mem = None;
+    Ok(f)
+}
+
+/// Phases (b) and (c) in BEP 15 on `tracker` at `addr`: its one port
+/// stands for every swarm, an info hash for each.
+fn bep15_announces(
+    s: &Settings,
+    name: &'static str,
+    tracker: &Tracker,
+    addr: SocketAddr,
+    swarms: usize,
+) -> Result<Figure, String> {
+    let keys = swarm_keys(swarms);
+    settle();
+    let rss0 = tracker.rss_kib();
     let peers = sockets(s.peers)?;
     let mut connects = Connects::new(Proto::Bep15, vec![addr], peers.len());
-    drive(&peers, &mut connects, 1, Instant::now() + setup_limit(1));
+    drive(
+        &peers,
+        &mut connects,
+        1,
+        Instant::now() + setup_limit(swarms),
+    );
     if !connects.finished() {
         return Err(format!(
             "setup: only {} of {} CONNECTs answered",
@@ -1612,18 +1575,28 @@ fn floor_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<Figure,
     let mut w = Announces::new(Proto::Bep15, targets, keys, &connects, &peers);
     warm_up(&peers, &mut w, s.window, (s.peers * swarms) as u64);
     settle();
+    let listed = s.peers * swarms;
+    let mem = rss0.zip(tracker.rss_kib()).map(|(r0, r2)| Memory {
+        swarms,
+        peers: listed,
+        per_swarm: None,
+        per_peer: (r2 as f64 - r0 as f64) * 1024.0 / listed as f64,
+        fds_per_swarm: None,
+        fd_limit: tracker.fd_limit(),
+    });
     let reply = one_reply(&peers[1], &mut w);
     let mut f = measure(
         phase_name(swarms),
-        FLOOR,
+        name,
         "announces",
-        &tracker,
+        tracker,
         &peers,
         &mut w,
         s.window,
         s.secs,
     );
     f.reply = reply;
+    f.mem = mem;
     Ok(f)
 }
 
