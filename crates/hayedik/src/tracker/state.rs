@@ -95,8 +95,7 @@ impl Store {
 
     /// Inserts or replaces the record of `record.port`; durable on return.
     pub fn put(&self, record: &SwarmRecord) -> Result<(), StateError> {
-        let bytes = encode(record);
-        self.write(|t| t.insert(record.port, bytes.as_slice()).map(|_| ()))
+        self.put_all(std::slice::from_ref(record))
     }
 
     /// Inserts or replaces every record of `records` in one transaction;

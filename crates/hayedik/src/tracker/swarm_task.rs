@@ -406,30 +406,26 @@ impl Reactor {
             }
         }
         if !batch.is_empty() && !self.batch_running {
-            if let Some(store) = self.shared.store.clone() {
-                self.batch_running = true;
-                let done = self.done_tx.clone();
-                crate::spawn::spawn("saving swarms", async move {
-                    let written: Vec<(u16, u64)> = batch
-                        .iter()
-                        .map(|r| (r.port, r.last_announce_unix))
-                        .collect();
-                    match blocking(move || store.put_all(&batch)).await {
-                        Ok(()) => {
-                            let _ = done.send(Done::Persisted(written));
-                        }
-                        Err(e) => tracing::error!("saving swarms: {e}"),
-                    }
-                    let _ = done.send(Done::BatchOver);
-                });
-            } else {
+            let written: Vec<(u16, u64)> = batch
+                .iter()
+                .map(|r| (r.port, r.last_announce_unix))
+                .collect();
+            let Some(store) = self.shared.store.clone() else {
                 // Nothing to write to: as if written.
-                for record in batch {
-                    if let Some(slot) = self.slots.get_mut(&record.port) {
-                        slot.persisted_announce = record.last_announce_unix;
+                self.on_done(Done::Persisted(written));
+                return;
+            };
+            self.batch_running = true;
+            let done = self.done_tx.clone();
+            crate::spawn::spawn("saving swarms", async move {
+                match blocking(move || store.put_all(&batch)).await {
+                    Ok(()) => {
+                        let _ = done.send(Done::Persisted(written));
                     }
+                    Err(e) => tracing::error!("saving swarms: {e}"),
                 }
-            }
+                let _ = done.send(Done::BatchOver);
+            });
         }
     }
 
