@@ -52,7 +52,11 @@ if ! timeout 60 "$chromium_bin" --headless=new --no-sandbox --disable-gpu \
   skip_or_fail "chromium ($chromium_bin) does not start on this machine"
 fi
 
-cargo build --release -p hayedik --quiet
+# The binary README's test command built (same features as the tests, so
+# after .ci/run's test step this builds nothing; `cargo build -p hayedik`
+# would build the whole crate again without the dev-dependencies' features,
+# about 4 minutes of CI here).
+cargo test --workspace --release --no-run --quiet
 # Screenshots go to target/browser/; HAYEDIK_BROWSER_SHOTS=docs refreshes
 # the ones README and docs/ui.md show.
 shots="$PWD/target/browser"
