@@ -34,7 +34,9 @@ cargo clippy --workspace --lib --bins --target x86_64-pc-windows-gnu -- -D warni
 took
 
 step "windows: release build"
-cargo build --release -p hayedik --bin hayedik --target x86_64-pc-windows-gnu
+# Without the release profile's line tables (debug = 1): nothing here reads
+# them, and the build takes about 5.3 minutes instead of 7 on two cores.
+CARGO_PROFILE_RELEASE_DEBUG=0 cargo build --release -p hayedik --bin hayedik --target x86_64-pc-windows-gnu
 took
 
 step "macos: cargo clippy --lib --bins --target x86_64-apple-darwin (type check only)"
