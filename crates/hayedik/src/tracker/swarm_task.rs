@@ -315,8 +315,8 @@ impl Reactor {
                 send_now(&slot.socket, &second, to);
             }
             if let Some(addr) = slot.swarm.take_probe() {
-                if let Some(reached) = start_probe(&self.shared, port, addr, &self.done_tx) {
-                    slot.swarm.probe_finished(addr, reached, Instant::now());
+                if !start_probe(&self.shared, port, addr, &self.done_tx) {
+                    slot.swarm.probe_finished(addr, None, Instant::now());
                 }
             }
         }
@@ -561,16 +561,16 @@ fn send_now(socket: &UdpSocket, data: &[u8], to: SocketAddr) {
 /// Runs one reachability probe for swarm `port` on its own task, if a
 /// tracker-wide slot is free: a TCP connection to `addr`, closed at once
 /// with a reset and without a byte sent, given up after [`PROBE_TIMEOUT`]
-/// (one SYN). Its result comes back through `done`; without a free slot,
-/// the result (`None`, not run) is returned at once.
+/// (one SYN). Its result comes back through `done`. Returns false, and
+/// runs nothing, without a free slot: the probe counts as not run.
 fn start_probe(
     shared: &Shared,
     port: u16,
     addr: SocketAddr,
     done: &mpsc::UnboundedSender<Done>,
-) -> Option<Option<bool>> {
+) -> bool {
     let Ok(permit) = shared.probes.clone().try_acquire_owned() else {
-        return Some(None);
+        return false;
     };
     let cancel = shared.cancel.clone();
     let done = done.clone();
@@ -586,7 +586,7 @@ fn start_probe(
             reached,
         });
     });
-    None
+    true
 }
 
 async fn probe(addr: SocketAddr) -> bool {
