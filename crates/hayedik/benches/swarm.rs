@@ -30,7 +30,9 @@
 //! exited (a sharer or seeder is stopped with SIGTERM, which also gives its
 //! `stopped` event and upload count); for the processes that were running
 //! before the measured part (sharer, seeders), the CPU time they had used
-//! then (from `/proc/PID/stat`) is subtracted.
+//! then (from `/proc/PID/stat`) is subtracted. In 1 -> 1 and 1 -> 4 the
+//! sharer's `RssAnon` and `RssFile` are read once the gets are done, before
+//! it is stopped: what it allocated, apart from the pages of the binary.
 //!
 //! Environment: `HAYEDIK_BENCH_BYTES` (file size, e.g. `268435456` or `256M`,
 //! default 1 GiB), `HAYEDIK_BENCH_RUNS` (rounds, default 5),
@@ -362,6 +364,7 @@ fn one_to_one(lab: &Lab, run: &Path, file: &Path, bytes: u64) -> Result<Sample, 
     let mut getter = lab.get(run, "getter", &sharer.ticket, false)?;
     let (done_at, done) = getter.wait_event("done", deadline)?;
     let g = getter.finish(deadline)?;
+    let (anon, file_pages) = sharer.proc.rss_parts_mib();
     let s = sharer.proc.terminate()?;
     let uploaded = sharer.proc.uploaded();
     let wall = done_at.duration_since(started).as_secs_f64();
@@ -381,12 +384,20 @@ fn one_to_one(lab: &Lab, run: &Path, file: &Path, bytes: u64) -> Result<Sample, 
         s.cpu - sharer_cpu0,
     );
     out.push("sharer peak RSS MiB", Unit::Mib, s.maxrss_mib());
+    push_rss_parts(&mut out, anon, file_pages);
     out.push(
         "sharer upload (copies)",
         Unit::Copies,
         uploaded / bytes as f64,
     );
     Ok(out)
+}
+
+/// The sharer's resident memory after the get, before it is stopped, in
+/// its two parts (see [`Proc::rss_parts_mib`]).
+fn push_rss_parts(out: &mut Sample, anon: f64, file_pages: f64) {
+    out.push("sharer RssAnon MiB after the get", Unit::Mib, anon);
+    out.push("sharer RssFile MiB after the get", Unit::Mib, file_pages);
 }
 
 /// 1 -> 1 through the relay: a tracker with `--relay`, a sharer that
@@ -565,6 +576,7 @@ fn one_to_four(lab: &Lab, run: &Path, file: &Path, bytes: u64) -> Result<Sample,
         cpu.push(e.cpu);
         rss = rss.max(e.maxrss_mib());
     }
+    let (anon, file_pages) = sharer.proc.rss_parts_mib();
     let s = sharer.proc.terminate()?;
     let uploaded = sharer.proc.uploaded();
     let mut out = Sample::default();
@@ -587,6 +599,7 @@ fn one_to_four(lab: &Lab, run: &Path, file: &Path, bytes: u64) -> Result<Sample,
         s.cpu - sharer_cpu0,
     );
     out.push("sharer peak RSS MiB", Unit::Mib, s.maxrss_mib());
+    push_rss_parts(&mut out, anon, file_pages);
     out.push(
         "sharer upload (copies)",
         Unit::Copies,
@@ -966,13 +979,27 @@ impl Proc {
 
     /// Peak resident memory so far (VmHWM), while it runs.
     fn vm_hwm_mib(&self) -> f64 {
+        self.status_mib("VmHWM:")
+    }
+
+    /// A size in `/proc/PID/status` (`field` with its colon, e.g.
+    /// `RssAnon:`), in MiB, while it runs; NaN if it cannot be read.
+    fn status_mib(&self, field: &str) -> f64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.pid))
             .ok()
             .and_then(|s| {
-                let line = s.lines().find(|l| l.starts_with("VmHWM:"))?.to_string();
+                let line = s.lines().find(|l| l.starts_with(field))?.to_string();
                 line.split_whitespace().nth(1)?.parse::<f64>().ok()
             })
             .map_or(f64::NAN, |kib| kib / 1024.0)
+    }
+
+    /// Its resident memory now, in two parts: heap and stacks (`RssAnon`),
+    /// and pages of the binary and the libraries (`RssFile`). Peak RSS
+    /// adds them; the anonymous part is what the program allocates, the
+    /// file part grows with the binary's size and layout.
+    fn rss_parts_mib(&self) -> (f64, f64) {
+        (self.status_mib("RssAnon:"), self.status_mib("RssFile:"))
     }
 
     /// Waits until it exits by itself (bounded by `deadline`), then reads
