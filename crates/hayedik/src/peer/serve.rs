@@ -132,11 +132,15 @@ struct Serve {
 /// Sends frames and serves blocks until the sender side is dropped or the
 /// channel fails.
 ///
-/// Requests queued together are read in one hand-off to the blocking pool
-/// (up to [`SERVE_BATCH`] blocks) into a reused buffer, each block's header
-/// right before its data, and the next batch is read while the previous
-/// one is encrypted and sent: the disk and the socket work at the same
-/// time. A block goes to TLS in one write (header and data together),
+/// Requests queued together (up to [`SERVE_BATCH`] blocks) are read into a
+/// reused buffer, each block's header right before its data. Blocks whose
+/// pages are in memory and whose pieces need no re-check are read right
+/// here ([`read_cached`]): the usual case for a sharer, which hashed its
+/// file a moment ago, and the cheapest (no hand-off to another thread and
+/// back, one buffer per session). The others are read on the blocking
+/// pool, and the next batch is read there while the previous one is
+/// encrypted and sent: the disk and the socket work at the same time.
+/// A block goes to TLS in one write (header and data together),
 /// which rustls cuts into full 16 KiB records. Frames queued meanwhile go
 /// out first, several in one write. (Version 1 sent file-backed blocks
 /// with `sendfile`; the encrypted channel cannot: the bytes must pass
@@ -150,9 +154,14 @@ pub async fn write_loop(
     let pending = &outbox.pending;
     let mut wr = writer.into_inner();
     let mut frames: Vec<u8> = Vec::new();
-    // Batch buffers, reused: one being sent, one being filled.
+    // Batch buffers, reused: one, or while blocks come from the disk, one
+    // being sent and one being filled.
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut reading: Option<tokio::task::JoinHandle<Batch>> = None;
+    // Batches in a row that had to wait for the disk (not for a re-check):
+    // from two on, the next one is read ahead, in a second buffer, while
+    // the previous one is sent. A page missing now and then does not.
+    let mut disk_misses = 0u8;
     let mut open = true;
     while open || reading.is_some() {
         let mut serves = Vec::new();
@@ -199,10 +208,40 @@ pub async fn write_loop(
         let content = ctx.content.borrow().clone();
         let next = match content {
             Some(content) if !serves.is_empty() => {
-                let (pieces, buf) = (ctx.pieces.clone(), spare.pop().unwrap_or_default());
-                Some(crate::spawn::spawn_blocking("read blocks", move || {
-                    read_batch(&pieces, &content, &serves, buf)
-                }))
+                if spare.is_empty() && disk_misses < 2 {
+                    // The one buffer is being filled (a re-check on the
+                    // blocking pool): send it and reuse it rather than
+                    // take a second one.
+                    if let Some(read) = reading.take() {
+                        let Ok(batch) = read.await else {
+                            return;
+                        };
+                        let Ok(buf) = send_batch(&mut wr, batch, &ctx, &outbox).await else {
+                            return;
+                        };
+                        spare.push(buf);
+                    }
+                }
+                let buf = spare.pop().unwrap_or_default();
+                // Blocks already in memory are read here: no hand-off to
+                // another thread and back, and no buffer read ahead.
+                match read_cached(&content, &serves, buf) {
+                    Ok(batch) => {
+                        disk_misses = 0;
+                        Some(Next::Ready(batch))
+                    }
+                    Err((buf, miss)) => {
+                        disk_misses = match miss {
+                            Miss::Disk => disk_misses.saturating_add(1),
+                            Miss::Recheck => 0,
+                        };
+                        let pieces = ctx.pieces.clone();
+                        Some(Next::Reading(crate::spawn::spawn_blocking(
+                            "read blocks",
+                            move || read_batch(&pieces, &content, &serves, buf),
+                        )))
+                    }
+                }
             }
             _ => None,
         };
@@ -217,28 +256,60 @@ pub async fn write_loop(
             let Ok(batch) = read.await else {
                 return;
             };
-            for part in &batch.parts {
-                let mut data = 0;
-                if let Some((piece, offset, len)) = part.block {
-                    // Cancelled while it was read: not sent after all.
-                    let skip = outbox.take_cancel(piece, offset);
-                    if skip {
-                        continue;
-                    }
-                    data = len;
-                    ctx.up_limit.acquire(len as usize).await;
-                }
-                let frame = batch.buf.get(part.range.clone()).unwrap_or_default();
-                if wr.write_all(frame).await.is_err() {
-                    return;
-                }
-                ctx.uploaded.fetch_add(u64::from(data), Ordering::Relaxed);
-            }
-            spare.push(batch.buf);
+            let Ok(buf) = send_batch(&mut wr, batch, &ctx, &outbox).await else {
+                return;
+            };
+            spare.push(buf);
         }
-        reading = next;
+        match next {
+            Some(Next::Ready(batch)) => {
+                let Ok(buf) = send_batch(&mut wr, batch, &ctx, &outbox).await else {
+                    return;
+                };
+                spare.push(buf);
+            }
+            Some(Next::Reading(read)) => reading = Some(read),
+            None => {}
+        }
+        if reading.is_none() && disk_misses < 2 {
+            // Nothing read ahead: one buffer is all the next batch needs.
+            spare.truncate(1);
+        }
     }
     let _ = wr.shutdown().await;
+}
+
+/// The blocks to send next: read already, or being read on the blocking
+/// pool (sent after the batch before them).
+enum Next {
+    Ready(Batch),
+    Reading(tokio::task::JoinHandle<Batch>),
+}
+
+/// Sends `batch`'s frames (but the blocks cancelled meanwhile) and gives
+/// its buffer back for the next one.
+async fn send_batch(
+    wr: &mut super::wire::WriteHalf,
+    batch: Batch,
+    ctx: &ServeCtx,
+    outbox: &Outbox,
+) -> io::Result<Vec<u8>> {
+    for part in &batch.parts {
+        let mut data = 0;
+        if let Some((piece, offset, len)) = part.block {
+            // Cancelled while it was read: not sent after all.
+            let skip = outbox.take_cancel(piece, offset);
+            if skip {
+                continue;
+            }
+            data = len;
+            ctx.up_limit.acquire(len as usize).await;
+        }
+        let frame = batch.buf.get(part.range.clone()).unwrap_or_default();
+        wr.write_all(frame).await?;
+        ctx.uploaded.fetch_add(u64::from(data), Ordering::Relaxed);
+    }
+    Ok(batch.buf)
 }
 
 /// Frames ready to send, one after the other in `buf`.
@@ -251,6 +322,56 @@ struct Batch {
 struct Part {
     range: std::ops::Range<usize>,
     block: Option<(u32, u32, u32)>,
+}
+
+/// Reads `serves` into `buf` as [`read_batch`] does, but only if that takes
+/// no disk I/O and no re-check: every piece recently verified and its file
+/// unchanged ([`super::guard::ServeGuard::is_fresh`]), every byte in memory
+/// ([`crate::storage::Storage::read_at_cached`]). Otherwise `buf` comes
+/// back for [`read_batch`], which reads and re-checks on the blocking pool,
+/// with what stopped it.
+fn read_cached(
+    content: &Content,
+    serves: &[Serve],
+    mut buf: Vec<u8>,
+) -> Result<Batch, (Vec<u8>, Miss)> {
+    let mut end = 0;
+    let mut parts = Vec::with_capacity(serves.len());
+    for &Serve {
+        piece,
+        offset,
+        len,
+        at,
+    } in serves
+    {
+        if !content.guard.is_fresh(piece) {
+            return Err((buf, Miss::Recheck));
+        }
+        let need = end + BLOCK_HEADER_LEN + len as usize;
+        if buf.len() < need {
+            buf.resize(need, 0);
+        }
+        let (head, body) = buf[end..need].split_at_mut(BLOCK_HEADER_LEN);
+        if !content.storage.read_at_cached(at, body) {
+            return Err((buf, Miss::Disk));
+        }
+        head.copy_from_slice(&encode_block_header(piece, offset, len));
+        parts.push(Part {
+            range: end..need,
+            block: Some((piece, offset, len)),
+        });
+        end = need;
+    }
+    Ok(Batch { buf, parts })
+}
+
+/// Why [`read_cached`] could not read a batch from memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Miss {
+    /// A piece is due for a look at its file, or a hash.
+    Recheck,
+    /// Bytes not in memory, a file not open, or a platform that cannot tell.
+    Disk,
 }
 
 /// Reads `serves` into `buf` as the frames to send (a block, or a Reject

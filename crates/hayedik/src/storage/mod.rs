@@ -60,6 +60,17 @@ pub trait Storage: Send + Sync {
     /// Fills `buf` with the bytes at `offset..offset + buf.len()`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
 
+    /// Fills `buf` as [`Storage::read_at`] does, but only if that needs no
+    /// disk I/O: the bytes are all in memory (the page cache) and the file
+    /// is open. Returns whether `buf` was filled; `false` (never an error:
+    /// the caller then reads with `read_at`, off the async runtime, and gets
+    /// the real error there) also wherever the platform cannot tell. Never
+    /// waits for a disk, so it may run on an async runtime's thread.
+    fn read_at_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        let _ = (offset, buf);
+        false
+    }
+
     /// Writes all of `data` at `offset`.
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()>;
 

@@ -17,7 +17,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{check_range, PieceLayout, Storage};
@@ -60,6 +60,10 @@ pub struct TreeStorage {
     open: Mutex<OpenFiles>,
     /// Files written since the last `sync`.
     dirty: Mutex<BTreeSet<usize>>,
+    /// Whether reads that must not wait for the disk are still tried
+    /// ([`Storage::read_at_cached`]): off for good once the kernel or the
+    /// file system says it cannot do them.
+    nowait: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -101,6 +105,7 @@ impl TreeStorage {
             states,
             open: Mutex::new(OpenFiles::default()),
             dirty: Mutex::new(BTreeSet::new()),
+            nowait: AtomicBool::new(cfg!(target_os = "linux")),
         }
     }
 
@@ -164,6 +169,16 @@ impl TreeStorage {
         }
         open.files.insert(index, (file.clone(), now));
         Ok(file)
+    }
+
+    /// The file `index` if it is open already (nothing is opened).
+    fn open_handle(&self, index: usize) -> Option<Arc<File>> {
+        let mut open = self.lock_open();
+        open.clock += 1;
+        let now = open.clock;
+        let (file, used) = open.files.get_mut(&index)?;
+        *used = now;
+        Some(file.clone())
     }
 
     fn open_file(&self, index: usize, create: bool) -> io::Result<File> {
@@ -254,6 +269,33 @@ impl Storage for TreeStorage {
             self.forget(index);
             self.context(index, e)
         })
+    }
+
+    /// With `preadv2(RWF_NOWAIT)` on Linux: the kernel copies what its
+    /// page cache holds and answers `EAGAIN` instead of reading the disk
+    /// (having started its read-ahead). Elsewhere, never.
+    fn read_at_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+        if buf.is_empty() || !self.nowait.load(Ordering::Relaxed) {
+            return false;
+        }
+        let Ok((index, within)) = self.place(offset, buf.len()) else {
+            return false;
+        };
+        let Some(file) = self.open_handle(index) else {
+            return false;
+        };
+        match read_nowait(&file, buf, within) {
+            Ok(filled) => filled,
+            Err(e) => {
+                if nowait_unsupported(&e) {
+                    tracing::debug!(
+                        "reads that do not wait for the disk are unsupported here: {e}"
+                    );
+                    self.nowait.store(false, Ordering::Relaxed);
+                }
+                false
+            }
+        }
     }
 
     fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
@@ -398,6 +440,53 @@ fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     file.read_exact_at(buf, offset)
 }
 
+/// Fills `buf` from `offset` of `file` from the page cache only: `Ok(false)`
+/// as soon as the kernel would have to wait for the disk, or at the end of
+/// the file (the caller's own read reports that).
+#[cfg(target_os = "linux")]
+fn read_nowait(file: &File, buf: &mut [u8], offset: u64) -> io::Result<bool> {
+    use rustix::io::{preadv2, Errno, ReadWriteFlags};
+    let mut done = 0;
+    while let Some(rest) = buf.get_mut(done..).filter(|r| !r.is_empty()) {
+        let at = offset + done as u64;
+        match preadv2(
+            file,
+            &mut [io::IoSliceMut::new(rest)],
+            at,
+            ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(0) => return Ok(false),
+            Ok(n) => done += n,
+            Err(Errno::AGAIN) => return Ok(false),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(true)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_nowait(_: &File, _: &mut [u8], _: u64) -> io::Result<bool> {
+    Ok(false)
+}
+
+/// The kernel (before 4.14) or the file system cannot read without
+/// waiting: asking again is pointless.
+fn nowait_unsupported(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(
+            e.raw_os_error(),
+            Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        true
+    }
+}
+
 #[cfg(unix)]
 fn write_all_at(file: &File, data: &[u8], offset: u64) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
@@ -490,6 +579,46 @@ mod tests {
         t.mark_final(2);
         t.read_at(12, &mut buf).unwrap();
         assert!(t.write_at(12, b"abcd").is_err());
+    }
+
+    /// Bytes in memory are read without waiting; anything else is left to
+    /// `read_at`: a file not open yet (opening may wait), a range outside
+    /// the content, pages the kernel would have to fetch from the disk.
+    #[test]
+    fn reads_without_waiting_only_what_is_in_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..4u32 << 20).map(|i| (i % 251) as u8).collect();
+        let t = tree(dir.path(), &[data.len() as u64], 1 << 20);
+        let mut buf = vec![0u8; 64 << 10];
+        assert!(
+            !t.read_at_cached(0, &mut buf),
+            "not open yet: left to read_at"
+        );
+        t.write_at(0, &data).unwrap();
+        t.sync().unwrap();
+        assert!(
+            !t.read_at_cached(data.len() as u64 - 10, &mut buf),
+            "past the end"
+        );
+        assert!(!t.read_at_cached(0, &mut []), "nothing to read");
+        if !cfg!(target_os = "linux") {
+            assert!(!t.read_at_cached(1000, &mut buf), "only Linux can tell");
+            return;
+        }
+        // Just written: in the page cache.
+        assert!(t.read_at_cached(1000, &mut buf), "pages just written");
+        assert_eq!(buf, data[1000..1000 + buf.len()]);
+        // Dropped from the page cache (clean after the sync): the kernel
+        // starts reading them and answers at once that it would wait.
+        #[cfg(target_os = "linux")]
+        {
+            let part = File::open(dir.path().join(".f0.part")).unwrap();
+            rustix::fs::fadvise(&part, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        }
+        let mut all = vec![0u8; data.len()];
+        assert!(!t.read_at_cached(0, &mut all), "pages on the disk only");
+        t.read_at(0, &mut all).unwrap();
+        assert_eq!(all, data);
     }
 
     #[test]
