@@ -213,10 +213,7 @@ pub async fn write_loop(
                     // blocking pool): send it and reuse it rather than
                     // take a second one.
                     if let Some(read) = reading.take() {
-                        let Ok(batch) = read.await else {
-                            return;
-                        };
-                        let Ok(buf) = send_batch(&mut wr, batch, &ctx, &outbox).await else {
+                        let Ok(buf) = send_read(read, &mut wr, &ctx, &outbox).await else {
                             return;
                         };
                         spare.push(buf);
@@ -253,10 +250,7 @@ pub async fn write_loop(
             frames.clear();
         }
         if let Some(read) = reading.take() {
-            let Ok(batch) = read.await else {
-                return;
-            };
-            let Ok(buf) = send_batch(&mut wr, batch, &ctx, &outbox).await else {
+            let Ok(buf) = send_read(read, &mut wr, &ctx, &outbox).await else {
                 return;
             };
             spare.push(buf);
@@ -284,6 +278,18 @@ pub async fn write_loop(
 enum Next {
     Ready(Batch),
     Reading(tokio::task::JoinHandle<Batch>),
+}
+
+/// Waits for a batch being read on the blocking pool, then sends it as
+/// [`send_batch`] does.
+async fn send_read(
+    read: tokio::task::JoinHandle<Batch>,
+    wr: &mut super::wire::WriteHalf,
+    ctx: &ServeCtx,
+    outbox: &Outbox,
+) -> io::Result<Vec<u8>> {
+    let batch = read.await.map_err(io::Error::other)?;
+    send_batch(wr, batch, ctx, outbox).await
 }
 
 /// Sends `batch`'s frames (but the blocks cancelled meanwhile) and gives
@@ -337,28 +343,22 @@ fn read_cached(
 ) -> Result<Batch, (Vec<u8>, Miss)> {
     let mut end = 0;
     let mut parts = Vec::with_capacity(serves.len());
-    for &Serve {
-        piece,
-        offset,
-        len,
-        at,
-    } in serves
-    {
-        if !content.guard.is_fresh(piece) {
+    for serve in serves {
+        if !content.guard.is_fresh(serve.piece) {
             return Err((buf, Miss::Recheck));
         }
-        let need = end + BLOCK_HEADER_LEN + len as usize;
+        let need = end + BLOCK_HEADER_LEN + serve.len as usize;
         if buf.len() < need {
             buf.resize(need, 0);
         }
         let (head, body) = buf[end..need].split_at_mut(BLOCK_HEADER_LEN);
-        if !content.storage.read_at_cached(at, body) {
+        if !content.storage.read_at_cached(serve.at, body) {
             return Err((buf, Miss::Disk));
         }
-        head.copy_from_slice(&encode_block_header(piece, offset, len));
+        head.copy_from_slice(&encode_block_header(serve.piece, serve.offset, serve.len));
         parts.push(Part {
             range: end..need,
-            block: Some((piece, offset, len)),
+            block: Some((serve.piece, serve.offset, serve.len)),
         });
         end = need;
     }
