@@ -122,29 +122,34 @@ pub struct ServeCtx {
 pub const SERVE_BATCH: usize = 1;
 
 /// Requested blocks to read and send together.
+#[derive(Clone, Copy)]
 struct Serve {
     piece: u32,
     offset: u32,
     len: u32,
     at: u64,
+    /// Cleared when its piece failed its re-check: a Reject goes out
+    /// instead.
+    servable: bool,
 }
 
 /// Sends frames and serves blocks until the sender side is dropped or the
 /// channel fails.
 ///
-/// Requests queued together (up to [`SERVE_BATCH`] blocks) are read into a
-/// reused buffer, each block's header right before its data. Blocks whose
-/// pages are in memory and whose pieces need no re-check are read right
-/// here ([`read_cached`]): the usual case for a sharer, which hashed its
-/// file a moment ago, and the cheapest (no hand-off to another thread and
-/// back, one buffer per session). The others are read on the blocking
-/// pool, and the next batch is read there while the previous one is
-/// encrypted and sent: the disk and the socket work at the same time.
-/// A block goes to TLS in one write (header and data together),
-/// which rustls cuts into full 16 KiB records. Frames queued meanwhile go
-/// out first, several in one write. (Version 1 sent file-backed blocks
-/// with `sendfile`; the encrypted channel cannot: the bytes must pass
-/// through user space to be encrypted.)
+/// Blocks whose pages are in memory are read right here, [`CHUNK`] bytes
+/// at a time, each chunk encrypted and sent before the next is read
+/// ([`start_cached`], [`send_chunked`]): the usual case for a sharer, which
+/// hashed its file a moment ago, and the cheapest (no hand-off to another
+/// thread and back, one small buffer per session). A piece due for its
+/// re-check is checked on the blocking pool first, then sent the same way.
+/// Blocks whose pages are not in memory are read whole, header and data
+/// together, into a reused buffer on the blocking pool, and from the second
+/// such batch in a row the next one is read there while the previous one
+/// is encrypted and sent: the disk and the socket work at the same time.
+/// rustls cuts every write into full 16 KiB records. Frames queued meanwhile go out first,
+/// several in one write. (Version 1 sent file-backed blocks with
+/// `sendfile`; the encrypted channel cannot: the bytes must pass through
+/// user space to be encrypted.)
 pub async fn write_loop(
     writer: FrameWriter,
     mut rx: mpsc::UnboundedReceiver<Out>,
@@ -200,6 +205,7 @@ pub async fn write_loop(
                             offset,
                             len,
                             at,
+                            servable: true,
                         });
                     }
                 }
@@ -209,9 +215,9 @@ pub async fn write_loop(
         let next = match content {
             Some(content) if !serves.is_empty() => {
                 if spare.is_empty() && disk_misses < 2 {
-                    // The one buffer is being filled (a re-check on the
-                    // blocking pool): send it and reuse it rather than
-                    // take a second one.
+                    // The one buffer is being filled from the disk (a
+                    // miss not yet read ahead): send it and reuse it
+                    // rather than take a second one.
                     if let Some(read) = reading.take() {
                         let Ok(buf) = send_read(read, &mut wr, &ctx, &outbox).await else {
                             return;
@@ -222,16 +228,21 @@ pub async fn write_loop(
                 let buf = spare.pop().unwrap_or_default();
                 // Blocks already in memory are read here: no hand-off to
                 // another thread and back, and no buffer read ahead.
-                match read_cached(&content, &serves, buf) {
-                    Ok(batch) => {
+                match start_cached(content, serves, buf) {
+                    Ok(chunked) => {
                         disk_misses = 0;
-                        Some(Next::Ready(batch))
+                        Some(Next::Chunked(chunked))
                     }
-                    Err((buf, miss)) => {
-                        disk_misses = match miss {
-                            Miss::Disk => disk_misses.saturating_add(1),
-                            Miss::Recheck => 0,
-                        };
+                    Err((content, serves, buf, Miss::Recheck)) => {
+                        disk_misses = 0;
+                        let pieces = ctx.pieces.clone();
+                        let checking = crate::spawn::spawn_blocking("check pieces", move || {
+                            check_serves(&pieces, &content, serves)
+                        });
+                        Some(Next::Checking(checking, buf))
+                    }
+                    Err((content, serves, buf, Miss::Disk)) => {
+                        disk_misses = disk_misses.saturating_add(1);
                         let pieces = ctx.pieces.clone();
                         Some(Next::Reading(crate::spawn::spawn_blocking(
                             "read blocks",
@@ -256,8 +267,23 @@ pub async fn write_loop(
             spare.push(buf);
         }
         match next {
-            Some(Next::Ready(batch)) => {
-                let Ok(buf) = send_batch(&mut wr, batch, &ctx, &outbox).await else {
+            Some(Next::Chunked(chunked)) => {
+                let Ok(buf) = send_chunked(&mut wr, chunked, &ctx, &outbox).await else {
+                    return;
+                };
+                spare.push(buf);
+            }
+            Some(Next::Checking(checking, buf)) => {
+                let Ok((content, serves)) = checking.await else {
+                    return;
+                };
+                let chunked = Chunked {
+                    content,
+                    serves,
+                    buf,
+                    started: false,
+                };
+                let Ok(buf) = send_chunked(&mut wr, chunked, &ctx, &outbox).await else {
                     return;
                 };
                 spare.push(buf);
@@ -273,10 +299,13 @@ pub async fn write_loop(
     let _ = wr.shutdown().await;
 }
 
-/// The blocks to send next: read already, or being read on the blocking
-/// pool (sent after the batch before them).
+/// The blocks to send next: in memory (the first chunk read already),
+/// being re-checked on the blocking pool (then sent a chunk at a time, in
+/// the buffer given), or being read there (sent after the batch before
+/// them).
 enum Next {
-    Ready(Batch),
+    Chunked(Chunked),
+    Checking(tokio::task::JoinHandle<(Arc<Content>, Vec<Serve>)>, Vec<u8>),
     Reading(tokio::task::JoinHandle<Batch>),
 }
 
@@ -330,42 +359,216 @@ struct Part {
     block: Option<(u32, u32, u32)>,
 }
 
-/// Reads `serves` into `buf` as [`read_batch`] does, but only if that takes
-/// no disk I/O and no re-check: every piece recently verified and its file
-/// unchanged ([`super::guard::ServeGuard::is_fresh`]), every byte in memory
-/// ([`crate::storage::Storage::read_at_cached`]). Otherwise `buf` comes
-/// back for [`read_batch`], which reads and re-checks on the blocking pool,
-/// with what stopped it.
-fn read_cached(
-    content: &Content,
-    serves: &[Serve],
-    mut buf: Vec<u8>,
-) -> Result<Batch, (Vec<u8>, Miss)> {
-    let mut end = 0;
-    let mut parts = Vec::with_capacity(serves.len());
-    for serve in serves {
-        if !content.guard.is_fresh(serve.piece) {
-            return Err((buf, Miss::Recheck));
-        }
-        let need = end + BLOCK_HEADER_LEN + serve.len as usize;
-        if buf.len() < need {
-            buf.resize(need, 0);
-        }
-        let (head, body) = buf[end..need].split_at_mut(BLOCK_HEADER_LEN);
-        if !content.storage.read_at_cached(serve.at, body) {
-            return Err((buf, Miss::Disk));
-        }
-        head.copy_from_slice(&encode_block_header(serve.piece, serve.offset, serve.len));
-        parts.push(Part {
-            range: end..need,
-            block: Some((serve.piece, serve.offset, serve.len)),
-        });
-        end = need;
-    }
-    Ok(Batch { buf, parts })
+/// Bytes of a block read and sent at once when its pages are in memory:
+/// rustls' own limit on the records it holds ahead of the socket, so a
+/// chunk is encrypted and written in one go. A session's buffer stays this
+/// small: a quarter of a 256 KiB block.
+pub const CHUNK: usize = 64 << 10;
+
+/// Blocks to send a chunk at a time ([`send_chunked`]).
+struct Chunked {
+    content: Arc<Content>,
+    serves: Vec<Serve>,
+    buf: Vec<u8>,
+    /// `buf` holds the first block's header and first chunk already.
+    started: bool,
 }
 
-/// Why [`read_cached`] could not read a batch from memory.
+/// The length of the chunk of a `len`-byte block that starts `done` bytes
+/// into it.
+fn chunk_len(len: u32, done: usize) -> usize {
+    (len as usize).saturating_sub(done).min(CHUNK)
+}
+
+/// Starts sending `serves` from memory: only if no piece is due for a
+/// re-check ([`super::guard::ServeGuard::is_fresh`]) and the first chunk's
+/// bytes are in memory ([`crate::storage::Storage::read_at_cached`]).
+/// Otherwise everything comes back, with what stopped it. A buffer grown
+/// for a whole block (by [`read_batch`]) is let go here.
+#[allow(clippy::type_complexity)]
+fn start_cached(
+    content: Arc<Content>,
+    serves: Vec<Serve>,
+    mut buf: Vec<u8>,
+) -> Result<Chunked, (Arc<Content>, Vec<Serve>, Vec<u8>, Miss)> {
+    if buf.len() > BLOCK_HEADER_LEN + CHUNK {
+        buf = Vec::new();
+    }
+    if serves.iter().any(|s| !content.guard.is_fresh(s.piece)) {
+        return Err((content, serves, buf, Miss::Recheck));
+    }
+    let Some(first) = serves.first() else {
+        return Err((content, serves, buf, Miss::Disk));
+    };
+    let need = BLOCK_HEADER_LEN + chunk_len(first.len, 0);
+    if buf.len() < need {
+        buf.resize(need, 0);
+    }
+    let (head, body) = buf[..need].split_at_mut(BLOCK_HEADER_LEN);
+    if !content.storage.read_at_cached(first.at, body) {
+        return Err((content, serves, buf, Miss::Disk));
+    }
+    head.copy_from_slice(&encode_block_header(first.piece, first.offset, first.len));
+    Ok(Chunked {
+        content,
+        serves,
+        buf,
+        started: true,
+    })
+}
+
+/// Re-checks the pieces of `serves` (blocking: it may stat a file and hash
+/// a piece), clearing `servable` where one no longer matches.
+fn check_serves(
+    pieces: &SharedPieces,
+    content: &Arc<Content>,
+    mut serves: Vec<Serve>,
+) -> (Arc<Content>, Vec<Serve>) {
+    let mut good = None;
+    for serve in &mut serves {
+        serve.servable = servable(pieces, content, serve, &mut good);
+    }
+    (content.clone(), serves)
+}
+
+/// Whether `serve`'s piece may be served, re-checking it on disk if it is
+/// due (blocking). `good` is the piece last found servable: checked once
+/// per batch.
+fn servable(
+    pieces: &SharedPieces,
+    content: &Content,
+    serve: &Serve,
+    good: &mut Option<u32>,
+) -> bool {
+    let piece = serve.piece;
+    let ok = *good == Some(piece)
+        || content.guard.is_fresh(piece)
+        || matches!(
+            content.guard.check(
+                piece,
+                &content.manifest,
+                content.storage.as_ref(),
+                serve.at - u64::from(serve.offset)
+            ),
+            Check::Good
+        );
+    if !ok {
+        content.piece_lost(pieces, piece);
+    }
+    *good = ok.then_some(piece);
+    ok
+}
+
+/// Sends `chunked`'s blocks a chunk at a time, each read from memory, or
+/// on the blocking pool if its pages are not there; gives the buffer back.
+/// A block cancelled meanwhile is not sent; a block whose piece failed its
+/// re-check, or whose first chunk cannot be read, is rejected. A read that
+/// fails once a block's header is out ends the session (the remote waits
+/// for bytes we cannot send, and asks another peer once we are gone): the
+/// file changed under us since its piece was checked.
+async fn send_chunked(
+    wr: &mut super::wire::WriteHalf,
+    chunked: Chunked,
+    ctx: &ServeCtx,
+    outbox: &Outbox,
+) -> io::Result<Vec<u8>> {
+    let Chunked {
+        content,
+        serves,
+        mut buf,
+        mut started,
+    } = chunked;
+    for serve in &serves {
+        let Serve {
+            piece,
+            offset,
+            len,
+            at,
+            servable,
+        } = *serve;
+        if outbox.take_cancel(piece, offset) {
+            started = false;
+            continue;
+        }
+        if !servable {
+            send_reject(wr, piece, offset, len).await?;
+            continue;
+        }
+        let mut done = 0;
+        while done < len as usize {
+            let n = chunk_len(len, done);
+            let head = if done == 0 { BLOCK_HEADER_LEN } else { 0 };
+            if !std::mem::take(&mut started) {
+                if buf.len() < head + n {
+                    buf.resize(head + n, 0);
+                }
+                let read;
+                (buf, read) = read_chunk(&content, at + done as u64, head..head + n, buf).await?;
+                if let Err(e) = read {
+                    tracing::warn!(piece, "cannot read a piece to serve: {e}");
+                    if done > 0 {
+                        return Err(e);
+                    }
+                    send_reject(wr, piece, offset, len).await?;
+                    break;
+                }
+                if done == 0 {
+                    buf[..head].copy_from_slice(&encode_block_header(piece, offset, len));
+                }
+            }
+            if done == 0 {
+                ctx.up_limit.acquire(len as usize).await;
+            }
+            wr.write_all(&buf[..head + n]).await?;
+            done += n;
+            if done == len as usize {
+                ctx.uploaded.fetch_add(u64::from(len), Ordering::Relaxed);
+            }
+        }
+    }
+    Ok(buf)
+}
+
+/// Tells the remote that the block it asked for will not come.
+async fn send_reject(
+    wr: &mut super::wire::WriteHalf,
+    piece: u32,
+    offset: u32,
+    len: u32,
+) -> io::Result<()> {
+    let mut frame = Vec::new();
+    Message::Reject { piece, offset, len }.encode(&mut frame);
+    wr.write_all(&frame).await
+}
+
+/// Fills `buf[range]` with the bytes at `at`: from memory if they are
+/// there, else on the blocking pool. The buffer comes back with how the
+/// read went; an error of its own only if the blocking pool failed.
+async fn read_chunk(
+    content: &Arc<Content>,
+    at: u64,
+    range: std::ops::Range<usize>,
+    mut buf: Vec<u8>,
+) -> io::Result<(Vec<u8>, io::Result<()>)> {
+    let Some(body) = buf.get_mut(range.clone()) else {
+        return Ok((buf, Err(io::ErrorKind::InvalidInput.into())));
+    };
+    if content.storage.read_at_cached(at, body) {
+        return Ok((buf, Ok(())));
+    }
+    let content = content.clone();
+    crate::spawn::spawn_blocking("read a chunk", move || {
+        let read = match buf.get_mut(range) {
+            Some(body) => content.storage.read_at(at, body),
+            None => Err(io::ErrorKind::InvalidInput.into()),
+        };
+        (buf, read)
+    })
+    .await
+    .map_err(io::Error::other)
+}
+
+/// Why [`start_cached`] could not send a batch from memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Miss {
     /// A piece is due for a look at its file, or a hash.
@@ -387,28 +590,15 @@ fn read_batch(
     let mut parts = Vec::with_capacity(serves.len());
     // The piece last found servable: checked once per piece and batch.
     let mut good: Option<u32> = None;
-    for &Serve {
-        piece,
-        offset,
-        len,
-        at,
-    } in serves
-    {
-        let servable = good == Some(piece)
-            || content.guard.is_fresh(piece)
-            || matches!(
-                content.guard.check(
-                    piece,
-                    &content.manifest,
-                    content.storage.as_ref(),
-                    at - u64::from(offset)
-                ),
-                Check::Good
-            );
-        if !servable {
-            content.piece_lost(pieces, piece);
-        }
-        good = servable.then_some(piece);
+    for serve in serves {
+        let Serve {
+            piece,
+            offset,
+            len,
+            at,
+            ..
+        } = *serve;
+        let servable = servable(pieces, content, serve, &mut good);
         let need = end + BLOCK_HEADER_LEN + len as usize;
         // Only grown, never re-zeroed: the read overwrites it all.
         if buf.len() < need {
@@ -490,6 +680,231 @@ mod tests {
         fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
             self.poll_flush(cx)
         }
+    }
+
+    /// Storage in memory whose bytes below `cached_below` count as in the
+    /// page cache; it records the longest read from memory it was asked
+    /// for.
+    struct PartlyCached {
+        data: crate::storage::MemoryStorage,
+        cached_below: u64,
+        longest_cached: AtomicUsize,
+    }
+
+    impl crate::storage::Storage for PartlyCached {
+        fn len(&self) -> u64 {
+            self.data.len()
+        }
+
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+            self.data.read_at(offset, buf)
+        }
+
+        fn read_at_cached(&self, offset: u64, buf: &mut [u8]) -> bool {
+            self.longest_cached.fetch_max(buf.len(), Ordering::Relaxed);
+            offset + buf.len() as u64 <= self.cached_below && self.data.read_at(offset, buf).is_ok()
+        }
+
+        fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.data.write_at(offset, data)
+        }
+
+        fn sync(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A writer that keeps everything it is given.
+    struct Collect(Arc<Mutex<Vec<u8>>>);
+
+    impl tokio::io::AsyncWrite for Collect {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// How [`serve_blocks`] sets up its content.
+    struct Setup {
+        /// Bytes below this offset count as in the page cache.
+        cached_below: u64,
+        /// Both pieces verified a moment ago: no re-check due.
+        verified: bool,
+        /// A piece whose bytes on disk no longer match the manifest.
+        corrupt: Option<u32>,
+    }
+
+    /// Serves the blocks `(piece, offset, len)` of a two-piece content
+    /// (pieces of 512 KiB); returns what was written, the frames expected
+    /// (a block, or a Reject for the corrupt piece) and the longest single
+    /// read from memory.
+    async fn serve_blocks(setup: Setup, blocks: &[(u32, u32, u32)]) -> (Vec<u8>, Vec<u8>, usize) {
+        use hayedik_proto::manifest::{hash_piece, FileEntry, Manifest};
+
+        const PIECE: u32 = 512 << 10;
+        let data: Vec<u8> = (0..2 * PIECE).map(|i| (i % 251) as u8).collect();
+        let manifest = Manifest::new(
+            vec![FileEntry::file("f", data.len() as u64, false)],
+            PIECE,
+            data.chunks(PIECE as usize).map(hash_piece).collect(),
+        )
+        .unwrap();
+        let mut on_disk = data.clone();
+        if let Some(piece) = setup.corrupt {
+            on_disk[(piece * PIECE) as usize + 7] ^= 1;
+        }
+        let layout = crate::storage::PieceLayout::new(data.len() as u64, u64::from(PIECE)).unwrap();
+        let storage = Arc::new(PartlyCached {
+            data: crate::storage::MemoryStorage::from_vec(on_disk),
+            cached_below: setup.cached_below,
+            longest_cached: AtomicUsize::new(0),
+        });
+        let content = Arc::new(Content {
+            manifest_bytes: manifest.encode(),
+            manifest,
+            layout: layout.clone(),
+            storage: storage.clone(),
+            download: None,
+            guard: crate::peer::guard::ServeGuard::new(layout),
+        });
+        if setup.verified {
+            content.mark_verified(0);
+            content.mark_verified(1);
+        }
+        let (_content_tx, content_rx) = tokio::sync::watch::channel(Some(content));
+        let uploaded = Arc::new(AtomicU64::new(0));
+        let ctx = ServeCtx {
+            pieces: Arc::new(SharedPieces::new(Instant::now())),
+            content: content_rx,
+            up_limit: Arc::new(RateLimit::unlimited()),
+            uploaded: uploaded.clone(),
+        };
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let writer = crate::peer::wire::FrameWriter::new(Box::new(Collect(out.clone())));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let outbox = Arc::new(Outbox::default());
+        let mut expected = Vec::new();
+        let mut sent = 0;
+        for &(piece, offset, len) in blocks {
+            let at = u64::from(piece) * u64::from(PIECE) + u64::from(offset);
+            outbox.queued.fetch_add(1, Ordering::Relaxed);
+            tx.send(Out::Serve {
+                piece,
+                offset,
+                len,
+                at,
+            })
+            .unwrap();
+            if setup.corrupt == Some(piece) {
+                Message::Reject { piece, offset, len }.encode(&mut expected);
+            } else {
+                expected.extend_from_slice(&encode_block_header(piece, offset, len));
+                expected.extend_from_slice(&data[at as usize..][..len as usize]);
+                sent += u64::from(len);
+            }
+        }
+        drop(tx);
+        tokio::time::timeout(Duration::from_secs(30), write_loop(writer, rx, ctx, outbox))
+            .await
+            .unwrap();
+        assert_eq!(uploaded.load(Ordering::Relaxed), sent);
+        let written = out.lock().unwrap().clone();
+        (
+            written,
+            expected,
+            storage.longest_cached.load(Ordering::Relaxed),
+        )
+    }
+
+    #[tokio::test]
+    async fn blocks_in_memory_go_out_a_chunk_at_a_time() {
+        let setup = Setup {
+            cached_below: u64::MAX,
+            verified: true,
+            corrupt: None,
+        };
+        let blocks = [
+            (0, 0, 256 << 10),
+            (1, 256 << 10, 256 << 10),
+            (0, 256 << 10, 1000),
+        ];
+        let (written, expected, longest) = serve_blocks(setup, &blocks).await;
+        assert!(
+            written == expected,
+            "the frames sent are not the blocks asked for"
+        );
+        assert_eq!(
+            longest, CHUNK,
+            "no read larger than a chunk: one small buffer"
+        );
+    }
+
+    #[tokio::test]
+    async fn pieces_due_for_a_recheck_are_checked_then_sent_a_chunk_at_a_time() {
+        // Nothing verified yet: each piece is hashed on the blocking pool
+        // first. Piece 1 no longer matches: rejected, never sent.
+        let setup = Setup {
+            cached_below: u64::MAX,
+            verified: false,
+            corrupt: Some(1),
+        };
+        let blocks = [
+            (0, 0, 256 << 10),
+            (1, 0, 256 << 10),
+            (0, 256 << 10, 256 << 10),
+        ];
+        let (written, expected, longest) = serve_blocks(setup, &blocks).await;
+        assert!(
+            written == expected,
+            "the frames sent are not the blocks and Reject expected"
+        );
+        assert_eq!(
+            longest, CHUNK,
+            "no read larger than a chunk: one small buffer"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_block_whose_pages_leave_memory_halfway_is_finished_from_the_disk() {
+        // The first block's first chunk is in memory, the rest is not.
+        let setup = Setup {
+            cached_below: 100_000,
+            verified: true,
+            corrupt: None,
+        };
+        let blocks = [(0, 0, 256 << 10), (0, 256 << 10, 256 << 10)];
+        let (written, expected, _) = serve_blocks(setup, &blocks).await;
+        assert!(
+            written == expected,
+            "the frames sent are not the blocks asked for"
+        );
+    }
+
+    #[tokio::test]
+    async fn blocks_not_in_memory_are_read_whole_on_the_blocking_pool() {
+        let setup = Setup {
+            cached_below: 0,
+            verified: true,
+            corrupt: None,
+        };
+        let blocks = [(1, 0, 256 << 10), (0, 0, 300_000), (1, 256 << 10, 1)];
+        let (written, expected, _) = serve_blocks(setup, &blocks).await;
+        assert!(
+            written == expected,
+            "the frames sent are not the blocks asked for"
+        );
     }
 
     #[tokio::test]
