@@ -36,6 +36,7 @@ pub mod progress;
 pub mod punch;
 pub mod rate;
 pub mod reach;
+pub mod readbuf;
 pub mod remembered;
 pub mod revive;
 pub mod secure;

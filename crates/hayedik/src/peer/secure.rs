@@ -29,8 +29,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{ring as provider, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::readbuf::GrowingReader;
 
 /// The name the dialler puts in its ClientHello (SNI). It names no host:
 /// the certificate is not checked against it.
@@ -39,9 +41,11 @@ pub const SERVER_NAME: &str = "hayedik.invalid";
 /// The first byte of a TLS handshake record.
 const TLS_HANDSHAKE: u8 = 0x16;
 
-/// Bytes read from the stream at once, under TLS. rustls asks for 4 KiB
-/// per read; a buffer below it makes that one system call per 64 KiB
-/// instead of one per 4 KiB (a copy is cheaper than a system call).
+/// The most bytes read from the stream at once, under TLS. rustls asks for
+/// 4 KiB per read; a buffer below it makes that one system call per 64 KiB
+/// instead of one per 4 KiB (a copy is cheaper than a system call). The
+/// buffer grows to this size only while the stream keeps it full
+/// ([`GrowingReader`]): a session that only receives requests keeps 4 KiB.
 const READ_BUFFER: usize = 64 << 10;
 
 /// Why a secure channel could not be set up.
@@ -239,7 +243,7 @@ where
 {
     let connector = TlsConnector::from(client_config()?);
     let tls = connector
-        .connect(server_name(), BufReader::with_capacity(READ_BUFFER, stream))
+        .connect(server_name(), GrowingReader::new(stream, READ_BUFFER))
         .await
         .map_err(handshake_error)?;
     let binding = binding(tls.get_ref().1).map_err(SecureError::Exporter)?;
@@ -257,7 +261,7 @@ pub async fn accept<S>(stream: S) -> Result<Channel, SecureError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut stream = BufReader::with_capacity(READ_BUFFER, stream);
+    let mut stream = GrowingReader::new(stream, READ_BUFFER);
     // A look at the first byte, left in the buffer.
     let first = match stream.fill_buf().await.map_err(handshake_error)? {
         [] => return Err(SecureError::ClosedInHandshake),
