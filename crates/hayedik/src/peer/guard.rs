@@ -121,6 +121,20 @@ impl ServeGuard {
         }
     }
 
+    /// A read of `piece` failed: forgets that it was checked and when its
+    /// file was last looked at, so that the next [`ServeGuard::check`]
+    /// stats the file (and says whether it changed) and hashes the piece.
+    pub fn suspect(&self, piece: u32) {
+        let file = self.layout.file_of_piece(piece);
+        let mut s = self.lock();
+        if let Some(c) = s.checked.get_mut(piece as usize) {
+            *c = None;
+        }
+        if let Some(w) = file.and_then(|f| s.files.get_mut(f)) {
+            w.last_stat = None;
+        }
+    }
+
     /// True when `piece` is known good and no stat of its file is due:
     /// serving it needs no blocking work.
     pub fn is_fresh(&self, piece: u32) -> bool {
@@ -261,6 +275,47 @@ mod tests {
         storage.write_at(4096, &[9, 9, 9]).unwrap();
         assert_eq!(guard.check(2, &manifest, &storage, 4096), Check::Bad);
         assert!(!guard.is_fresh(2));
+    }
+
+    #[test]
+    fn a_suspect_piece_is_stat_and_hashed_again_at_its_next_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let manifest = Manifest {
+            files: vec![FileEntry {
+                path: "f".into(),
+                size: 4096,
+                executable: false,
+                directory: false,
+            }],
+            piece_size: 2048,
+            pieces: data.chunks(2048).map(hash_piece).collect(),
+        };
+        let layout = PieceLayout::new(4096, 2048).unwrap();
+        let guard = ServeGuard::verified(layout, vec![path.clone()]);
+        assert!(guard.is_fresh(0) && guard.is_fresh(1));
+        // Cut short under the guard, within the same stat interval.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(100)
+            .unwrap();
+        let storage = MemoryStorage::from_vec(data[..100].to_vec());
+        assert!(guard.is_fresh(1), "nothing looked at the file yet");
+        guard.suspect(1);
+        assert!(
+            !guard.is_fresh(1),
+            "a suspect piece is not served unchecked"
+        );
+        assert!(!guard.is_fresh(0), "its file is due for a stat");
+        assert_eq!(guard.check(1, &manifest, &storage, 2048), Check::Unreadable);
+        assert!(
+            !guard.is_fresh(0),
+            "the stat found the file changed: its checks are gone"
+        );
     }
 
     #[test]

@@ -459,6 +459,15 @@ fn servable(
     ok
 }
 
+/// After a read of `serve` failed (blocking): most likely its file changed
+/// or got shorter under us. Its piece is checked again at once, which
+/// stats the file (telling the user if it changed) and stops serving the
+/// piece if it no longer matches.
+fn read_failed(pieces: &SharedPieces, content: &Content, serve: Serve) {
+    content.guard.suspect(serve.piece);
+    servable(pieces, content, &serve, &mut None);
+}
+
 /// Sends `chunked`'s blocks a chunk at a time, each read from memory, or
 /// on the blocking pool if its pages are not there; gives the buffer back.
 /// A block cancelled meanwhile is not sent; a block whose piece failed its
@@ -506,6 +515,12 @@ async fn send_chunked(
                 (buf, read) = read_chunk(&content, at + done as u64, head..head + n, buf).await?;
                 if let Err(e) = read {
                     tracing::warn!(piece, "cannot read a piece to serve: {e}");
+                    let (pieces, content, serve) = (ctx.pieces.clone(), content.clone(), *serve);
+                    crate::spawn::spawn_blocking("check pieces", move || {
+                        read_failed(&pieces, &content, serve)
+                    })
+                    .await
+                    .map_err(io::Error::other)?;
                     if done > 0 {
                         return Err(e);
                     }
@@ -623,6 +638,7 @@ fn read_batch(
             Err(e) => {
                 if servable {
                     tracing::warn!(piece, "cannot read a piece to serve: {e}");
+                    read_failed(pieces, content, *serve);
                 }
                 let mut frame = Vec::new();
                 Message::Reject { piece, offset, len }.encode(&mut frame);
