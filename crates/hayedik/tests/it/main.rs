@@ -14,6 +14,7 @@ mod folders;
 mod harness;
 mod lab;
 mod lab_nat;
+mod layout;
 mod peers;
 mod peers_cli;
 mod peers_cli_face;
