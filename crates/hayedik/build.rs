@@ -5,9 +5,10 @@
 //! regenerates the list). The script only adds an output section
 //! (`INSERT BEFORE .text`), so the linker's own layout stays as it is.
 //!
-//! lld (rustc's default on x86-64 Linux) and GNU ld take the script; mold,
-//! gold and wild reject it, so it is left out when the build names one of
-//! them (in the rustflags, the configured linker, or `mold -run`).
+//! lld (rustc's default on x86-64 Linux) and GNU ld take the script; mold
+//! and gold reject it (wild, not tried, reads linker scripts only in part),
+//! so it is left out when the build names one of them (in the rustflags, the
+//! configured linker, or `mold -run`).
 //! `HAYEDIK_NO_HOT_TEXT=1` builds without it too, for A/B measurements.
 
 use std::env;
