@@ -237,7 +237,7 @@ pub async fn write_loop(
                         disk_misses = 0;
                         let pieces = ctx.pieces.clone();
                         let checking = crate::spawn::spawn_blocking("check pieces", move || {
-                            check_serves(&pieces, &content, serves)
+                            check_serves(&pieces, content, serves)
                         });
                         Some(Next::Checking(checking, buf))
                     }
@@ -421,14 +421,14 @@ fn start_cached(
 /// a piece), clearing `servable` where one no longer matches.
 fn check_serves(
     pieces: &SharedPieces,
-    content: &Arc<Content>,
+    content: Arc<Content>,
     mut serves: Vec<Serve>,
 ) -> (Arc<Content>, Vec<Serve>) {
     let mut good = None;
     for serve in &mut serves {
-        serve.servable = servable(pieces, content, serve, &mut good);
+        serve.servable = servable(pieces, &content, serve, &mut good);
     }
-    (content.clone(), serves)
+    (content, serves)
 }
 
 /// Whether `serve`'s piece may be served, re-checking it on disk if it is
