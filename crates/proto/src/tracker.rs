@@ -581,12 +581,13 @@ impl Datagram {
                 }
             }
             Message::Peers(p) => {
-                out.put_u16(p.interval);
-                out.put_u32(p.seeders);
-                out.put_u32(p.partials);
-                for e in &p.peers {
-                    encode_peer_entry(out, e);
-                }
+                encode_peers_body(
+                    out,
+                    p.interval,
+                    p.seeders,
+                    p.partials,
+                    p.peers.iter().copied(),
+                );
             }
             Message::Error { code, message } => {
                 out.put_u16(code.to_u16());
@@ -612,6 +613,36 @@ impl Datagram {
             tid: header.tid,
             message,
         })
+    }
+}
+
+/// Writes a whole PEERS datagram whose entries come one at a time: the
+/// bytes of `Datagram::new(tid, Message::Peers(..)).encode(out)`, without
+/// collecting the entries into a [`Peers`] first (a tracker's hot path).
+pub fn encode_peers(
+    out: &mut Vec<u8>,
+    tid: u32,
+    interval: u16,
+    seeders: u32,
+    partials: u32,
+    peers: impl IntoIterator<Item = PeerEntry>,
+) {
+    encode_header(out, Kind::Peers, tid, 0);
+    encode_peers_body(out, interval, seeders, partials, peers);
+}
+
+fn encode_peers_body(
+    out: &mut Vec<u8>,
+    interval: u16,
+    seeders: u32,
+    partials: u32,
+    peers: impl IntoIterator<Item = PeerEntry>,
+) {
+    out.put_u16(interval);
+    out.put_u32(seeders);
+    out.put_u32(partials);
+    for e in peers {
+        encode_peer_entry(out, &e);
     }
 }
 

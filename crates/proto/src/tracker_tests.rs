@@ -208,6 +208,19 @@ fn peers_vector() {
     bytes.extend_from_slice(&[0; 15]);
     bytes.extend_from_slice(&[1, 0x01, 0xBB, 1]);
     roundtrip_bytes(&d, &bytes);
+    // The same bytes from entries given one at a time.
+    if let Message::Peers(p) = &d.message {
+        let mut streamed = Vec::new();
+        encode_peers(
+            &mut streamed,
+            4,
+            p.interval,
+            p.seeders,
+            p.partials,
+            p.peers.iter().copied(),
+        );
+        assert_eq!(streamed, bytes);
+    }
     // A listed peer in state 0 or 3, or an unknown family, is malformed.
     let mut bad = bytes.clone();
     let last = bad.len() - 1;

@@ -163,12 +163,13 @@ pub struct PeerTable {
     /// before the millisecond count could overflow.
     epoch: Instant,
     next_seq: u32,
-    /// The entries with a `seq` up to this one are the `senior_count`
-    /// listed longest (none: not computed). Kept so that a sample finds the
-    /// longest listed with one comparison per entry; computed again (one
-    /// selection over the table) when a sample needs more than are left.
-    senior_cut: Option<u32>,
-    senior_count: usize,
+    /// Global indices (IPv4 entries first, then IPv6) of the entries
+    /// listed longest, longest first (empty: not computed). A sample takes
+    /// its longest-listed half from here; it is computed (one selection
+    /// over the table, a sort of the few found) when a sample needs more
+    /// than it holds, and kept up to date as entries come and go, so a
+    /// swarm whose peers only refresh never computes it again.
+    seniors: Vec<u32>,
     seeders: usize,
     max_peers: usize,
     max_per_source: usize,
@@ -179,8 +180,8 @@ pub struct PeerTable {
 const SENIOR_SLACK: usize = 8;
 
 thread_local! {
-    /// The sampler's scratch: tenures, then (seq << 32 | global index).
-    static SENIORS: RefCell<(Vec<u32>, Vec<u64>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// The scratch of [`PeerTable::compute_seniors`]: `seq << 32 | global index`.
+    static SENIORS: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
 }
 
 impl PeerTable {
@@ -192,8 +193,7 @@ impl PeerTable {
             v6: Vec::new(),
             epoch: Instant::now(),
             next_seq: 0,
-            senior_cut: None,
-            senior_count: 0,
+            seniors: Vec::new(),
             seeders: 0,
             max_peers,
             max_per_source,
@@ -319,6 +319,7 @@ impl PeerTable {
                 if complete {
                     self.seeders += 1;
                 }
+                self.shift_seniors(self.global(at), true);
                 match (key, at) {
                     (Key::V4 { ip, mapped }, Slot::V4(i)) => {
                         if mapped {
@@ -376,9 +377,8 @@ impl PeerTable {
                     Slot::V6(i) => self.v6[i].seq = n,
                 }
             }
+            // The order is kept, and so are the indices of the seniors.
             self.next_seq = u32::try_from(order.len()).unwrap_or(u32::MAX - 1);
-            self.senior_cut = None;
-            self.senior_count = 0;
         }
         let seq = self.next_seq;
         self.next_seq += 1;
@@ -386,19 +386,11 @@ impl PeerTable {
     }
 
     fn remove(&mut self, slot: Slot) {
-        let (complete, seq) = match slot {
-            Slot::V4(i) => {
-                let r = self.v4.remove(i);
-                (r.is_complete(), r.seq)
-            }
-            Slot::V6(i) => {
-                let r = self.v6.remove(i);
-                (r.is_complete(), r.seq)
-            }
+        self.shift_seniors(self.global(slot), false);
+        let complete = match slot {
+            Slot::V4(i) => self.v4.remove(i).is_complete(),
+            Slot::V6(i) => self.v6.remove(i).is_complete(),
         };
-        if self.senior_cut.is_some_and(|cut| seq <= cut) {
-            self.senior_count -= 1;
-        }
         if complete {
             self.seeders -= 1;
         }
@@ -456,8 +448,7 @@ impl PeerTable {
         self.v4.retain(|r| fresh(r.seen));
         self.v6.retain(|r| fresh(r.seen));
         if self.len() != before {
-            self.senior_cut = None;
-            self.senior_count = 0;
+            self.seniors.clear();
         }
         self.seeders = self.v4.iter().filter(|r| r.is_complete()).count()
             + self.v6.iter().filter(|r| r.is_complete()).count();
@@ -516,7 +507,8 @@ impl PeerTable {
         }
     }
 
-    /// Up to `max` peers other than `exclude`, appended to `out`: when there
+    /// Up to `max` peers other than `exclude`, their global indices
+    /// appended to `out` (read them with [`PeerTable::entry`]): when there
     /// are more, the first half are the peers listed longest, the rest a
     /// fair random sample of the others. `fits` is asked before each entry
     /// is added and stops the sample when it says no.
@@ -530,13 +522,10 @@ impl PeerTable {
         exclude: Option<PeerKey>,
         max: usize,
         rng: &mut impl Rng,
-        out: &mut Vec<PeerEntry>,
+        out: &mut Vec<usize>,
         mut fits: impl FnMut(&PeerEntry) -> bool,
     ) {
-        let excluded = exclude.and_then(|k| self.slot(k)).map(|s| match s {
-            Slot::V4(i) => i,
-            Slot::V6(i) => self.v4.len() + i,
-        });
+        let excluded = exclude.and_then(|k| self.slot(k)).map(|s| self.global(s));
         let n = self.len();
         let available = n - usize::from(excluded.is_some());
         let take = max.min(available);
@@ -551,38 +540,23 @@ impl PeerTable {
             let seniors = take.div_ceil(2);
             // One more than needed: the requester may be among them.
             let want = (seniors + 1).min(n);
-            if self.senior_cut.is_none() || self.senior_count < want {
+            if self.seniors.len() < want {
                 self.compute_seniors(want + SENIOR_SLACK);
             }
-            let cut = self.senior_cut.unwrap_or(0);
-            let stopped = SENIORS.with(|cell| {
-                let (_, found) = &mut *cell.borrow_mut();
-                found.clear();
-                let seqs = self
-                    .v4
-                    .iter()
-                    .map(|r| r.seq)
-                    .chain(self.v6.iter().map(|r| r.seq));
-                for (g, seq) in seqs.enumerate() {
-                    if seq <= cut && Some(g) != excluded {
-                        found.push((u64::from(seq) << 32) | g as u64);
-                    }
+            let longest = self
+                .seniors
+                .iter()
+                .map(|&g| g as usize)
+                .filter(|&g| Some(g) != excluded)
+                .take(seniors);
+            for g in longest {
+                let (e, seq) = self.at(g);
+                if !fits(&e) {
+                    return;
                 }
-                found.sort_unstable();
-                for &item in found.iter().take(seniors) {
-                    let g = usize::try_from(item & u64::from(u32::MAX)).unwrap_or(usize::MAX);
-                    let (e, seq) = self.at(g);
-                    if !fits(&e) {
-                        return true;
-                    }
-                    out.push(e);
-                    added += 1;
-                    senior_until = Some(seq);
-                }
-                false
-            });
-            if stopped {
-                return;
+                out.push(g);
+                added += 1;
+                senior_until = Some(seq);
             }
         }
         // The rest: every index once, in the order start, start + stride,
@@ -611,43 +585,90 @@ impl PeerTable {
             if Some(here) == excluded {
                 continue;
             }
-            if let Some(until) = senior_until {
-                let seq = match self.v4.get(here) {
-                    Some(r) => r.seq,
-                    None => self.v6[here - self.v4.len()].seq,
-                };
-                if seq <= until {
-                    continue;
-                }
+            let (e, seq) = self.at(here);
+            if senior_until.is_some_and(|until| seq <= until) {
+                continue;
             }
-            let (e, _) = self.at(here);
             if !fits(&e) {
                 break;
             }
-            out.push(e);
+            out.push(here);
             added += 1;
         }
     }
-}
 
-impl PeerTable {
-    /// Finds the `m` entries listed longest (all when there are fewer).
+    /// The entry at global index `g` (from [`PeerTable::sample`]).
+    pub fn entry(&self, g: usize) -> PeerEntry {
+        self.at(g).0
+    }
+
+    /// Whether the entry at global index `g` is reachable only through the
+    /// relay, and whether at a mapped port.
+    pub fn relayed_mapped(&self, g: usize) -> (bool, bool) {
+        let flags = match self.v4.get(g) {
+            Some(r) => r.flags,
+            None => self.v6[g - self.v4.len()].flags,
+        };
+        (flags & RELAYED != 0, flags & MAPPED != 0)
+    }
+
+    /// The global index of `slot`: IPv4 entries first, then IPv6.
+    fn global(&self, slot: Slot) -> usize {
+        match slot {
+            Slot::V4(i) => i,
+            Slot::V6(i) => self.v4.len() + i,
+        }
+    }
+
+    /// Keeps the seniors' indices right when an entry is inserted at (or
+    /// removed from) global index `g`. A new entry is listed shortest, so
+    /// it never joins them; a removed one leaves them if it was one.
+    fn shift_seniors(&mut self, g: usize, inserted: bool) {
+        let g = u32::try_from(g).unwrap_or(u32::MAX);
+        if inserted {
+            for s in &mut self.seniors {
+                if *s >= g {
+                    *s += 1;
+                }
+            }
+        } else {
+            self.seniors.retain(|&s| s != g);
+            for s in &mut self.seniors {
+                if *s > g {
+                    *s -= 1;
+                }
+            }
+        }
+    }
+
+    /// Finds the `m` entries listed longest (all when there are fewer), in
+    /// order.
     fn compute_seniors(&mut self, m: usize) {
         let m = m.min(self.len());
+        self.seniors.clear();
         if m == 0 {
-            self.senior_cut = None;
-            self.senior_count = 0;
             return;
         }
-        let cut = SENIORS.with(|cell| {
-            let (seqs, _) = &mut *cell.borrow_mut();
-            seqs.clear();
-            seqs.extend(self.v4.iter().map(|r| r.seq));
-            seqs.extend(self.v6.iter().map(|r| r.seq));
-            *seqs.select_nth_unstable(m - 1).1
+        SENIORS.with(|cell| {
+            let found = &mut *cell.borrow_mut();
+            found.clear();
+            let seqs = self
+                .v4
+                .iter()
+                .map(|r| r.seq)
+                .chain(self.v6.iter().map(|r| r.seq));
+            found.extend(
+                seqs.enumerate()
+                    .map(|(g, seq)| (u64::from(seq) << 32) | g as u64),
+            );
+            found.select_nth_unstable(m - 1);
+            found[..m].sort_unstable();
+            self.seniors.extend(
+                found[..m]
+                    .iter()
+                    .map(|&item| u32::try_from(item & u64::from(u32::MAX)).unwrap_or(u32::MAX)),
+            );
         });
-        self.senior_cut = Some(cut);
-        self.senior_count = m;
     }
 }
 
@@ -741,7 +762,7 @@ mod tests {
     fn sampled(t: &mut PeerTable, exclude: Option<PeerKey>, max: usize) -> Vec<PeerEntry> {
         let mut out = Vec::new();
         t.sample(exclude, max, &mut rand::thread_rng(), &mut out, |_| true);
-        out
+        out.into_iter().map(|g| t.entry(g)).collect()
     }
 
     #[test]
@@ -1026,7 +1047,12 @@ mod tests {
         let mut t = PeerTable::new(50, 4);
         for step in 0..20_000u64 {
             let now = t0 + Duration::from_millis(step);
-            let ip = IpAddr::from([10, 0, 0, rng.gen_range(0..20)]);
+            // Mostly IPv4, some IPv6 (one /64): global indices span both.
+            let ip = if rng.gen_range(0..4) == 0 {
+                IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, rng.gen_range(0..6)])
+            } else {
+                IpAddr::from([10, 0, 0, rng.gen_range(0..20)])
+            };
             let from = SocketAddr::new(ip, rng.gen_range(1..3));
             let state = [
                 PeerState::Asking,
@@ -1039,7 +1065,10 @@ mod tests {
                 t.expire(now, Duration::from_millis(500));
             }
             assert!(t.v4.windows(2).all(|w| w[0].key() < w[1].key()));
+            assert!(t.v6.windows(2).all(|w| w[0].key() < w[1].key()));
+            assert!(t.v6.len() <= 4, "one /64, capped per source");
             let mut seqs: Vec<u32> = t.v4.iter().map(|r| r.seq).collect();
+            seqs.extend(t.v6.iter().map(|r| r.seq));
             seqs.sort_unstable();
             seqs.dedup();
             assert_eq!(seqs.len(), t.len(), "tenures are distinct");
@@ -1051,14 +1080,26 @@ mod tests {
             for r in &t.v4 {
                 assert_eq!(from_source(&t.v4, r.ip), per[&r.ip] as usize);
             }
-            let seeders = t.v4.iter().filter(|r| r.is_complete()).count();
+            let seeders = t.v4.iter().filter(|r| r.is_complete()).count()
+                + t.v6.iter().filter(|r| r.is_complete()).count();
             // The seniors' cache counts what it says, and a sample is
             // distinct and leaves the requester out.
             let excluded = (ip, 3);
             let out = sampled(&mut t, Some(excluded), 5);
-            if let Some(cut) = t.senior_cut {
-                assert_eq!(t.v4.iter().filter(|r| r.seq <= cut).count(), t.senior_count);
-            }
+            let tenures = t.v4.iter().map(|r| r.seq).chain(t.v6.iter().map(|r| r.seq));
+            let mut by_tenure: Vec<(u32, usize)> =
+                tenures.enumerate().map(|(g, seq)| (seq, g)).collect();
+            by_tenure.sort_unstable();
+            let seniors: Vec<usize> = t.seniors.iter().map(|&g| g as usize).collect();
+            let longest: Vec<usize> = by_tenure
+                .iter()
+                .map(|&(_, g)| g)
+                .take(seniors.len())
+                .collect();
+            assert_eq!(
+                seniors, longest,
+                "the seniors are the longest listed, in order"
+            );
             let distinct: HashSet<_> = out.iter().map(|e| e.addr).collect();
             assert_eq!(distinct.len(), out.len());
             assert!(out

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hayedik_proto::tracker::{
-    decode_body, decode_header, encode_error_capped, Datagram, ErrorCode, ExtFlags, HeaderError,
-    Kind, Message, PeerEntry, PeerEntryX, Peers, PeersX, Probe, RelayAddr, MAX_PEERS_DATAGRAM,
+    decode_body, decode_header, encode_error_capped, encode_peers, Datagram, ErrorCode, ExtFlags,
+    HeaderError, Kind, Message, PeerEntryX, PeersX, Probe, RelayAddr, MAX_PEERS_DATAGRAM,
     PEERS_FIXED_LEN,
 };
 
@@ -104,10 +104,10 @@ pub enum Effect {
 }
 
 thread_local! {
-    /// The entries of the PEERS being built on this thread, kept between
-    /// answers (no allocation per answer) but not per swarm (issue 16,
-    /// point 7: an idle swarm holds no buffer).
-    static SCRATCH: std::cell::RefCell<Vec<PeerEntry>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// The sampled entries (table indices) of the PEERS being built on this
+    /// thread, kept between answers (no allocation per answer) but not per
+    /// swarm (issue 16, point 7: an idle swarm holds no buffer).
+    static SCRATCH: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// One swarm's state.
@@ -442,8 +442,6 @@ impl SwarmTracker {
         }
         .min(self.settings.max_listed);
         let interval = u16::try_from(self.settings.interval.as_secs()).unwrap_or(u16::MAX);
-        let mut entries = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-        entries.clear();
         if let Some(flags) = ext {
             let observed = SocketAddr::new(src.ip(), announce.port);
             self.reply_x(
@@ -456,9 +454,10 @@ impl SwarmTracker {
                 now,
                 out,
             );
-            SCRATCH.with(|s| *s.borrow_mut() = entries);
             return effect;
         }
+        let mut entries = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        entries.clear();
         if announce.state != hayedik_proto::tracker::PeerState::Leaving {
             let mut room = MAX_PEERS_DATAGRAM - PEERS_FIXED_LEN;
             self.peers
@@ -469,17 +468,9 @@ impl SwarmTracker {
                     fits
                 });
         }
-        let peers = Peers {
-            interval,
-            seeders,
-            partials,
-            peers: entries,
-        };
-        let reply = Datagram::new(tid, Message::Peers(peers));
-        reply.encode(out);
-        if let Message::Peers(p) = reply.message {
-            SCRATCH.with(|s| *s.borrow_mut() = p.peers);
-        }
+        let listed = entries.iter().map(|&g| self.peers.entry(g));
+        encode_peers(out, tid, interval, seeders, partials, listed);
+        SCRATCH.with(|s| *s.borrow_mut() = entries);
         effect
     }
 }
@@ -508,7 +499,8 @@ impl SwarmTracker {
             Probe::NotAsked
         };
         let relay = self.settings.relay;
-        let mut sample = Vec::new();
+        let mut sample = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+        sample.clear();
         if announce.state != hayedik_proto::tracker::PeerState::Leaving {
             let mut room = MAX_PEERS_DATAGRAM - PeersX::fixed_len(&observed, &relay);
             let me = (observed.ip(), observed.port());
@@ -521,18 +513,23 @@ impl SwarmTracker {
                 });
         }
         let peers = sample
-            .into_iter()
-            .map(|entry| PeerEntryX {
-                relayed: self.peers.is_relayed((entry.addr.ip(), entry.addr.port())),
-                mapped: self.peers.is_mapped((entry.addr.ip(), entry.addr.port())),
-                // Shown only to a requester that opted in itself.
-                punchable: flags.punch
-                    && self
-                        .introducer
-                        .is_punchable((entry.addr.ip(), entry.addr.port())),
-                entry,
+            .iter()
+            .map(|&g| {
+                let entry = self.peers.entry(g);
+                let (relayed, mapped) = self.peers.relayed_mapped(g);
+                PeerEntryX {
+                    relayed,
+                    mapped,
+                    // Shown only to a requester that opted in itself.
+                    punchable: flags.punch
+                        && self
+                            .introducer
+                            .is_punchable((entry.addr.ip(), entry.addr.port())),
+                    entry,
+                }
             })
             .collect();
+        SCRATCH.with(|s| *s.borrow_mut() = sample);
         let reply = PeersX {
             interval: u16::try_from(self.settings.interval.as_secs()).unwrap_or(u16::MAX),
             seeders,
