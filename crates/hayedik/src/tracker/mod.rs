@@ -321,6 +321,7 @@ async fn run_scoped(
         }
         None => Vec::new(),
     };
+    let swarms = swarm_task::start(shared.clone(), notes_tx)?;
     // Listening only once the state loaded: a bad state directory is an
     // error before anything claims the tracker started.
     shared.events.emit(Event::Listening {
@@ -331,7 +332,6 @@ async fn run_scoped(
     for record in &records {
         binder.reserve(record.port);
     }
-    let swarms = swarm_task::start(shared.clone(), notes_tx);
     for record in records {
         central.budget_mut().restored(record.creator);
         central.holds(record.port, record.key);

@@ -359,3 +359,44 @@ fn tracker_flood_on_one_swarm_does_not_starve_another() {
         t.stop();
     });
 }
+
+/// A burst several times larger than what the swarm task takes off a
+/// socket at once (32 datagrams, in one `recvmmsg` on Linux) is answered
+/// in full: a batch that did not empty the socket is served again, and the
+/// one that did leaves nothing behind.
+#[test]
+fn tracker_answers_a_burst_larger_than_a_batch() {
+    scenario(LIMIT, || {
+        let t = Tracker::start(&[]);
+        let mut c = Client::new();
+        let swarm = c.create_swarm(t.addr);
+        for round in 0..3u32 {
+            // 150 fits both sockets' receive buffers (about 770 bytes of
+            // kernel memory per small datagram, 208 KiB by default).
+            let burst = 150u32;
+            let tids: HashSet<u32> = (0..burst).map(|i| 1_000_000 * (round + 1) + i).collect();
+            for &tid in &tids {
+                c.send_raw(swarm.swarm, &Datagram::new(tid, Message::Connect).to_vec());
+            }
+            let mut answered = HashSet::new();
+            while answered.len() < tids.len() {
+                let Some((bytes, from)) = c.recv_within(Duration::from_secs(5)) else {
+                    break;
+                };
+                let d = Datagram::decode(&bytes).expect("a valid answer");
+                assert_eq!(from, swarm.swarm);
+                assert!(matches!(d.message, Message::Connected { .. }), "{d:?}");
+                assert!(tids.contains(&d.tid), "an answer to a request never sent");
+                answered.insert(d.tid);
+            }
+            assert_eq!(
+                answered.len(),
+                tids.len(),
+                "round {round}: {} of {} CONNECTs answered",
+                answered.len(),
+                tids.len()
+            );
+        }
+        t.stop();
+    });
+}
