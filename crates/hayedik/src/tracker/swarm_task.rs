@@ -298,11 +298,9 @@ impl Reactor {
     /// Takes what waits on `port`'s socket, up to [`BATCH`] datagrams.
     #[cfg(not(target_os = "linux"))]
     fn serve(&mut self, port: u16) {
-        let Some(slot) = self.slots.get_mut(&port) else {
+        let Some((slot, waker)) = take_ready(&mut self.slots, port) else {
             return;
         };
-        slot.waker.queued.store(false, Relaxed);
-        let waker = Waker::from(slot.waker.clone());
         let mut cx = Context::from_waker(&waker);
         for _ in 0..BATCH {
             // Every valid datagram is under 64 bytes; a longer one is cut,
@@ -337,11 +335,9 @@ impl Reactor {
     /// wake-up that returns `EAGAIN`: about one system call in three).
     #[cfg(target_os = "linux")]
     fn serve(&mut self, port: u16) {
-        let Some(slot) = self.slots.get_mut(&port) else {
+        let Some((slot, waker)) = take_ready(&mut self.slots, port) else {
             return;
         };
-        slot.waker.queued.store(false, Relaxed);
-        let waker = Waker::from(slot.waker.clone());
         let mut cx = Context::from_waker(&waker);
         // Bounded: an error (an ICMP error from an earlier send surfaces
         // on the next receive) is tried past a few times at most.
@@ -514,6 +510,15 @@ impl Reactor {
             });
         });
     }
+}
+
+/// The slot of `port`, taken off the ready list (its socket's next
+/// readiness puts it back), and a waker for its socket.
+fn take_ready(slots: &mut HashMap<u16, Box<Slot>>, port: u16) -> Option<(&mut Slot, Waker)> {
+    let slot = slots.get_mut(&port)?;
+    slot.waker.queued.store(false, Relaxed);
+    let waker = Waker::from(slot.waker.clone());
+    Some((slot, waker))
 }
 
 /// What handling a datagram needs besides its swarm.
