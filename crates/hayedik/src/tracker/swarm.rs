@@ -344,6 +344,7 @@ impl SwarmTracker {
             encode_error_capped(out, tid, ErrorCode::NotConfirmed, e, cap);
             return Effect::Nothing;
         }
+        self.peers.warm();
         if !self.conn_ids.check(
             src,
             u64::from(self.record.port),
