@@ -414,11 +414,6 @@ impl PeerTable {
         }
     }
 
-    fn has_flag(&self, key: PeerKey, flag: u8) -> bool {
-        self.slot(key)
-            .is_some_and(|slot| self.flags(slot) & flag != 0)
-    }
-
     /// Marks a listed peer as reachable only through the relay, or not.
     pub fn set_relayed(&mut self, key: PeerKey, relayed: bool) {
         self.set_flag(key, RELAYED, relayed);
@@ -427,16 +422,6 @@ impl PeerTable {
     /// Marks a listed peer as reachable at a mapped port, or not.
     pub fn set_mapped(&mut self, key: PeerKey, mapped: bool) {
         self.set_flag(key, MAPPED, mapped);
-    }
-
-    /// Whether a listed peer is reachable at a mapped port.
-    pub fn is_mapped(&self, key: PeerKey) -> bool {
-        self.has_flag(key, MAPPED)
-    }
-
-    /// Whether a listed peer is reachable only through the relay.
-    pub fn is_relayed(&self, key: PeerKey) -> bool {
-        self.has_flag(key, RELAYED)
     }
 
     /// Drops every peer not seen since `now - max_age`; returns how many.
@@ -621,11 +606,16 @@ impl PeerTable {
     /// Whether the entry at global index `g` is reachable only through the
     /// relay, and whether at a mapped port.
     pub fn relayed_mapped(&self, g: usize) -> (bool, bool) {
-        let flags = match self.v4.get(g) {
-            Some(r) => r.flags,
-            None => self.v6[g - self.v4.len()].flags,
-        };
+        let flags = self.flags(self.slot_at(g));
         (flags & RELAYED != 0, flags & MAPPED != 0)
+    }
+
+    /// Where the entry at global index `g` is.
+    fn slot_at(&self, g: usize) -> Slot {
+        match g.checked_sub(self.v4.len()) {
+            None => Slot::V4(g),
+            Some(i) => Slot::V6(i),
+        }
     }
 
     /// The global index of `slot`: IPv4 entries first, then IPv6.
@@ -723,7 +713,11 @@ mod tests {
             assert_eq!(t.announce(a, 7, PeerState::Complete, now), Update::Listed);
         }
         t.set_relayed((v6.ip(), 7), true);
-        assert!(t.is_relayed((v6.ip(), 7)) && !t.is_relayed((v4.ip(), 7)));
+        let relayed = |t: &PeerTable, ip: IpAddr| {
+            let g = t.global(t.slot((ip, 7)).unwrap());
+            t.relayed_mapped(g).0
+        };
+        assert!(relayed(&t, v6.ip()) && !relayed(&t, v4.ip()));
         let got: HashSet<_> = sampled(&mut t, None, 10)
             .into_iter()
             .map(|e| e.addr)
