@@ -16,7 +16,10 @@
 //! and against the floor: this program run again as the least that any UDP
 //! tracker does, one socket that answers each request with a fixed reply of
 //! opentracker's size, so that the kernel's share of an announce (receiving
-//! one datagram and sending one) is measured on its own.
+//! one datagram and sending one) is measured on its own; and against the
+//! port floor, the same with a socket per swarm in one epoll set, as
+//! hayedik's port-per-swarm design has: what the kernel alone costs such a
+//! tracker per announce.
 //! Every phase gets a fresh tracker process, so its peak memory (VmHWM) is
 //! that phase's. The tracker's CPU time is read from `/proc/PID/stat`
 //! (utime + stime) before and after the measured interval: `getrusage`'s
@@ -33,7 +36,7 @@
 //! `HAYEDIK_BENCH_WINDOW` (requests in flight per socket, default 2),
 //! `HAYEDIK_BENCH_MAX_SWARMS` (cap on swarms created in phase (a), default
 //! 20,000: each holds a port), `HAYEDIK_BENCH_OPENTRACKER=0` (skip it),
-//! `HAYEDIK_BENCH_FLOOR=0` (skip the floor).
+//! `HAYEDIK_BENCH_FLOOR=0` (skip both floors).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -68,9 +71,17 @@ const BEP15_MAGIC: u64 = 0x417_2710_1980;
 /// serves on.
 const FLOOR_PORT_ENV: &str = "HAYEDIK_BENCH_FLOOR_SERVE";
 
+/// Set in the port floor's own process: `SOCKETS:PATH`, how many sockets
+/// it binds and the file it lists their ports in.
+const PORT_FLOOR_ENV: &str = "HAYEDIK_BENCH_PORT_FLOOR_SERVE";
+
 fn main() {
     if let Ok(port) = std::env::var(FLOOR_PORT_ENV) {
         serve_floor(&port);
+        return;
+    }
+    if let Ok(spec) = std::env::var(PORT_FLOOR_ENV) {
+        serve_port_floor(&spec);
         return;
     }
     let settings = Settings::from_env();
@@ -161,6 +172,10 @@ fn main() {
                     &format!("{phase} {FLOOR}, round {round}/{rounds}"),
                     floor_announces(&settings, &pin, swarms),
                 );
+                record(
+                    &format!("{phase} {PORT_FLOOR}, round {round}/{rounds}"),
+                    port_floor_announces(&settings, &pin, swarms),
+                );
             }
         }
     }
@@ -195,7 +210,8 @@ struct Settings {
     swarms: Vec<usize>,
     max_creations: usize,
     opentracker: bool,
-    /// Also measure the floor ([`serve_floor`]; `HAYEDIK_BENCH_FLOOR=0` skips it).
+    /// Also measure the floors ([`serve_floor`], [`serve_port_floor`];
+    /// `HAYEDIK_BENCH_FLOOR=0` skips them).
     floor: bool,
     /// Another hayedik binary run beside this one (`HAYEDIK_BENCH_BASELINE`),
     /// e.g. main's, for an A/B comparison in the same run.
@@ -1415,19 +1431,63 @@ fn opentracker_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<F
         })
         .collect();
     let (tracker, addr) = start_opentracker(pin, &hashes)?;
-    bep15_announces(s, "opentracker", &tracker, addr, swarms)
+    bep15_announces(s, "opentracker", &tracker, vec![addr; swarms])
 }
 
 /// The name of the floor in the tables.
 const FLOOR: &str = "udp floor";
 
+/// The name of the port floor ([`serve_port_floor`]) in the tables.
+const PORT_FLOOR: &str = "port floor";
+
+/// The fixed replies of both floors: a BEP 15 CONNECT gets its 16-byte
+/// answer, an ANNOUNCE a reply of opentracker's size (50 peers, 320 bytes),
+/// each with the request's transaction id. Nothing is parsed beyond the
+/// action, looked up, checked or stored.
+struct FloorReplies {
+    connected: [u8; 16],
+    peers: Vec<u8>,
+}
+
+impl FloorReplies {
+    fn new() -> Self {
+        let mut connected = [0u8; 16];
+        connected[8..].copy_from_slice(&0x00c0_ffee_u64.to_be_bytes());
+        let mut peers = vec![0u8; 20 + 6 * usize::from(WANTED)];
+        peers[..4].copy_from_slice(&1u32.to_be_bytes());
+        peers[8..12].copy_from_slice(&1800u32.to_be_bytes());
+        peers[12..16].copy_from_slice(&50u32.to_be_bytes());
+        peers[16..20].copy_from_slice(&50u32.to_be_bytes());
+        for (i, entry) in peers[20..].chunks_exact_mut(6).enumerate() {
+            entry[..4].copy_from_slice(&[127, 0, 0, 1]);
+            entry[4..].copy_from_slice(&(10_000 + i as u16).to_be_bytes());
+        }
+        Self { connected, peers }
+    }
+
+    /// The reply to `req`, if it calls for one.
+    fn reply(&mut self, req: &[u8]) -> Option<&[u8]> {
+        if req.len() < 16 {
+            return None;
+        }
+        let (action, tid) = (&req[8..12], &req[12..16]);
+        let reply: &mut [u8] = if action == 0u32.to_be_bytes() {
+            &mut self.connected
+        } else if action == 1u32.to_be_bytes() && req.len() >= 98 {
+            &mut self.peers
+        } else {
+            return None;
+        };
+        reply[4..8].copy_from_slice(tid);
+        Some(reply)
+    }
+}
+
 /// The floor: the least that any UDP tracker does per announce, measured
 /// like the trackers (this program run again, pinned to the tracker's CPU).
-/// One socket, as opentracker has, and a blocking loop: a BEP 15 CONNECT gets
-/// its 16-byte answer, an ANNOUNCE a fixed reply of opentracker's size (50
-/// peers, 320 bytes) with the request's transaction id. Nothing is parsed,
-/// looked up, checked or stored: what it costs is the kernel receiving one
-/// datagram and sending one.
+/// One socket, as opentracker has, and a blocking loop answering with
+/// [`FloorReplies`]: what it costs is the kernel receiving one datagram and
+/// sending one.
 fn serve_floor(port: &str) {
     let sock = match port.parse::<u16>().map(|p| UdpSocket::bind((LOCALHOST, p))) {
         Ok(Ok(s)) => s,
@@ -1440,17 +1500,7 @@ fn serve_floor(port: &str) {
             std::process::exit(2);
         }
     };
-    let mut connected = [0u8; 16];
-    connected[8..].copy_from_slice(&0x00c0_ffee_u64.to_be_bytes());
-    let mut peers = vec![0u8; 20 + 6 * usize::from(WANTED)];
-    peers[..4].copy_from_slice(&1u32.to_be_bytes());
-    peers[8..12].copy_from_slice(&1800u32.to_be_bytes());
-    peers[12..16].copy_from_slice(&50u32.to_be_bytes());
-    peers[16..20].copy_from_slice(&50u32.to_be_bytes());
-    for (i, entry) in peers[20..].chunks_exact_mut(6).enumerate() {
-        entry[..4].copy_from_slice(&[127, 0, 0, 1]);
-        entry[4..].copy_from_slice(&(10_000 + i as u16).to_be_bytes());
-    }
+    let mut replies = FloorReplies::new();
     // Ends with the bench: a bench killed outright cannot kill it, so it
     // looks for its parent whenever it has waited a second for a request.
     let parent = std::os::unix::process::parent_id();
@@ -1463,19 +1513,146 @@ fn serve_floor(port: &str) {
             }
             continue;
         };
-        if n < 16 {
-            continue;
+        if let Some(reply) = replies.reply(&buf[..n]) {
+            let _ = sock.send_to(reply, from);
         }
-        let (action, tid) = (&buf[8..12], &buf[12..16]);
-        let reply: &mut [u8] = if action == 0u32.to_be_bytes() {
-            &mut connected
-        } else if action == 1u32.to_be_bytes() && n >= 98 {
-            &mut peers
-        } else {
-            continue;
-        };
-        reply[4..8].copy_from_slice(tid);
-        let _ = sock.send_to(reply, from);
+    }
+}
+
+/// Datagrams the port floor reads from one socket at once.
+const PORT_FLOOR_BATCH: usize = 32;
+
+/// The port floor: the least that a tracker with a port (a socket) per
+/// swarm does per announce, as hayedik's design has. One socket per swarm,
+/// all in one epoll set (level-triggered); a loop that takes up to 256
+/// ready sockets per `epoll_wait`, reads what waits on each with one
+/// `recvmmsg` (up to [`PORT_FLOOR_BATCH`]) and answers it with one
+/// `sendmmsg` ([`FloorReplies`]). Against [`serve_floor`] it adds what
+/// spreading the load over many sockets costs the kernel (an epoll event
+/// per socket and wake-up, a socket's state per datagram, fewer of them in
+/// the caches), and saves what batching saves (fewer system calls when a
+/// socket holds several datagrams); user space does next to nothing.
+fn serve_port_floor(spec: &str) {
+    use rustix::event::epoll;
+    use rustix::net::{sendmmsg, MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
+    use std::io::{IoSlice, IoSliceMut};
+    let fail = |what: String| -> ! {
+        eprintln!("port floor: {what}");
+        std::process::exit(1);
+    };
+    let Some((count, path)) = spec.split_once(':') else {
+        fail(format!("bad spec {spec:?} (SOCKETS:PATH)"));
+    };
+    let count: usize = count
+        .parse()
+        .unwrap_or_else(|e| fail(format!("bad socket count {count:?}: {e}")));
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)
+        .unwrap_or_else(|e| fail(format!("epoll_create: {e}")));
+    let mut socks = Vec::with_capacity(count);
+    let mut ports = String::new();
+    for i in 0..count {
+        let sock = UdpSocket::bind((LOCALHOST, 0))
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .unwrap_or_else(|e| fail(format!("socket {i} of {count}: {e}")));
+        epoll::add(
+            &epoll,
+            &sock,
+            epoll::EventData::new_u64(i as u64),
+            epoll::EventFlags::IN,
+        )
+        .unwrap_or_else(|e| fail(format!("epoll_ctl: {e}")));
+        let port = sock
+            .local_addr()
+            .unwrap_or_else(|e| fail(format!("local address: {e}")))
+            .port();
+        ports.push_str(&format!("{port}\n"));
+        socks.push(sock);
+    }
+    // Written whole, then renamed: the bench never reads half a list.
+    let tmp = format!("{path}.tmp");
+    if let Err(e) = std::fs::write(&tmp, ports).and_then(|()| std::fs::rename(&tmp, path)) {
+        fail(format!("writing {path}: {e}"));
+    }
+    // `recvmmsg` through quinn-udp, as hayedik's tracker does; its state is
+    // made on a socket of its own (made on a served socket it would turn on
+    // options that add control messages).
+    let state = UdpSocket::bind((LOCALHOST, 0))
+        .and_then(|probe| quinn_udp::UdpSocketState::new((&probe).into()))
+        .unwrap_or_else(|e| fail(format!("recvmmsg state: {e}")));
+    let mut bufs = Box::new([[0u8; 512]; PORT_FLOOR_BATCH]);
+    let mut meta = [quinn_udp::RecvMeta::default(); PORT_FLOOR_BATCH];
+    let mut out: Vec<Vec<u8>> = (0..PORT_FLOOR_BATCH)
+        .map(|_| Vec::with_capacity(512))
+        .collect();
+    let mut to: Vec<SocketAddr> = Vec::with_capacity(PORT_FLOOR_BATCH);
+    let mut replies = FloorReplies::new();
+    let parent = std::os::unix::process::parent_id();
+    let second = rustix::event::Timespec {
+        tv_sec: 1,
+        tv_nsec: 0,
+    };
+    let mut events = Vec::with_capacity(256);
+    loop {
+        events.clear();
+        match epoll::wait(
+            &epoll,
+            rustix::buffer::spare_capacity(&mut events),
+            Some(&second),
+        ) {
+            Ok(0) | Err(_) => {
+                // Ends with the bench, as the floor does.
+                if std::os::unix::process::parent_id() != parent {
+                    return;
+                }
+                continue;
+            }
+            Ok(_) => {}
+        }
+        for event in &events {
+            let Some(sock) = usize::try_from(event.data.u64())
+                .ok()
+                .and_then(|i| socks.get(i))
+            else {
+                continue;
+            };
+            let mut slices = bufs.each_mut().map(|b| IoSliceMut::new(b));
+            let Ok(got) = state.recv(sock.into(), &mut slices, &mut meta) else {
+                continue;
+            };
+            to.clear();
+            for (buf, m) in bufs.iter().zip(&meta).take(got) {
+                if let Some(reply) = replies.reply(&buf[..m.len.min(buf.len())]) {
+                    let o = &mut out[to.len()];
+                    o.clear();
+                    o.extend_from_slice(reply);
+                    to.push(m.addr);
+                }
+            }
+            if let [addr] = to[..] {
+                let _ = sock.send_to(&out[0], addr);
+                continue;
+            }
+            let addrs: Vec<SocketAddrAny> = to.iter().map(|&a| a.into()).collect();
+            let iovs: Vec<[IoSlice<'_>; 1]> =
+                out[..to.len()].iter().map(|o| [IoSlice::new(o)]).collect();
+            let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
+                to.iter().map(|_| SendAncillaryBuffer::default()).collect();
+            let mut msgs: Vec<MMsgHdr<'_>> = addrs
+                .iter()
+                .zip(&iovs)
+                .zip(controls.iter_mut())
+                .map(|((a, v), c)| MMsgHdr::new_with_addr(a, v, c))
+                .collect();
+            let mut sent = 0;
+            // Bounded: each call sends at least one, or gives up.
+            while sent < msgs.len() {
+                match sendmmsg(sock, &mut msgs[sent..], SendFlags::empty()) {
+                    Ok(n) if n > 0 => sent += n,
+                    _ => break,
+                }
+            }
+        }
     }
 }
 
@@ -1538,21 +1715,70 @@ fn wait_bep15(
 /// Phases (b) and (c) on the floor: opentracker's load (BEP 15, one port).
 fn floor_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<Figure, String> {
     let (tracker, addr) = start_floor(pin)?;
-    let mut f = bep15_announces(s, FLOOR, &tracker, addr, swarms)?;
+    let mut f = bep15_announces(s, FLOOR, &tracker, vec![addr; swarms])?;
     // It stores nothing: its memory says nothing.
     f.mem = None;
     Ok(f)
 }
 
-/// Phases (b) and (c) in BEP 15 on `tracker` at `addr`: its one port
-/// stands for every swarm, an info hash for each.
+/// Phases (b) and (c) on the port floor ([`serve_port_floor`]): one
+/// socket per swarm, as hayedik has, with opentracker's requests.
+fn port_floor_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<Figure, String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let log = dir.path().join("port-floor.log");
+    let list = dir.path().join("ports");
+    let err = File::create(&log).map_err(|e| format!("log file: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot start the port floor: {e}"))?;
+    let mut cmd = pin.command(&exe.display().to_string());
+    cmd.env(PORT_FLOOR_ENV, format!("{swarms}:{}", list.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot start the port floor: {e}"))?;
+    let mut tracker = Tracker { child, _dir: dir };
+    let deadline = Instant::now() + setup_limit(swarms);
+    let ports = loop {
+        tracker.check_alive(&log)?;
+        if let Ok(text) = std::fs::read_to_string(&list) {
+            break text;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the port floor listed no ports ({})", tail(&log)));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let targets = ports
+        .lines()
+        .map(|p| p.parse().map(|p| SocketAddr::new(LOCALHOST, p)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the port floor's list: {e}"))?;
+    if targets.len() != swarms {
+        return Err(format!(
+            "the port floor listed {} ports, not {swarms}",
+            targets.len()
+        ));
+    }
+    wait_bep15(&mut tracker, &log, targets[0], "the port floor", |_, _| {
+        true
+    })?;
+    let mut f = bep15_announces(s, PORT_FLOOR, &tracker, targets)?;
+    // It stores nothing: its memory says nothing.
+    f.mem = None;
+    Ok(f)
+}
+
+/// Phases (b) and (c) in BEP 15 on `tracker`, swarm `i` at `targets[i]`
+/// (opentracker's one port stands for every swarm), an info hash for each.
 fn bep15_announces(
     s: &Settings,
     name: &'static str,
     tracker: &Tracker,
-    addr: SocketAddr,
-    swarms: usize,
+    targets: Vec<SocketAddr>,
 ) -> Result<Figure, String> {
+    let swarms = targets.len();
+    let addr = *targets.first().ok_or("no swarm to announce to")?;
     let keys = swarm_keys(swarms);
     settle();
     let rss0 = tracker.rss_kib();
@@ -1571,7 +1797,6 @@ fn bep15_announces(
             connects.ids.len()
         ));
     }
-    let targets = vec![addr; swarms];
     let mut w = Announces::new(Proto::Bep15, targets, keys, &connects, &peers);
     warm_up(&peers, &mut w, s.window, (s.peers * swarms) as u64);
     settle();
@@ -1780,7 +2005,7 @@ fn print_ratios(medians: &[Median<'_>], phases: &[usize]) {
             .iter()
             .find(|m| m.figure.phase == phase && m.figure.tracker == tracker)
     };
-    for tracker in ["hayedik", "baseline", FLOOR] {
+    for tracker in ["hayedik", "baseline", FLOOR, PORT_FLOOR] {
         let mut printed = false;
         for &swarms in phases {
             let phase = phase_name(swarms);
