@@ -33,6 +33,8 @@
 //! `HAYEDIK_BENCH_SWARMS` (swarm counts of phase (c), default `1000,10000`),
 //! `HAYEDIK_BENCH_BASELINE` (path of another hayedik binary, e.g. main's,
 //! run beside this build in every phase: an A/B comparison in one run),
+//! `HAYEDIK_BENCH_BIN` (the binary measured as this build, e.g. one from
+//! `cargo build --release`, whose code layout is the product's),
 //! `HAYEDIK_BENCH_WINDOW` (requests in flight per socket, default 2),
 //! `HAYEDIK_BENCH_MAX_SWARMS` (cap on swarms created in phase (a), default
 //! 20,000: each holds a port), `HAYEDIK_BENCH_OPENTRACKER=0` (skip it),
@@ -97,6 +99,9 @@ fn main() {
         settings.swarms,
         settings.window
     );
+    if let Some(b) = &settings.bin {
+        println!("  this build: {b} (HAYEDIK_BENCH_BIN)");
+    }
     if let Some(b) = &settings.baseline {
         println!("  baseline: {b} (HAYEDIK_BENCH_BASELINE), run beside this build in every phase");
     }
@@ -132,7 +137,11 @@ fn main() {
         }
     };
     let rounds = settings.rounds;
-    let mut hayediks = vec![("hayedik", env!("CARGO_BIN_EXE_hayedik"))];
+    let this = settings
+        .bin
+        .clone()
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_hayedik").to_string());
+    let mut hayediks = vec![("hayedik", this.as_str())];
     if let Some(b) = &settings.baseline {
         hayediks.push(("baseline", b.as_str()));
     }
@@ -216,6 +225,11 @@ struct Settings {
     /// Another hayedik binary run beside this one (`HAYEDIK_BENCH_BASELINE`),
     /// e.g. main's, for an A/B comparison in the same run.
     baseline: Option<String>,
+    /// The binary measured as "hayedik" (`HAYEDIK_BENCH_BIN`), instead of
+    /// the one this bench built: `cargo bench` builds it with the
+    /// dev-dependencies' features, so its symbols differ from a `cargo
+    /// build --release` and hot-text.ld does not apply to it.
+    bin: Option<String>,
 }
 
 impl Settings {
@@ -246,6 +260,9 @@ impl Settings {
             opentracker: std::env::var("HAYEDIK_BENCH_OPENTRACKER").as_deref() != Ok("0"),
             floor: std::env::var("HAYEDIK_BENCH_FLOOR").as_deref() != Ok("0"),
             baseline: std::env::var("HAYEDIK_BENCH_BASELINE")
+                .ok()
+                .filter(|v| !v.is_empty()),
+            bin: std::env::var("HAYEDIK_BENCH_BIN")
                 .ok()
                 .filter(|v| !v.is_empty()),
         }
