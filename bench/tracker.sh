@@ -10,9 +10,11 @@
 # HAYEDIK_BENCH_SWARMS (swarm counts of phase (c), default 1000,10000),
 # HAYEDIK_BENCH_BASELINE (another hayedik binary, e.g. main's, measured beside
 # this build in every phase: A/B in one run), HAYEDIK_BENCH_ROUNDS (default 3),
-# HAYEDIK_BENCH_OPENTRACKER=0 (skip opentracker), HAYEDIK_BENCH_FLOOR=0 (skip
-# the floor: one socket answering every request unparsed, the kernel's part
-# of an announce on its own), HAYEDIK_BENCH_NICE=0 (do not
+# HAYEDIK_BENCH_BIN (the hayedik binary measured as this build, e.g. a
+# `cargo build --release`), HAYEDIK_BENCH_OPENTRACKER=0 (skip opentracker),
+# HAYEDIK_BENCH_FLOOR=0 (skip both floors: one socket, or one per swarm,
+# answering every request unparsed, the kernel's part of an announce on its
+# own), HAYEDIK_BENCH_NICE=0 (do not
 # raise the priority of the tracker and the generator).
 set -euo pipefail
 cd "$(dirname "$0")/.."
