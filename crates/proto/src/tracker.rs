@@ -201,8 +201,8 @@ impl PeerEntry {
     /// Encoded length: family, address, port, state.
     pub fn encoded_len(&self) -> usize {
         match self.addr.ip() {
-            IpAddr::V4(_) => 1 + 4 + 2 + 1,
-            IpAddr::V6(_) => 1 + 16 + 2 + 1,
+            IpAddr::V4(_) => PEER_ENTRY_V4_LEN,
+            IpAddr::V6(_) => PEER_ENTRY_V6_LEN,
         }
     }
 }
@@ -627,8 +627,18 @@ pub fn encode_peers(
     partials: u32,
     peers: impl IntoIterator<Item = PeerEntry>,
 ) {
+    encode_peers_head(out, tid, interval, seeders, partials);
+    for e in peers {
+        encode_peer_entry(out, &e);
+    }
+}
+
+/// Writes a PEERS datagram up to its first entry: the entries follow, each
+/// written by [`put_peer_entry_v4`] or [`put_peer_entry_v6`] (a tracker
+/// that keeps its peers in its own form writes them from it).
+pub fn encode_peers_head(out: &mut Vec<u8>, tid: u32, interval: u16, seeders: u32, partials: u32) {
     encode_header(out, Kind::Peers, tid, 0);
-    encode_peers_body(out, interval, seeders, partials, peers);
+    encode_peers_counts(out, interval, seeders, partials);
 }
 
 fn encode_peers_body(
@@ -638,12 +648,38 @@ fn encode_peers_body(
     partials: u32,
     peers: impl IntoIterator<Item = PeerEntry>,
 ) {
-    out.put_u16(interval);
-    out.put_u32(seeders);
-    out.put_u32(partials);
+    encode_peers_counts(out, interval, seeders, partials);
     for e in peers {
         encode_peer_entry(out, &e);
     }
+}
+
+fn encode_peers_counts(out: &mut Vec<u8>, interval: u16, seeders: u32, partials: u32) {
+    out.put_u16(interval);
+    out.put_u32(seeders);
+    out.put_u32(partials);
+}
+
+/// The encoded length of a peer entry with an IPv4 address.
+pub const PEER_ENTRY_V4_LEN: usize = 1 + 4 + 2 + 1;
+/// The encoded length of a peer entry with an IPv6 address.
+pub const PEER_ENTRY_V6_LEN: usize = 1 + 16 + 2 + 1;
+
+/// Appends a peer entry with an IPv4 address, in one copy.
+pub fn put_peer_entry_v4(out: &mut Vec<u8>, ip: [u8; 4], port: u16, state: PeerState) {
+    let [p0, p1] = port.to_be_bytes();
+    let [a, b, c, d] = ip;
+    out.extend_from_slice(&[4, a, b, c, d, p0, p1, state as u8]);
+}
+
+/// Appends a peer entry with an IPv6 address, in one copy.
+pub fn put_peer_entry_v6(out: &mut Vec<u8>, ip: [u8; 16], port: u16, state: PeerState) {
+    let mut e = [0u8; PEER_ENTRY_V6_LEN];
+    e[0] = 6;
+    e[1..17].copy_from_slice(&ip);
+    e[17..19].copy_from_slice(&port.to_be_bytes());
+    e[19] = state as u8;
+    out.extend_from_slice(&e);
 }
 
 /// Writes a header with the reserved field zero.
@@ -679,8 +715,10 @@ fn encode_addr(out: &mut Vec<u8>, a: &SocketAddr) {
 }
 
 fn encode_peer_entry(out: &mut Vec<u8>, e: &PeerEntry) {
-    encode_addr(out, &e.addr);
-    out.put_u8(e.state as u8);
+    match e.addr.ip() {
+        IpAddr::V4(ip) => put_peer_entry_v4(out, ip.octets(), e.addr.port(), e.state),
+        IpAddr::V6(ip) => put_peer_entry_v6(out, ip.octets(), e.addr.port(), e.state),
+    }
 }
 
 /// Decodes the body of a datagram whose header was accepted.

@@ -32,7 +32,10 @@ use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use hayedik_proto::tracker::{PeerEntry, PeerState};
+use hayedik_proto::tracker::{
+    put_peer_entry_v4, put_peer_entry_v6, PeerEntry, PeerState, PEER_ENTRY_V4_LEN,
+    PEER_ENTRY_V6_LEN,
+};
 use rand::Rng;
 
 /// A peer is identified by the source IP of its announces and its TCP port.
@@ -93,6 +96,15 @@ impl<A: Ip> Record<A> {
 }
 
 /// Where `(ip, port)` is in `list`, or where it would go.
+/// The state a record's flags say.
+fn state_of(flags: u8) -> PeerState {
+    if flags & COMPLETE != 0 {
+        PeerState::Complete
+    } else {
+        PeerState::Downloading
+    }
+}
+
 fn find<A: Ip>(list: &[Record<A>], ip: A, port: u16) -> Result<usize, usize> {
     list.binary_search_by(|r| r.key().cmp(&(ip, port)))
 }
@@ -453,16 +465,37 @@ impl PeerTable {
         before - self.len()
     }
 
+    /// The encoded length of the entry at global index `g` (IPv4 entries
+    /// first, then IPv6), and its tenure.
+    fn len_seq(&self, g: usize) -> (usize, u32) {
+        match self.v4.get(g) {
+            Some(r) if r.flags & V4_MAPPED != 0 => (PEER_ENTRY_V6_LEN, r.seq),
+            Some(r) => (PEER_ENTRY_V4_LEN, r.seq),
+            None => (PEER_ENTRY_V6_LEN, self.v6[g - self.v4.len()].seq),
+        }
+    }
+
+    /// Appends the entry at global index `g` to a PEERS body, written
+    /// straight from its record: the bytes of [`PeerTable::entry`]'s
+    /// encoding.
+    pub fn put_entry(&self, g: usize, out: &mut Vec<u8>) {
+        match self.v4.get(g) {
+            Some(r) if r.flags & V4_MAPPED != 0 => {
+                let ip = Ipv4Addr::from(r.ip).to_ipv6_mapped().octets();
+                put_peer_entry_v6(out, ip, r.port, state_of(r.flags));
+            }
+            Some(r) => put_peer_entry_v4(out, r.ip.to_be_bytes(), r.port, state_of(r.flags)),
+            None => {
+                let r = &self.v6[g - self.v4.len()];
+                put_peer_entry_v6(out, r.ip.to_be_bytes(), r.port, state_of(r.flags));
+            }
+        }
+    }
+
     /// The entry at global index `g` (IPv4 entries first, then IPv6), and
     /// its tenure.
     fn at(&self, g: usize) -> (PeerEntry, u32) {
-        let state = |flags: u8| {
-            if flags & COMPLETE != 0 {
-                PeerState::Complete
-            } else {
-                PeerState::Downloading
-            }
-        };
+        let state = state_of;
         match self.v4.get(g) {
             Some(r) => {
                 let v4 = Ipv4Addr::from(r.ip);
@@ -493,10 +526,11 @@ impl PeerTable {
     }
 
     /// Up to `max` peers other than `exclude`, their global indices
-    /// appended to `out` (read them with [`PeerTable::entry`]): when there
-    /// are more, the first half are the peers listed longest, the rest a
-    /// fair random sample of the others. `fits` is asked before each entry
-    /// is added and stops the sample when it says no.
+    /// appended to `out` (read them with [`PeerTable::entry`], or write
+    /// them with [`PeerTable::put_entry`]): when there are more, the first
+    /// half are the peers listed longest, the rest a fair random sample of
+    /// the others. `fits` is given each entry's encoded length before it is
+    /// added, and stops the sample when it says no.
     ///
     /// Why the longest listed: a swarm's first peer is its sharer, and fake
     /// peers announced later (from many addresses, each under the
@@ -508,7 +542,7 @@ impl PeerTable {
         max: usize,
         rng: &mut impl Rng,
         out: &mut Vec<usize>,
-        mut fits: impl FnMut(&PeerEntry) -> bool,
+        mut fits: impl FnMut(usize) -> bool,
     ) {
         let excluded = exclude.and_then(|k| self.slot(k)).map(|s| self.global(s));
         let n = self.len();
@@ -535,8 +569,8 @@ impl PeerTable {
                 .filter(|&g| Some(g) != excluded)
                 .take(seniors);
             for g in longest {
-                let (e, seq) = self.at(g);
-                if !fits(&e) {
+                let (len, seq) = self.len_seq(g);
+                if !fits(len) {
                     return;
                 }
                 out.push(g);
@@ -570,11 +604,11 @@ impl PeerTable {
             if Some(here) == excluded {
                 continue;
             }
-            let (e, seq) = self.at(here);
+            let (len, seq) = self.len_seq(here);
             if senior_until.is_some_and(|until| seq <= until) {
                 continue;
             }
-            if !fits(&e) {
+            if !fits(len) {
                 break;
             }
             out.push(here);
@@ -753,6 +787,34 @@ mod tests {
         };
         assert!(seq(1) < seq(2) && seq(2) < seq(3));
         assert!(t.next_seq < 10);
+    }
+
+    /// An entry written straight from its record is the bytes that
+    /// encoding its [`PeerEntry`] gives, for each form an address is kept
+    /// in (IPv4, IPv4-mapped IPv6, IPv6), and so is its length.
+    #[test]
+    fn entries_written_from_records_encode_alike() {
+        let now = Instant::now();
+        let mut t = PeerTable::new(100, 100);
+        announce(&mut t, 1, PeerState::Complete, now);
+        announce(&mut t, 2, PeerState::Downloading, now);
+        let mapped: SocketAddr = "[::ffff:10.1.2.3]:9".parse().unwrap();
+        t.announce(mapped, 61_000, PeerState::Complete, now);
+        let v6: SocketAddr = "[2001:db8::7]:9".parse().unwrap();
+        t.announce(v6, 443, PeerState::Downloading, now);
+        assert_eq!(t.len(), 4);
+        for g in 0..t.len() {
+            let mut ours = Vec::new();
+            t.put_entry(g, &mut ours);
+            let mut theirs = Vec::new();
+            hayedik_proto::tracker::encode_peers(&mut theirs, 7, 60, 1, 2, [t.entry(g)]);
+            let head = theirs.len() - t.entry(g).encoded_len();
+            assert_eq!(ours, theirs[head..], "entry {g}: {:?}", t.entry(g));
+            assert_eq!(t.len_seq(g).0, ours.len());
+        }
+        // Two IPv4 records, then the mapped one; the IPv6 one last.
+        let lens: Vec<usize> = (0..t.len()).map(|g| t.len_seq(g).0).collect();
+        assert_eq!(lens, [8, 8, 20, 20]);
     }
 
     /// Peer `n`: its own IPv4 address, TCP port 1000.

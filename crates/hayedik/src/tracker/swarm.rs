@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hayedik_proto::tracker::{
-    decode_body, decode_header, encode_error_capped, encode_peers, Datagram, ErrorCode, ExtFlags,
-    HeaderError, Kind, Message, PeerEntryX, PeersX, Probe, RelayAddr, MAX_PEERS_DATAGRAM,
+    decode_body, decode_header, encode_error_capped, encode_peers_head, Datagram, ErrorCode,
+    ExtFlags, HeaderError, Kind, Message, PeerEntryX, PeersX, Probe, RelayAddr, MAX_PEERS_DATAGRAM,
     PEERS_FIXED_LEN,
 };
 
@@ -462,15 +462,16 @@ impl SwarmTracker {
         if announce.state != hayedik_proto::tracker::PeerState::Leaving {
             let mut room = MAX_PEERS_DATAGRAM - PEERS_FIXED_LEN;
             self.peers
-                .sample(Some(me), wanted, &mut self.rng, &mut entries, |e| {
-                    let len = e.encoded_len();
+                .sample(Some(me), wanted, &mut self.rng, &mut entries, |len| {
                     let fits = len <= room;
                     room = room.saturating_sub(len);
                     fits
                 });
         }
-        let listed = entries.iter().map(|&g| self.peers.entry(g));
-        encode_peers(out, tid, interval, seeders, partials, listed);
+        encode_peers_head(out, tid, interval, seeders, partials);
+        for &g in &entries {
+            self.peers.put_entry(g, out);
+        }
         SCRATCH.with(|s| *s.borrow_mut() = entries);
         effect
     }
@@ -506,8 +507,9 @@ impl SwarmTracker {
             let mut room = MAX_PEERS_DATAGRAM - PeersX::fixed_len(&observed, &relay);
             let me = (observed.ip(), observed.port());
             self.peers
-                .sample(Some(me), wanted, &mut self.rng, &mut sample, |e| {
-                    let len = e.encoded_len() + 1;
+                .sample(Some(me), wanted, &mut self.rng, &mut sample, |len| {
+                    // And its flags.
+                    let len = len + 1;
                     let fits = len <= room;
                     room = room.saturating_sub(len);
                     fits
