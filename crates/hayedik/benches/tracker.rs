@@ -1673,22 +1673,36 @@ fn serve_port_floor(spec: &str) {
     }
 }
 
-/// Starts the floor ([`serve_floor`]) on a free port of 127.0.0.1.
-fn start_floor(pin: &Pinning) -> Result<(Tracker, SocketAddr), String> {
-    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
-    let log = dir.path().join("floor.log");
-    let err = File::create(&log).map_err(|e| format!("log file: {e}"))?;
-    let port = free_udp_port()?;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot start the floor: {e}"))?;
+/// Runs this program again, pinned like a tracker, with `var` set to
+/// `value` (which makes it serve as `what`, a floor), its standard error
+/// in `log` inside `dir`, which lives as long as the process.
+fn start_self(
+    pin: &Pinning,
+    what: &str,
+    dir: tempfile::TempDir,
+    log: &Path,
+    (var, value): (&str, String),
+) -> Result<Tracker, String> {
+    let err = File::create(log).map_err(|e| format!("log file: {e}"))?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot start {what}: {e}"))?;
     let mut cmd = pin.command(&exe.display().to_string());
-    cmd.env(FLOOR_PORT_ENV, port.to_string())
+    cmd.env(var, value)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(err);
     let child = cmd
         .spawn()
-        .map_err(|e| format!("cannot start the floor: {e}"))?;
-    let mut tracker = Tracker { child, _dir: dir };
+        .map_err(|e| format!("cannot start {what}: {e}"))?;
+    Ok(Tracker { child, _dir: dir })
+}
+
+/// Starts the floor ([`serve_floor`]) on a free port of 127.0.0.1.
+fn start_floor(pin: &Pinning) -> Result<(Tracker, SocketAddr), String> {
+    let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
+    let log = dir.path().join("floor.log");
+    let port = free_udp_port()?;
+    let env = (FLOOR_PORT_ENV, port.to_string());
+    let mut tracker = start_self(pin, "the floor", dir, &log, env)?;
     let addr = SocketAddr::new(LOCALHOST, port);
     wait_bep15(&mut tracker, &log, addr, "the floor", |_, _| true)
         .map_err(|e| format!("cannot start the floor: {e}"))?;
@@ -1744,17 +1758,8 @@ fn port_floor_announces(s: &Settings, pin: &Pinning, swarms: usize) -> Result<Fi
     let dir = tempfile::tempdir().map_err(|e| format!("temporary directory: {e}"))?;
     let log = dir.path().join("port-floor.log");
     let list = dir.path().join("ports");
-    let err = File::create(&log).map_err(|e| format!("log file: {e}"))?;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot start the port floor: {e}"))?;
-    let mut cmd = pin.command(&exe.display().to_string());
-    cmd.env(PORT_FLOOR_ENV, format!("{swarms}:{}", list.display()))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err);
-    let child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start the port floor: {e}"))?;
-    let mut tracker = Tracker { child, _dir: dir };
+    let env = (PORT_FLOOR_ENV, format!("{swarms}:{}", list.display()));
+    let mut tracker = start_self(pin, "the port floor", dir, &log, env)?;
     let deadline = Instant::now() + setup_limit(swarms);
     let ports = loop {
         tracker.check_alive(&log)?;
