@@ -95,7 +95,6 @@ impl<A: Ip> Record<A> {
     }
 }
 
-/// Where `(ip, port)` is in `list`, or where it would go.
 /// The state a record's flags say.
 fn state_of(flags: u8) -> PeerState {
     if flags & COMPLETE != 0 {
@@ -105,6 +104,7 @@ fn state_of(flags: u8) -> PeerState {
     }
 }
 
+/// Where `(ip, port)` is in `list`, or where it would go.
 fn find<A: Ip>(list: &[Record<A>], ip: A, port: u16) -> Result<usize, usize> {
     list.binary_search_by(|r| r.key().cmp(&(ip, port)))
 }
@@ -495,7 +495,6 @@ impl PeerTable {
     /// The entry at global index `g` (IPv4 entries first, then IPv6), and
     /// its tenure.
     fn at(&self, g: usize) -> (PeerEntry, u32) {
-        let state = state_of;
         match self.v4.get(g) {
             Some(r) => {
                 let v4 = Ipv4Addr::from(r.ip);
@@ -507,7 +506,7 @@ impl PeerTable {
                 (
                     PeerEntry {
                         addr: SocketAddr::new(ip, r.port),
-                        state: state(r.flags),
+                        state: state_of(r.flags),
                     },
                     r.seq,
                 )
@@ -517,7 +516,7 @@ impl PeerTable {
                 (
                     PeerEntry {
                         addr: SocketAddr::new(IpAddr::V6(Ipv6Addr::from(r.ip)), r.port),
-                        state: state(r.flags),
+                        state: state_of(r.flags),
                     },
                     r.seq,
                 )
