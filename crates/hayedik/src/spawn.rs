@@ -189,15 +189,17 @@ where
 
 /// [`tokio::task::spawn_blocking`], tracked like [`spawn`]: a scope's
 /// [`Scope::shutdown`] waits for it (it cannot be aborted once running).
+/// What it spawns belongs to its scope, as for a task.
 pub fn spawn_blocking<F, R>(name: &str, f: F) -> tokio::task::JoinHandle<R>
 where
     F: FnOnce() -> R + Send + 'static,
     R: Send + 'static,
 {
     let (scope, id, guards) = enter(name);
+    let inherited = scope.clone();
     let handle = scope.inner.tracker.spawn_blocking(move || {
         let _guards = guards;
-        f()
+        CURRENT.sync_scope(inherited, f)
     });
     register(&scope, id, handle.abort_handle());
     handle
@@ -421,6 +423,27 @@ mod tests {
         assert!(!waiting.is_finished(), "shutdown waits for blocking work");
         tx.send(()).unwrap();
         assert_eq!(waiting.await.unwrap(), 0);
+        assert!(scope.is_empty());
+    }
+
+    /// A task spawned from blocking work (the tracker's swarm loop starts
+    /// its writes so) belongs to that work's scope, not to the root only.
+    #[tokio::test]
+    async fn blocking_work_spawns_into_its_scope() {
+        let scope = Scope::new("test");
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        scope
+            .run(async move {
+                let started = spawn_blocking("loop", move || {
+                    spawn("child", async move { c.cancelled().await });
+                });
+                started.await.unwrap();
+            })
+            .await;
+        assert_eq!(scope.names(), ["child"]);
+        cancel.cancel();
+        assert_eq!(scope.shutdown(Duration::from_secs(5)).await, 0);
         assert!(scope.is_empty());
     }
 }

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use super::cookie::{Purpose, Stamp};
 use super::limits::{Budget, Limits, LogEvery};
 use super::swarm::{SwarmRecord, SwarmTracker};
-use super::swarm_task::{self, Note, Swarms};
+use super::swarm_task::{self, Note, SwarmSocket, Swarms};
 use super::{Binder, Shared};
 use crate::events::Event;
 
@@ -343,7 +343,7 @@ pub async fn serve(
     // still refused as malformed (a reply is never larger than this).
     let mut buf = vec![0u8; 512];
     let mut out = Vec::with_capacity(64);
-    let mut swarm_sockets: HashMap<u16, Arc<UdpSocket>> = HashMap::new();
+    let mut swarm_sockets: HashMap<u16, SwarmSocket> = HashMap::new();
     let mut sweep = tokio::time::interval(Duration::from_secs(5));
     // Out of descriptors or ports, every JOIN fails the same way.
     let mut no_port_log = LogEvery::new(LOG_EVERY);
@@ -400,7 +400,7 @@ pub async fn serve(
                         };
                         let bound = bound.and_then(|s| {
                             s.set_nonblocking(true)?;
-                            UdpSocket::from_std(s)
+                            Ok(s)
                         });
                         let bound = bound.and_then(|s| {
                             let port = s.local_addr()?.port();
@@ -467,7 +467,13 @@ fn src_tid(buf: &[u8]) -> u32 {
 /// The two OFFERs: one from the swarm's own port (the original design's
 /// reply from the new tracker), one from the central port with the port in
 /// its body (for NATs that drop datagrams from ports never sent to).
-async fn send_offers(central: &UdpSocket, swarm: &UdpSocket, to: SocketAddr, tid: u32, o: Offered) {
+async fn send_offers(
+    central: &UdpSocket,
+    swarm: &std::net::UdpSocket,
+    to: SocketAddr,
+    tid: u32,
+    o: Offered,
+) {
     let mut out = Vec::with_capacity(24);
     Datagram::new(
         tid,
@@ -477,7 +483,8 @@ async fn send_offers(central: &UdpSocket, swarm: &UdpSocket, to: SocketAddr, tid
         },
     )
     .encode(&mut out);
-    let _ = swarm.send_to(&out, to).await;
+    // Nonblocking: a full send buffer drops it, and the peer asks again.
+    let _ = swarm.send_to(&out, to);
     out.clear();
     Datagram::new(
         tid,

@@ -193,11 +193,11 @@ impl Binder {
         std::net::UdpSocket::bind(SocketAddr::new(self.ip, port))
     }
 
-    /// A socket on exactly `port` (to restore a swarm).
-    pub fn bind_port(&self, port: u16) -> std::io::Result<tokio::net::UdpSocket> {
+    /// A nonblocking socket on exactly `port` (to restore a swarm).
+    pub fn bind_port(&self, port: u16) -> std::io::Result<std::net::UdpSocket> {
         let s = std::net::UdpSocket::bind(SocketAddr::new(self.ip, port))?;
         s.set_nonblocking(true)?;
-        tokio::net::UdpSocket::from_std(s)
+        Ok(s)
     }
 }
 
