@@ -51,7 +51,10 @@ impl Introducer {
     /// it, or left (false).
     pub fn set(&mut self, listed: Listed, udp: SocketAddr, punch: bool, now: Instant) {
         if !punch {
-            self.opted.remove(&listed);
+            // Most swarms have nobody opted in: no hash computed then.
+            if !self.opted.is_empty() {
+                self.opted.remove(&listed);
+            }
         } else if self.opted.len() < MAX_OPTED || self.opted.contains_key(&listed) {
             self.opted.insert(listed, (udp, now));
         }

@@ -330,9 +330,15 @@ impl PeerTable {
 
     /// Seeders and partial sources, not counting `exclude`.
     pub fn counts(&self, exclude: Option<PeerKey>) -> (u32, u32) {
+        self.counts_without(exclude.and_then(|k| self.slot(k)).map(|s| self.global(s)))
+    }
+
+    /// Seeders and partial sources, not counting the entry at global index
+    /// `exclude` (from [`PeerTable::announce_listed`]).
+    pub fn counts_without(&self, exclude: Option<usize>) -> (u32, u32) {
         let mut seeders = self.seeders;
         let mut partials = self.len() - self.seeders;
-        if let Some(slot) = exclude.and_then(|k| self.slot(k)) {
+        if let Some(slot) = exclude.filter(|&g| g < self.len()).map(|g| self.slot_at(g)) {
             if self.flags(slot) & COMPLETE != 0 {
                 seeders -= 1;
             } else {
@@ -354,6 +360,41 @@ impl PeerTable {
         state: PeerState,
         now: Instant,
     ) -> Update {
+        self.apply(src, port, state, now).0
+    }
+
+    /// [`PeerTable::announce`] that also sets a listed entry's relayed and
+    /// mapped flags (what its latest announce said, none for a plain
+    /// ANNOUNCE), in one lookup; returns where the announcer's entry is
+    /// after it (its global index, until the table next changes), for
+    /// [`PeerTable::counts_without`] and [`PeerTable::sample_without`].
+    pub fn announce_listed(
+        &mut self,
+        src: SocketAddr,
+        port: u16,
+        state: PeerState,
+        (relayed, mapped): (bool, bool),
+        now: Instant,
+    ) -> (Update, Option<usize>) {
+        let (update, slot) = self.apply(src, port, state, now);
+        if let (Update::Listed, Some(slot)) = (update, slot) {
+            let flags = self.flags_mut(slot);
+            *flags = (*flags & !(RELAYED | MAPPED))
+                | if relayed { RELAYED } else { 0 }
+                | if mapped { MAPPED } else { 0 };
+        }
+        (update, slot.map(|s| self.global(s)))
+    }
+
+    /// The announce, and where its entry is after it (listed, or left as
+    /// it was for another socket of its IP).
+    fn apply(
+        &mut self,
+        src: SocketAddr,
+        port: u16,
+        state: PeerState,
+        now: Instant,
+    ) -> (Update, Option<Slot>) {
         let seen = self.tick(now);
         let key = Key::of(src.ip());
         let found = match key {
@@ -373,12 +414,12 @@ impl PeerTable {
                     let same = state.is_listed() && complete == was_complete;
                     let upgrade = !was_complete && complete;
                     if !same && !upgrade {
-                        return Update::NotOwner;
+                        return (Update::NotOwner, Some(slot));
                     }
                 }
                 if !state.is_listed() {
                     self.remove(slot);
-                    return Update::NotListed;
+                    return (Update::NotListed, None);
                 }
                 if was_complete && !complete {
                     self.seeders -= 1;
@@ -388,21 +429,21 @@ impl PeerTable {
                 self.tenure_mut(slot).seen = seen;
                 let flags = self.flags_mut(slot);
                 *flags = (*flags & !COMPLETE) | if complete { COMPLETE } else { 0 };
-                Update::Listed
+                (Update::Listed, Some(slot))
             }
             Err(at) => {
                 if !state.is_listed() {
-                    return Update::NotListed;
+                    return (Update::NotListed, None);
                 }
                 if self.len() >= self.max_peers {
-                    return Update::Full;
+                    return (Update::Full, None);
                 }
                 let same_source = match key {
                     Key::V4 { ip, .. } => self.v4.count_source(ip),
                     Key::V6(ip) => self.v6.count_source(ip),
                 };
                 if same_source >= self.max_per_source {
-                    return Update::SourceFull;
+                    return (Update::SourceFull, None);
                 }
                 let tenure = Tenure {
                     seq: self.take_seq(),
@@ -427,7 +468,7 @@ impl PeerTable {
                     // `at` comes from the list of `key`'s family.
                     _ => {}
                 }
-                Update::Listed
+                (Update::Listed, Some(at))
             }
         }
     }
@@ -616,8 +657,23 @@ impl PeerTable {
         out: &mut Vec<usize>,
         fits: impl FnMut(usize) -> bool,
     ) {
+        let excluded = exclude.and_then(|k| self.slot(k)).map(|s| self.global(s));
+        self.sample_without(excluded, max, rng, out, fits);
+    }
+
+    /// [`PeerTable::sample`] leaving out the entry at global index
+    /// `excluded` (from [`PeerTable::announce_listed`]).
+    pub fn sample_without(
+        &mut self,
+        excluded: Option<usize>,
+        max: usize,
+        rng: &mut impl Rng,
+        out: &mut Vec<usize>,
+        fits: impl FnMut(usize) -> bool,
+    ) {
+        let excluded = excluded.filter(|&g| g < self.len());
         let first = out.len();
-        let seniors = self.sample_marked(exclude, max, rng, out, fits);
+        let seniors = self.sample_marked(excluded, max, rng, out, fits);
         for &g in &out[first..first + seniors] {
             *self.flags_at_mut(g) &= !TAKEN;
         }
@@ -627,13 +683,12 @@ impl PeerTable {
     /// [`TAKEN`]: how many (the first ones it appended).
     fn sample_marked(
         &mut self,
-        exclude: Option<PeerKey>,
+        excluded: Option<usize>,
         max: usize,
         rng: &mut impl Rng,
         out: &mut Vec<usize>,
         mut fits: impl FnMut(usize) -> bool,
     ) -> usize {
-        let excluded = exclude.and_then(|k| self.slot(k)).map(|s| self.global(s));
         let n = self.len();
         let available = n - usize::from(excluded.is_some());
         let take = max.min(available);
@@ -908,6 +963,58 @@ mod tests {
         // Two IPv4 records, then the mapped one; the IPv6 one last.
         let lens: Vec<usize> = (0..t.len()).map(|g| t.encoded_len(g)).collect();
         assert_eq!(lens, [8, 8, 20, 20]);
+    }
+
+    /// One lookup for the whole announce: `announce_listed` says where the
+    /// announcer's entry is (listed, or left as it was for another socket
+    /// of its IP), sets its flags, and counts and samples leave it out by
+    /// that index as they do by its key.
+    #[test]
+    fn an_announce_says_where_its_entry_is() {
+        let now = Instant::now();
+        let mut t = PeerTable::new(3, 100);
+        for n in 0..2 {
+            announce(&mut t, n, PeerState::Complete, now);
+        }
+        let (update, at) =
+            t.announce_listed(src(5), key(5).1, PeerState::Downloading, (true, false), now);
+        assert_eq!(update, Update::Listed);
+        let g = at.unwrap();
+        assert_eq!(t.entry(g).addr, SocketAddr::new(key(5).0, key(5).1));
+        assert_eq!(t.relayed_mapped(g), (true, false));
+        assert_eq!(t.counts_without(at), t.counts(Some(key(5))));
+        assert_eq!(t.counts_without(at), (2, 0));
+        let mut out = Vec::new();
+        t.sample_without(at, 10, &mut rand::thread_rng(), &mut out, |_| true);
+        assert_eq!(out.len(), 2);
+        assert!(!out.contains(&g));
+        // A plain announce clears the flags; another socket of the same IP
+        // leaves the entry as it was, and it is still left out.
+        let (_, at) = t.announce_listed(
+            src(5),
+            key(5).1,
+            PeerState::Downloading,
+            (false, false),
+            now,
+        );
+        assert_eq!(t.relayed_mapped(at.unwrap()), (false, false));
+        let other = SocketAddr::new(key(5).0, 6000);
+        let (update, at2) =
+            t.announce_listed(other, key(5).1, PeerState::Leaving, (false, true), now);
+        assert_eq!((update, at2), (Update::NotOwner, at));
+        assert_eq!(t.relayed_mapped(at.unwrap()), (false, false));
+        // Full, and leaving: nowhere.
+        assert_eq!(
+            t.announce_listed(src(9), key(9).1, PeerState::Complete, (false, false), now),
+            (Update::Full, None)
+        );
+        assert_eq!(
+            t.announce_listed(src(5), key(5).1, PeerState::Leaving, (false, false), now),
+            (Update::NotListed, None)
+        );
+        assert_eq!(t.counts_without(None), (2, 0));
+        // An index past the end (a stale one) excludes nothing.
+        assert_eq!(t.counts_without(Some(7)), (2, 0));
     }
 
     fn unmarked(t: &PeerTable) -> bool {

@@ -414,14 +414,19 @@ impl SwarmTracker {
         };
         self.announced = true;
         let me = (src.ip(), announce.port);
-        let refusal = match self.peers.announce(src, announce.port, announce.state, now) {
+        let marks = (
+            ext.is_some_and(|f| f.relayed),
+            ext.is_some_and(|f| f.mapped),
+        );
+        let (update, listed_at) =
+            self.peers
+                .announce_listed(src, announce.port, announce.state, marks, now);
+        let refusal = match update {
             Update::Full => Some("swarm is full"),
             Update::SourceFull => Some("swarm is full for your address: too many ports listed"),
             // Another socket may not delist or downgrade an entry: answered
             // as usual, the entry left as it was.
             Update::Listed => {
-                self.peers.set_relayed(me, ext.is_some_and(|f| f.relayed));
-                self.peers.set_mapped(me, ext.is_some_and(|f| f.mapped));
                 let punch = ext.is_some_and(|f| f.punch);
                 self.introducer.set(me, udp_src, punch, now);
                 None
@@ -436,7 +441,7 @@ impl SwarmTracker {
             encode_error_capped(out, tid, ErrorCode::RateLimited, message, usize::MAX);
             return effect_if_bound(effect);
         }
-        let (seeders, partials) = self.peers.counts(Some(me));
+        let (seeders, partials) = self.peers.counts_without(listed_at);
         let wanted = match announce.wanted {
             0 => DEFAULT_WANTED,
             n => usize::from(n),
@@ -462,7 +467,7 @@ impl SwarmTracker {
         if announce.state != hayedik_proto::tracker::PeerState::Leaving {
             let mut room = MAX_PEERS_DATAGRAM - PEERS_FIXED_LEN;
             self.peers
-                .sample(Some(me), wanted, &mut self.rng, &mut entries, |len| {
+                .sample_without(listed_at, wanted, &mut self.rng, &mut entries, |len| {
                     let fits = len <= room;
                     room = room.saturating_sub(len);
                     fits
