@@ -516,23 +516,6 @@ impl PeerTable {
         self.v6.shrink();
     }
 
-    fn set_flag(&mut self, key: PeerKey, flag: u8, on: bool) {
-        if let Some(slot) = self.slot(key) {
-            let flags = self.flags_mut(slot);
-            *flags = (*flags & !flag) | if on { flag } else { 0 };
-        }
-    }
-
-    /// Marks a listed peer as reachable only through the relay, or not.
-    pub fn set_relayed(&mut self, key: PeerKey, relayed: bool) {
-        self.set_flag(key, RELAYED, relayed);
-    }
-
-    /// Marks a listed peer as reachable at a mapped port, or not.
-    pub fn set_mapped(&mut self, key: PeerKey, mapped: bool) {
-        self.set_flag(key, MAPPED, mapped);
-    }
-
     /// Drops every peer not seen since `now - max_age`; returns how many.
     pub fn expire(&mut self, now: Instant, max_age: Duration) -> usize {
         let before = self.len();
@@ -891,9 +874,10 @@ mod tests {
         let mapped: SocketAddr = "[::ffff:10.1.2.3]:9".parse().unwrap();
         let v4: SocketAddr = "10.1.2.4:9".parse().unwrap();
         for a in [v6, mapped, v4] {
-            assert_eq!(t.announce(a, 7, PeerState::Complete, now), Update::Listed);
+            let relayed = a == v6;
+            let (update, _) = t.announce_listed(a, 7, PeerState::Complete, (relayed, false), now);
+            assert_eq!(update, Update::Listed);
         }
-        t.set_relayed((v6.ip(), 7), true);
         let relayed = |t: &PeerTable, ip: IpAddr| {
             let g = t.global(t.slot((ip, 7)).unwrap());
             t.relayed_mapped(g).0
