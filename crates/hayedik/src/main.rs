@@ -74,7 +74,8 @@ fn parse_and_run() -> ExitCode {
     let writer = output::write_events_for(stream, json, show_listening, qr);
     // A tracker without a relay answers datagrams of microseconds each: one
     // thread serves them without handing work from thread to thread (the
-    // store still writes on the blocking pool). The relay forwards streams
+    // store still writes on the blocking pool, and on Linux the swarm
+    // sockets have a loop of their own there). The relay forwards streams
     // and gets every core, as does everything else.
     let runtime = match &cli.command {
         Command::Tracker(args) if !args.relay => tokio::runtime::Builder::new_current_thread()
