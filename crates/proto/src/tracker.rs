@@ -665,21 +665,35 @@ pub const PEER_ENTRY_V4_LEN: usize = 1 + 4 + 2 + 1;
 /// The encoded length of a peer entry with an IPv6 address.
 pub const PEER_ENTRY_V6_LEN: usize = 1 + 16 + 2 + 1;
 
-/// Appends a peer entry with an IPv4 address, in one copy.
-pub fn put_peer_entry_v4(out: &mut Vec<u8>, ip: [u8; 4], port: u16, state: PeerState) {
+/// A peer entry with an IPv4 address.
+#[inline]
+pub fn peer_entry_v4(ip: [u8; 4], port: u16, state: PeerState) -> [u8; PEER_ENTRY_V4_LEN] {
     let [p0, p1] = port.to_be_bytes();
     let [a, b, c, d] = ip;
-    out.extend_from_slice(&[4, a, b, c, d, p0, p1, state as u8]);
+    [4, a, b, c, d, p0, p1, state as u8]
 }
 
-/// Appends a peer entry with an IPv6 address, in one copy.
-pub fn put_peer_entry_v6(out: &mut Vec<u8>, ip: [u8; 16], port: u16, state: PeerState) {
+/// A peer entry with an IPv6 address.
+#[inline]
+pub fn peer_entry_v6(ip: [u8; 16], port: u16, state: PeerState) -> [u8; PEER_ENTRY_V6_LEN] {
     let mut e = [0u8; PEER_ENTRY_V6_LEN];
     e[0] = 6;
     e[1..17].copy_from_slice(&ip);
     e[17..19].copy_from_slice(&port.to_be_bytes());
     e[19] = state as u8;
-    out.extend_from_slice(&e);
+    e
+}
+
+/// Appends a peer entry with an IPv4 address, in one copy.
+#[inline]
+pub fn put_peer_entry_v4(out: &mut Vec<u8>, ip: [u8; 4], port: u16, state: PeerState) {
+    out.extend_from_slice(&peer_entry_v4(ip, port, state));
+}
+
+/// Appends a peer entry with an IPv6 address, in one copy.
+#[inline]
+pub fn put_peer_entry_v6(out: &mut Vec<u8>, ip: [u8; 16], port: u16, state: PeerState) {
+    out.extend_from_slice(&peer_entry_v6(ip, port, state));
 }
 
 /// Writes a header with the reserved field zero.

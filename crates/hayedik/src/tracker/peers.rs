@@ -38,8 +38,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use hayedik_proto::tracker::{
-    put_peer_entry_v4, put_peer_entry_v6, PeerEntry, PeerState, PEER_ENTRY_V4_LEN,
-    PEER_ENTRY_V6_LEN,
+    peer_entry_v4, peer_entry_v6, put_peer_entry_v4, put_peer_entry_v6, PeerEntry, PeerState,
+    PEER_ENTRY_V4_LEN, PEER_ENTRY_V6_LEN,
 };
 use rand::Rng;
 
@@ -722,19 +722,7 @@ impl PeerTable {
             }
         }
         let mut added = seniors;
-        // The rest: every index once, in the order start, start + stride,
-        // ... (mod n) with a random start and a random stride coprime with
-        // n, so every entry is equally likely to be in the window, and
-        // neighbours in address order (one provider's range) are spread.
-        let (start, stride) = if take == available || n < 2 {
-            (0, 1)
-        } else {
-            let mut stride = rng.gen_range(1..n);
-            while gcd(stride, n) != 1 {
-                stride = stride % (n - 1) + 1;
-            }
-            (rng.gen_range(0..n), stride)
-        };
+        let (start, stride) = walk(n, take == available, rng);
         let mut g = start;
         for _ in 0..n {
             if added >= take {
@@ -760,6 +748,113 @@ impl PeerTable {
         seniors
     }
 
+    /// [`PeerTable::sample_without`] written straight into a PEERS body:
+    /// appends to `out` the entries that a sample whose `fits` counts down
+    /// `room` bytes would take, in its order, from the same random draws.
+    /// One pass over the table, no list of indices, and no branch on
+    /// whether an entry was taken already (each is written, and kept or
+    /// written over). Only for a table of IPv4 entries: returns false, and
+    /// does nothing, if it holds IPv6 ones.
+    pub fn put_sample(
+        &mut self,
+        excluded: Option<usize>,
+        max: usize,
+        rng: &mut impl Rng,
+        room: usize,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if !self.v6.entries.is_empty() {
+            return false;
+        }
+        let n = self.v4.entries.len();
+        // Never a listed index: nothing is left out.
+        let excluded = excluded.filter(|&g| g < n).unwrap_or(usize::MAX);
+        let available = n - usize::from(excluded != usize::MAX);
+        let take = max.min(available);
+        if take == 0 {
+            return true;
+        }
+        let base = out.len();
+        // Written in place, then cut to what was kept: room for `take`
+        // entries of the longer form.
+        out.resize(base + take * PEER_ENTRY_V6_LEN, 0);
+        let (mut at, mut room) = (base, room);
+        let mut seniors = 0;
+        let mut full = false;
+        if take < available {
+            let want_seniors = take.div_ceil(2);
+            // One more than needed: the requester may be among them.
+            let want = (want_seniors + 1).min(n);
+            if self.seniors.len() < want {
+                self.compute_seniors(want + SENIOR_SLACK);
+            }
+            for i in 0..self.seniors.len() {
+                let g = self.seniors[i] as usize;
+                if g == excluded {
+                    continue;
+                }
+                if seniors == want_seniors {
+                    break;
+                }
+                let Some(e) = self.v4.entries.get_mut(g) else {
+                    continue;
+                };
+                let len = put_v4_at(out, at, e);
+                if len > room {
+                    full = true;
+                    break;
+                }
+                e.flags |= TAKEN;
+                (at, room, seniors) = (at + len, room - len, seniors + 1);
+            }
+        }
+        if !full {
+            let mut added = seniors;
+            let (start, stride) = walk(n, take == available, rng);
+            let mut g = start;
+            for _ in 0..n {
+                if added >= take {
+                    break;
+                }
+                let Some(e) = self.v4.entries.get(g) else {
+                    break;
+                };
+                let here = g;
+                g += stride;
+                if g >= n {
+                    g -= n;
+                }
+                let keep = here != excluded && e.flags & TAKEN == 0;
+                let len = put_v4_at(out, at, e);
+                if keep && len > room {
+                    break;
+                }
+                let kept = usize::from(keep);
+                at += len * kept;
+                room -= len * kept;
+                added += kept;
+            }
+        }
+        out.truncate(at);
+        // The marks go: every senior taken is among the first `seniors`
+        // of the list other than the requester.
+        let mut left = seniors;
+        for i in 0..self.seniors.len() {
+            if left == 0 {
+                break;
+            }
+            let g = self.seniors[i] as usize;
+            if g == excluded {
+                continue;
+            }
+            if let Some(e) = self.v4.entries.get_mut(g) {
+                e.flags &= !TAKEN;
+                left -= 1;
+            }
+        }
+        true
+    }
+
     /// Reads one word of every cache line of a small table's entries (not
     /// its tenures, which a reply does not read), with loads that do not
     /// depend on each other: the lines that are not in the cache (a tracker
@@ -775,6 +870,22 @@ impl PeerTable {
         let v4 = self.v4.entries.iter().step_by(8).fold(0, |x, e| x ^ e.port);
         let v6 = self.v6.entries.iter().step_by(2).fold(0, |x, e| x ^ e.port);
         std::hint::black_box(v4 ^ v6);
+    }
+
+    /// [`PeerTable::warm`], and also the tenures (an announce updates its
+    /// own) and the longest listed: for the swarm served next, while this
+    /// one is (see `Reactor::run`).
+    pub fn warm_ahead(&self) {
+        self.warm();
+        const UP_TO: usize = 256;
+        if self.len() > UP_TO {
+            return;
+        }
+        // 12 bytes each: every fifth is at most 60 bytes from the last.
+        let v4 = self.v4.tenures.iter().step_by(5).fold(0, |x, t| x ^ t.seq);
+        let v6 = self.v6.tenures.iter().step_by(5).fold(0, |x, t| x ^ t.seq);
+        let seniors = self.seniors.iter().step_by(16).fold(0, |x, &g| x ^ g);
+        std::hint::black_box(v4 ^ v6 ^ seniors);
     }
 
     /// Whether the entry at global index `g` is reachable only through the
@@ -853,11 +964,60 @@ impl PeerTable {
     }
 }
 
-fn gcd(mut a: usize, mut b: usize) -> usize {
-    while b != 0 {
-        (a, b) = (b, a % b);
+/// Where a sample's random part starts in a table of `n`, and its step:
+/// it visits every index once, in the order start, start + stride, ...
+/// (mod n), with a random start and a random stride coprime with n, so
+/// every entry is equally likely to be in the window, and neighbours in
+/// address order (one provider's range) are spread. `whole`: every entry
+/// is taken, in order.
+fn walk(n: usize, whole: bool, rng: &mut impl Rng) -> (usize, usize) {
+    if whole || n < 2 {
+        return (0, 1);
     }
-    a
+    let mut stride = rng.gen_range(1..n);
+    while gcd(stride, n) != 1 {
+        stride = stride % (n - 1) + 1;
+    }
+    (rng.gen_range(0..n), stride)
+}
+
+/// Writes the encoding of IPv4 entry `e` into `out` at `at` (which has
+/// room for the longer form): its length.
+#[inline]
+fn put_v4_at(out: &mut [u8], at: usize, e: &Entry<u32>) -> usize {
+    let state = state_of(e.flags);
+    if e.flags & V4_MAPPED == 0 {
+        if let Some(to) = out.get_mut(at..at + PEER_ENTRY_V4_LEN) {
+            to.copy_from_slice(&peer_entry_v4(e.ip.to_be_bytes(), e.port, state));
+        }
+        PEER_ENTRY_V4_LEN
+    } else {
+        let ip = Ipv4Addr::from(e.ip).to_ipv6_mapped().octets();
+        if let Some(to) = out.get_mut(at..at + PEER_ENTRY_V6_LEN) {
+            to.copy_from_slice(&peer_entry_v6(ip, e.port, state));
+        }
+        PEER_ENTRY_V6_LEN
+    }
+}
+
+/// Greatest common divisor, by Stein's binary algorithm: shifts and
+/// subtractions, no division (a sample draws its stride with it).
+fn gcd(a: usize, b: usize) -> usize {
+    if a == 0 || b == 0 {
+        return a | b;
+    }
+    let shift = (a | b).trailing_zeros();
+    let (mut a, mut b) = (a >> a.trailing_zeros(), b);
+    loop {
+        b >>= b.trailing_zeros();
+        if a > b {
+            std::mem::swap(&mut a, &mut b);
+        }
+        b -= a;
+        if b == 0 {
+            return a << shift;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1049,6 +1209,89 @@ mod tests {
         let seniors: HashSet<_> = (0..10).map(|n| SocketAddr::new(key(n).0, 1000)).collect();
         assert!(seniors.iter().all(|a| got.iter().any(|e| e.addr == *a)));
         assert!(unmarked(&t));
+    }
+
+    #[test]
+    fn a_sample_written_in_place_is_the_sample() {
+        use rand::SeedableRng;
+        let now = Instant::now();
+        for n in [0u32, 1, 2, 3, 7, 40, 99, 100, 120] {
+            // Some from a dual-stack socket (IPv4-mapped: the longer form).
+            for mapped_every in [0u32, 1, 5] {
+                let mut t = PeerTable::new(200, 200);
+                for i in 0..n {
+                    let src = match src(i) {
+                        SocketAddr::V4(a) if mapped_every != 0 && i % mapped_every == 0 => {
+                            SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())
+                        }
+                        a => a,
+                    };
+                    let state = [PeerState::Complete, PeerState::Downloading][i as usize % 2];
+                    t.announce(src, 1000, state, now);
+                }
+                let some = (n > 0).then_some(n as usize / 2);
+                for (max, room, excluded) in [
+                    (50, 1200, None),
+                    (50, 1200, some),
+                    (10, 1200, Some(0)),
+                    (200, 10_000, some),
+                    (50, 100, some),
+                    (50, 0, None),
+                    (0, 1200, None),
+                ] {
+                    for seed in 0..20 {
+                        let mut a = rand::rngs::SmallRng::seed_from_u64(seed);
+                        let mut b = a.clone();
+                        let (mut picked, mut left) = (Vec::new(), room);
+                        t.sample_without(excluded, max, &mut a, &mut picked, |len| {
+                            let fits = len <= left;
+                            left = left.saturating_sub(len);
+                            fits
+                        });
+                        let mut want = vec![0xAA];
+                        for g in picked {
+                            t.put_entry(g, &mut want);
+                        }
+                        let mut got = vec![0xAA];
+                        assert!(t.put_sample(excluded, max, &mut b, room, &mut got));
+                        assert_eq!(
+                            got, want,
+                            "{n} peers, mapped every {mapped_every}, max {max}, room {room}, \
+                             excluded {excluded:?}, seed {seed}"
+                        );
+                        assert!(unmarked(&t));
+                    }
+                }
+            }
+        }
+        // IPv6 entries: not for it, and nothing is written.
+        let mut t = PeerTable::new(10, 10);
+        t.announce(
+            "[2001:db8::1]:5000".parse().unwrap(),
+            1000,
+            PeerState::Complete,
+            now,
+        );
+        let mut out = vec![1, 2];
+        assert!(!t.put_sample(None, 5, &mut rand::thread_rng(), 1200, &mut out));
+        assert_eq!(out, [1, 2]);
+    }
+
+    #[test]
+    fn gcd_is_the_greatest_common_divisor() {
+        fn slow(a: usize, b: usize) -> usize {
+            (1..=a.max(b))
+                .rev()
+                .find(|&d| a.is_multiple_of(d) && b.is_multiple_of(d))
+                .unwrap_or(0)
+        }
+        for a in 0..70 {
+            for b in 0..70 {
+                assert_eq!(gcd(a, b), slow(a, b), "gcd({a}, {b})");
+            }
+        }
+        assert_eq!(gcd(1 << 40, 3 << 38), 1 << 38);
+        assert_eq!(gcd(usize::MAX, usize::MAX - 1), 1);
     }
 
     /// Peer `n`: its own IPv4 address, TCP port 1000.

@@ -197,6 +197,23 @@ impl SwarmTracker {
         Duration::from_secs(silent) > retire.after
     }
 
+    /// Reads, with loads that do not wait on each other, the state that
+    /// answering an announce reads: called for the swarm served next while
+    /// this one is, so that its cache misses come together, early, instead
+    /// of one after another while it is served.
+    pub fn warm_ahead(&self) {
+        std::hint::black_box((
+            self.record.port,
+            self.record.key.map(|k| k[0]),
+            self.confirmed,
+            self.retiring,
+            self.conn_ids.clone(),
+            self.settings.max_listed,
+            self.rng.clone(),
+        ));
+        self.peers.warm_ahead();
+    }
+
     pub fn peer_count(&self) -> usize {
         self.peers.len()
     }
@@ -462,18 +479,26 @@ impl SwarmTracker {
             );
             return effect;
         }
+        encode_peers_head(out, tid, interval, seeders, partials);
+        if announce.state == hayedik_proto::tracker::PeerState::Leaving {
+            return effect;
+        }
+        let room = MAX_PEERS_DATAGRAM - PEERS_FIXED_LEN;
+        if self
+            .peers
+            .put_sample(listed_at, wanted, &mut self.rng, room, out)
+        {
+            return effect;
+        }
         let mut entries = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
         entries.clear();
-        if announce.state != hayedik_proto::tracker::PeerState::Leaving {
-            let mut room = MAX_PEERS_DATAGRAM - PEERS_FIXED_LEN;
-            self.peers
-                .sample_without(listed_at, wanted, &mut self.rng, &mut entries, |len| {
-                    let fits = len <= room;
-                    room = room.saturating_sub(len);
-                    fits
-                });
-        }
-        encode_peers_head(out, tid, interval, seeders, partials);
+        let mut room = room;
+        self.peers
+            .sample_without(listed_at, wanted, &mut self.rng, &mut entries, |len| {
+                let fits = len <= room;
+                room = room.saturating_sub(len);
+                fits
+            });
         for &g in &entries {
             self.peers.put_entry(g, out);
         }

@@ -193,6 +193,19 @@ struct Slot {
     persisted_announce: u64,
 }
 
+impl Slot {
+    /// See [`SwarmTracker::warm_ahead`]; with the socket and the gauges.
+    #[cfg(target_os = "linux")]
+    fn warm_ahead(&self) {
+        use std::os::fd::AsRawFd;
+        std::hint::black_box((
+            self.socket.as_raw_fd(),
+            self.gauge.gauge.announces.load(Relaxed),
+        ));
+        self.swarm.warm_ahead();
+    }
+}
+
 /// What the tasks the swarm task starts report back.
 enum Done {
     /// A probe ended (`None`: not run, or cancelled).
@@ -454,7 +467,12 @@ impl Reactor {
                     data => serving.extend(u16::try_from(data).ok()),
                 }
             }
-            for &port in &serving {
+            for (i, &port) in serving.iter().enumerate() {
+                // The next swarm's state, while this one's datagrams are
+                // read and answered.
+                if let Some(next) = serving.get(i + 1).and_then(|p| self.slots.get(p)) {
+                    next.warm_ahead();
+                }
                 self.serve(port);
             }
             serving.clear();
