@@ -820,19 +820,20 @@ impl PeerTable {
                     break;
                 };
                 let here = g;
+                // Whether the walk wraps, and whether an entry was taken
+                // already, are coin tosses that a branch predictor loses:
+                // selects, not branches (`&`, not `&&`).
                 g += stride;
-                if g >= n {
-                    g -= n;
-                }
-                let keep = here != excluded && e.flags & TAKEN == 0;
+                g = std::hint::select_unpredictable(g >= n, g.wrapping_sub(n), g);
+                let keep = (here != excluded) & (e.flags & TAKEN == 0);
                 let len = put_v4_at(out, at, e);
-                if keep && len > room {
+                if keep & (len > room) {
                     break;
                 }
-                let kept = usize::from(keep);
-                at += len * kept;
-                room -= len * kept;
-                added += kept;
+                let step = std::hint::select_unpredictable(keep, len, 0);
+                at += step;
+                room -= step;
+                added += usize::from(keep);
             }
         }
         out.truncate(at);
