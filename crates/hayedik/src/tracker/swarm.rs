@@ -472,7 +472,7 @@ impl SwarmTracker {
                 flags,
                 observed,
                 announce,
-                wanted,
+                (wanted, listed_at),
                 (seeders, partials),
                 now,
                 out,
@@ -508,7 +508,8 @@ impl SwarmTracker {
 }
 
 impl SwarmTracker {
-    /// The PEERS_X answer to an ANNOUNCE_X already applied to the table.
+    /// The PEERS_X answer to an ANNOUNCE_X already applied to the table
+    /// (the requester's entry at `listed_at`, left out of the sample).
     #[allow(clippy::too_many_arguments)]
     fn reply_x(
         &mut self,
@@ -516,7 +517,7 @@ impl SwarmTracker {
         flags: ExtFlags,
         observed: SocketAddr,
         announce: hayedik_proto::tracker::Announce,
-        wanted: usize,
+        (wanted, listed_at): (usize, Option<usize>),
         (seeders, partials): (u32, u32),
         now: Instant,
         out: &mut Vec<u8>,
@@ -535,9 +536,8 @@ impl SwarmTracker {
         sample.clear();
         if announce.state != hayedik_proto::tracker::PeerState::Leaving {
             let mut room = MAX_PEERS_DATAGRAM - PeersX::fixed_len(&observed, &relay);
-            let me = (observed.ip(), observed.port());
             self.peers
-                .sample(Some(me), wanted, &mut self.rng, &mut sample, |len| {
+                .sample_without(listed_at, wanted, &mut self.rng, &mut sample, |len| {
                     // And its flags.
                     let len = len + 1;
                     let fits = len <= room;
