@@ -123,12 +123,19 @@ fn durable_ticket_revived_after_tracker_restart_without_state() {
         let work = tempdir();
         let home = isolated_home();
         let (path, data) = write_random(work.path(), "revive.bin", MIB, 1604);
-        let (mut tracker, central) = tracker_on("127.0.0.1:0", &[]);
+        // A port below the kernel's ephemeral range, on an address of its
+        // own: an ephemeral one, once free, could be given to a socket of a
+        // test running beside this one before the tracker binds it again
+        // (seen once: "Address already in use").
+        let listen = format!("{}:7410", own_loopback());
+        wait_until_free(&listen);
+        let (mut tracker, central) = tracker_on(&listen, &[]);
         let mut sharer = share_in("sharer", &path, &home, Some(central));
         let ticket = ticket_of(&mut sharer);
         sharer.stop();
         tracker.kill9();
-        let (mut tracker, again) = tracker_on(&central.to_string(), &[]);
+        wait_until_free(&listen);
+        let (mut tracker, again) = tracker_on(&listen, &[]);
         assert_eq!(again, central);
         let mut sharer = share_in("sharer again", &path, &home, Some(central));
         assert_eq!(ticket_of(&mut sharer), ticket);
