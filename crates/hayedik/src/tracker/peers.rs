@@ -56,8 +56,8 @@ const MAPPED: u8 = 1 << 2;
 /// in that form.
 const V4_MAPPED: u8 = 1 << 3;
 /// Taken as one of the longest listed by the sample being made (set and
-/// cleared within [`PeerTable::sample`]), so that its random part skips it
-/// without reading any tenure.
+/// cleared within [`PeerTable::sample`] and [`PeerTable::put_sample`]), so
+/// that its random part skips it without reading any tenure.
 const TAKEN: u8 = 1 << 4;
 // Bits 5 to 7 are free for later per-entry flags (e.g. "punchable").
 
