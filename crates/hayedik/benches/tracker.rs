@@ -1071,7 +1071,7 @@ impl Workload for Announces {
                     0,
                     self.ports[s],
                 );
-                Some(self.targets[0])
+                Some(self.targets[j])
             }
         }
     }
@@ -1541,10 +1541,11 @@ const PORT_FLOOR_BATCH: usize = 32;
 
 /// The port floor: the least that a tracker with a port (a socket) per
 /// swarm does per announce, as hayedik's design has. One socket per swarm,
-/// all in one epoll set (level-triggered); a loop that takes up to 256
-/// ready sockets per `epoll_wait`, reads what waits on each with one
-/// `recvmmsg` (up to [`PORT_FLOOR_BATCH`]) and answers it with one
-/// `sendmmsg` ([`FloorReplies`]). Against [`serve_floor`] it adds what
+/// all in one epoll set (edge-triggered, as hayedik's); a loop that takes
+/// up to 256 ready sockets per `epoll_wait`, reads what waits on each with
+/// one `recvmmsg` (up to [`PORT_FLOOR_BATCH`]; a full batch is followed by
+/// another, until one comes back short) and answers it with one `sendto`,
+/// or one `sendmmsg` for several ([`FloorReplies`]). Against [`serve_floor`] it adds what
 /// spreading the load over many sockets costs the kernel (an epoll event
 /// per socket and wake-up, a socket's state per datagram, fewer of them in
 /// the caches), and saves what batching saves (fewer system calls when a
@@ -1576,7 +1577,7 @@ fn serve_port_floor(spec: &str) {
             &epoll,
             &sock,
             epoll::EventData::new_u64(i as u64),
-            epoll::EventFlags::IN,
+            epoll::EventFlags::IN | epoll::EventFlags::ET,
         )
         .unwrap_or_else(|e| fail(format!("epoll_ctl: {e}")));
         let port = sock
@@ -1633,40 +1634,47 @@ fn serve_port_floor(spec: &str) {
             else {
                 continue;
             };
-            let mut slices = bufs.each_mut().map(|b| IoSliceMut::new(b));
-            let Ok(got) = state.recv(sock.into(), &mut slices, &mut meta) else {
-                continue;
-            };
-            to.clear();
-            for (buf, m) in bufs.iter().zip(&meta).take(got) {
-                if let Some(reply) = replies.reply(&buf[..m.len.min(buf.len())]) {
-                    let o = &mut out[to.len()];
-                    o.clear();
-                    o.extend_from_slice(reply);
-                    to.push(m.addr);
+            // Edge-triggered: read until a batch comes back short. It ends:
+            // the load keeps a bounded number of requests in flight.
+            loop {
+                let mut slices = bufs.each_mut().map(|b| IoSliceMut::new(b));
+                let Ok(got) = state.recv(sock.into(), &mut slices, &mut meta) else {
+                    break;
+                };
+                to.clear();
+                for (buf, m) in bufs.iter().zip(&meta).take(got) {
+                    if let Some(reply) = replies.reply(&buf[..m.len.min(buf.len())]) {
+                        let o = &mut out[to.len()];
+                        o.clear();
+                        o.extend_from_slice(reply);
+                        to.push(m.addr);
+                    }
                 }
-            }
-            if let [addr] = to[..] {
-                let _ = sock.send_to(&out[0], addr);
-                continue;
-            }
-            let addrs: Vec<SocketAddrAny> = to.iter().map(|&a| a.into()).collect();
-            let iovs: Vec<[IoSlice<'_>; 1]> =
-                out[..to.len()].iter().map(|o| [IoSlice::new(o)]).collect();
-            let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
-                to.iter().map(|_| SendAncillaryBuffer::default()).collect();
-            let mut msgs: Vec<MMsgHdr<'_>> = addrs
-                .iter()
-                .zip(&iovs)
-                .zip(controls.iter_mut())
-                .map(|((a, v), c)| MMsgHdr::new_with_addr(a, v, c))
-                .collect();
-            let mut sent = 0;
-            // Bounded: each call sends at least one, or gives up.
-            while sent < msgs.len() {
-                match sendmmsg(sock, &mut msgs[sent..], SendFlags::empty()) {
-                    Ok(n) if n > 0 => sent += n,
-                    _ => break,
+                if let [addr] = to[..] {
+                    let _ = sock.send_to(&out[0], addr);
+                } else if !to.is_empty() {
+                    let addrs: Vec<SocketAddrAny> = to.iter().map(|&a| a.into()).collect();
+                    let iovs: Vec<[IoSlice<'_>; 1]> =
+                        out[..to.len()].iter().map(|o| [IoSlice::new(o)]).collect();
+                    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> =
+                        to.iter().map(|_| SendAncillaryBuffer::default()).collect();
+                    let mut msgs: Vec<MMsgHdr<'_>> = addrs
+                        .iter()
+                        .zip(&iovs)
+                        .zip(controls.iter_mut())
+                        .map(|((a, v), c)| MMsgHdr::new_with_addr(a, v, c))
+                        .collect();
+                    let mut sent = 0;
+                    // Bounded: each call sends at least one, or gives up.
+                    while sent < msgs.len() {
+                        match sendmmsg(sock, &mut msgs[sent..], SendFlags::empty()) {
+                            Ok(n) if n > 0 => sent += n,
+                            _ => break,
+                        }
+                    }
+                }
+                if got < PORT_FLOOR_BATCH {
+                    break;
                 }
             }
         }
