@@ -778,34 +778,43 @@ impl PeerTable {
         // Written in place, then cut to what was kept: room for `take`
         // entries of the longer form.
         out.resize(base + take * PEER_ENTRY_V6_LEN, 0);
-        let (mut at, mut room) = (base, room);
-        let mut seniors = 0;
-        let mut full = false;
+        let want_seniors = take.div_ceil(2);
         if take < available {
-            let want_seniors = take.div_ceil(2);
             // One more than needed: the requester may be among them.
             let want = (want_seniors + 1).min(n);
             if self.seniors.len() < want {
                 self.compute_seniors(want + SENIOR_SLACK);
             }
-            for i in 0..self.seniors.len() {
-                let g = self.seniors[i] as usize;
+        }
+        // From here on the table, the longest listed and the body are
+        // slices held in registers: through `self` and `out`, the compiler
+        // reloads them after every byte written.
+        let entries = self.v4.entries.as_mut_slice();
+        let longest = self.seniors.as_slice();
+        let body = &mut out[base..];
+        // Where the body is written up to, and the most it may hold.
+        let (mut at, end) = (0, room);
+        let mut seniors = 0;
+        let mut full = false;
+        if take < available {
+            for &g in longest {
+                let g = g as usize;
                 if g == excluded {
                     continue;
                 }
                 if seniors == want_seniors {
                     break;
                 }
-                let Some(e) = self.v4.entries.get_mut(g) else {
+                let Some(e) = entries.get_mut(g) else {
                     continue;
                 };
-                let len = put_v4_at(out, at, e);
-                if len > room {
+                let len = put_v4_at(body, at, e);
+                if at + len > end {
                     full = true;
                     break;
                 }
                 e.flags |= TAKEN;
-                (at, room, seniors) = (at + len, room - len, seniors + 1);
+                (at, seniors) = (at + len, seniors + 1);
             }
         }
         if !full {
@@ -816,7 +825,7 @@ impl PeerTable {
                 if added >= take {
                     break;
                 }
-                let Some(e) = self.v4.entries.get(g) else {
+                let Some(e) = entries.get(g) else {
                     break;
                 };
                 let here = g;
@@ -826,33 +835,31 @@ impl PeerTable {
                 g += stride;
                 g = std::hint::select_unpredictable(g >= n, g.wrapping_sub(n), g);
                 let keep = (here != excluded) & (e.flags & TAKEN == 0);
-                let len = put_v4_at(out, at, e);
-                if keep & (len > room) {
+                let len = put_v4_at(body, at, e);
+                if keep & (at + len > end) {
                     break;
                 }
-                let step = std::hint::select_unpredictable(keep, len, 0);
-                at += step;
-                room -= step;
+                at += std::hint::select_unpredictable(keep, len, 0);
                 added += usize::from(keep);
             }
         }
-        out.truncate(at);
         // The marks go: every senior taken is among the first `seniors`
         // of the list other than the requester.
         let mut left = seniors;
-        for i in 0..self.seniors.len() {
+        for &g in longest {
             if left == 0 {
                 break;
             }
-            let g = self.seniors[i] as usize;
+            let g = g as usize;
             if g == excluded {
                 continue;
             }
-            if let Some(e) = self.v4.entries.get_mut(g) {
+            if let Some(e) = entries.get_mut(g) {
                 e.flags &= !TAKEN;
                 left -= 1;
             }
         }
+        out.truncate(base + at);
         true
     }
 
