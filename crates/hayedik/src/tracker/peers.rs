@@ -56,8 +56,9 @@ const MAPPED: u8 = 1 << 2;
 /// in that form.
 const V4_MAPPED: u8 = 1 << 3;
 /// Taken as one of the longest listed by the sample being made (set and
-/// cleared within [`PeerTable::sample`] and [`PeerTable::put_sample`]), so
-/// that its random part skips it without reading any tenure.
+/// cleared within [`PeerTable::sample`]; [`PeerTable::put_sample`] marks by
+/// generation instead, see `Entry::mark`), so that its random part skips it
+/// without reading any tenure.
 const TAKEN: u8 = 1 << 4;
 // Bits 5 to 7 are free for later per-entry flags (e.g. "punchable").
 
@@ -99,6 +100,11 @@ struct Entry<A> {
     /// TCP port.
     port: u16,
     flags: u8,
+    /// The generation of the last [`PeerTable::put_sample`] that took it
+    /// as one of the longest listed (0: none). A new generation per sample
+    /// means no mark is ever cleared, but all at once when the count wraps.
+    /// In what was padding: the entry is no larger.
+    mark: u8,
 }
 
 impl<A: Ip> Entry<A> {
@@ -264,6 +270,8 @@ pub struct PeerTable {
     /// than it holds, and kept up to date as entries come and go, so a
     /// swarm whose peers only refresh never computes it again.
     seniors: Vec<u32>,
+    /// The last [`PeerTable::put_sample`]'s generation (see `Entry::mark`).
+    generation: u8,
     seeders: usize,
     max_peers: usize,
     max_per_source: usize,
@@ -288,6 +296,7 @@ impl PeerTable {
             epoch: Instant::now(),
             next_seq: 0,
             seniors: Vec::new(),
+            generation: 0,
             seeders: 0,
             max_peers,
             max_per_source,
@@ -473,10 +482,28 @@ impl PeerTable {
                         if mapped {
                             flags |= V4_MAPPED;
                         }
-                        self.v4.insert(i, Entry { ip, port, flags }, tenure);
+                        self.v4.insert(
+                            i,
+                            Entry {
+                                ip,
+                                port,
+                                flags,
+                                mark: 0,
+                            },
+                            tenure,
+                        );
                     }
                     (Key::V6(ip), Slot::V6(i)) => {
-                        self.v6.insert(i, Entry { ip, port, flags }, tenure);
+                        self.v6.insert(
+                            i,
+                            Entry {
+                                ip,
+                                port,
+                                flags,
+                                mark: 0,
+                            },
+                            tenure,
+                        );
                     }
                     // `at` comes from the list of `key`'s family.
                     _ => {}
@@ -786,6 +813,16 @@ impl PeerTable {
                 self.compute_seniors(want + SENIOR_SLACK);
             }
         }
+        // This sample's mark: a new one, or, when the count wraps, every
+        // mark cleared (one pass in 255 samples).
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            for e in &mut self.v4.entries {
+                e.mark = 0;
+            }
+            self.generation = 1;
+        }
+        let mark = self.generation;
         // From here on the table, the longest listed and the body are
         // slices held in registers: through `self` and `out`, the compiler
         // reloads them after every byte written.
@@ -813,7 +850,7 @@ impl PeerTable {
                     full = true;
                     break;
                 }
-                e.flags |= TAKEN;
+                e.mark = mark;
                 (at, seniors) = (at + len, seniors + 1);
             }
         }
@@ -834,29 +871,13 @@ impl PeerTable {
                 // selects, not branches (`&`, not `&&`).
                 g += stride;
                 g = std::hint::select_unpredictable(g >= n, g.wrapping_sub(n), g);
-                let keep = (here != excluded) & (e.flags & TAKEN == 0);
+                let keep = (here != excluded) & (e.mark != mark);
                 let len = put_v4_at(body, at, e);
                 if keep & (at + len > end) {
                     break;
                 }
                 at += std::hint::select_unpredictable(keep, len, 0);
                 added += usize::from(keep);
-            }
-        }
-        // The marks go: every senior taken is among the first `seniors`
-        // of the list other than the requester.
-        let mut left = seniors;
-        for &g in longest {
-            if left == 0 {
-                break;
-            }
-            let g = g as usize;
-            if g == excluded {
-                continue;
-            }
-            if let Some(e) = entries.get_mut(g) {
-                e.flags &= !TAKEN;
-                left -= 1;
             }
         }
         out.truncate(base + at);
@@ -1217,6 +1238,43 @@ mod tests {
         let seniors: HashSet<_> = (0..10).map(|n| SocketAddr::new(key(n).0, 1000)).collect();
         assert!(seniors.iter().all(|a| got.iter().any(|e| e.addr == *a)));
         assert!(unmarked(&t));
+    }
+
+    /// `put_sample` marks the longest listed it takes by generation: past
+    /// 255 samples of one table the count wraps and every mark is cleared.
+    /// Its samples stay `sample_without`'s throughout, requester among the
+    /// longest listed or not.
+    #[test]
+    fn a_sample_written_in_place_stays_right_when_its_marks_wrap() {
+        use rand::SeedableRng;
+        let now = Instant::now();
+        let mut t = PeerTable::new(200, 200);
+        for i in 0..100u32 {
+            let state = [PeerState::Complete, PeerState::Downloading][i as usize % 2];
+            t.announce(src(i), 1000, state, now);
+        }
+        let mut a = rand::rngs::SmallRng::seed_from_u64(7);
+        let mut b = a.clone();
+        let mut wrapped = 0;
+        for i in 0..600usize {
+            let excluded = Some(i * 37 % 100);
+            let (mut picked, mut left) = (Vec::new(), 1200usize);
+            t.sample_without(excluded, 50, &mut a, &mut picked, |len| {
+                let fits = len <= left;
+                left = left.saturating_sub(len);
+                fits
+            });
+            let mut want = Vec::new();
+            for g in picked {
+                t.put_entry(g, &mut want);
+            }
+            let before = t.generation;
+            let mut got = Vec::new();
+            assert!(t.put_sample(excluded, 50, &mut b, 1200, &mut got));
+            assert_eq!(got, want, "sample {i}");
+            wrapped += usize::from(t.generation < before);
+        }
+        assert_eq!(wrapped, 2, "600 samples wrap the count twice");
     }
 
     #[test]
