@@ -108,6 +108,16 @@ struct Entry<A> {
 }
 
 impl<A: Ip> Entry<A> {
+    /// A new entry, unmarked.
+    fn new(ip: A, port: u16, flags: u8) -> Self {
+        Self {
+            ip,
+            port,
+            flags,
+            mark: 0,
+        }
+    }
+
     fn key(&self) -> (A, u16) {
         (self.ip, self.port)
     }
@@ -482,28 +492,10 @@ impl PeerTable {
                         if mapped {
                             flags |= V4_MAPPED;
                         }
-                        self.v4.insert(
-                            i,
-                            Entry {
-                                ip,
-                                port,
-                                flags,
-                                mark: 0,
-                            },
-                            tenure,
-                        );
+                        self.v4.insert(i, Entry::new(ip, port, flags), tenure);
                     }
                     (Key::V6(ip), Slot::V6(i)) => {
-                        self.v6.insert(
-                            i,
-                            Entry {
-                                ip,
-                                port,
-                                flags,
-                                mark: 0,
-                            },
-                            tenure,
-                        );
+                        self.v6.insert(i, Entry::new(ip, port, flags), tenure);
                     }
                     // `at` comes from the list of `key`'s family.
                     _ => {}
