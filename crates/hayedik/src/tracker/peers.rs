@@ -27,8 +27,8 @@
 //!   (`owner_port`); another process on the same IP may refresh it or mark it
 //!   complete, never delist it.
 //! - an entry whose `seen` is older than the expiry is never returned by
-//!   [`PeerTable::sample`] once [`PeerTable::expire`] ran; `expire` is called
-//!   by the swarm task on a timer.
+//!   [`PeerTable::sample_without`] once [`PeerTable::expire`] ran; `expire`
+//!   is called by the swarm task on a timer.
 //!
 //! Entries are capped by `max_peers`. Inserting or removing moves the
 //! entries after it (a `memmove` of at most `max_peers` * 20 bytes).
@@ -56,9 +56,9 @@ const MAPPED: u8 = 1 << 2;
 /// in that form.
 const V4_MAPPED: u8 = 1 << 3;
 /// Taken as one of the longest listed by the sample being made (set and
-/// cleared within [`PeerTable::sample`]; [`PeerTable::put_sample`] marks by
-/// generation instead, see `Entry::mark`), so that its random part skips it
-/// without reading any tenure.
+/// cleared within [`PeerTable::sample_without`]; [`PeerTable::put_sample`]
+/// marks by generation instead, see `Entry::mark`), so that its random part
+/// skips it without reading any tenure.
 const TAKEN: u8 = 1 << 4;
 // Bits 5 to 7 are free for later per-entry flags (e.g. "punchable").
 
@@ -628,7 +628,7 @@ impl PeerTable {
         }
     }
 
-    /// The entry at global index `g` (from [`PeerTable::sample`]).
+    /// The entry at global index `g` (from [`PeerTable::sample_without`]).
     pub fn entry(&self, g: usize) -> PeerEntry {
         match self.v4.entries.get(g) {
             Some(e) => {
@@ -653,17 +653,9 @@ impl PeerTable {
         }
     }
 
-    /// Up to `max` peers other than `exclude`, their global indices
-    /// appended to `out` (read them with [`PeerTable::entry`], or write
-    /// them with [`PeerTable::put_entry`]): when there are more, the first
-    /// half are the peers listed longest, the rest a fair random sample of
-    /// the others. `fits` is given each entry's encoded length before it is
-    /// added, and stops the sample when it says no.
-    ///
-    /// Why the longest listed: a swarm's first peer is its sharer, and fake
-    /// peers announced later (from many addresses, each under the
-    /// per-source cap) cannot push it out of every reply; a uniform sample
-    /// of 50 out of 2,000 would miss it 97 times in 100.
+    /// [`PeerTable::sample_without`] leaving out the peer `exclude` (by
+    /// key): for tests, where no index from an announce is at hand.
+    #[cfg(test)]
     pub fn sample(
         &mut self,
         exclude: Option<PeerKey>,
@@ -676,8 +668,18 @@ impl PeerTable {
         self.sample_without(excluded, max, rng, out, fits);
     }
 
-    /// [`PeerTable::sample`] leaving out the entry at global index
-    /// `excluded` (from [`PeerTable::announce_listed`]).
+    /// Up to `max` peers other than the entry at global index `excluded`
+    /// (from [`PeerTable::announce_listed`]), their global indices
+    /// appended to `out` (read them with [`PeerTable::entry`], or write
+    /// them with [`PeerTable::put_entry`]): when there are more, the first
+    /// half are the peers listed longest, the rest a fair random sample of
+    /// the others. `fits` is given each entry's encoded length before it is
+    /// added, and stops the sample when it says no.
+    ///
+    /// Why the longest listed: a swarm's first peer is its sharer, and fake
+    /// peers announced later (from many addresses, each under the
+    /// per-source cap) cannot push it out of every reply; a uniform sample
+    /// of 50 out of 2,000 would miss it 97 times in 100.
     pub fn sample_without(
         &mut self,
         excluded: Option<usize>,
@@ -694,8 +696,8 @@ impl PeerTable {
         }
     }
 
-    /// [`PeerTable::sample`], leaving the longest listed it took marked
-    /// [`TAKEN`]: how many (the first ones it appended).
+    /// [`PeerTable::sample_without`], leaving the longest listed it took
+    /// marked [`TAKEN`]: how many (the first ones it appended).
     fn sample_marked(
         &mut self,
         excluded: Option<usize>,
